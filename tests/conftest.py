@@ -1,0 +1,6 @@
+"""Shared pytest configuration: fixtures live in tests/fixtures/ and are loaded here."""
+
+pytest_plugins = [
+    "tests.fixtures.data",
+    "tests.fixtures.broker",
+]
