@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from edge.logs import setup_logging
+
+    setup_logging(logging.WARNING - 10 * min(args.verbose, 2))
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

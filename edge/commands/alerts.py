@@ -1,0 +1,352 @@
+"""``edge alerts``: the control room's subscriber, and ``edge alerts adjudicate``.
+
+Listen (mutual TLS, QoS 1) to ``lfr/<device>/alerts`` (plus ``status`` and
+``deployment``), print one line per alert, save each matched-face crop as
+``<alert_id>.jpg``, and drop redeliveries by ``alert_id``::
+
+    edge alerts --host H --port P --ca CA --cert C --key K [--device ID|+]
+                [--save-crops DIR] [--count N] [--timeout S] [--json]
+
+Send an officer's decision back to the device (waits for the broker's PUBACK)::
+
+    edge alerts adjudicate --alert-id ID --device ID
+                --decision confirmed|rejected|not_stopped --officer X  [connection options]
+
+``--count`` stops after N distinct alerts (exit 0); ``--timeout`` stops after
+S seconds (exit 0, or 1 if ``--count`` was not reached). A connection problem
+is one line on stderr and exit 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import queue
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge.errors import BrokerError, EdgeError, UsageError
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+    from edge.publish import BrokerSettings
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+class AlertsTimeoutError(EdgeError):
+    """``--timeout`` passed before ``--count`` alerts arrived."""
+
+    exit_code = 1
+
+
+def _connection_args(p: argparse.ArgumentParser, suppress: bool) -> None:
+    def d(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    p.add_argument("--host", default=d("127.0.0.1"), help="broker host (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=d(8883), help="broker TLS port (default 8883)")
+    p.add_argument("--ca", type=Path, default=d(None), help="CA certificate of the broker")
+    p.add_argument("--cert", type=Path, default=d(None), help="this client's certificate")
+    p.add_argument("--key", type=Path, default=d(None), help="this client's private key")
+    p.add_argument("--client-id", default=d(None), help="MQTT client id (default random)")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "alerts",
+        help="control room: watch alerts, save crops, send adjudications",
+        description="Subscribe to device alerts over MQTT 5 with mutual TLS.",
+    )
+    _connection_args(p, suppress=False)
+    p.add_argument("--device", default="+", help="device id to watch, or + for all (default)")
+    p.add_argument("--save-crops", type=Path, metavar="DIR", help="save face crops here")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N distinct alerts")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument(
+        "--session-expiry",
+        type=int,
+        default=0,
+        metavar="S",
+        help="keep a persistent session for S seconds (with --client-id), so alerts "
+        "published while this subscriber is away are delivered when it returns",
+    )
+    p.set_defaults(func=run_listen)
+    actions = p.add_subparsers(dest="alerts_action", metavar="ACTION")
+    a = actions.add_parser(
+        "adjudicate",
+        help="send an officer's decision on an alert to its device",
+        description="Publish {alert_id, decision, officer, at} to lfr/<device>/adjudications.",
+    )
+    _connection_args(a, suppress=True)
+    a.add_argument("--alert-id", required=True, help="the alert's id (UUIDv7)")
+    a.add_argument("--device", required=True, help="the device that raised the alert")
+    a.add_argument(
+        "--decision", required=True, choices=("confirmed", "rejected", "not_stopped")
+    )
+    a.add_argument("--officer", required=True, help="the adjudicating officer's id")
+    a.add_argument("--json", action="store_true", help="print the sent message as JSON")
+    a.add_argument(
+        "--timeout", type=float, default=CONNECT_TIMEOUT_S, help="seconds to wait for PUBACK"
+    )
+    a.set_defaults(func=run_adjudicate)
+
+
+# --- shared ----------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> BrokerSettings:
+    from edge.publish import BrokerSettings
+
+    missing = [f"--{n}" for n in ("ca", "cert", "key") if getattr(args, n, None) is None]
+    if missing:
+        raise UsageError(f"missing {', '.join(missing)} (mutual TLS needs all three)")
+    return BrokerSettings(host=args.host, port=args.port, ca=args.ca, cert=args.cert, key=args.key)
+
+
+def _connect(
+    client: mqtt.Client,
+    settings: BrokerSettings,
+    *,
+    clean_start: bool = True,
+    session_expiry: int = 0,
+    timeout: float = CONNECT_TIMEOUT_S,
+) -> None:
+    """Connect and wait for a successful CONNACK, or raise BrokerError (one line)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    where = f"{settings.host}:{settings.port}"
+    done = threading.Event()
+    outcome: list[str] = []
+
+    def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            outcome.append(f"the broker at {where} refused the connection: {rc}")
+        done.set()
+
+    def on_disconnect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if not done.is_set():
+            outcome.append(
+                f"the broker at {where} closed the connection ({rc}); "
+                "is this client's certificate issued by the broker's CA?"
+            )
+            done.set()
+
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    if session_expiry > 0:
+        props.SessionExpiryInterval = session_expiry
+    try:
+        client.connect(
+            settings.host, settings.port, keepalive=30, clean_start=clean_start, properties=props
+        )
+    except OSError as exc:  # includes ssl.SSLError and refused/unreachable
+        raise BrokerError(f"cannot connect to the broker at {where}: {exc}") from None
+    client.loop_start()
+    if not done.wait(timeout):
+        client.loop_stop()
+        raise BrokerError(f"no answer from the broker at {where} within {timeout:g} s")
+    if outcome:
+        client.loop_stop()
+        raise BrokerError(outcome[0])
+
+
+def _client(args: argparse.Namespace, settings: BrokerSettings, prefix: str) -> mqtt.Client:
+    from edge.publish import new_client
+
+    return new_client(args.client_id or f"{prefix}-{uuid.uuid4().hex[:12]}", settings)
+
+
+# --- listen ----------------------------------------------------------------------------------
+
+
+def _save_crop(directory: Path, alert_id: str, jpeg: bytes) -> Path:
+    path = directory / f"{alert_id}.jpg"
+    tmp = path.with_suffix(".jpg.tmp")
+    tmp.write_bytes(jpeg)
+    tmp.replace(path)
+    return path
+
+
+def _alert_line(alert: dict[str, Any], crop: Path | None) -> str:
+    line = (
+        f"{alert['captured_at']} ALERT device={alert['device_id']} "
+        f"subject={alert['subject_id']} category={alert['category']} "
+        f"score={alert['score']:.4f} threshold={alert['threshold']:.4f} "
+        f"alert_id={alert['alert_id']}"
+    )
+    return line + (f" crop={crop}" if crop else "")
+
+
+def run_listen(args: argparse.Namespace) -> int:
+    from edge.alert import AlertFormatError, parse_alert
+    from edge.publish import topic
+
+    if args.count is not None and args.count < 1:
+        raise UsageError("--count must be at least 1")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    try:
+        topics = [topic(args.device, kind) for kind in ("alerts", "status", "deployment")]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.save_crops is not None:
+        args.save_crops.mkdir(parents=True, exist_ok=True)
+    settings = _settings(args)
+    client = _client(args, settings, "edge-alerts")
+    inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+    subscribed = threading.Event()
+    refused: list[str] = []
+
+    def on_subscribe(_c: Any, _u: Any, _mid: int, rcs: Any, _p: Any) -> None:
+        bad = [f"{t}: {rc}" for t, rc in zip(topics, rcs, strict=False) if rc.is_failure]
+        if bad:
+            refused.append("; ".join(bad))
+        subscribed.set()
+
+    client.on_message = lambda _c, _u, msg: inbox.put(msg)
+    client.on_subscribe = on_subscribe
+    expiry = args.session_expiry
+    _connect(client, settings, clean_start=expiry <= 0, session_expiry=max(0, expiry))
+    client.subscribe([(t, 1) for t in topics])
+    try:
+        if not subscribed.wait(CONNECT_TIMEOUT_S):
+            raise BrokerError("the broker did not confirm the subscription")
+        if refused:
+            raise BrokerError(f"the broker refused the subscription ({refused[0]})")
+        seen: set[str] = set()
+        duplicates = 0
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        while args.count is None or len(seen) < args.count:
+            wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if wait <= 0:
+                if args.count is not None:
+                    raise AlertsTimeoutError(
+                        f"timed out after {args.timeout:g} s with {len(seen)} of "
+                        f"{args.count} alerts"
+                    )
+                break
+            try:
+                msg = inbox.get(timeout=wait)
+            except queue.Empty:
+                continue
+            kind = msg.topic.rsplit("/", 1)[-1]
+            device = msg.topic.split("/")[1]
+            if kind == "alerts":
+                try:
+                    alert = parse_alert(bytes(msg.payload))
+                except AlertFormatError as exc:
+                    print(f"edge: ignoring an invalid alert from {device}: {exc}", file=sys.stderr)
+                    continue
+                if alert["device_id"] != device:
+                    print(
+                        f"edge: ignoring an alert on {msg.topic} that claims device "
+                        f"{alert['device_id']}",
+                        file=sys.stderr,
+                    )
+                    continue
+                if alert["alert_id"] in seen:
+                    duplicates += 1
+                    continue
+                seen.add(alert["alert_id"])
+                jpeg = base64.b64decode(alert["face_jpeg_b64"])
+                crop = (
+                    _save_crop(args.save_crops, alert["alert_id"], jpeg)
+                    if args.save_crops is not None
+                    else None
+                )
+                if args.json:
+                    out = {k: v for k, v in alert.items() if k != "face_jpeg_b64"}
+                    out.update(type="alert", face_jpeg_bytes=len(jpeg),
+                               crop=None if crop is None else str(crop))  # fmt: skip
+                    print(json.dumps(out, sort_keys=True), flush=True)
+                else:
+                    print(_alert_line(alert, crop), flush=True)
+            else:
+                _print_other(kind, device, bytes(msg.payload), msg.retain, args.json)
+        print(
+            f"edge: {len(seen)} alerts, {duplicates} duplicate deliveries ignored",
+            file=sys.stderr,
+        )
+        return 0
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _print_other(kind: str, device: str, payload: bytes, retained: bool, as_json: bool) -> None:
+    try:
+        body = json.loads(payload) if payload else None
+    except ValueError:
+        body = None
+    if as_json:
+        print(json.dumps({"type": kind, "device_id": device, "retained": retained,
+                          "payload": body}, sort_keys=True), flush=True)  # fmt: skip
+        return
+    if kind == "status" and isinstance(body, dict):
+        armed = "yes" if body.get("armed") else "no"
+        print(
+            f"{body.get('at', '-')} STATUS device={device} state={body.get('state')} "
+            f"armed={armed} reason={json.dumps(body.get('reason', ''))}"
+            + (" (retained)" if retained else ""),
+            flush=True,
+        )
+    elif isinstance(body, dict):
+        keys = ", ".join(sorted(body)[:8])
+        print(f"- {kind.upper()} device={device} fields: {keys}", flush=True)
+    elif payload:
+        print(f"- {kind.upper()} device={device} ({len(payload)} bytes, not JSON)", flush=True)
+
+
+# --- adjudicate ------------------------------------------------------------------------------
+
+
+def run_adjudicate(args: argparse.Namespace) -> int:
+    from edge.alert import AlertFormatError, make_adjudication
+    from edge.publish import topic
+
+    try:
+        adj = make_adjudication(args.alert_id, args.decision, args.officer, time.time())
+        target = topic(args.device, "adjudications")
+    except (AlertFormatError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.device == "+":
+        raise UsageError("--device must name one device")
+    settings = _settings(args)
+    client = _client(args, settings, "edge-adjudicate")
+    acked = threading.Event()
+    codes: list[Any] = []
+
+    def on_publish(_c: Any, _u: Any, _mid: int, rc: Any, _p: Any) -> None:
+        codes.append(rc)
+        acked.set()
+
+    client.on_publish = on_publish
+    _connect(client, settings)
+    try:
+        payload = json.dumps(adj, separators=(",", ":"), sort_keys=True).encode()
+        client.publish(target, payload, qos=1)
+        if not acked.wait(args.timeout):
+            raise BrokerError(f"no PUBACK for the adjudication within {args.timeout:g} s")
+        if codes[0].is_failure:
+            raise BrokerError(f"the broker refused the adjudication on {target}: {codes[0]}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if args.json:
+        print(json.dumps({**adj, "device_id": args.device}, sort_keys=True))
+    else:
+        print(
+            f"adjudication sent: alert_id={adj['alert_id']} decision={adj['decision']} "
+            f"officer={adj['officer']} device={args.device} at={adj['at']}"
+        )
+    return 0

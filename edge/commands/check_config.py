@@ -1,0 +1,77 @@
+"""``edge check-config [--config F] [--values-only]``: validate the configuration.
+
+Prints ``ok`` and a short summary and exits 0, or prints one line per problem,
+each naming the offending key, and exits 78 (``EX_CONFIG``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge.config import Settings
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "check-config",
+        help="validate the configuration (exit 0, or 78 with one line per problem)",
+        description="Validate the configuration file, EDGE_ environment variables and the "
+        "files and credentials they name.",
+    )
+    # Same option as edge.config.add_config_argument, without importing pydantic for --help.
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="F",
+        help="config file (default: $EDGE_CONFIG, else /etc/edge/edge.toml)",
+    )
+    parser.add_argument(
+        "--values-only",
+        action="store_true",
+        help="check values only, not that the referenced files and credentials exist",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge.config import check_files, config_path, load_settings
+
+    path = config_path(args.config)
+    settings = load_settings(path)
+    if not args.values_only:
+        problems = check_files(settings)
+        if problems:
+            raise ConfigError(problems)
+    for line in summary(settings, str(path)):
+        print(line)
+    return 0
+
+
+def summary(settings: Settings, path: str) -> list[str]:
+    """A few lines describing the settings; nothing secret (credentials by name only)."""
+    s = settings
+    src = s.source
+    size = f"{src.size[0]}x{src.size[1]}"
+    lores = f", detect on {src.lores_size[0]}x{src.lores_size[1]}" if src.lores_size else ""
+    floors = ", ".join(f"{k} >= {v:.2f}" for k, v in sorted(s.recognition.threshold_floor.items()))
+    tls = "mutual TLS" if s.mqtt.tls else "NO TLS (loopback only)"
+    dev = " (dev watchlist allowed)" if s.watchlist.allow_dev_watchlist else ""
+    return [
+        "ok",
+        f"  config       {path}",
+        f"  device       {s.device.id}, state {s.device.state_dir}, models {s.device.models_dir}",
+        f"  source       {src.kind} {src.uri}, {size} @ {src.fps:g} fps{lores}",
+        f"  detector     {s.detector.model}, score >= {s.detector.score_threshold:g}, "
+        f"faces >= {s.detector.min_face_px} px",
+        f"  recognition  {s.recognition.embedder} ({s.recognition.precision}), "
+        f"{s.recognition.embeds_per_track} embeddings/track, floors {floors}",
+        f"  watchlist    {s.bundle_path}, at most {s.watchlist.max_subjects} subjects{dev}",
+        f"  mqtt         {s.mqtt.host}:{s.mqtt.port}, {tls}, topics {s.topic_root}/...",
+        f"  retention    {s.retention.days} days",
+    ]

@@ -1,0 +1,242 @@
+"""``edge eval``: offline evaluation of the device pipeline.
+
+Subcommands (one function each): ``verify`` — 1:1 verification on LFW-format
+pairs with LFW's 10-fold protocol; ``identify`` — open-set 1:N (TPIR at FPIR,
+DET plot); ``calibrate`` — the threshold for a target FPIR at a watchlist size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("eval", help="evaluate the face pipeline offline (LFW-format data)")
+    evsub = parser.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
+    evsub.required = True
+    register_verify(evsub)
+    register_identify(evsub)
+    register_calibrate(evsub)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="models directory (default: EDGE_MODELS_DIR, "
+        "the checkout's models/, or the installed models)",
+    )
+    p.add_argument(
+        "--model",
+        choices=("int8", "float", "float32"),
+        default="int8",
+        help="embedder precision (default int8)",
+    )
+    p.add_argument("--embedder", default="dlib_resnet_v1", help="embedder name in the manifest")
+    p.add_argument(
+        "--landmarks",
+        choices=("mesh", "blazeface", "mesh_raw"),
+        default="mesh",
+        help="how the 5 alignment points are found (default mesh)",
+    )
+    p.add_argument("--detector", default="blazeface_full", help="detector name in the manifest")
+    p.add_argument("--threads", type=int, default=2, help="TFLite threads (default 2)")
+
+
+def register_verify(evsub: Any) -> None:
+    p = evsub.add_parser("verify", help="1:1 verification on LFW-format pairs (10-fold protocol)")
+    p.add_argument("--images", type=Path, required=True, help="directory of <Name>/<Name>_NNNN.jpg")
+    p.add_argument("--pairs", type=Path, required=True, help="LFW pairs.txt format file")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=run_verify)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from edge.errors import UsageError
+    from edge.evaluation.pairs import parse_pairs
+    from edge.evaluation.verify import check_images, verify
+    from edge.faces import FaceEngine
+
+    if not args.images.is_dir():
+        raise UsageError(f"{args.images}: images directory not found")
+    pairs = parse_pairs(args.pairs, args.images)
+    check_images(pairs)  # fail on a missing image before loading any model
+    precision = "float32" if args.model in ("float", "float32") else "int8"
+    engine = FaceEngine.from_models(
+        args.models_dir,
+        embedder=args.embedder,
+        precision=precision,
+        detector=args.detector,
+        landmarks=args.landmarks,
+        threads=args.threads,
+    )
+    report = verify(engine, pairs, progress=not args.no_progress)
+    report["precision"] = precision
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(summary_line(report))
+    sys.stdout.flush()
+    return 0
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    tar = report.get("tar_at_far") or {}
+    return (
+        f"pairs {report['pairs']}  accuracy {100 * report['accuracy']:.2f}% "
+        f"+- {100 * report['accuracy_std']:.2f}  threshold {report['threshold']:.4f}  "
+        f"TAR@FAR=0.001 {tar.get('0.001')}  failed_to_detect {report['failed_to_detect']}"
+    )
+
+
+def _engine_from_args(args: argparse.Namespace) -> tuple[Any, str]:
+    """The FaceEngine the model arguments ask for, and its precision."""
+    from edge.faces import FaceEngine
+
+    precision = "float32" if args.model in ("float", "float32") else "int8"
+    engine = FaceEngine.from_models(
+        args.models_dir, embedder=args.embedder, precision=precision,
+        detector=args.detector, landmarks=args.landmarks, threads=args.threads,
+    )
+    return engine, precision
+
+
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    """Where the gallery and probes come from (identify and calibrate)."""
+    p.add_argument("--lfw", type=Path, help="LFW-style folder: gallery = first image of each "
+                   "identity with >= 2 images, mated probes = its others, non-mated = the rest")
+    p.add_argument("--gallery", type=Path, help="one folder of images per gallery subject")
+    p.add_argument("--probes", type=Path, help="one folder per probe identity (with --gallery); "
+                   "identities absent from the gallery are non-mated")
+    p.add_argument("--face", choices=("centre", "largest"), default=None,
+                   help="which face of an image is searched (default: centre with --lfw, "
+                   "else largest)")
+    p.add_argument("--no-fallback", action="store_true", help="with --lfw: an image without a "
+                   "detection has no template (default: retry at a lower score, then a fixed "
+                   "central box, as `eval verify` does)")
+
+
+def _search_set(args: argparse.Namespace) -> Any:
+    from edge.errors import UsageError
+    from edge.evaluation.identify import check_paths, folder_sets, lfw_sets
+
+    if args.lfw is not None:
+        if args.gallery is not None or args.probes is not None:
+            raise UsageError("use either --lfw or --gallery with --probes, not both")
+        sets = lfw_sets(args.lfw)
+    elif args.gallery is not None and args.probes is not None:
+        sets = folder_sets(args.gallery, args.probes)
+    else:
+        raise UsageError("say where the faces are: --lfw DIR, or --gallery DIR --probes DIR")
+    check_paths([p for files in sets.gallery.values() for p in files])
+    check_paths([p.path for p in sets.probes])
+    return sets
+
+
+def _score_search(args: argparse.Namespace, fpirs: list[float]) -> tuple[Any, dict[str, Any]]:
+    from edge.evaluation.identify import run_identify
+
+    sets = _search_set(args)  # fail on bad input before loading any model
+    engine, precision = _engine_from_args(args)
+    label = getattr(args, "label", None) or f"{args.embedder} {precision}"
+    ss, rep = run_identify(
+        engine, sets, fpirs, label=label,
+        choose=args.face or ("centre" if args.lfw is not None else "largest"),
+        fallback=args.lfw is not None and not args.no_fallback,
+        progress=not args.no_progress,
+    )
+    rep["precision"] = precision
+    return ss, rep
+
+
+def register_identify(evsub: Any) -> None:
+    p = evsub.add_parser(
+        "identify", help="open-set 1:N identification: TPIR at FPIR, FNIR, rank-1, DET plot"
+    )
+    _add_search_args(p)
+    p.add_argument("--fpir", default="0.001,0.000167",
+                   help="comma-separated target FPIRs (default 0.001,0.000167)")
+    p.add_argument("--plot", type=Path, help="write a DET plot (PNG) here")
+    p.add_argument("--plot-scores", type=Path, nargs="+", default=[], metavar="NPZ",
+                   help="saved score sets (--save-scores) to draw as more curves on --plot")
+    p.add_argument("--save-scores", type=Path, metavar="NPZ",
+                   help="save the probe x gallery scores (no embeddings) for calibrate/plots")
+    p.add_argument("--label", help="curve label (default: embedder and precision)")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=run_identify)
+
+
+def run_identify(args: argparse.Namespace) -> int:
+    from edge.evaluation.identify import ScoreSet, det_curve, format_text, parse_fpirs
+
+    fpirs = parse_fpirs(args.fpir)
+    extra = [ScoreSet.load(p) for p in args.plot_scores]
+    if extra and args.plot is None:
+        from edge.errors import UsageError
+
+        raise UsageError("--plot-scores needs --plot")
+    ss, rep = _score_search(args, fpirs)
+    if args.save_scores is not None:
+        ss.save(args.save_scores)
+        rep["scores_file"] = str(args.save_scores)
+    if args.plot is not None:
+        from edge.evaluation.det_plot import plot_det
+
+        runs = [ss, *extra]
+        plot_det([det_curve(r, fpirs) for r in runs], args.plot,
+                 counts=[(r.n_mated, r.n_non_mated) for r in runs])
+        rep["plot"] = str(args.plot)
+    print(json.dumps(rep, indent=2) if args.json else "\n".join(format_text(rep)))
+    sys.stdout.flush()
+    return 0
+
+
+def register_calibrate(evsub: Any) -> None:
+    p = evsub.add_parser(
+        "calibrate", help="threshold for a target FPIR at a watchlist size, and false alerts "
+        "per 10,000 faces"
+    )
+    p.add_argument("--scores", type=Path, metavar="NPZ",
+                   help="a score set saved by `eval identify --save-scores`")
+    _add_search_args(p)
+    p.add_argument("--fpir", type=float, default=0.001, help="target FPIR (default 0.001)")
+    p.add_argument("--watchlist-size", required=True, metavar="N[,N...]",
+                   help="watchlist size(s) to calibrate for")
+    p.add_argument("--reps", type=int, default=20, help="random sub-galleries per size")
+    p.add_argument("--seed", type=int, default=0, help="seed for the sub-galleries")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from edge.errors import UsageError
+    from edge.evaluation.calibrate import calibrate, format_text, parse_sizes
+    from edge.evaluation.identify import ScoreSet
+
+    sizes = parse_sizes(args.watchlist_size)
+    if args.reps < 1:
+        raise UsageError("--reps must be >= 1")
+    if args.scores is not None:
+        if args.lfw is not None or args.gallery is not None:
+            raise UsageError("use either --scores or --lfw/--gallery, not both")
+        ss = ScoreSet.load(args.scores)
+    else:
+        ss, _ = _score_search(args, [args.fpir])
+    cals = [calibrate(ss, args.fpir, n, reps=args.reps, seed=args.seed) for n in sizes]
+    if args.json:
+        print(json.dumps({"label": ss.label, "calibrations": [c.to_dict() for c in cals]},
+                         indent=2))
+    else:
+        print("\n".join(format_text(cals)))
+    return 0

@@ -1,0 +1,95 @@
+"""Embedders: aligned chips -> (N, D) float32 embeddings, driven by the manifest.
+
+The manifest entry's ``input`` says what the model expects:
+
+* ``normalisation_in_model: true`` (the dlib models): the chip's RGB pixel
+  values go in as they are — passed through for a uint8 input, quantised with
+  the input's scale/zero point for int8, or cast for float32;
+* otherwise the family's normalisation ``(pixel - mean) / std`` is applied
+  here first, then quantised if the input is quantised.
+
+The models take a batch of one; ``embed`` loops over the chips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.errors import ModelError
+from edge.families import BUILTIN, EmbedderFamily
+from edge.manifest import Manifest, ModelEntry
+from edge.runtime import TFLiteModel, shared_model
+from edge.types import Chip
+
+F32 = npt.NDArray[np.float32]
+
+
+class Embedder:
+    """One embedder model of one family."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        family: EmbedderFamily,
+        *,
+        normalisation_in_model: bool = True,
+        threads: int = 2,
+        name: str = "",
+    ) -> None:
+        self.family = family
+        self.name = name or Path(model_path).stem
+        self.model: TFLiteModel = shared_model(model_path, threads)
+        self.normalisation_in_model = normalisation_in_model
+        s = family.input_size
+        if self.model.input.shape != (1, s, s, 3):
+            raise ModelError(
+                f"model file {model_path} takes {self.model.input.shape}, "
+                f"family {family.name} needs (1, {s}, {s}, 3)"
+            )
+        out = self.model.outputs[0]
+        if int(np.prod(out.shape)) != family.dim:
+            raise ModelError(
+                f"model file {model_path} outputs {out.shape}, family {family.name} "
+                f"has {family.dim} dimensions"
+            )
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, name: str, threads: int = 2) -> Embedder:
+        entry: ModelEntry = manifest.entry(name)
+        if entry.role != "embedder":
+            raise ModelError(f"model {name} is a {entry.role}, not an embedder")
+        fam_name = entry.family or ""
+        if fam_name in manifest.doc.families:
+            family = EmbedderFamily.from_spec(fam_name, manifest.family(fam_name))
+        elif fam_name in BUILTIN:
+            family = BUILTIN[fam_name]
+        else:
+            raise ModelError(f"model {name} has no known embedder family ({fam_name!r})")
+        in_model = bool(entry.input.normalisation_in_model) if entry.input else True
+        path = manifest.verify(name)
+        return cls(path, family, normalisation_in_model=in_model, threads=threads, name=name)
+
+    def _prepare(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.generic]:
+        s = self.family.input_size
+        if rgb.shape != (s, s, 3) or rgb.dtype != np.uint8:
+            raise ValueError(f"chip must be ({s}, {s}, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
+        batch = rgb[None]
+        if self.normalisation_in_model:
+            if self.family.colour == "BGR":
+                batch = batch[..., ::-1]
+            if self.model.input.dtype is np.uint8:
+                return np.ascontiguousarray(batch)
+            return batch.astype(np.float32)
+        return self.family.normalise(batch)
+
+    def embed(self, chips: Sequence[Chip | npt.NDArray[np.uint8]]) -> F32:
+        """(N, D) float32 embeddings for N chips (``Chip`` or raw RGB arrays)."""
+        out = np.zeros((len(chips), self.family.dim), dtype=np.float32)
+        for i, c in enumerate(chips):
+            rgb: npt.NDArray[np.uint8] = c.rgb if isinstance(c, Chip) else c
+            out[i] = self.model.run(self._prepare(rgb))[0].reshape(-1)
+        return out

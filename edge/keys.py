@@ -1,0 +1,261 @@
+"""Key files: the control room's Ed25519 signing key and each device's X25519 key.
+
+File format: PEM. Private keys are unencrypted PKCS#8 (``-----BEGIN PRIVATE KEY-----``),
+public keys SubjectPublicKeyInfo (``-----BEGIN PUBLIC KEY-----``), so ``openssl pkey``
+can read both. The files are:
+
+- control room: ``signing.key`` (Ed25519, mode 0600) and ``signing.pub``;
+- device: ``<device_id>.key`` (X25519, mode 0600) and ``<device_id>.pub``. The device id
+  of a recipient public key is its file name without ``.pub``.
+
+Private key files are written to a temporary file created with ``O_CREAT | O_EXCL`` and
+mode 0600 (no umask window in which another user could open it), fsynced, then linked
+into place: without ``force`` an existing file is never replaced. Nothing here prints
+or logs key material.
+
+A signer is named in a bundle by its *key id*: the SHA-256 of the raw 32-byte public key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from edge.errors import UsageError
+
+SIGNING_KEY_NAME = "signing.key"
+SIGNING_PUB_NAME = "signing.pub"
+
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+"""Device ids: letters, digits, ``.``, ``_``, ``-``; at most 64 characters (MQTT-topic safe)."""
+
+_MAX_KEY_FILE = 16 * 1024
+
+
+def check_device_id(device_id: str) -> str:
+    """Return ``device_id`` if it is a valid device id, else raise :class:`UsageError`."""
+    if not DEVICE_ID_RE.fullmatch(device_id):
+        raise UsageError(
+            f"invalid device id {device_id!r}: use 1-64 letters, digits, '.', '_' or '-'"
+        )
+    return device_id
+
+
+def key_id(public_key: Ed25519PublicKey | X25519PublicKey) -> bytes:
+    """The 32-byte id of a public key: SHA-256 of its raw encoding."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).digest()
+
+
+def derive_key(private_key_bytes: bytes, purpose: str, length: int = 32) -> bytes:
+    """Derive a symmetric key for ``purpose`` from private key material (HKDF-SHA256).
+
+    ``private_key_bytes`` is the raw private key (or any secret); ``purpose`` names the
+    use (e.g. ``"outbox-at-rest"``) so that keys for different uses are independent.
+    """
+    if len(private_key_bytes) < 16:
+        raise ValueError("key material too short")
+    if not purpose:
+        raise ValueError("purpose must not be empty")
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(),
+        length=length,
+        salt=b"lfr-edge derive-key v1",
+        info=purpose.encode("utf-8"),
+    )
+    return hkdf.derive(private_key_bytes)
+
+
+def raw_private_bytes(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
+    """The raw 32-byte private key (for :func:`derive_key`); never log it."""
+    return key.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+
+
+# --- writing -------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, data: bytes, mode: int, force: bool) -> None:
+    """Write ``data`` to ``path`` atomically with ``mode``; refuse to replace unless ``force``.
+
+    The file is created with ``mode`` from the start (``O_EXCL``), so a private key is
+    never readable by others, not even briefly.
+    """
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; use --force to overwrite it")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)  # the creation mode was masked by umask; set it exactly
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if force:
+            tmp.replace(path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if path appeared meanwhile: never overwrite
+            except FileExistsError:
+                raise UsageError(f"{path} exists; use --force to overwrite it") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPairFiles:
+    private: Path
+    public: Path
+    key_id: str  # hex
+
+
+def _prepare_out(out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not out_dir.is_dir():
+        raise UsageError(f"{out_dir} is not a directory")
+
+
+def init_signing_key(out_dir: Path, force: bool = False) -> KeyPairFiles:
+    """Create the control room's Ed25519 signing key pair in ``out_dir``."""
+    _prepare_out(out_dir)
+    priv_path, pub_path = out_dir / SIGNING_KEY_NAME, out_dir / SIGNING_PUB_NAME
+    if not force:
+        for p in (priv_path, pub_path):
+            if p.exists():
+                raise UsageError(f"{p} exists; use --force to overwrite it")
+    key = Ed25519PrivateKey.generate()
+    _write_private_and_public(key, priv_path, pub_path, force)
+    return KeyPairFiles(priv_path, pub_path, key_id(key.public_key()).hex())
+
+
+def init_device_key(out_dir: Path, device_id: str, force: bool = False) -> KeyPairFiles:
+    """Create a device's X25519 key pair ``<device_id>.key`` / ``.pub`` in ``out_dir``."""
+    check_device_id(device_id)
+    _prepare_out(out_dir)
+    priv_path, pub_path = out_dir / f"{device_id}.key", out_dir / f"{device_id}.pub"
+    if not force:
+        for p in (priv_path, pub_path):
+            if p.exists():
+                raise UsageError(f"{p} exists; use --force to overwrite it")
+    key = X25519PrivateKey.generate()
+    _write_private_and_public(key, priv_path, pub_path, force)
+    return KeyPairFiles(priv_path, pub_path, key_id(key.public_key()).hex())
+
+
+def _write_private_and_public(
+    key: Ed25519PrivateKey | X25519PrivateKey, priv_path: Path, pub_path: Path, force: bool
+) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    write_atomic(priv_path, pem, 0o600, force)
+    write_atomic(pub_path, pub, 0o644, force)
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(_MAX_KEY_FILE + 1)
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(data) > _MAX_KEY_FILE:
+        raise UsageError(f"{what} {path} is too large to be a key file")
+    return data
+
+
+def _load_private(path: Path, what: str) -> object:
+    data = _read(path, what)
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise UsageError(f"{path} is not an unencrypted PEM private key ({what})") from None
+
+
+def _load_public(path: Path, what: str) -> object:
+    data = _read(path, what)
+    try:
+        return serialization.load_pem_public_key(data)
+    except (ValueError, TypeError):
+        raise UsageError(f"{path} is not a PEM public key ({what})") from None
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    key = _load_private(path, "signing key")
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UsageError(f"{path} is not an Ed25519 signing key")
+    return key
+
+
+def load_signer_public(path: Path) -> Ed25519PublicKey:
+    key = _load_public(path, "signer public key")
+    if not isinstance(key, Ed25519PublicKey):
+        raise UsageError(f"{path} is not an Ed25519 public key")
+    return key
+
+
+def load_device_key(path: Path) -> X25519PrivateKey:
+    key = _load_private(path, "device key")
+    if not isinstance(key, X25519PrivateKey):
+        raise UsageError(f"{path} is not an X25519 device key")
+    return key
+
+
+def load_device_public(path: Path) -> tuple[str, X25519PublicKey]:
+    """Load a recipient public key; its device id is the file name without ``.pub``."""
+    key = _load_public(path, "device public key")
+    if not isinstance(key, X25519PublicKey):
+        raise UsageError(f"{path} is not an X25519 device public key")
+    name = path.name[: -len(".pub")] if path.name.endswith(".pub") else path.stem
+    return check_device_id(name), key
+
+
+def device_key_from_bytes(data: bytes) -> X25519PrivateKey:
+    """Parse a device private key given as PEM bytes (e.g. a systemd credential)."""
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise UsageError("device key credential is not an unencrypted PEM private key") from None
+    if not isinstance(key, X25519PrivateKey):
+        raise UsageError("device key credential is not an X25519 key")
+    return key

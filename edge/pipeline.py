@@ -1,0 +1,198 @@
+"""The orchestrator: one frame through every stage, from pixels to alert records.
+
+    Frame -> Detector -> IoUTracker -> QualityGate -> Landmarker/Aligner -> Embedder
+          -> Matcher -> TrackDecider -> AlertRecord
+
+This module only wires the stages (each lives in its own module behind a typed
+seam) and measures them. It holds no state of its own beyond the tracker's and
+the decider's, and it keeps nothing of a face that does not match: crops,
+chips and embeddings are local variables of :meth:`Recognizer.process` and are
+gone when it returns (safeguard 5). Only a match that the decider turns into an
+alert leaves, as an :class:`~edge.types.AlertRecord` carrying the matched
+face's crop and nothing else of the frame (safeguard 11).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from edge.alert import new_alert_id
+from edge.decide import TrackDecider
+from edge.faces import FaceEngine
+from edge.match import Matcher, Watchlist
+from edge.quality import QualityGate
+from edge.track import IoUTracker
+from edge.types import AlertRecord, Detection, Frame, ImageU8, Track
+
+log = logging.getLogger(__name__)
+
+STAGES = ("detect", "track", "quality", "align", "embed", "match", "decide")
+
+CROP_MARGIN = 0.25
+"""Fraction of the face box added on each side of the alert crop."""
+
+
+@dataclass(slots=True)
+class FrameOutcome:
+    """What one frame produced: alerts, counts and per-stage seconds. No pixels, no vectors."""
+
+    alerts: list[AlertRecord]
+    faces: int
+    embedded: int
+    ended_tracks: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Armed:
+    """The watchlist in force and the deployment it belongs to."""
+
+    deployment_id: str
+    matcher: Matcher
+    threshold: float
+
+
+def scale_detection(det: Detection, sx: float, sy: float) -> Detection:
+    """Map a detection from the detect image (lores) to the full frame."""
+    x1, y1, x2, y2 = det.box
+    kp = (det.keypoints * np.array([sx, sy], dtype=np.float32)).astype(np.float32)
+    return Detection((x1 * sx, y1 * sy, x2 * sx, y2 * sy), kp, det.score)
+
+
+def face_crop(image: ImageU8, det: Detection, margin: float = CROP_MARGIN) -> tuple[
+    ImageU8, tuple[int, int, int, int]
+]:
+    """The matched face with a margin, clipped to the frame, and its (x, y, w, h)."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = det.box
+    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+    left, top = max(0, int(x1 - mx)), max(0, int(y1 - my))
+    right, bottom = min(w, int(np.ceil(x2 + mx))), min(h, int(np.ceil(y2 + my)))
+    return image[top:bottom, left:right], (left, top, right - left, bottom - top)
+
+
+def encode_jpeg(image: ImageU8, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return bytes(buf.tobytes())
+
+
+class Recognizer:
+    """Runs the stages over frames; armed with a watchlist, or disarmed (does nothing)."""
+
+    def __init__(
+        self,
+        engine: FaceEngine,
+        tracker: IoUTracker,
+        gate: QualityGate,
+        decider: TrackDecider,
+        *,
+        device_id: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.tracker = tracker
+        self.gate = gate
+        self.decider = decider
+        self.device_id = device_id
+        self.clock = clock
+        self._armed: Armed | None = None
+        self.model_info = engine.model_info()
+
+    @property
+    def armed(self) -> bool:
+        return self._armed is not None
+
+    def arm(self, watchlist: Watchlist, deployment_id: str) -> None:
+        """Start matching against ``watchlist`` (built once; the matcher never copies it)."""
+        self._armed = Armed(deployment_id, Matcher(watchlist), watchlist.threshold)
+        self.decider.threshold = watchlist.threshold
+
+    def disarm(self) -> None:
+        """Stop matching and forget every track (the caller wipes the watchlist)."""
+        self._armed = None
+        self.tracker.reset()
+        self.decider.reset()
+
+    def process(self, frame: Frame) -> FrameOutcome:
+        armed = self._armed
+        if armed is None:
+            return FrameOutcome(alerts=[], faces=0, embedded=0, ended_tracks=0)
+        t: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        image = frame.image
+
+        t0 = time.perf_counter()
+        if frame.detect_image is not None:
+            dh, dw = frame.detect_image.shape[:2]
+            h, w = image.shape[:2]
+            dets = [scale_detection(d, w / dw, h / dh)
+                    for d in self.engine.detector.detect(frame.detect_image)]
+        else:
+            dets = self.engine.detector.detect(image)
+        t1 = time.perf_counter()
+        t["detect"] = t1 - t0
+
+        tracks = self.tracker.update(dets, frame.index)
+        ended = self.tracker.expire(frame.index)
+        for gone in ended:
+            self.decider.forget(gone)
+        t2 = time.perf_counter()
+        t["track"] = t2 - t1
+
+        chosen: list[Track] = []
+        for track in tracks:
+            quality = self.gate.assess(image, track.detection)
+            if self.decider.wants_embedding(track, quality):
+                chosen.append(track)
+        t3 = time.perf_counter()
+        t["quality"] = t3 - t2
+
+        alerts: list[AlertRecord] = []
+        if chosen:
+            chips = [self.engine.chip(image, track.detection) for track in chosen]
+            t4 = time.perf_counter()
+            t["align"] = t4 - t3
+            embeddings = self.engine.embed(chips)
+            del chips
+            t5 = time.perf_counter()
+            t["embed"] = t5 - t4
+            matches = armed.matcher.best(embeddings)
+            del embeddings
+            t6 = time.perf_counter()
+            t["match"] = t6 - t5
+            now = self.clock()
+            for track, match in zip(chosen, matches, strict=True):
+                if self.decider.on_match(track, match, now):
+                    crop, bbox = face_crop(image, track.detection)
+                    alerts.append(
+                        AlertRecord(
+                            alert_id=new_alert_id(),
+                            device_id=self.device_id,
+                            deployment_id=armed.deployment_id,
+                            captured_at=frame.captured_at,
+                            subject_id=match.subject_id,
+                            category=match.category,
+                            score=round(float(match.score), 4),
+                            threshold=armed.threshold,
+                            track_id=track.track_id,
+                            bbox=bbox,
+                            face_jpeg=encode_jpeg(crop),
+                            model=self.model_info,
+                        )
+                    )
+            del matches
+            t["decide"] = time.perf_counter() - t6
+        return FrameOutcome(
+            alerts=alerts,
+            faces=len(dets),
+            embedded=len(chosen),
+            ended_tracks=len(ended),
+            timings=t,
+        )

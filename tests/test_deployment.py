@@ -1,0 +1,321 @@
+"""The arming state machine: arm only on a valid bundle in its window; end = wipe + shred."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.audit import AuditLog, verify
+from edge.deployment import DeploymentManager, shred_file
+from edge.errors import UsageError
+from edge.signed_commands import CommandRefused, make_command
+from tests.bundle_kit import EMBEDDER_SHA, NOW, embeddings, make_bundle, make_kit
+
+START = NOW - dt.timedelta(hours=1)
+END = NOW + dt.timedelta(hours=4)
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    kit = make_kit()
+    state = tmp_path / "state"
+    clock = Clock(NOW.timestamp())
+    audit = AuditLog(state / "audit.jsonl", clock=clock)
+    holds: list[tuple[str, bool]] = []
+    summaries: list[dict] = []
+
+    def hold(msg_id: str, on: bool) -> bool:
+        holds.append((msg_id, on))
+        return msg_id != "unknown-alert"
+
+    def manager() -> DeploymentManager:
+        return DeploymentManager(
+            state, "van-01", kit.device, kit.trusted, threshold_floor=0.4, max_subjects=100,
+            expected_embedder_sha256=EMBEDDER_SHA, audit=audit, clock=clock,
+            on_summary=summaries.append, set_legal_hold=hold,
+        )
+
+    class Env:
+        pass
+
+    e = Env()
+    e.kit, e.state, e.clock, e.audit = kit, state, clock, audit
+    e.holds, e.summaries = holds, summaries
+    e.manager = manager
+    e.bundle_path = state / "watchlist.bundle"
+    state.mkdir(parents=True, exist_ok=True)
+    return e
+
+
+def _events(audit: AuditLog) -> list[dict]:
+    return [json.loads(x) for x in audit.path.read_text().splitlines()]
+
+
+def _all_state_bytes(state: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(state.rglob("*")) if p.is_file())
+
+
+def test_no_bundle_means_disarmed(env) -> None:
+    m = env.manager()
+    st = m.load(env.bundle_path)
+    assert not st.armed and st.code == "no_bundle" and m.watchlist is None
+    assert "no watchlist bundle" in st.line()
+
+
+def test_valid_bundle_arms_and_is_audited(env) -> None:
+    emb = embeddings(5)
+    env.bundle_path.write_bytes(make_bundle(env.kit, emb=emb))
+    m = env.manager()
+    st = m.load(env.bundle_path)
+    assert st.armed and st.code == "armed" and st.deployment_id == "D-2026-0042"
+    wl = m.watchlist
+    assert wl is not None
+    assert list(wl.subject_ids) == [f"S-{i:04d}" for i in range(5)]
+    np.testing.assert_allclose(np.asarray(wl.embeddings), emb, atol=1e-6)
+    assert m.threshold == pytest.approx(0.45)
+    events = [e["event"] for e in _events(env.audit)]
+    assert events == ["watchlist_loaded", "armed"]
+    armed = _events(env.audit)[1]
+    assert armed["signage_confirmed"] is True and armed["threshold"] == 0.45
+    assert armed["threshold_floor"] == 0.4
+    state = json.loads((env.state / "deployment-state.json").read_text())
+    assert state["last_sequence"] == 7
+    # loading the same bundle again (SIGHUP) changes nothing
+    m.counters.faces_processed = 3
+    assert m.load(env.bundle_path).armed and m.counters.faces_processed == 3
+
+
+@pytest.mark.parametrize(
+    ("bundle_kwargs", "reason"),
+    [
+        ({"spec_changes": {"threshold": 0.3}}, "threshold_below_floor"),
+        ({"spec_changes": {"signage_confirmed": False}}, "signage_not_confirmed"),
+        ({"devices": "other"}, "not_for_device"),
+        ({"n": 2, "spec_changes": {"max_watchlist_size": 1}}, None),  # build refuses
+        ({"signer": "other"}, "unknown_signer"),
+    ],
+)
+def test_refusals_stay_disarmed_with_one_line_and_audit(
+    env, caplog: pytest.LogCaptureFixture, bundle_kwargs: dict, reason: str | None
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    if bundle_kwargs.get("devices") == "other":
+        bundle_kwargs["devices"] = [("van-09", X25519PrivateKey.generate().public_key())]
+    if bundle_kwargs.get("signer") == "other":
+        bundle_kwargs["signer"] = Ed25519PrivateKey.generate()
+    if reason is None:
+        with pytest.raises(UsageError):
+            make_bundle(env.kit, **bundle_kwargs)
+        return
+    env.bundle_path.write_bytes(make_bundle(env.kit, **bundle_kwargs))
+    m = env.manager()
+    with caplog.at_level(logging.WARNING, logger="edge.deployment"):
+        st = m.load(env.bundle_path)
+    assert not st.armed and st.code == reason and m.watchlist is None
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge.deployment"]
+    assert len(lines) == 1 and lines[0].startswith("disarmed: ") and "\n" not in lines[0]
+    (entry,) = _events(env.audit)
+    assert entry["event"] == "bundle_refused" and entry["reason"] == reason
+    assert env.bundle_path.exists()  # a refused (not expired) bundle is left for inspection
+
+
+def test_tampered_bundle_is_refused(env) -> None:
+    data = bytearray(make_bundle(env.kit))
+    data[300] ^= 0x40
+    env.bundle_path.write_bytes(bytes(data))
+    st = env.manager().load(env.bundle_path)
+    assert not st.armed and st.code == "bad_signature"
+
+
+def test_pending_bundle_arms_when_the_window_opens(env) -> None:
+    env.bundle_path.write_bytes(make_bundle(env.kit))
+    env.clock.t = START.timestamp() - 600
+    m = env.manager()
+    st = m.load(env.bundle_path)
+    assert not st.armed and st.code == "pending" and "has not started" in st.reason
+    m.tick(START.timestamp() - 1)
+    assert not m.armed
+    m.tick(START.timestamp())
+    assert m.armed
+
+
+def _end_of_deployment_checks(env, m: DeploymentManager, summary: dict, reason: str,
+                              emb: np.ndarray, data: bytes, wl_matrix: np.ndarray) -> None:
+    # RAM: the matrix the matcher used is zeroed in place; the manager holds nothing
+    assert not np.asarray(wl_matrix).any()
+    assert m.watchlist is None and not m.armed and m.status.code == "ended"
+    # disk: no bundle, no wrapped key, no decrypted watchlist byte anywhere in the state dir
+    assert not env.bundle_path.exists()
+    disk = _all_state_bytes(env.state)
+    for row in emb:
+        assert row.tobytes()[:32] not in disk
+        assert row.astype(">f4").tobytes()[:32] not in disk
+    header = json.loads(data[46 : 46 + int.from_bytes(data[42:46], "big")])
+    for r in header["recipients"]:
+        wrapped = base64.b64decode(r["wrapped_key"])
+        assert wrapped not in disk and r["wrapped_key"].encode() not in disk
+    assert data[-64:] not in disk and data[1000:1064] not in disk
+    assert b"S-0001" not in disk.replace(b'"S-0001"', b"")  # subject ids only as needed
+    # the summary is produced, published and audited
+    assert summary["end_reason"] == reason
+    assert summary["deployment_id"] == "D-2026-0042"
+    assert summary["location"] == "Example Street, Example Town"
+    assert summary["window"] == {"start": "2026-11-22T11:00:00Z", "end": "2026-11-22T16:00:00Z"}
+    assert summary["watchlist_size"] == 5
+    assert env.summaries == [summary]
+    events = [e["event"] for e in _events(env.audit)]
+    assert events[-4:] == ["watchlist_wiped", "watchlist_shredded", "disarmed",
+                           "deployment_summary"]
+    assert verify(env.audit.path) == len(events)
+
+
+def test_end_of_window_wipes_shreds_and_summarises(env) -> None:
+    emb = embeddings(5)
+    data = make_bundle(env.kit, emb=emb)
+    env.bundle_path.write_bytes(data)
+    m = env.manager()
+    assert m.load(env.bundle_path).armed
+    wl_matrix = m.watchlist.embeddings
+    m.counters.faces_processed += 1234
+    m.counters.tracks += 56
+    m.counters.alerts += 3
+    m.record_adjudication("0190-a1", "confirmed", "PC 1", "2026-11-22T12:01:00Z")
+    m.record_adjudication("0190-a2", "rejected", "PC 1", "2026-11-22T12:02:00Z")
+    m.record_adjudication("0190-a3", "rejected", "PC 2", "2026-11-22T12:03:00Z")
+    with pytest.raises(UsageError, match="not one of"):
+        m.record_adjudication("0190-a4", "arrest", "PC 2", "2026-11-22T12:03:00Z")
+    assert m.tick(END.timestamp() - 1) is None and m.armed
+    summary = m.tick(END.timestamp())
+    assert summary is not None
+    _end_of_deployment_checks(env, m, summary, "window_ended", emb, data, wl_matrix)
+    assert summary["faces_processed"] == 1234 and summary["tracks"] == 56
+    assert summary["alerts"] == 3
+    assert summary["adjudications"] == {"confirmed": 1, "rejected": 2, "not_stopped": 0}
+    assert m.tick(END.timestamp() + 60) is None  # nothing left to end
+
+
+def test_signed_end_command_and_replay(env) -> None:
+    emb = embeddings(5)
+    data = make_bundle(env.kit, emb=emb)
+    env.bundle_path.write_bytes(data)
+    m = env.manager()
+    assert m.load(env.bundle_path).armed
+    wl_matrix = m.watchlist.embeddings
+    issued = NOW - dt.timedelta(minutes=5)
+    cmd = make_command(env.kit.signer, "end_deployment", "van-01", "D-2026-0042",
+                       issued_at=issued)
+    # refusals first: other deployment, other device, forged, expired
+    other_dep = make_command(env.kit.signer, "end_deployment", "van-01", "D-OTHER",
+                             issued_at=issued)
+    with pytest.raises(CommandRefused) as info:
+        m.end(other_dep)
+    assert info.value.reason == "not_current" and m.armed
+    with pytest.raises(CommandRefused) as info:
+        m.end(make_command(env.kit.signer, "end_deployment", "van-02", "D-2026-0042",
+                           issued_at=issued))
+    assert info.value.reason == "not_for_device"
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    with pytest.raises(CommandRefused) as info:
+        m.end(make_command(Ed25519PrivateKey.generate(), "end_deployment", "van-01",
+                           "D-2026-0042", issued_at=issued))
+    assert info.value.reason == "unknown_signer"
+    forged = json.loads(cmd)
+    forged["body"] = forged["body"].replace("D-2026-0042", "D-2026-0043")
+    with pytest.raises(CommandRefused) as info:
+        m.end(json.dumps(forged).encode())
+    assert info.value.reason == "bad_signature"
+    with pytest.raises(CommandRefused) as info:
+        m.end(make_command(env.kit.signer, "end_deployment", "van-01", "D-2026-0042",
+                           issued_at=NOW - dt.timedelta(hours=2), valid_for_s=3600))
+    assert info.value.reason == "expired"
+    assert m.armed
+    summary = m.end(cmd)
+    _end_of_deployment_checks(env, m, summary, "end_command", emb, data, wl_matrix)
+    with pytest.raises(CommandRefused) as info:
+        m.end(cmd)
+    assert info.value.reason == "replayed"
+    # a copy of the ended bundle pushed again is refused and shredded
+    env.bundle_path.write_bytes(data)
+    st = m.load(env.bundle_path)
+    assert not st.armed and st.code == "deployment_ended"
+    assert not env.bundle_path.exists()
+
+
+def test_replay_protection_survives_a_restart(env) -> None:
+    env.bundle_path.write_bytes(make_bundle(env.kit))
+    m = env.manager()
+    m.load(env.bundle_path)
+    cmd = make_command(env.kit.signer, "legal_hold", "van-01", "D-2026-0042",
+                       {"alert_ids": ["0190-a1"], "on": True}, issued_at=NOW)
+    m.handle_command(cmd)
+    m.close()
+    with pytest.raises(CommandRefused) as info:
+        env.manager().handle_command(cmd)
+    assert info.value.reason == "replayed"
+
+
+def test_legal_hold_command_reaches_the_outbox(env) -> None:
+    m = env.manager()
+    cmd = make_command(env.kit.signer, "legal_hold", "van-01", "D-2026-0042",
+                       {"alert_ids": ["0190-a1", "unknown-alert"], "on": True}, issued_at=NOW)
+    result = m.handle_command(cmd)
+    assert env.holds == [("0190-a1", True), ("unknown-alert", True)]
+    assert result["not_found"] == ["unknown-alert"]
+    entry = _events(env.audit)[-1]
+    assert entry["event"] == "legal_hold" and entry["alert_ids"] == ["0190-a1", "unknown-alert"]
+
+
+def test_sequence_survives_restart_and_old_bundles_are_refused(env) -> None:
+    env.bundle_path.write_bytes(make_bundle(env.kit, spec_changes={"sequence": 9}))
+    m = env.manager()
+    assert m.load(env.bundle_path).armed
+    m.close()
+    older = env.state / "older.bundle"
+    older.write_bytes(make_bundle(env.kit, spec_changes={"sequence": 8}))
+    st = env.manager().load(older)
+    assert not st.armed and st.code == "old_sequence"
+    # the same (current) bundle re-arms after a restart
+    assert env.manager().load(env.bundle_path).armed
+
+
+def test_expired_bundle_found_at_start_is_shredded(env) -> None:
+    env.bundle_path.write_bytes(make_bundle(env.kit))
+    env.clock.t = END.timestamp() + 3600  # the device was off when the window ended
+    st = env.manager().load(env.bundle_path)
+    assert not st.armed and st.code == "window_ended"
+    assert not env.bundle_path.exists()
+    assert [e["event"] for e in _events(env.audit)] == ["bundle_refused", "watchlist_shredded"]
+
+
+def test_bad_new_bundle_does_not_disarm_a_running_deployment(env) -> None:
+    env.bundle_path.write_bytes(make_bundle(env.kit))
+    m = env.manager()
+    assert m.load(env.bundle_path).armed
+    bad = env.state / "bad.bundle"
+    bad.write_bytes(make_bundle(env.kit, spec_changes={"threshold": 0.1, "sequence": 8}))
+    assert m.load(bad).armed
+    assert _events(env.audit)[-1]["kept_armed"] is True
+
+
+def test_shred_file_overwrites_then_unlinks(tmp_path: Path) -> None:
+    p = tmp_path / "x"
+    p.write_bytes(b"secret" * 1000)
+    assert shred_file(p) and not p.exists()
+    assert not shred_file(p)

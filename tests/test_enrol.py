@@ -1,0 +1,165 @@
+"""Enrolment inputs (subject.toml, deployment.toml) are validated strictly; real-engine
+enrolment gives each image a verdict."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.enrol import load_deployment, load_subject
+from edge.errors import ConfigError
+
+DEPLOYMENT = """\
+deployment_id = "D-2026-0042"
+location = "Example Street, Example Town"
+start = 2026-11-22T10:00:00Z
+end = 2026-11-22T18:00:00+01:00
+authorising_officer = "Supt 1234"
+approved_at = 2026-11-21T09:00:00Z
+threshold = 0.45
+signage_confirmed = true
+max_watchlist_size = 500
+sequence = 7
+"""
+
+SUBJECT = """\
+category = "wanted_court"
+reference = "PNC 24/123456X"
+source = "custody image"
+capture_date = 2024-05-01
+legal_basis = "PACE Code D"
+"""
+
+
+def _dep(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "deployment.toml"
+    p.write_text(text)
+    return p
+
+
+def test_valid_deployment(tmp_path: Path) -> None:
+    spec = load_deployment(_dep(tmp_path, DEPLOYMENT))
+    assert spec.deployment_id == "D-2026-0042"
+    assert spec.start == dt.datetime(2026, 11, 22, 10, tzinfo=dt.UTC)
+    assert spec.end == dt.datetime(2026, 11, 22, 17, tzinfo=dt.UTC)  # converted to UTC
+    assert spec.threshold == 0.45 and spec.signage_confirmed and spec.sequence == 7
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda t: t + 'colour = "blue"\n', "unknown key 'colour'"),
+        (lambda t: t.replace("sequence = 7\n", ""), "missing sequence"),
+        (lambda t: t.replace("2026-11-22T10:00:00Z", "2026-11-22T10:00:00"), "UTC offset"),
+        (lambda t: t.replace("signage_confirmed = true", "signage_confirmed = false"),
+         "signage_confirmed must be true"),
+        (lambda t: t.replace("threshold = 0.45", "threshold = 1.5"), "threshold"),
+        (lambda t: t.replace("threshold = 0.45", 'threshold = "0.45"'), "threshold"),
+        (lambda t: t.replace("2026-11-22T18:00:00+01:00", "2026-11-22T09:00:00Z"),
+         "end must be after start"),
+        (lambda t: t.replace("max_watchlist_size = 500", "max_watchlist_size = 0"),
+         "max_watchlist_size"),
+        (lambda t: t.replace("sequence = 7", "sequence = -1"), "sequence"),
+        (lambda t: t.replace('"D-2026-0042"', '"D 42/x"'), "deployment_id"),
+        (lambda t: t.replace('"Supt 1234"', '""'), "authorising_officer"),
+        (lambda t: t + "[[", "not valid TOML"),
+    ],
+)
+def test_deployment_problems_are_named(tmp_path: Path, change, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_deployment(_dep(tmp_path, change(DEPLOYMENT)))
+    assert any(problem in line for line in info.value.problems), info.value.problems
+
+
+def _subject(tmp_path: Path, text: str, name: str = "S-0001") -> Path:
+    folder = tmp_path / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "subject.toml").write_text(text)
+    return folder
+
+
+def test_valid_subject(tmp_path: Path) -> None:
+    meta = load_subject(_subject(tmp_path, SUBJECT))
+    assert meta.subject_id == "S-0001" and meta.category == "wanted_court"
+    assert meta.capture_date == "2024-05-01"
+    meta2 = load_subject(_subject(tmp_path, SUBJECT + 'id = "W-77"\n', "other"))
+    assert meta2.subject_id == "W-77"
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda t: t.replace('"wanted_court"', '"gang_member"'), "not one of the permitted"),
+        (lambda t: t.replace('"wanted_court"', '"Wanted by court"'), "not one of the permitted"),
+        (lambda t: t + 'notes = "x"\n', "unknown key 'notes'"),
+        (lambda t: t.replace('legal_basis = "PACE Code D"\n', ""), "missing legal_basis"),
+        (lambda t: t.replace("2024-05-01", "2099-01-01"), "in the future"),
+        (lambda t: t.replace("2024-05-01", '"last spring"'), "capture_date"),
+        (lambda t: t.replace('"custody image"', '""'), "source"),
+    ],
+)
+def test_subject_problems_are_named(tmp_path: Path, change, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_subject(_subject(tmp_path, change(SUBJECT)))
+    assert any(problem in line for line in info.value.problems), info.value.problems
+
+
+def test_missing_subject_toml(tmp_path: Path) -> None:
+    (tmp_path / "S-9").mkdir()
+    with pytest.raises(ConfigError, match=r"subject\.toml"):
+        load_subject(tmp_path / "S-9")
+
+
+# --- real engine --------------------------------------------------------------------------
+
+
+def _engine(models_dir: Path):
+    pytest.importorskip("edge.faces", reason="FaceEngine not available")
+    pytest.importorskip("edge.quality", reason="FaceEngine not available")
+    from edge.faces import FaceEngine
+    from edge.quality import QualityGate
+
+    return FaceEngine.from_models(models_dir, precision="int8"), QualityGate()
+
+
+def test_enrol_gives_every_image_a_verdict(tmp_path: Path, photos_dir: Path,
+                                           models_dir: Path) -> None:
+    import cv2
+
+    from edge.enrol import enrol
+
+    engine, gate = _engine(models_dir)
+    tests = photos_dir / "face_recognition_tests"
+    obama = cv2.imread(str(tests / "obama.jpg"))
+    biden = cv2.imread(str(tests / "biden.jpg"))
+    folder = _subject(tmp_path / "subjects", SUBJECT, "S-0001")
+    cv2.imwrite(str(folder / "a_good.jpg"), obama)
+    cv2.imwrite(str(folder / "b_second.jpg"), cv2.imread(str(tests / "obama2.jpg")))
+    h = min(obama.shape[0], biden.shape[0])
+    pair = np.hstack([cv2.resize(obama, (obama.shape[1] * h // obama.shape[0], h)),
+                      cv2.resize(biden, (biden.shape[1] * h // biden.shape[0], h))])
+    cv2.imwrite(str(folder / "c_two.jpg"), pair)
+    grad = np.tile(np.linspace(0, 255, 320, dtype=np.uint8), (240, 1))
+    cv2.imwrite(str(folder / "d_none.png"), cv2.merge([grad, grad, grad]))
+    (folder / "e_broken.jpg").write_bytes(b"not a jpeg")
+    seen: list[int] = []
+    report = enrol(tmp_path / "subjects", engine, gate, engine.family.metric, seen.append)
+    verdicts = {v.file: v for v in report.verdicts}
+    assert verdicts["a_good.jpg"].ok and verdicts["b_second.jpg"].ok
+    assert not verdicts["c_two.jpg"].ok and verdicts["c_two.jpg"].verdict.startswith("2 faces")
+    assert verdicts["d_none.png"].verdict == "no face"
+    assert verdicts["e_broken.jpg"].verdict == "unreadable"
+    assert len(seen) == 5
+    (subject,) = report.subjects
+    assert subject.images_used == 2
+    assert report.embeddings.shape == (1, engine.family.dim)
+    # the subject embedding is the mean of the good images' embeddings
+    chips = [engine.analyse(img)[0].chip for img in (obama, cv2.imread(str(tests / "obama2.jpg")))]
+    expected = engine.embed(chips).mean(axis=0)
+    if engine.family.metric == "cosine":
+        expected = expected / np.linalg.norm(expected)
+    np.testing.assert_allclose(report.embeddings[0], expected, atol=1e-4)
+    assert report.thumbnails["S-0001"][:2] == b"\xff\xd8"

@@ -1,0 +1,112 @@
+"""models/manifest.json agrees with the committed .tflite files (fast; no shared data)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.build.common import FAMILIES, io_specs
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+ROLES = {"detector", "landmarks", "embedder"}
+PRECISIONS = {"float32", "int8", "float16", "dynamic-int8"}
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict[str, Any]:
+    m: dict[str, Any] = json.loads((MODELS / "manifest.json").read_text())
+    return m
+
+
+def _entries(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return list(manifest["models"].items())
+
+
+def test_schema_and_families(manifest: dict[str, Any]) -> None:
+    assert manifest["schema"] == 1
+    # dlib150 exactly as docs/design.md; the threshold is a similarity (1 - distance).
+    assert manifest["families"]["dlib150"] == FAMILIES["dlib150"]
+    assert manifest["families"]["dlib150"] == {
+        "input_size": 150, "colour": "RGB",
+        "normalisation": {"mean": [122.782, 117.001, 104.298], "std": [256, 256, 256]},
+        "template": "dlib5", "padding": 0.25, "embedding_size": 128,
+        "metric": "euclidean", "threshold": 0.4,
+    }
+
+
+def test_every_tflite_is_in_the_manifest(manifest: dict[str, Any]) -> None:
+    listed = {e["file"] for _, e in _entries(manifest)}
+    on_disk = {p.name for p in MODELS.glob("*.tflite")}
+    assert on_disk, "no models committed"
+    assert on_disk == listed
+
+
+def test_files_match_sha256_and_size(manifest: dict[str, Any]) -> None:
+    for name, e in _entries(manifest):
+        data = (MODELS / e["file"]).read_bytes()
+        assert len(data) == e["bytes"], name
+        assert hashlib.sha256(data).hexdigest() == e["sha256"], name
+        assert e["file"] == f"{name}.tflite"
+
+
+def test_entries_are_complete(manifest: dict[str, Any]) -> None:
+    roles = set()
+    for name, e in _entries(manifest):
+        roles.add(e["role"])
+        assert e["role"] in ROLES, name
+        assert e["precision"] in PRECISIONS, name
+        assert set(e["source"]) == {"package", "version", "file", "sha256"}, name
+        assert len(e["source"]["sha256"]) == 64
+        assert e["licence"] in {"CC0-1.0", "Apache-2.0"}, name
+        assert isinstance(e["measured"], dict), name
+        if e["role"] == "embedder":
+            assert e["family"] in manifest["families"], name
+            assert e["licence"] == "CC0-1.0"
+            assert e["input"]["normalisation_in_model"] is True
+        else:
+            assert e["licence"] == "Apache-2.0", name
+    assert {"embedder", "landmarks"} <= roles
+
+
+def test_io_specs_match_the_interpreter(manifest: dict[str, Any]) -> None:
+    for name, e in _entries(manifest):
+        ins, outs = io_specs(MODELS / e["file"])
+        assert len(ins) == 1, name
+        want_in = {k: e["input"][k] for k in ("name", "shape", "dtype")}
+        assert {k: ins[0][k] for k in ("name", "shape", "dtype")} == want_in, name
+        assert ins[0].get("quantization") == e["input"].get("quantization"), name
+        got_out = outs[0] if len(outs) == 1 else outs
+        assert got_out == e["output"], name
+
+
+def test_embedders_take_raw_uint8_pixels(manifest: dict[str, Any]) -> None:
+    """Both embedders take a 1x150x150x3 uint8 RGB chip; int8 is scale 1, zero point 0."""
+    fam = manifest["families"]["dlib150"]
+    embedders = [(n, e) for n, e in _entries(manifest) if e["role"] == "embedder"]
+    assert {e["precision"] for _, e in embedders} == {"float32", "int8"}
+    for name, e in embedders:
+        size = fam["input_size"]
+        assert e["input"]["shape"] == [1, size, size, 3], name
+        assert e["input"]["dtype"] == "uint8", name
+        assert e["output"]["shape"] == [1, fam["embedding_size"]], name
+        assert e["output"]["dtype"] == "float32", name
+        if e["precision"] == "int8":
+            assert e["input"]["quantization"] == [1.0, 0], name
+
+
+def test_int8_embedder_is_really_integer(manifest: dict[str, Any]) -> None:
+    """The int8 file's convolutions run on int8 tensors (not a float model in disguise)."""
+    from models.build.common import interpreter
+
+    it = interpreter(MODELS / manifest["models"]["dlib_resnet_v1_int8"]["file"])
+    convs = [op for op in it._get_ops_details() if op["op_name"] == "CONV_2D"]
+    assert len(convs) == 29
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    for op in convs:
+        assert details[op["inputs"][0]]["dtype"] == np.int8
+        assert details[op["inputs"][1]]["dtype"] == np.int8

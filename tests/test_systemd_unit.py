@@ -1,0 +1,230 @@
+"""The hardened systemd unit: its exposure figure, its key directives, and the Ansible template.
+
+``systemd-analyze security --offline=yes`` scores a unit file without a running
+systemd (PID 1 here is not systemd); the target is an exposure of at most 1.5.
+The reference unit (systemd/edge.service) and the one Ansible installs
+(roles/edge_device/templates/edge.service.j2, rendered here with the role's
+defaults through ansible itself) must both meet it and carry the same
+directives. ansible-lint's production profile must pass over ansible/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+UNIT = REPO / "systemd" / "edge.service"
+ROLE = REPO / "ansible" / "roles" / "edge_device"
+TEMPLATE = ROLE / "templates" / "edge.service.j2"
+VENV_BIN = Path(sys.executable).parent
+MAX_EXPOSURE = 1.5
+
+# Directive -> required value (one value per line as written in the file).
+REQUIRED: dict[str, str] = {
+    "Type": "notify",
+    "NotifyAccess": "main",
+    "Restart": "on-failure",
+    "User": "edge",
+    "Group": "edge",
+    "SupplementaryGroups": "video",
+    "StateDirectory": "edge",
+    "StateDirectoryMode": "0700",
+    "UMask": "0077",
+    "ExecStart": "/opt/edge/venv/bin/edge run --config /etc/edge/edge.toml",
+    "ExecReload": "/bin/kill -HUP $MAINPID",
+    "NoNewPrivileges": "yes",
+    "CapabilityBoundingSet": "",
+    "AmbientCapabilities": "",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "DevicePolicy": "closed",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "ProtectClock": "yes",
+    "ProtectHostname": "yes",
+    "ProtectProc": "invisible",
+    "RestrictNamespaces": "yes",
+    "RestrictRealtime": "yes",
+    "RestrictSUIDSGID": "yes",
+    "LockPersonality": "yes",
+    "MemoryDenyWriteExecute": "yes",
+    "RemoveIPC": "yes",
+    "KeyringMode": "private",
+    "SystemCallArchitectures": "native",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+    "IPAddressDeny": "any",
+    "SocketBindDeny": "any",
+}
+
+
+def directives(text: str) -> dict[str, list[str]]:
+    """Every ``Key=value`` line of a unit (comments and section headers skipped)."""
+    found: dict[str, list[str]] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";", "[")) or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def exposure(unit: Path) -> float:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is missing (apt-get install systemd)")
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", proc.stdout)
+    assert match, f"no exposure figure in:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def rendered_unit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The role's unit template rendered by Ansible with the role's defaults and vars."""
+    out = tmp_path_factory.mktemp("unit") / "edge.service"
+    playbook = out.with_name("render.yml")
+    play = [
+        {
+            "name": "render the edge unit",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
+            "tasks": [
+                {
+                    "name": "render",
+                    "ansible.builtin.template": {
+                        "src": str(TEMPLATE),
+                        "dest": str(out),
+                        "mode": "0644",
+                    },
+                }
+            ],
+        }
+    ]
+    playbook.write_text(json.dumps(play))
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="False")
+    env["ANSIBLE_INVENTORY_UNPARSED_WARNING"] = "False"
+    proc = subprocess.run(
+        [
+            str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+            "-e", f"ansible_python_interpreter={sys.executable}",
+            "-e", json.dumps({"edge_device_broker_allow": ["192.0.2.10"]}), str(playbook),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_reference_unit_exposure_at_most_1_5() -> None:
+    assert exposure(UNIT) <= MAX_EXPOSURE
+
+
+def test_rendered_unit_exposure_at_most_1_5(rendered_unit: Path) -> None:
+    assert exposure(rendered_unit) <= MAX_EXPOSURE
+
+
+@pytest.mark.parametrize("which", ["reference", "template"])
+def test_key_directives(which: str, rendered_unit: Path) -> None:
+    unit = UNIT if which == "reference" else rendered_unit
+    found = directives(unit.read_text())
+    for key, value in REQUIRED.items():
+        assert key in found, f"{unit.name}: {key}= missing"
+        assert value in found[key], f"{unit.name}: {key}={found[key]}, want {value!r}"
+    # The watchdog and the restart limits.
+    assert re.fullmatch(r"\d+s?", found["WatchdogSec"][0])
+    assert int(found["WatchdogSec"][0].rstrip("s")) > 0
+    assert int(found["StartLimitBurst"][0]) > 0
+    assert int(found["StartLimitIntervalSec"][0]) > 0
+    # The camera only: no PrivateDevices (it would hide /dev/video*), a closed device
+    # policy opened for the V4L2, media-controller and DMA-heap majors alone.
+    assert "PrivateDevices" not in found
+    assert sorted(found["DeviceAllow"]) == [
+        "char-dma_heap rw",
+        "char-media rw",
+        "char-video4linux rw",
+    ]
+    # The system-call filter: the service set, without the privileged and resource sets.
+    assert "@system-service" in found["SystemCallFilter"]
+    assert "~@privileged @resources" in found["SystemCallFilter"]
+    # Secrets arrive as credentials, never in the environment.
+    creds = {v.split(":", 1)[0] for v in found["LoadCredential"]}
+    assert creds == {"device.key", "mqtt-client.key", "signer.pub"}
+    assert "Environment" not in found and "EnvironmentFile" not in found
+    # Safeguard 10: the allow list names addresses only, never "any".
+    allow = " ".join(found["IPAddressAllow"]).split()
+    assert allow and "any" not in allow
+
+
+def test_template_matches_reference(rendered_unit: Path) -> None:
+    """Same directives in both, except where the template fills in site values."""
+    ref = directives(UNIT.read_text())
+    tpl = directives(rendered_unit.read_text())
+    site_specific = {"IPAddressAllow"}
+    assert set(ref) == set(tpl)
+    for key in set(ref) - site_specific:
+        assert sorted(ref[key]) == sorted(tpl[key]), key
+    assert tpl["IPAddressAllow"] == ["192.0.2.10"]
+
+
+def test_template_has_ansible_managed_header(rendered_unit: Path) -> None:
+    head = rendered_unit.read_text().splitlines()[:3]
+    assert all(line.startswith("#") for line in head)
+    assert any("Ansible managed" in line for line in head)
+
+
+def test_unit_verifies() -> None:
+    """``systemd-analyze verify`` finds nothing wrong besides the absent executable."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is missing (apt-get install systemd)")
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(UNIT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = [
+        ln
+        for ln in (proc.stdout + proc.stderr).splitlines()
+        if ln.strip() and "/opt/edge/venv/bin/edge" not in ln
+    ]
+    assert not lines, "\n".join(lines)
+
+
+def test_ansible_lint_production_profile() -> None:
+    lint = VENV_BIN / "ansible-lint"
+    if not lint.exists():
+        pytest.skip("ansible-lint is not installed in the venv")
+    env = dict(os.environ, NO_COLOR="1", PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
+    proc = subprocess.run(
+        [str(lint), "--offline", "--profile", "production", "--nocolor", "."],
+        cwd=REPO / "ansible",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
