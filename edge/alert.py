@@ -345,9 +345,7 @@ def parse_alert(payload: bytes) -> dict[str, Any]:
 # --- adjudications ---------------------------------------------------------------------------
 
 
-def make_adjudication(
-    alert_id: str, decision: str, officer: str, at: float
-) -> dict[str, str]:
+def make_adjudication(alert_id: str, decision: str, officer: str, at: float) -> dict[str, str]:
     """The ``{alert_id, decision, officer, at}`` object the control room sends back."""
     adj = {"alert_id": alert_id, "decision": decision, "officer": officer, "at": rfc3339(at)}
     return parse_adjudication(_dumps(adj))

@@ -188,9 +188,11 @@ class _Shape:
 
     @staticmethod
     def number(v: Any, name: str, lo: float, hi: float) -> float:
-        if type(v) not in (int, float) or not math.isfinite(v) or not lo <= v <= hi:
+        if type(v) is int and lo <= v <= hi:
+            return float(v)
+        if type(v) is not float or not math.isfinite(v) or not lo <= v <= hi:
             raise ValueError(f"{name} is not a number in [{lo}, {hi}]")
-        return float(v)
+        return v
 
     @staticmethod
     def boolean(v: Any, name: str) -> bool:
@@ -685,7 +687,7 @@ def _verified(
 def _parse_header(header_bytes: bytes) -> BundleHeader:
     try:
         header = BundleHeader.from_json(strict_json(header_bytes))
-    except ValueError as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise _refuse("garbled", f"bundle is garbled: header {exc}") from None
     if header.format != FORMAT_VERSION:
         raise _refuse(

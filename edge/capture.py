@@ -195,6 +195,11 @@ class CaptureThread:
     def stop(self, timeout: float | None = 10.0) -> bool:
         """Ask the thread to stop and wait for it; True when it has ended."""
         self.stop_event.set()
+        if self._thread.ident is None:  # never started: end the stream here
+            self.source.close()
+            self._set(state="stopped")
+            self.queue.end()
+            return True
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         return not self._thread.is_alive()

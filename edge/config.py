@@ -271,7 +271,7 @@ class DetectorSettings(Section):
     """``[detector]``: the face detector."""
 
     model: str = Field(
-        default="face_detection_full_range",
+        default="blazeface_full_float32",
         min_length=1,
         description="Detector model name in the models manifest.",
     )

@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 DECISIONS = ("confirmed", "rejected", "not_stopped")
 STATE_FILE = "deployment-state.json"
 MAX_BUNDLE_READ = 300 << 20
+MAX_COMMAND_FILE = 64 * 1024
+COMMANDS_DIR = "commands"
+"""``<state_dir>/commands/``: where signed command files are dropped for the daemon."""
 
 
 @dataclass(slots=True)
@@ -82,7 +85,15 @@ class DeploymentStatus:
     window_end: str | None = None
 
     def line(self) -> str:
-        return f"{'armed' if self.armed else 'disarmed'}: {self.reason}"
+        """``armed: ...``, ``disarmed, pending: ...``, ``disarmed, refused (<code>): ...``
+        or ``disarmed: ...`` (no bundle, ended)."""
+        if self.armed:
+            return f"armed: {self.reason}"
+        if self.code == "pending":
+            return f"disarmed, pending: {self.reason}"
+        if self.code in ("no_bundle", "ended"):
+            return f"disarmed: {self.reason}"
+        return f"disarmed, refused ({self.code}): {self.reason}"
 
 
 @dataclass(slots=True)
@@ -319,8 +330,7 @@ class DeploymentManager:
                 h = read_header(path.read_bytes(), self.trusted_signers)
                 self._pending = (path, h.start.timestamp())
                 status = DeploymentStatus(False, "pending", str(exc), h.deployment_id)
-        if exc.reason != "no_bundle" or self._status.code != "no_bundle":
-            self.audit.append("bundle_refused", **fields)
+        self.audit.append("bundle_refused", **fields)
         # A deployment that is over: its watchlist must not stay on the device.
         if exc.reason in ("window_ended", "deployment_ended") and shred_file(path):
             self.audit.append("watchlist_shredded", path=str(path), reason=exc.reason)
@@ -402,6 +412,28 @@ class DeploymentManager:
             return {"command": cmd.command, "summary": self._end(cmd, now)}
         return {"command": cmd.command, **self._legal_hold(cmd)}
 
+    def process_command_files(self, directory: Path, now: float | None = None) -> list[str]:
+        """Handle signed command files dropped in ``directory`` (``*.json``, e.g. by
+        Ansible's end-deployment play before ``systemctl reload edge``); each file is
+        removed once handled, accepted or refused. Returns one line per file."""
+        results: list[str] = []
+        try:
+            files = sorted(p for p in directory.glob("*.json") if p.is_file())
+        except OSError:
+            return results
+        for path in files[:100]:
+            try:
+                with path.open("rb") as fh:
+                    data = fh.read(MAX_COMMAND_FILE + 1)
+                result = self.handle_command(data, now)
+                results.append(f"{path.name}: {result['command']} accepted")
+            except (CommandRefused, OSError) as exc:
+                results.append(f"{path.name}: refused: {exc}")
+            finally:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        return results
+
     def end(self, signed_command: bytes, now: float | None = None) -> dict[str, Any]:
         """End the deployment on a signed ``end_deployment`` command; returns the summary."""
         result = self.handle_command(signed_command, now)
@@ -413,6 +445,10 @@ class DeploymentManager:
     def _end(self, cmd: SignedCommand, now: float) -> dict[str, Any]:
         with self._lock:
             active = self._active
+            if active is None and self._pending is not None:
+                cancelled = self._cancel_pending(cmd, now)
+                if cancelled is not None:
+                    return cancelled
             if active is None or active.opened.header.deployment_id != cmd.deployment_id:
                 current = active.opened.header.deployment_id if active else "none"
                 exc = CommandRefused(
@@ -427,6 +463,56 @@ class DeploymentManager:
                 nonce=cmd.nonce, issued_at=format_time(cmd.issued_at),
             )
             return self._finish("end_command", now)
+
+    def _cancel_pending(self, cmd: SignedCommand, now: float) -> dict[str, Any] | None:
+        """End a deployment whose window has not opened yet: shred its pending bundle."""
+        assert self._pending is not None
+        path = self._pending[0]
+        try:
+            h = read_header(path.read_bytes(), self.trusted_signers)
+        except (BundleRefused, OSError):
+            return None
+        if h.deployment_id != cmd.deployment_id:
+            return None
+        self.audit.append(
+            "command_accepted", command=cmd.command, deployment_id=cmd.deployment_id,
+            nonce=cmd.nonce, issued_at=format_time(cmd.issued_at),
+        )
+        self._pending = None
+        removed = shred_file(path)
+        self.audit.append("watchlist_shredded", deployment_id=h.deployment_id,
+                          bundle_id=h.bundle_id, path=str(path), file_removed=removed)
+        self._state["ended"] = [*self._state["ended"], h.bundle_id][-200:]
+        self._write_state()
+        summary: dict[str, Any] = {
+            "deployment_id": h.deployment_id,
+            "bundle_id": h.bundle_id,
+            "device_id": self.device_id,
+            "location": h.location,
+            "window": {"start": format_time(h.start), "end": format_time(h.end)},
+            "armed_at": None,
+            "ended_at": _iso(now),
+            "end_reason": "cancelled_before_start",
+            "watchlist_size": h.subject_count,
+            "threshold": h.threshold,
+            "frames": 0,
+            "faces_processed": 0,
+            "tracks": 0,
+            "alerts": 0,
+            "adjudications": dict.fromkeys(DECISIONS, 0),
+        }
+        self.audit.append("deployment_summary", summary=summary)
+        log.warning("deployment %s cancelled before its window opened", h.deployment_id)
+        self._set_status(DeploymentStatus(
+            False, "ended", f"deployment {h.deployment_id} cancelled before start",
+            h.deployment_id,
+        ))
+        if self.on_summary is not None:
+            try:
+                self.on_summary(summary)
+            except Exception:
+                log.exception("summary callback failed")
+        return summary
 
     def _legal_hold(self, cmd: SignedCommand) -> dict[str, Any]:
         ids: list[str] = list(cmd.args["alert_ids"])
@@ -459,8 +545,8 @@ class DeploymentManager:
             active = self._active
             deployment = active.opened.header.deployment_id if active else None
             self.audit.append(
-                "adjudication", alert_id=alert_id, decision=decision, officer=officer, decided_at=at,
-                deployment_id=deployment,
+                "adjudication", alert_id=alert_id, decision=decision, officer=officer,
+                decided_at=at, deployment_id=deployment,
             )
             if active is not None:
                 active.adjudications[decision] += 1

@@ -49,7 +49,15 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from edge.bundle import CATEGORIES, ID_RE, MAX_TEXT, DeploymentSpec, Subject, format_time
+from edge.bundle import (
+    CATEGORIES,
+    ID_RE,
+    MAX_TEXT,
+    DeploymentSpec,
+    EmbedderInfo,
+    Subject,
+    format_time,
+)
 from edge.errors import ConfigError, UsageError
 from edge.types import Chip, Detection, ImageU8, Metric, Quality
 
@@ -419,6 +427,30 @@ def _enrol_image(
     if emb.ndim != 2 or emb.shape[0] != 1 or not np.isfinite(emb).all():
         return "embedding failed", None, b"", 0.0
     return "ok", emb[0].copy(), thumbnail(image, face.detection), float(q.score)
+
+
+class _EngineInfo(Protocol):
+    @property
+    def embedder(self) -> Any: ...
+
+    @property
+    def family(self) -> Any: ...
+
+
+def embedder_info(engine: _EngineInfo, models_dir: Path | None) -> EmbedderInfo:
+    """The bundle's embedder description for a loaded FaceEngine (name, manifest sha256,
+    family, metric, dim). The daemon compares the bundle's sha256 with the same value."""
+    from edge.manifest import Manifest
+
+    name = str(engine.embedder.name)
+    entry = Manifest.load(models_dir).entry(name)
+    return EmbedderInfo(
+        name=name,
+        sha256=entry.sha256,
+        family=str(engine.family.name),
+        metric=engine.family.metric,
+        dim=int(engine.family.dim),
+    )
 
 
 def describe_spec(spec: DeploymentSpec) -> str:

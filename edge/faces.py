@@ -105,6 +105,8 @@ class FaceEngine:
         """Build the engine from ``models/manifest.json`` (each file sha256-checked)."""
         manifest = Manifest.load(models_dir)
         emb_name = embedder if embedder in manifest.names else f"{embedder}_{precision}"
+        if landmarks not in ("blazeface", "mesh", "mesh_raw"):
+            raise ModelError(f"unknown landmarks {landmarks!r} (use blazeface, mesh or mesh_raw)")
         if precision not in ("int8", "float32"):
             raise ModelError(f"unknown precision {precision!r} (use int8 or float32)")
         emb = Embedder.from_manifest(manifest, _resolve(manifest, emb_name, "embedder"), threads)
@@ -113,17 +115,17 @@ class FaceEngine:
         lm: Landmarker
         if landmarks == "blazeface":
             lm = BlazeFaceLandmarker()
-        elif landmarks in ("mesh", "mesh_raw"):
+        else:
             lm_name = manifest.find("landmarks")
             lm = MeshLandmarker(
                 manifest.verify(lm_name), threads=threads, regress=landmarks == "mesh"
             )
-        else:
-            raise ModelError(f"unknown landmarks {landmarks!r} (use blazeface, mesh or mesh_raw)")
         info = {
             "detector": det_name,
+            "detector_sha256": manifest.entry(det_name).sha256,
             "landmarks": landmarks,
             "embedder": emb.name,
+            "embedder_sha256": manifest.entry(emb.name).sha256,
             "family": emb.family.name,
         }
         return cls(det, lm, emb, model_info=info)

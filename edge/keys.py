@@ -100,7 +100,10 @@ def write_atomic(path: Path, data: bytes, mode: int, force: bool) -> None:
     if path.exists() and not force:
         raise UsageError(f"{path} exists; use --force to overwrite it")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
     try:
         os.fchmod(fd, mode)  # the creation mode was masked by umask; set it exactly
         with os.fdopen(fd, "wb") as fh:
@@ -248,6 +251,17 @@ def load_device_public(path: Path) -> tuple[str, X25519PublicKey]:
         raise UsageError(f"{path} is not an X25519 device public key")
     name = path.name[: -len(".pub")] if path.name.endswith(".pub") else path.stem
     return check_device_id(name), key
+
+
+def signer_public_from_bytes(data: bytes) -> Ed25519PublicKey:
+    """Parse the control room's public key given as PEM bytes (e.g. a systemd credential)."""
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError):
+        raise UsageError("signer credential is not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise UsageError("signer credential is not an Ed25519 public key")
+    return key
 
 
 def device_key_from_bytes(data: bytes) -> X25519PrivateKey:

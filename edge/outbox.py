@@ -34,15 +34,17 @@ attempts, legal_hold, published_at, delivered, bad)`` and come out in ``seq``
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Concatenate, Final, ParamSpec, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -130,6 +132,23 @@ class OutboxStats:
     pending: int  # waiting for delivery
     held: int  # on legal hold (pending or delivered)
     bad: int  # failed authentication, kept for inspection, never sent
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _db_errors(fn: Callable[Concatenate[Outbox, _P], _R]) -> Callable[Concatenate[Outbox, _P], _R]:
+    """Turn SQLite failures (disk full, I/O error, locked) into :class:`OutboxError`."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Outbox, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise OutboxError(f"{self.path}: {exc}") from exc
+
+    return wrapper
 
 
 def _aad(msg_id: str, topic: str, retain: bool) -> bytes:
@@ -225,6 +244,7 @@ class Outbox:
 
     # -- writing ----------------------------------------------------------------------------
 
+    @_db_errors
     def put(
         self,
         msg_id: str,
@@ -248,9 +268,7 @@ class Outbox:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                if self._db.execute(
-                    "SELECT 1 FROM outbox WHERE msg_id = ?", (msg_id,)
-                ).fetchone():
+                if self._db.execute("SELECT 1 FROM outbox WHERE msg_id = ?", (msg_id,)).fetchone():
                     self._db.execute("ROLLBACK")
                     return False
                 items, size = self._db.execute(
@@ -273,6 +291,7 @@ class Outbox:
                 raise
         return True
 
+    @_db_errors
     def mark_sent(self, msg_id: str, now: float | None = None) -> float | None:
         """Record an attempt to publish ``msg_id``; returns its first-publish time.
 
@@ -292,6 +311,7 @@ class Outbox:
             ).fetchone()
         return None if row is None else float(row[0])
 
+    @_db_errors
     def ack(self, msg_id: str) -> bool:
         """The broker acknowledged ``msg_id`` (PUBACK success): delete it.
 
@@ -304,16 +324,16 @@ class Outbox:
             )
             if cur.rowcount:
                 return True
-            cur = self._db.execute(
-                "UPDATE outbox SET delivered = 1 WHERE msg_id = ?", (msg_id,)
-            )
+            cur = self._db.execute("UPDATE outbox SET delivered = 1 WHERE msg_id = ?", (msg_id,))
             return cur.rowcount > 0
 
+    @_db_errors
     def mark_bad(self, msg_id: str) -> None:
         """Take a row that failed authentication out of the queue (kept until purged)."""
         with self._lock:
             self._db.execute("UPDATE outbox SET bad = 1 WHERE msg_id = ?", (msg_id,))
 
+    @_db_errors
     def set_legal_hold(self, msg_id: str, on: bool) -> bool:
         """Put ``msg_id`` on (or take it off) legal hold; False if no such row."""
         with self._lock:
@@ -322,6 +342,7 @@ class Outbox:
             )
             return cur.rowcount > 0
 
+    @_db_errors
     def purge(self, older_than_s: float = RETENTION_S, now: float | None = None) -> PurgeResult:
         """Delete rows created more than ``older_than_s`` ago, and delivered rows whose
         legal hold was lifted; rows on legal hold are kept. Returns what was deleted."""
@@ -358,6 +379,7 @@ class Outbox:
         except InvalidTag:
             raise OutboxTampered(msg_id) from None
 
+    @_db_errors
     def pending(self, limit: int = 100, after_seq: int = 0) -> list[OutboxItem]:
         """Up to ``limit`` undelivered messages with ``seq > after_seq``, oldest first.
 
@@ -388,6 +410,7 @@ class Outbox:
             )
         return out
 
+    @_db_errors
     def get(self, msg_id: str) -> OutboxItem | None:
         """One row (pending or delivered-and-held) by id, decrypted; None if absent."""
         with self._lock:
@@ -411,6 +434,7 @@ class Outbox:
             published_at=None if published is None else float(published),
         )
 
+    @_db_errors
     def count_pending(self) -> int:
         with self._lock:
             return int(
@@ -419,6 +443,7 @@ class Outbox:
                 ).fetchone()[0]
             )
 
+    @_db_errors
     def stats(self) -> OutboxStats:
         with self._lock:
             row = self._db.execute(

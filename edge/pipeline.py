@@ -19,24 +19,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
-from edge.alert import new_alert_id
+from edge.alert import face_bbox, face_crop_jpeg, new_alert_id
 from edge.decide import TrackDecider
 from edge.faces import FaceEngine
 from edge.match import Matcher, Watchlist
 from edge.quality import QualityGate
 from edge.track import IoUTracker
-from edge.types import AlertRecord, Detection, Frame, ImageU8, Track
+from edge.types import AlertRecord, Detection, Frame, Track
 
 log = logging.getLogger(__name__)
 
 STAGES = ("detect", "track", "quality", "align", "embed", "match", "decide")
-
-CROP_MARGIN = 0.25
-"""Fraction of the face box added on each side of the alert crop."""
-
 
 @dataclass(slots=True)
 class FrameOutcome:
@@ -44,6 +39,7 @@ class FrameOutcome:
 
     alerts: list[AlertRecord]
     faces: int
+    new_tracks: int
     embedded: int
     ended_tracks: int
     timings: dict[str, float] = field(default_factory=dict)
@@ -63,25 +59,6 @@ def scale_detection(det: Detection, sx: float, sy: float) -> Detection:
     x1, y1, x2, y2 = det.box
     kp = (det.keypoints * np.array([sx, sy], dtype=np.float32)).astype(np.float32)
     return Detection((x1 * sx, y1 * sy, x2 * sx, y2 * sy), kp, det.score)
-
-
-def face_crop(image: ImageU8, det: Detection, margin: float = CROP_MARGIN) -> tuple[
-    ImageU8, tuple[int, int, int, int]
-]:
-    """The matched face with a margin, clipped to the frame, and its (x, y, w, h)."""
-    h, w = image.shape[:2]
-    x1, y1, x2, y2 = det.box
-    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
-    left, top = max(0, int(x1 - mx)), max(0, int(y1 - my))
-    right, bottom = min(w, int(np.ceil(x2 + mx))), min(h, int(np.ceil(y2 + my)))
-    return image[top:bottom, left:right], (left, top, right - left, bottom - top)
-
-
-def encode_jpeg(image: ImageU8, quality: int = 90) -> bytes:
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return bytes(buf.tobytes())
 
 
 class Recognizer:
@@ -104,11 +81,15 @@ class Recognizer:
         self.device_id = device_id
         self.clock = clock
         self._armed: Armed | None = None
-        self.model_info = engine.model_info()
+        self.model_info = dict(engine.model_info)
 
     @property
     def armed(self) -> bool:
         return self._armed is not None
+
+    @property
+    def deployment_id(self) -> str | None:
+        return self._armed.deployment_id if self._armed is not None else None
 
     def arm(self, watchlist: Watchlist, deployment_id: str) -> None:
         """Start matching against ``watchlist`` (built once; the matcher never copies it)."""
@@ -118,13 +99,13 @@ class Recognizer:
     def disarm(self) -> None:
         """Stop matching and forget every track (the caller wipes the watchlist)."""
         self._armed = None
-        self.tracker.reset()
+        self.tracker.clear()
         self.decider.reset()
 
     def process(self, frame: Frame) -> FrameOutcome:
         armed = self._armed
         if armed is None:
-            return FrameOutcome(alerts=[], faces=0, embedded=0, ended_tracks=0)
+            return FrameOutcome(alerts=[], faces=0, new_tracks=0, embedded=0, ended_tracks=0)
         t: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         image = frame.image
 
@@ -133,16 +114,14 @@ class Recognizer:
             dh, dw = frame.detect_image.shape[:2]
             h, w = image.shape[:2]
             dets = [scale_detection(d, w / dw, h / dh)
-                    for d in self.engine.detector.detect(frame.detect_image)]
+                    for d in self.engine.detect(frame.detect_image)]
         else:
-            dets = self.engine.detector.detect(image)
+            dets = self.engine.detect(image)
         t1 = time.perf_counter()
         t["detect"] = t1 - t0
 
         tracks = self.tracker.update(dets, frame.index)
         ended = self.tracker.expire(frame.index)
-        for gone in ended:
-            self.decider.forget(gone)
         t2 = time.perf_counter()
         t["track"] = t2 - t1
 
@@ -156,7 +135,7 @@ class Recognizer:
 
         alerts: list[AlertRecord] = []
         if chosen:
-            chips = [self.engine.chip(image, track.detection) for track in chosen]
+            chips = [self.engine.align(image, track.detection) for track in chosen]
             t4 = time.perf_counter()
             t["align"] = t4 - t3
             embeddings = self.engine.embed(chips)
@@ -170,7 +149,6 @@ class Recognizer:
             now = self.clock()
             for track, match in zip(chosen, matches, strict=True):
                 if self.decider.on_match(track, match, now):
-                    crop, bbox = face_crop(image, track.detection)
                     alerts.append(
                         AlertRecord(
                             alert_id=new_alert_id(),
@@ -182,8 +160,8 @@ class Recognizer:
                             score=round(float(match.score), 4),
                             threshold=armed.threshold,
                             track_id=track.track_id,
-                            bbox=bbox,
-                            face_jpeg=encode_jpeg(crop),
+                            bbox=face_bbox(track.detection.box, frame.size),
+                            face_jpeg=face_crop_jpeg(image, track.detection.box),
                             model=self.model_info,
                         )
                     )
@@ -192,6 +170,7 @@ class Recognizer:
         return FrameOutcome(
             alerts=alerts,
             faces=len(dets),
+            new_tracks=sum(1 for track in tracks if track.first_frame == frame.index),
             embedded=len(chosen),
             ended_tracks=len(ended),
             timings=t,

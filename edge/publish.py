@@ -133,9 +133,7 @@ def tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSL
 
 def new_client(client_id: str, settings: BrokerSettings) -> mqtt.Client:
     """A paho MQTT 5 client (VERSION2 callbacks) with mutual TLS set, not connected."""
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-    )
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     if settings.tls:
         client.tls_set_context(tls_context(settings.ca, settings.cert, settings.key))
     else:
@@ -194,6 +192,7 @@ class Publisher:
         self.stats_interval_s = stats_interval_s
         self.last_checkin = time.monotonic()
         self.acked = 0  # messages deleted from the outbox on PUBACK, this process
+        self.connect_count = 0  # successful CONNACKs, this process
 
         self._lock = threading.Lock()
         self._inflight: dict[int, str] = {}  # paho mid -> outbox msg_id, awaiting PUBACK
@@ -323,7 +322,7 @@ class Publisher:
         """
         deadline = time.monotonic() + max(0.0, flush_timeout)
         self._wake.set()
-        while time.monotonic() < deadline:
+        while self._thread is not None and time.monotonic() < deadline:
             pending = self.outbox.count_pending()
             with self._lock:
                 stuck = self._connected and not self._inflight and pending <= len(self._rejected)
@@ -492,6 +491,7 @@ class Publisher:
         with self._lock:
             self._connected = True
             self._last_error = None
+            self.connect_count += 1
             self._gen += 1
             self._cursor = 0
             self._rejected.clear()
@@ -499,8 +499,12 @@ class Publisher:
             "connected to %s:%s (session present: %s)",
             self.broker.host, self.broker.port, flags.session_present,
         )  # fmt: skip
-        client.subscribe([(self.topic(kind), 1) for kind in IN_KINDS])
-        self._send_status("online")
+        try:
+            client.subscribe([(self.topic(kind), 1) for kind in IN_KINDS])
+            self._send_status("online")
+        except Exception as exc:  # never let it escape into paho's thread
+            log.exception("on_connect failed")
+            self._error(f"on_connect failed: {exc}")
         self._wake.set()
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
@@ -517,8 +521,11 @@ class Publisher:
         with self._lock:
             was = self._connected
             self._connected = False
-            if not self._stopping.is_set():
+            # Keep a CONNACK refusal's reason: the disconnect that follows says less.
+            if was and not self._stopping.is_set():
                 self._last_error = f"disconnected from the broker: {reason_code}"
+            elif self._last_error is None and not self._stopping.is_set():
+                self._last_error = f"connection closed by the broker: {reason_code}"
         if was and not self._stopping.is_set():
             log.warning("disconnected from the broker: %s (will reconnect)", reason_code)
 
@@ -530,7 +537,14 @@ class Publisher:
         reason_code: ReasonCode,
         _properties: Properties,
     ) -> None:
-        # Called with paho's message lock held: only touch our own state here.
+        # Called with paho's message lock held: only touch our own state here. Never
+        # raise: an exception in a paho callback would stop its network thread.
+        try:
+            self._on_publish_inner(mid, reason_code)
+        except Exception:
+            log.exception("on_publish failed")
+
+    def _on_publish_inner(self, mid: int, reason_code: ReasonCode) -> None:
         with self._lock:
             msg_id = self._inflight.pop(mid, None)
             if msg_id is None:

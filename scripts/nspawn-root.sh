@@ -53,4 +53,8 @@ systemd-nspawn -q -D "$ROOT" --register=no --keep-unit sh -c '
 echo "$(date -u +%FT%TZ) $PACKAGES" >"$ROOT/etc/lfr-edge-test-root"
 tar -C "$ROOT" --numeric-owner --xattrs -cf - . | $COMP >"$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
+# Older roots (another package list) are of no further use.
+for old in "$CACHE"/bookworm-*.tar.*; do
+    [ "$old" = "$OUT" ] || rm -f "$old"
+done
 echo "$OUT"

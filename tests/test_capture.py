@@ -188,6 +188,13 @@ def test_checks_in_while_backing_off_and_stops_promptly(tmp_path: Path) -> None:
     assert capture.get(timeout=0) is END_OF_STREAM
 
 
+def test_stop_before_start_still_ends_the_stream(tmp_path: Path) -> None:
+    capture = CaptureThread(OpenCVSource(tmp_path / "x.avi"))
+    assert capture.stop()
+    assert capture.get(timeout=None) is END_OF_STREAM
+    assert capture.status.state == "stopped"
+
+
 def test_stop_ends_a_looping_stream(tmp_path: Path) -> None:
     clip = write_video(tmp_path / "clip.avi", frames=4)
     source = OpenCVSource(clip, loop=True)

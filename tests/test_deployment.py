@@ -128,6 +128,7 @@ def test_refusals_stay_disarmed_with_one_line_and_audit(
     with caplog.at_level(logging.WARNING, logger="edge.deployment"):
         st = m.load(env.bundle_path)
     assert not st.armed and st.code == reason and m.watchlist is None
+    assert st.line().startswith(f"disarmed, refused ({reason}): ")
     lines = [r.getMessage() for r in caplog.records if r.name == "edge.deployment"]
     assert len(lines) == 1 and lines[0].startswith("disarmed: ") and "\n" not in lines[0]
     (entry,) = _events(env.audit)
@@ -149,10 +150,25 @@ def test_pending_bundle_arms_when_the_window_opens(env) -> None:
     m = env.manager()
     st = m.load(env.bundle_path)
     assert not st.armed and st.code == "pending" and "has not started" in st.reason
+    assert st.line().startswith("disarmed, pending: ")
     m.tick(START.timestamp() - 1)
     assert not m.armed
     m.tick(START.timestamp())
     assert m.armed
+
+
+def test_end_command_cancels_a_pending_deployment(env) -> None:
+    env.bundle_path.write_bytes(make_bundle(env.kit))
+    env.clock.t = START.timestamp() - 600
+    m = env.manager()
+    assert m.load(env.bundle_path).code == "pending"
+    summary = m.end(make_command(env.kit.signer, "end_deployment", "van-01", "D-2026-0042",
+                                 issued_at=START - dt.timedelta(minutes=15)))
+    assert summary["end_reason"] == "cancelled_before_start"
+    assert not env.bundle_path.exists() and m.status.code == "ended"
+    m.tick(START.timestamp() + 1)
+    assert not m.armed
+    assert verify(env.audit.path) == len(_events(env.audit))
 
 
 def _end_of_deployment_checks(env, m: DeploymentManager, summary: dict, reason: str,
@@ -171,7 +187,8 @@ def _end_of_deployment_checks(env, m: DeploymentManager, summary: dict, reason: 
         wrapped = base64.b64decode(r["wrapped_key"])
         assert wrapped not in disk and r["wrapped_key"].encode() not in disk
     assert data[-64:] not in disk and data[1000:1064] not in disk
-    assert b"S-0001" not in disk.replace(b'"S-0001"', b"")  # subject ids only as needed
+    assert b"S-0001" not in disk  # subject ids never reach the disk
+    assert b"thumbS-0001" not in disk  # nor the reference thumbnails
     # the summary is produced, published and audited
     assert summary["end_reason"] == reason
     assert summary["deployment_id"] == "D-2026-0042"
@@ -256,6 +273,23 @@ def test_signed_end_command_and_replay(env) -> None:
     st = m.load(env.bundle_path)
     assert not st.armed and st.code == "deployment_ended"
     assert not env.bundle_path.exists()
+
+
+def test_command_files_dropped_for_the_daemon(env) -> None:
+    env.bundle_path.write_bytes(make_bundle(env.kit))
+    m = env.manager()
+    assert m.load(env.bundle_path).armed
+    drop = env.state / "commands"
+    drop.mkdir()
+    (drop / "a-junk.json").write_text("{}")
+    (drop / "b-end.json").write_bytes(
+        make_command(env.kit.signer, "end_deployment", "van-01", "D-2026-0042", issued_at=NOW)
+    )
+    lines = m.process_command_files(drop)
+    assert lines[0].startswith("a-junk.json: refused: command is garbled")
+    assert lines[1] == "b-end.json: end_deployment accepted"
+    assert not m.armed and not env.bundle_path.exists()
+    assert not list(drop.iterdir())
 
 
 def test_replay_protection_survives_a_restart(env) -> None:

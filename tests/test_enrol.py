@@ -157,7 +157,8 @@ def test_enrol_gives_every_image_a_verdict(tmp_path: Path, photos_dir: Path,
     assert subject.images_used == 2
     assert report.embeddings.shape == (1, engine.family.dim)
     # the subject embedding is the mean of the good images' embeddings
-    chips = [engine.analyse(img)[0].chip for img in (obama, cv2.imread(str(tests / "obama2.jpg")))]
+    used = [cv2.imread(str(folder / name)) for name in ("a_good.jpg", "b_second.jpg")]
+    chips = [engine.analyse(img)[0].chip for img in used]
     expected = engine.embed(chips).mean(axis=0)
     if engine.family.metric == "cosine":
         expected = expected / np.linalg.norm(expected)

@@ -183,8 +183,11 @@ def test_real_dlib_embeddings_identify_the_right_person(photos_dir: Path) -> Non
     net = dlib.face_recognition_model_v1(models.face_recognition_model_location())
 
     def embed(rel: str) -> np.ndarray:
-        rgb = cv2.cvtColor(cv2.imread(str(photos_dir / rel)), cv2.COLOR_BGR2RGB)
-        rect = max(detector(rgb, 1), key=lambda r: r.area())
+        bgr = cv2.imread(str(photos_dir / rel))
+        scale = min(1.0, 480 / max(bgr.shape[:2]))  # faces stay large; detection is quick
+        bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        rect = max(detector(rgb, 0), key=lambda r: r.area())
         return np.array(net.compute_face_descriptor(rgb, shapes(rgb, rect)), np.float32)
 
     gallery = [

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ DAY = 86400.0
 
 
 @pytest.fixture
-def box(tmp_path: Path) -> Outbox:
+def box(tmp_path: Path) -> Iterator[Outbox]:
     ob = Outbox(tmp_path / "outbox.db", KEY)
     yield ob
     ob.close()

@@ -195,6 +195,24 @@ def test_every_shared_gif_decodes(clips_dir: Path) -> None:
         assert frames[0].shape == (270, 480, 3)
 
 
+def test_gif_falls_back_to_imreadanimation_when_videocapture_cannot(
+    clips_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not hasattr(cv2, "imreadanimation"):
+        pytest.skip("this OpenCV has no imreadanimation")
+
+    def no_ffmpeg(self: OpenCVSource) -> cv2.VideoCapture:  # an OpenCV built without FFmpeg
+        raise SourceError(f"{self.name}: cannot open")
+
+    monkeypatch.setattr(OpenCVSource, "_open_capture", no_ffmpeg)
+    with OpenCVSource(clips_dir / "intel_head-pose-face-detection-female.gif") as source:
+        assert source.backend == "imreadanimation"
+        assert len(_read_all(source)) == 23
+        assert source.fps is not None and 5 < source.fps < 30
+    with pytest.raises(SourceError, match="cannot open"):
+        OpenCVSource(clips_dir / "opencv_vtest.avi").open()  # no fallback for other files
+
+
 def test_gif_loops_via_imreadanimation(clips_dir: Path) -> None:
     if not hasattr(cv2, "imreadanimation"):
         pytest.skip("this OpenCV has no imreadanimation")
@@ -282,6 +300,15 @@ def test_url_that_does_not_answer_is_a_source_error(http_dir: tuple[str, Path]) 
 def test_missing_v4l2_device_is_a_source_error() -> None:
     with pytest.raises(SourceError, match="cannot open"):
         open_source("device", "/dev/video-does-not-exist")
+
+
+@pytest.mark.device
+def test_real_v4l2_device_delivers_frames() -> None:
+    if not Path("/dev/video0").exists():
+        pytest.skip("no /dev/video0")
+    with open_source("device", 0) as source:
+        frames = [source.read() for _ in range(3)]
+    assert all(f is not None and f.image.ndim == 3 and f.image.shape[2] == 3 for f in frames)
 
 
 # -- picamera2, against the fake ----------------------------------------------------

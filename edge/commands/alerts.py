@@ -88,9 +88,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _connection_args(a, suppress=True)
     a.add_argument("--alert-id", required=True, help="the alert's id (UUIDv7)")
     a.add_argument("--device", required=True, help="the device that raised the alert")
-    a.add_argument(
-        "--decision", required=True, choices=("confirmed", "rejected", "not_stopped")
-    )
+    a.add_argument("--decision", required=True, choices=("confirmed", "rejected", "not_stopped"))
     a.add_argument("--officer", required=True, help="the adjudicating officer's id")
     a.add_argument("--json", action="store_true", help="print the sent message as JSON")
     a.add_argument(

@@ -79,22 +79,12 @@ def register(sub: Any) -> None:
 
 def _engine(models: Path | None, precision: str) -> tuple[Any, Any, Any]:
     """The device's face engine, quality gate and embedder description."""
-    from edge.bundle import EmbedderInfo
+    from edge.enrol import embedder_info
     from edge.faces import FaceEngine
-    from edge.manifest import Manifest
     from edge.quality import QualityGate
 
     engine = FaceEngine.from_models(models, precision="int8" if precision == "int8" else "float32")
-    entry = Manifest.load(models).entry(engine.embedder.name)
-    gate = QualityGate()
-    info = EmbedderInfo(
-        name=engine.embedder.name,
-        sha256=entry.sha256,
-        family=engine.family.name,
-        metric=engine.family.metric,
-        dim=engine.family.dim,
-    )
-    return engine, gate, info
+    return engine, QualityGate(), embedder_info(engine, models)
 
 
 def run_build(args: argparse.Namespace) -> int:

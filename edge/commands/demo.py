@@ -1,0 +1,216 @@
+"""``edge demo``: the whole appliance on a bundled clip, against a local broker.
+
+It plays every part with the real programs: the control room makes its keys
+and a signed, encrypted demo watchlist (``edge keys init``, ``edge watchlist
+build``); a local mosquitto runs with mutual TLS and the control room's ACL;
+the device runs ``edge run`` on ``demo/clip.gif`` (looping); and the control
+room's subscriber ``edge alerts`` prints each alert it receives. Ctrl-C (or
+``--seconds``) stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DEVICE_ID = "demo-van-1"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "demo",
+        help="run the daemon on a bundled clip against a local broker and show the alerts",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--clip", type=Path, default=ROOT / "demo" / "clip.gif",
+                        help="video, GIF or image folder to play (default: the bundled clip)")
+    parser.add_argument("--subjects", type=Path, default=ROOT / "demo" / "subjects",
+                        help="watchlist subjects folder (default: the bundled demo subject)")
+    parser.add_argument("--models", type=Path, default=ROOT / "models",
+                        help="models directory (default: the repository's models/)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where keys, bundle, state and crops go (default: a temp dir, "
+                        "removed at exit)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="stop by itself after this many seconds (default: until Ctrl-C)")
+    parser.add_argument("--threshold", type=float, default=0.45,
+                        help="the deployment's match threshold, a similarity (default 0.45)")
+    parser.set_defaults(func=run)
+
+
+def _edge(*args: str) -> list[str]:
+    return [sys.executable, "-m", "edge", *args]
+
+
+def _say(text: str) -> None:
+    print(f"demo: {text}", file=sys.stderr, flush=True)
+
+
+def _check(cmd: list[str], what: str, log: Path) -> None:
+    with log.open("ab") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        from edge.errors import EdgeError
+
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        raise EdgeError(f"{what} failed: {' / '.join(tail) or 'exit ' + str(proc.returncode)}")
+
+
+def _deployment_toml(path: Path, threshold: float) -> None:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+    def iso(t: dt.datetime) -> str:
+        return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    path.write_text(
+        "\n".join(
+            [
+                f'deployment_id = "DEMO-{now:%Y%m%d-%H%M%S}"',
+                'location = "Demo: bundled sample video"',
+                f"start = {iso(now - dt.timedelta(minutes=5))}",
+                f"end = {iso(now + dt.timedelta(hours=2))}",
+                'authorising_officer = "Demo Supt 0000"',
+                f"approved_at = {iso(now - dt.timedelta(minutes=10))}",
+                f"threshold = {threshold}",
+                "signage_confirmed = true",
+                "max_watchlist_size = 10",
+                f"sequence = {int(now.timestamp())}",
+                "",
+            ]
+        )
+    )
+
+
+def _device_config(path: Path, work: Path, clip: Path, models: Path, broker: Any) -> None:
+    client = broker.client(DEVICE_ID)
+    path.write_text(
+        f"""# Written by `edge demo`.
+[device]
+id = "{DEVICE_ID}"
+state_dir = "{work / "state"}"
+models_dir = "{models}"
+key_file = "{work / "keys" / (DEVICE_ID + ".key")}"
+
+[source]
+kind = "file"
+uri = "{clip}"
+loop = true
+pace = "native"
+
+[recognition]
+cooldown_s = 20.0
+
+[watchlist]
+bundle = "{work / "state" / "watchlist.bundle"}"
+signer_file = "{work / "keys" / "signing.pub"}"
+
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+ca = "{broker.ca_cert}"
+client_cert = "{client.cert}"
+client_key_file = "{client.key}"
+stats_interval_s = 10.0
+"""
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge.devbroker import CONTROL_ROOM_CN, DevBroker
+    from edge.errors import UsageError
+
+    for what, path in (("clip", args.clip), ("subjects", args.subjects),
+                       ("models", args.models)):
+        if not path.exists():
+            raise UsageError(f"demo {what} {path} does not exist")
+    own_workdir = args.workdir is None
+    work: Path = args.workdir or Path(tempfile.mkdtemp(prefix="edge-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "state").mkdir(exist_ok=True, mode=0o700)
+    log = work / "demo.log"
+    broker = DevBroker(work / "broker")
+    daemon: subprocess.Popen[bytes] | None = None
+    alerts: subprocess.Popen[bytes] | None = None
+    interrupted = False
+    try:
+        _say(f"working in {work}")
+        _say("control room: signing key and device key (edge keys init)")
+        _check(_edge("keys", "init", "--out", str(work / "keys")), "edge keys init", log)
+        _check(_edge("keys", "init", "--out", str(work / "keys"), "--device", DEVICE_ID),
+               "edge keys init --device", log)
+        _say("control room: signed, encrypted demo watchlist (edge watchlist build)")
+        _deployment_toml(work / "deployment.toml", args.threshold)
+        _check(
+            _edge(
+                "watchlist", "build",
+                "--subjects", str(args.subjects),
+                "--deployment", str(work / "deployment.toml"),
+                "--signing-key", str(work / "keys" / "signing.key"),
+                "--recipients", str(work / "keys" / f"{DEVICE_ID}.pub"),
+                "--models", str(args.models),
+                "--out", str(work / "state" / "watchlist.bundle"),
+            ),
+            "edge watchlist build",
+            log,
+        )
+        _say("local mosquitto with mutual TLS on 127.0.0.1")
+        broker.start()
+        cr = broker.client(CONTROL_ROOM_CN)
+        _device_config(work / "edge.toml", work, args.clip.resolve(), args.models.resolve(),
+                       broker)
+        _say(f"control room subscriber (edge alerts); crops go to {work / 'crops'}")
+        alerts = subprocess.Popen(
+            _edge("alerts", "--host", broker.host, "--port", str(broker.port),
+                  "--ca", str(broker.ca_cert), "--cert", str(cr.cert), "--key", str(cr.key),
+                  "--device", "+", "--save-crops", str(work / "crops")),
+        )
+        _say(f"device: edge run on {args.clip.name} (looping); its log: {work / 'daemon.log'}")
+        with (work / "daemon.log").open("ab") as dlog:
+            daemon = subprocess.Popen(
+                _edge("-v", "run", "--config", str(work / "edge.toml")),
+                stdout=dlog, stderr=subprocess.STDOUT,
+                env={**os.environ, "EDGE_CONFIG": str(work / "edge.toml")},
+            )
+        _say("running; Ctrl-C stops" + (f" (or after {args.seconds:g} s)" if args.seconds else ""))
+        deadline = time.monotonic() + args.seconds if args.seconds else None
+        while deadline is None or time.monotonic() < deadline:
+            if daemon.poll() is not None:
+                tail = (work / "daemon.log").read_text(errors="replace").strip().splitlines()
+                _say("the daemon stopped: " + (tail[-1] if tail else f"exit {daemon.returncode}"))
+                return 1
+            if alerts.poll() is not None:
+                _say(f"the control-room subscriber stopped (exit {alerts.returncode})")
+                return 1
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        _stop(daemon)
+        _stop(alerts)
+        broker.stop()
+        if own_workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    _say("stopped" + (" (Ctrl-C)" if interrupted else ""))
+    return 0

@@ -1,0 +1,32 @@
+"""``edge run [--config F]``: the daemon (see :mod:`edge.daemon`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "run",
+        help="run the appliance (the systemd service's ExecStart)",
+        description="Capture, recognise and publish match alerts. Disarmed until a valid, "
+        "signed watchlist bundle for this device is inside its deployment window.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="F",
+        help="config file (default: $EDGE_CONFIG, else /etc/edge/edge.toml)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge.config import load_settings
+    from edge.daemon import Daemon
+
+    settings = load_settings(args.config)
+    return Daemon(settings).run()

@@ -1,0 +1,110 @@
+"""Per-track decisions: when to embed a face, and when a match becomes an alert.
+
+Pure logic over :class:`~edge.types.Track`, :class:`~edge.types.Quality` and
+:class:`~edge.types.Match`; no clocks, no I/O (the caller passes ``now``,
+preferably ``time.monotonic()``).
+
+Embedding (``wants_embedding``): a track is embedded at most
+``max_embeds_per_track`` times, best frames first. The first frame that passes
+the quality gate (and the track's ``min_hits``) is embedded at once, so an
+alert is not delayed; after that only a frame whose quality score beats the
+best one already embedded by ``min_quality_gain`` is. A True answer counts:
+it increments ``track.embeds`` and records ``track.best_quality``.
+
+Alerting (``on_match``): a match raises an alert when its score (a
+similarity) is at least ``threshold``, at most once per track and subject,
+and not within ``cooldown_s`` of an alert for the same subject on any track
+(a person who walks out of view and back, or whose track breaks, is not
+re-alerted every few seconds). A cooled-down match still marks the track, so
+the same track does not alert later either.
+"""
+
+from __future__ import annotations
+
+import math
+
+from edge.types import Match, Quality, Track
+
+
+class TrackDecider:
+    """Decides when to embed a track and when a match is an alert."""
+
+    def __init__(
+        self,
+        threshold: float,
+        max_embeds_per_track: int = 3,
+        cooldown_s: float = 60.0,
+        *,
+        min_quality_gain: float = 0.05,
+        min_hits: int = 1,
+        max_remembered: int = 10_000,
+    ) -> None:
+        if not math.isfinite(threshold):
+            raise ValueError("threshold must be a finite similarity")
+        if max_embeds_per_track < 1:
+            raise ValueError("max_embeds_per_track must be >= 1")
+        if cooldown_s < 0 or min_quality_gain < 0 or min_hits < 1 or max_remembered < 1:
+            raise ValueError("cooldown_s, min_quality_gain >= 0; min_hits, max_remembered >= 1")
+        self.threshold = threshold
+        self.max_embeds_per_track = max_embeds_per_track
+        self.cooldown_s = cooldown_s
+        self.min_quality_gain = min_quality_gain
+        self.min_hits = min_hits
+        self.max_remembered = max_remembered
+        self._last_alert: dict[str, float] = {}  # subject id -> time of its last alert
+        self.alerts = 0
+        self.suppressed = 0  # matches over threshold held back by the cooldown
+
+    # -- embedding -----------------------------------------------------------
+
+    def wants_embedding(self, track: Track, quality: Quality) -> bool:
+        """True (and counted on ``track``) when this frame of the track should be embedded."""
+        if not quality.ok or track.hits < self.min_hits:
+            return False
+        if track.embeds >= self.max_embeds_per_track:
+            return False
+        if track.embeds > 0 and quality.score < track.best_quality + self.min_quality_gain:
+            return False
+        track.embeds += 1
+        track.best_quality = max(track.best_quality, quality.score)
+        return True
+
+    # -- alerting --------------------------------------------------------------
+
+    def on_match(self, track: Track, match: Match, now: float) -> bool:
+        """True when ``match`` on ``track`` at time ``now`` must raise an alert."""
+        if not match.score >= self.threshold:  # also False for NaN
+            return False
+        subject = match.subject_id
+        if subject in track.alerted_subjects:
+            return False
+        track.alerted_subjects.add(subject)
+        last = self._last_alert.get(subject)
+        if last is not None and last <= now < last + self.cooldown_s:
+            self.suppressed += 1
+            return False
+        if last is not None and now < last:
+            # The clock went backwards: hold this one back and restart the cooldown from now.
+            self._last_alert[subject] = now
+            self.suppressed += 1
+            return False
+        self._remember(subject, now)
+        self.alerts += 1
+        return True
+
+    def in_cooldown(self, subject_id: str, now: float) -> bool:
+        last = self._last_alert.get(subject_id)
+        return last is not None and now < last + self.cooldown_s
+
+    def reset(self) -> None:
+        """Forget every cooldown (a new deployment or watchlist)."""
+        self._last_alert.clear()
+
+    def _remember(self, subject: str, now: float) -> None:
+        self._last_alert[subject] = now
+        if len(self._last_alert) > self.max_remembered:
+            expired = [s for s, t in self._last_alert.items() if now - t >= self.cooldown_s]
+            for s in expired:
+                del self._last_alert[s]
+            while len(self._last_alert) > self.max_remembered:  # all still cooling: oldest go
+                del self._last_alert[min(self._last_alert, key=self._last_alert.__getitem__)]

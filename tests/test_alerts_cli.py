@@ -1,0 +1,174 @@
+"""`edge alerts` (control-room subscriber) and `edge alerts adjudicate` on a real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.alert import encode_alert, parse_adjudication, rfc3339
+from edge.outbox import Outbox
+from edge.publish import BrokerSettings, Publisher
+from tests.fixtures.alerts import make_record
+from tests.fixtures.broker import Broker, ClientCreds
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def conn_args(broker: Broker, creds: ClientCreds) -> list[str]:
+    return ["--host", broker.host, "--port", str(broker.port), "--ca", str(creds.ca),
+            "--cert", str(creds.cert), "--key", str(creds.key)]  # fmt: skip
+
+
+def edge(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "edge", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+
+def wait_for_subscriber(broker: Broker, client_id: str, timeout: float = 10.0) -> None:
+    """Bounded wait until mosquitto logs the subscriber's SUBSCRIBE (log_type subscribe)."""
+    deadline = time.monotonic() + timeout
+    while f"{client_id} 1 lfr/" not in broker.log_text():
+        assert time.monotonic() < deadline, broker.log_text()[-2000:]
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def publisher(broker: Broker, tmp_path: Path) -> Iterator[Publisher]:
+    c = broker.creds("dev-a")
+    ob = Outbox(tmp_path / "ob.db", os.urandom(32))
+    pub = Publisher("dev-a", BrokerSettings(broker.host, broker.port, c.ca, c.cert, c.key), ob,
+                    drain_interval_s=0.05)  # fmt: skip
+    yield pub
+    pub.stop(flush_timeout=0)
+    ob.close()
+
+
+def test_listen_prints_dedups_and_saves_crops(
+    broker: Broker, publisher: Publisher, tmp_path: Path
+) -> None:
+    crops = tmp_path / "crops"
+    proc = edge("alerts", *conn_args(broker, broker.control_room), "--client-id", "cr-listen",
+                "--device", "dev-a", "--save-crops", str(crops), "--count", "3",
+                "--timeout", "30", "--json")  # fmt: skip
+    wait_for_subscriber(broker, "cr-listen")
+    records = [make_record("dev-a", track_id=i, subject_id=f"S-{i}") for i in range(3)]
+    publisher.start()
+    assert publisher.wait_connected(10)
+    publisher.enqueue_alert(records[0])
+    # A redelivery of the first alert (same bytes, as after a lost PUBACK) must be dropped.
+    dev = broker.client("dev-a")
+    dup = encode_alert(records[0], published_at=time.time())
+    dev.publish("lfr/dev-a/alerts", dup, qos=1).wait_for_publish(5)
+    for r in records[1:]:
+        publisher.enqueue_alert(r)
+    out, err = proc.communicate(timeout=40)
+    assert proc.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    alerts = [x for x in lines if x["type"] == "alert"]
+    assert [a["alert_id"] for a in alerts] == [r.alert_id for r in records]
+    assert all("face_jpeg_b64" not in a for a in alerts)  # never printed
+    assert [a["subject_id"] for a in alerts] == ["S-0", "S-1", "S-2"]
+    assert "3 alerts, 1 duplicate" in err
+    assert any(x["type"] == "status" and x["payload"]["state"] == "online" for x in lines)
+    for r in records:
+        path = crops / f"{r.alert_id}.jpg"
+        assert path.read_bytes() == r.face_jpeg
+        img = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None and img.shape[:2] != (720, 1280)
+    assert sorted(p.name for p in crops.iterdir()) == sorted(f"{r.alert_id}.jpg" for r in records)
+
+
+def test_listen_human_line_and_invalid_alert(broker: Broker, publisher: Publisher) -> None:
+    proc = edge("alerts", *conn_args(broker, broker.control_room), "--client-id", "cr-human",
+                "--count", "1", "--timeout", "30")  # fmt: skip
+    wait_for_subscriber(broker, "cr-human")
+    dev = broker.client("dev-a")
+    dev.publish("lfr/dev-a/alerts", b'{"schema": "lfr.alert/1"}', qos=1).wait_for_publish(5)
+    spoof = encode_alert(make_record("dev-b"), published_at=time.time())  # claims dev-b
+    dev.publish("lfr/dev-a/alerts", spoof, qos=1).wait_for_publish(5)
+    record = make_record("dev-a", subject_id="S-77", category="missing_person", score=0.8123)
+    publisher.enqueue_alert(record)
+    publisher.start()
+    out, err = proc.communicate(timeout=40)
+    assert proc.returncode == 0, err
+    [line] = [x for x in out.splitlines() if " ALERT " in x]
+    assert line.startswith(rfc3339(record.captured_at))
+    for part in ("device=dev-a", "subject=S-77", "category=missing_person", "score=0.8123",
+                 "threshold=0.6000", f"alert_id={record.alert_id}"):  # fmt: skip
+        assert part in line
+    assert "ignoring an invalid alert from dev-a: missing field 'alert_id'" in err
+    assert "claims device dev-b" in err
+
+
+def test_adjudicate_reaches_the_device(broker: Broker, publisher: Publisher) -> None:
+    got: list[dict[str, object]] = []
+    arrived = threading.Event()
+
+    def on_adj(adj: dict[str, object]) -> None:
+        got.append(adj)
+        arrived.set()
+
+    publisher.on_adjudication = on_adj
+    publisher.start()
+    assert publisher.wait_connected(10)
+    wait_for_subscriber(broker, "dev-a")  # the device's SUBSCRIBE to its adjudications
+    aid = make_record().alert_id
+    proc = edge("alerts", "adjudicate", *conn_args(broker, broker.control_room),
+                "--alert-id", aid, "--device", "dev-a", "--decision", "not_stopped",
+                "--officer", "PC 4411", "--json")  # fmt: skip
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    sent = json.loads(out)
+    assert arrived.wait(10)
+    assert got[0] == parse_adjudication(json.dumps({k: sent[k] for k in got[0]}).encode())
+    assert (got[0]["alert_id"], got[0]["decision"], got[0]["officer"]) == (
+        aid,
+        "not_stopped",
+        "PC 4411",
+    )
+
+
+def test_adjudicate_refused_by_acl_is_one_line_exit_5(broker: Broker) -> None:
+    dev = broker.creds("dev-a")  # a device may not write adjudications
+    proc = edge("alerts", "adjudicate", *conn_args(broker, dev), "--alert-id",
+                make_record().alert_id, "--device", "dev-b", "--decision", "confirmed",
+                "--officer", "PC1")  # fmt: skip
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 5
+    assert err.strip().count("\n") == 0 and "refused the adjudication" in err
+    assert "Not authorized" in err
+
+
+@pytest.mark.parametrize("case", ["closed port", "rogue certificate", "missing key"])
+def test_connection_failures_are_one_line(broker: Broker, tmp_path: Path, case: str) -> None:
+    creds = broker.control_room
+    args = conn_args(broker, creds)
+    if case == "closed port":
+        args[3] = "1"
+    elif case == "rogue certificate":
+        args = conn_args(broker, broker.pki.rogue("control-room"))
+    else:
+        args[-1] = str(tmp_path / "nope.key")
+    proc = edge("alerts", *args, "--timeout", "5")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 5, (out, err)
+    assert err.startswith("edge: ") and err.strip().count("\n") == 0, err
+    assert "Traceback" not in err
+
+
+def test_count_not_reached_before_timeout_fails(broker: Broker) -> None:
+    proc = edge("alerts", *conn_args(broker, broker.control_room), "--count", "2",
+                "--timeout", "1")  # fmt: skip
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "timed out after 1 s with 0 of 2 alerts" in err
