@@ -301,7 +301,7 @@ class QualitySettings(Section):
         description="Minimum sharpness (variance of the Laplacian of the face crop).",
     )
     max_yaw: float = Field(
-        default=0.6,
+        default=0.45,
         gt=0.0,
         le=1.0,
         description="Maximum |yaw| estimated from keypoints, 0 = frontal, 1 = full profile.",

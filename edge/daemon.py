@@ -43,6 +43,7 @@ from edge.outbox import Outbox, OutboxFull
 from edge.pipeline import Recognizer
 from edge.publish import BrokerSettings, Publisher
 from edge.quality import QualityGate
+from edge.retention import RetentionPolicy
 from edge.sdnotify import SystemdNotifier
 from edge.signals import Request, SignalRequests
 from edge.sources import make_source
@@ -157,6 +158,13 @@ class Daemon:
             on_summary=self._publish_summary,
             set_legal_hold=self.outbox.set_legal_hold,
         )
+
+        self.retention = RetentionPolicy(
+            self.audit, settings.retention.days, settings.retention.purge_interval_s
+        )
+        # Signed command files (Ansible's end-deployment play) are read on SIGHUP.
+        self.commands_dir = state_dir / "commands"
+        self.commands_dir.mkdir(exist_ok=True, mode=0o700)
 
         q = settings.quality
         self.recognizer = Recognizer(
@@ -296,12 +304,6 @@ class Daemon:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def _purge(self) -> None:
-        days = self.settings.retention.days
-        result = self.outbox.purge(days * 86400.0, self.clock())
-        if result.count:
-            self.audit.append("retention_purge", count=result.count, older_than_days=days)
-
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (or the end of a non-looping file); 0 on a clean stop."""
         s = self.settings
@@ -311,14 +313,13 @@ class Daemon:
             bundle = s.bundle_path
             if bundle.exists():
                 self.deployment.load(bundle)
-            self._purge()
+            self.retention.run(self.outbox, "outbox", self.clock())
             self.capture.start()
             self.pinger.start()
             self._sync()
             self.notifier.ready(self._last_status_line)
             log.info("edge run: %s", self._last_status_line)
-            next_tick = next_status = next_purge = 0.0
-            next_purge = time.monotonic() + s.retention.purge_interval_s
+            next_tick = next_status = 0.0
             reason = "stopped"
             try:
                 while True:
@@ -327,6 +328,8 @@ class Daemon:
                         break
                     if request is Request.RELOAD:
                         self.notifier.reloading()
+                        for line in self.deployment.process_command_files(self.commands_dir):
+                            log.warning("command file %s", line)
                         if bundle.exists():
                             self.deployment.load(bundle)
                         else:
@@ -343,9 +346,7 @@ class Daemon:
                         self._last_status_line = ""  # refresh STATUS= with the fps
                         self._sync()
                         next_status = mono + STATUS_EVERY_S
-                    if mono >= next_purge:
-                        self._purge()
-                        next_purge = mono + s.retention.purge_interval_s
+                    self.retention.run_if_due(self.outbox, "outbox", self.clock())
                     if mono - self.publisher.last_checkin < s.health.max_age_s:
                         self.health.checkin("publisher")
                     self.health.checkin("inference")
@@ -368,6 +369,7 @@ class Daemon:
                         counters.alerts += 1
                         try:
                             self.publisher.enqueue_alert(alert)
+                            log.info("alert %s queued (track %s)", alert.alert_id, alert.track_id)
                         except OutboxFull as exc:
                             log.error("outbox full: alert %s refused (%s)", alert.alert_id, exc)
                             self.audit.append("outbox_full", alert_id=alert.alert_id)

@@ -123,10 +123,17 @@ def rendered_unit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env["ANSIBLE_INVENTORY_UNPARSED_WARNING"] = "False"
     proc = subprocess.run(
         [
-            str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-            "-e", f"ansible_python_interpreter={sys.executable}",
-            "-e", json.dumps({"edge_device_broker_allow": ["192.0.2.10"]}), str(playbook),
-        ],  # fmt: skip
+            str(VENV_BIN / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            "-e",
+            json.dumps({"edge_device_broker_allow": ["192.0.2.10"]}),
+            str(playbook),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -67,7 +67,7 @@ def _check(cmd: list[str], what: str, log: Path) -> None:
         raise EdgeError(f"{what} failed: {' / '.join(tail) or 'exit ' + str(proc.returncode)}")
 
 
-def _deployment_toml(path: Path, threshold: float) -> None:
+def write_deployment_toml(path: Path, threshold: float) -> None:
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
     def iso(t: dt.datetime) -> str:
@@ -92,37 +92,52 @@ def _deployment_toml(path: Path, threshold: float) -> None:
     )
 
 
-def _device_config(path: Path, work: Path, clip: Path, models: Path, broker: Any) -> None:
-    client = broker.client(DEVICE_ID)
+def write_device_config(
+    path: Path,
+    *,
+    device_id: str,
+    state_dir: Path,
+    models: Path,
+    key_file: Path,
+    signer_file: Path,
+    source: Path,
+    loop: bool,
+    host: str,
+    port: int,
+    ca: Path,
+    cert: Path,
+    key: Path,
+    fps: float | None = None,
+    extra: str = "",
+) -> None:
+    """A device config for a local run (the demo, the tests); ``extra`` is appended TOML."""
     path.write_text(
         f"""# Written by `edge demo`.
 [device]
-id = "{DEVICE_ID}"
-state_dir = "{work / "state"}"
+id = "{device_id}"
+state_dir = "{state_dir}"
 models_dir = "{models}"
-key_file = "{work / "keys" / (DEVICE_ID + ".key")}"
+key_file = "{key_file}"
 
 [source]
-kind = "file"
-uri = "{clip}"
-loop = true
+kind = "{"folder" if source.is_dir() else "file"}"
+uri = "{source}"
+loop = {"true" if loop else "false"}
 pace = "native"
-
-[recognition]
-cooldown_s = 20.0
+{f"fps = {fps}" if fps else ""}
 
 [watchlist]
-bundle = "{work / "state" / "watchlist.bundle"}"
-signer_file = "{work / "keys" / "signing.pub"}"
+bundle = "{state_dir / "watchlist.bundle"}"
+signer_file = "{signer_file}"
 
 [mqtt]
-host = "{broker.host}"
-port = {broker.port}
-ca = "{broker.ca_cert}"
-client_cert = "{client.cert}"
-client_key_file = "{client.key}"
+host = "{host}"
+port = {port}
+ca = "{ca}"
+client_cert = "{cert}"
+client_key_file = "{key}"
 stats_interval_s = 10.0
-"""
+{extra}"""
     )
 
 
@@ -161,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         _check(_edge("keys", "init", "--out", str(work / "keys"), "--device", DEVICE_ID),
                "edge keys init --device", log)
         _say("control room: signed, encrypted demo watchlist (edge watchlist build)")
-        _deployment_toml(work / "deployment.toml", args.threshold)
+        write_deployment_toml(work / "deployment.toml", args.threshold)
         _check(
             _edge(
                 "watchlist", "build",
@@ -178,8 +193,14 @@ def run(args: argparse.Namespace) -> int:
         _say("local mosquitto with mutual TLS on 127.0.0.1")
         broker.start()
         cr = broker.client(CONTROL_ROOM_CN)
-        _device_config(work / "edge.toml", work, args.clip.resolve(), args.models.resolve(),
-                       broker)
+        dev = broker.client(DEVICE_ID)
+        write_device_config(
+            work / "edge.toml", device_id=DEVICE_ID, state_dir=work / "state",
+            models=args.models.resolve(), key_file=work / "keys" / f"{DEVICE_ID}.key",
+            signer_file=work / "keys" / "signing.pub", source=args.clip.resolve(), loop=True,
+            host=broker.host, port=broker.port, ca=broker.ca_cert, cert=dev.cert, key=dev.key,
+            extra="\n[recognition]\ncooldown_s = 20.0\n",
+        )
         _say(f"control room subscriber (edge alerts); crops go to {work / 'crops'}")
         alerts = subprocess.Popen(
             _edge("alerts", "--host", broker.host, "--port", str(broker.port),

@@ -58,7 +58,7 @@ def plot_det(
                 f"T={p.threshold:.3f}",
                 (px, py),
                 textcoords="offset points",
-                xytext=(5, 5),
+                xytext=(5, 5 + 9 * i),
                 fontsize=7,
                 color=line.get_color(),
             )

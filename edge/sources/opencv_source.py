@@ -200,7 +200,8 @@ class OpenCVSource(FrameSource):
 
     def _open_file(self) -> None:
         path = Path(str(self.uri))
-        if not path.is_file():
+        # A named pipe is a file source too (e.g. a camera tool writing to a FIFO).
+        if not (path.is_file() or path.is_fifo()):
             raise SourceError(f"{self.name}: no such file")
         is_gif = path.suffix.lower() == ".gif"
         if is_gif and self.gif_reader == "imreadanimation":
