@@ -397,28 +397,6 @@ class WatchlistSettings(Section):
         le=100_000,
         description="A bundle with more subjects than this is refused (safeguard 3).",
     )
-    allow_dev_watchlist: bool = Field(
-        default=False,
-        description="Development only: accept the unsigned watchlist at dev_watchlist. "
-        "Never on a deployed device.",
-    )
-    dev_watchlist: Path | None = Field(
-        default=None,
-        description="Development only: an unsigned watchlist, used only when "
-        "allow_dev_watchlist is true.",
-    )
-
-    @model_validator(mode="after")
-    def _cross(self) -> WatchlistSettings:
-        problems: list[tuple[str, str]] = []
-        if self.allow_dev_watchlist and self.dev_watchlist is None:
-            problems.append(("dev_watchlist", "required when allow_dev_watchlist is true"))
-        if self.dev_watchlist is not None and not self.allow_dev_watchlist:
-            problems.append(
-                ("dev_watchlist", "set but allow_dev_watchlist is false; remove one or the other")
-            )
-        _raise_if(problems)
-        return self
 
 
 class MqttSettings(Section):
@@ -872,8 +850,6 @@ def check_files(settings: Settings) -> list[str]:
         problem = settings._credential_problem(which)
         if problem is not None:
             problems.append(problem)
-    if settings.watchlist.allow_dev_watchlist and settings.watchlist.dev_watchlist is not None:
-        need_file("watchlist.dev_watchlist", settings.watchlist.dev_watchlist)
     uri = settings.source.uri
     kind = settings.source.kind
     is_path = kind in ("opencv", "device", "file", "folder") and not uri.isdigit()

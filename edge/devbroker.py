@@ -2,41 +2,47 @@
 
 It runs the real ``mosquitto`` binary on a loopback port with a generated
 configuration: TLS only, client certificates required, the certificate's CN
-used as the user name, and the same ACL the ``control_room_broker`` Ansible
-role installs (a device writes only under ``lfr/<its id>/``).
+used as the user name, persistence on (retained messages and persistent
+sessions survive a stop/start on the same port), and the same ACL the
+``control_room_broker`` Ansible role installs: a device writes only under
+``lfr/<its id>/`` and reads only its own inbound topics; the control room
+reads everything and writes adjudications and commands.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 
 from edge.devpki import CertFiles, DevCA
 from edge.errors import BrokerError
 
 CONTROL_ROOM_CN = "control-room"
+DEVICE_OUT_TOPICS = ("status", "alerts", "stats", "deployment", "audit")
+DEVICE_IN_TOPICS = ("adjudications", "commands")
 
-ACL_TEMPLATE = """\
-# Devices: write only under their own prefix, read their own inbound topics.
-pattern write lfr/%u/status
-pattern write lfr/%u/alerts
-pattern write lfr/%u/stats
-pattern write lfr/%u/deployment
-pattern write lfr/%u/audit
-pattern read lfr/%u/adjudications
-pattern read lfr/%u/commands
 
-# The control room reads everything and writes adjudications and commands.
-user {control_room}
-topic read lfr/#
-topic write lfr/+/adjudications
-topic write lfr/+/commands
-"""
+def acl_text(control_room: str = CONTROL_ROOM_CN) -> str:
+    """The broker ACL: devices (CN = device id) confined to their own prefix."""
+    lines = [
+        "# The control room reads everything and writes adjudications and commands.",
+        f"user {control_room}",
+        "topic read lfr/#",
+        "topic write lfr/+/adjudications",
+        "topic write lfr/+/commands",
+        "",
+        "# Devices: write only under their own prefix, read only their inbound topics.",
+    ]
+    lines += [f"pattern write lfr/%u/{t}" for t in DEVICE_OUT_TOPICS]
+    lines += [f"pattern read lfr/%u/{t}" for t in DEVICE_IN_TOPICS]
+    return "\n".join(lines) + "\n"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -48,53 +54,67 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def find_mosquitto() -> str:
-    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+    """The mosquitto binary ($MOSQUITTO, PATH, /usr/sbin); BrokerError if absent."""
+    for candidate in (os.environ.get("MOSQUITTO"), shutil.which("mosquitto"),
+                      "/usr/sbin/mosquitto"):
         if candidate and Path(candidate).exists():
             return candidate
     raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
 
 
-@dataclass
 class DevBroker:
-    """A mosquitto process with TLS on ``127.0.0.1:port``; ``start()``/``stop()`` may repeat."""
+    """A mosquitto process with TLS on ``127.0.0.1:port``; start/stop may repeat."""
 
-    directory: Path
-    port: int = 0
-    host: str = "127.0.0.1"
-    ca: DevCA | None = None
-    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    _clients: dict[str, CertFiles] = field(default_factory=dict, repr=False)
+    host = "127.0.0.1"
 
-    def __post_init__(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if self.ca is None:
-            self.ca = DevCA(self.directory / "pki")
-        if not self.port:
-            self.port = free_port(self.host)
-        self.server = self.ca.issue("broker", server=True)
-        (self.directory / "data").mkdir(exist_ok=True)
-        (self.directory / "acl").write_text(ACL_TEMPLATE.format(control_room=CONTROL_ROOM_CN))
-        self.config = self.directory / "mosquitto.conf"
-        self.log = self.directory / "mosquitto.log"
-        self.config.write_text(
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        authority: DevCA | None = None,
+        port: int = 0,
+        extra_config: Iterable[str] = (),
+    ) -> None:
+        self.workdir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.authority = authority or DevCA(directory / "pki")
+        self.ca: Path = self.authority.cert
+        self.port = port or free_port(self.host)
+        self.server = self.authority.issue("localhost", server=True, stem=f"broker-{self.port}")
+        self.data_dir = directory / "data"
+        self.data_dir.mkdir(exist_ok=True)
+        self.acl_path = directory / "acl"
+        self.acl_path.write_text(acl_text())
+        self.config_path = directory / "mosquitto.conf"
+        self.log_path = directory / "mosquitto.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._clients: dict[str, CertFiles] = {}
+        self._lock = threading.Lock()
+        self.config_path.write_text(
             "\n".join(
                 [
+                    "# generated by edge.devbroker",
                     # As root, mosquitto would switch to its own user, which cannot
                     # read this private directory; a test/demo broker stays as is.
                     "user root" if os.geteuid() == 0 else "",
                     "per_listener_settings false",
+                    "allow_anonymous false",
+                    f"acl_file {self.acl_path}",
                     "persistence true",
-                    f"persistence_location {self.directory / 'data'}/",
-                    "autosave_interval 1",
-                    f"log_dest file {self.log}",
+                    f"persistence_location {self.data_dir}/",
+                    "autosave_interval 5",
+                    "max_queued_messages 10000",
+                    f"log_dest file {self.log_path}",
                     "log_type error",
                     "log_type warning",
                     "log_type notice",
                     "log_type information",
-                    "allow_anonymous false",
-                    f"acl_file {self.directory / 'acl'}",
+                    "log_type subscribe",
+                    "connection_messages true",
+                    "log_timestamp true",
+                    *extra_config,
                     f"listener {self.port} {self.host}",
-                    f"cafile {self.ca.cert}",
+                    f"cafile {self.ca}",
                     f"certfile {self.server.cert}",
                     f"keyfile {self.server.key}",
                     "require_certificate true",
@@ -107,54 +127,59 @@ class DevBroker:
 
     @property
     def ca_cert(self) -> Path:
-        assert self.ca is not None
-        return self.ca.cert
+        return self.ca
 
     def client(self, cn: str) -> CertFiles:
         """A client certificate whose CN (the MQTT user name) is ``cn``; made once."""
-        assert self.ca is not None
-        if cn not in self._clients:
-            self._clients[cn] = self.ca.issue(cn)
-        return self._clients[cn]
+        with self._lock:
+            if cn not in self._clients:
+                self._clients[cn] = self.authority.issue(cn, stem=f"client-{cn}")
+            return self._clients[cn]
 
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
     def start(self, timeout: float = 10.0) -> None:
+        """Start mosquitto and wait (bounded) until its port accepts connections."""
         if self.running:
             return
-        self._proc = subprocess.Popen(
-            [find_mosquitto(), "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [find_mosquitto(), "-c", str(self.config_path)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                err = (self._proc.stderr.read() if self._proc.stderr else b"").decode(errors="replace")
-                tail = self.log.read_text(errors="replace")[-400:] if self.log.exists() else ""
-                raise BrokerError(f"mosquitto exited at start: {err.strip() or tail.strip()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
+                tail = self.log_text().strip().splitlines()[-3:]
+                raise BrokerError(f"mosquitto exited at start: {' / '.join(tail)}")
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex((self.host, self.port)) == 0:
                     return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
+            time.sleep(0.05)
+        self.stop(kill=True)
         raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout}s")
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, kill: bool = False, timeout: float = 10.0) -> None:
+        """Stop mosquitto: SIGTERM (it saves its persistence file) or SIGKILL."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.terminate()
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout)
-        if proc.stderr:
-            proc.stderr.close()
+
+    def restart(self, timeout: float = 10.0) -> None:
+        self.stop()
+        self.start(timeout)
 
     def __enter__(self) -> DevBroker:
         self.start()

@@ -63,13 +63,17 @@ class DevCA:
                 ),
                 critical=True,
             )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()), critical=False
+            )
             .sign(self._key, hashes.SHA256())
         )
         self.cert = directory / "ca.crt"
         self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, cn: str, *, server: bool = False) -> CertFiles:
-        """Issue a certificate for ``cn``; a server certificate is valid for 127.0.0.1 and localhost."""
+    def issue(self, cn: str, *, server: bool = False, stem: str | None = None) -> CertFiles:
+        """Issue a certificate for ``cn`` (files ``<stem or cn>.crt/.key``); a server
+        certificate is valid for 127.0.0.1 and localhost."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -82,7 +86,22 @@ class DevCA:
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=2))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=True, key_cert_sign=False,
+                    crl_sign=False, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                critical=False,
+            )
         )
         if server:
             builder = builder.add_extension(
@@ -92,7 +111,8 @@ class DevCA:
                 critical=False,
             )
         cert = builder.sign(self._key, hashes.SHA256())
-        files = CertFiles(self.directory / f"{cn}.crt", self.directory / f"{cn}.key")
+        name = stem or cn
+        files = CertFiles(self.directory / f"{name}.crt", self.directory / f"{name}.key")
         files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_private(
             files.key,

@@ -29,9 +29,12 @@ Delivery contract (what the tests prove against a real mosquitto):
 - ``stats`` are QoS 0 and not durable: dropped while offline.
 - ``adjudications`` and ``commands`` are subscribed at QoS 1 in a persistent
   session (client id = device id, clean start off), so replies sent while
-  the device was offline are delivered when it returns. Payloads are parsed
-  and checked; a bad one is logged as one line and ignored; callbacks run on
-  paho's network thread and their exceptions are logged, never propagated.
+  the device was offline are delivered when it returns. Adjudications are
+  parsed and checked (:func:`edge.alert.parse_adjudication`) and handed over
+  as a dict; commands are checked to be a JSON object of at most 64 KiB and
+  handed over parsed (the signature is verified by the caller). A bad
+  payload is logged as one line and ignored. Callbacks run on paho's network
+  thread (keep them short); their exceptions are logged, never propagated.
 
 Health: :attr:`Publisher.last_checkin` (``time.monotonic()``) is updated by the
 publisher's drain loop each turn (at least every ``drain_interval_s``) while
@@ -76,7 +79,12 @@ log = logging.getLogger(__name__)
 OUT_KINDS: Final = ("status", "alerts", "stats", "deployment", "audit")
 IN_KINDS: Final = ("adjudications", "commands")
 
-JsonCallback = Callable[[dict[str, Any]], None]
+AdjudicationCallback = Callable[[dict[str, Any]], None]
+"""Gets a checked ``{alert_id, decision, officer, at}`` dict."""
+CommandCallback = Callable[[dict[str, Any]], None]
+"""Gets the parsed command envelope (a JSON object of at most MAX_COMMAND_BYTES); its
+signature covers the ``body`` string inside, so re-serialising the envelope is safe."""
+MAX_COMMAND_BYTES: Final = 64 * 1024
 
 
 def topic(device_id: str, kind: str, prefix: str = "lfr") -> str:
@@ -165,8 +173,8 @@ class Publisher:
         broker: BrokerSettings,
         outbox: Outbox,
         *,
-        on_adjudication: JsonCallback | None = None,
-        on_command: JsonCallback | None = None,
+        on_adjudication: AdjudicationCallback | None = None,
+        on_command: CommandCallback | None = None,
         client_id: str | None = None,
         inflight_max: int = 20,
         reconnect_min_s: int = 1,
@@ -208,6 +216,7 @@ class Publisher:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_stats = 0.0
+        self._status_due = False
 
         self._client = new_client(client_id or device_id, broker)
         self._client.max_inflight_messages_set(self.inflight_max)
@@ -295,16 +304,21 @@ class Publisher:
         self._wake.set()
 
     def publish_status(self, armed: bool, reason: str, **extra: Any) -> bool:
-        """Set and (if connected) publish the retained online status.
+        """Set the retained online status; the drain loop publishes it at once if connected.
 
         The status is remembered and republished on every reconnect; the last
-        will carries the same ``armed`` value. Returns whether it was handed to
-        the broker connection now.
+        will carries the ``armed`` value current at (re)connection. Returns
+        whether the publisher is connected now (else it goes out on connect).
+        The drain loop sends it, never a paho callback, so a status queued by
+        paho before a disconnect and resent after the reconnect can never land
+        after, and override, the current one.
         """
         with self._lock:
             self._status = {"armed": bool(armed), "reason": str(reason), **extra}
+            self._status_due = True
             connected = self._connected
-        return self._send_status("online") if connected else False
+        self._wake.set()
+        return connected
 
     def publish_stats(self, stats: Mapping[str, Any]) -> bool:
         """Publish ``stats`` (QoS 0, not retained, not durable); False if offline."""
@@ -358,6 +372,7 @@ class Publisher:
             else:
                 self._error("the MQTT network thread is not running")
             try:
+                self._maybe_status()
                 self._drain_once()
                 self._maybe_stats()
             except Exception as exc:
@@ -410,6 +425,13 @@ class Publisher:
         with self._lock:
             if self._gen == gen:
                 self._cursor = max(self._cursor, cursor)
+
+    def _maybe_status(self) -> None:
+        with self._lock:
+            due = self._status_due and self._connected
+            self._status_due = False if due else self._status_due
+        if due:
+            self._send_status("online")
 
     def _maybe_stats(self) -> None:
         if self.stats_provider is None:
@@ -499,9 +521,10 @@ class Publisher:
             "connected to %s:%s (session present: %s)",
             self.broker.host, self.broker.port, flags.session_present,
         )  # fmt: skip
+        with self._lock:
+            self._status_due = True  # sent by the drain loop, after paho's resends
         try:
             client.subscribe([(self.topic(kind), 1) for kind in IN_KINDS])
-            self._send_status("online")
         except Exception as exc:  # never let it escape into paho's thread
             log.exception("on_connect failed")
             self._error(f"on_connect failed: {exc}")
@@ -561,20 +584,27 @@ class Publisher:
                 callback = self.on_adjudication
                 body: dict[str, Any] = dict(parse_adjudication(bytes(msg.payload)))
             elif msg.topic == self.topic("commands"):
-                callback = self.on_command
-                obj = json.loads(msg.payload)
-                if not isinstance(obj, dict):
+                raw = bytes(msg.payload)
+                if len(raw) > MAX_COMMAND_BYTES:
+                    raise AlertFormatError(f"command larger than {MAX_COMMAND_BYTES} bytes")
+                command = json.loads(raw)
+                if not isinstance(command, dict):
                     raise AlertFormatError("command is not a JSON object")
-                body = obj
+                if self.on_command is not None:
+                    self._call(self.on_command, command, "commands")
+                return
             else:
                 log.warning("ignoring a message on unexpected topic %s", msg.topic)
                 return
         except (AlertFormatError, ValueError) as exc:
             log.warning("ignoring a bad message on %s: %s", msg.topic, exc)
             return
-        if callback is None:
-            return
+        if callback is not None:
+            self._call(callback, body, "adjudications")
+
+    @staticmethod
+    def _call(callback: Callable[[Any], None], arg: Any, what: str) -> None:
         try:
-            callback(body)
+            callback(arg)
         except Exception:
-            log.exception("the %s callback failed", msg.topic.rsplit("/", 1)[-1])
+            log.exception("the %s callback failed", what)

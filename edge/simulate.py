@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -284,8 +284,14 @@ def _schedule(rng: np.random.Generator, cfg: SimConfig) -> list[Walker]:
     return walkers
 
 
-def plan_clip(images_dir: Path, cfg: SimConfig) -> Plan:
-    """Draw every random choice of the clip (paths, identities, looks) from ``cfg.seed``."""
+def plan_clip(
+    images_dir: Path, cfg: SimConfig, *, enrol_ok: Callable[[Path], bool] | None = None
+) -> Plan:
+    """Draw every random choice of the clip (paths, identities, looks) from ``cfg.seed``.
+
+    ``enrol_ok(path)`` (see :func:`enrolment_checker`) keeps only reference images
+    that enrolment would accept, and skips identities left without one.
+    """
     cfg.check()
     ids = scan_identities(images_dir)
     rng = np.random.default_rng(cfg.seed)
@@ -305,31 +311,53 @@ def plan_clip(images_dir: Path, cfg: SimConfig) -> Plan:
             f"but the watchlist needs {list_size} (lower --watchlisted or --watchlist-size)"
         )
     order = [multi[int(i)] for i in rng.permutation(len(multi))]
-    listed = order[:list_size]
+    # Which image each watchlist subject shows in the clip, and which it enrols (others
+    # than the one shown; with ``enrol_ok``, only images the device's enrolment accepts).
+    chosen: list[tuple[str, str, tuple[str, ...]]] = []
+    rejected = 0
+    for name in order:
+        if len(chosen) == list_size:
+            break
+        files = ids[name]
+        held = files[int(rng.integers(len(files)))]
+        rest = [f for f in files if f != held]
+        if enrol_ok is None:
+            enrol = rest[: cfg.max_enrol]
+        else:
+            enrol = []
+            for f in rest:
+                if enrol_ok(images_dir / f):
+                    enrol.append(f)
+                    if len(enrol) == cfg.max_enrol:
+                        break
+        if not enrol:
+            rejected += 1
+            continue
+        chosen.append((name, held, tuple(enrol)))
+    if len(chosen) < list_size:
+        raise UsageError(
+            f"--images {images_dir}: only {len(chosen)} identities have an enrollable image "
+            f"besides the one shown, but the watchlist needs {list_size}"
+        )
+    listed = [c[0] for c in chosen]
     listed_set = set(listed)
     others = [name for name in ids if name not in listed_set]
     if not others and n_tracks > n_watch:
         raise UsageError(f"--images {images_dir}: no identities left for passers-by")
     others = [others[int(i)] for i in rng.permutation(len(others))]
 
-    # Which image each watchlist subject shows in the clip, and which it enrols.
-    shown: dict[str, str] = {}
-    entries: list[WatchlistEntry] = []
+    shown = {name: held for name, held, _ in chosen}
     appearing = listed[:n_watch]
-    for k, name in enumerate(listed):
-        files = ids[name]
-        held = files[int(rng.integers(len(files)))]
-        shown[name] = held
-        rest = [f for f in files if f != held][: cfg.max_enrol]
-        entries.append(
-            WatchlistEntry(
-                subject_id=f"SIM-{k + 1:04d}",
-                identity=name,
-                category=CATEGORIES[int(rng.integers(len(CATEGORIES)))],
-                enrol=tuple(rest),
-                appears=name in appearing,
-            )
+    entries = [
+        WatchlistEntry(
+            subject_id=f"SIM-{k + 1:04d}",
+            identity=name,
+            category=CATEGORIES[int(rng.integers(len(CATEGORIES)))],
+            enrol=enrol,
+            appears=name in appearing,
         )
+        for k, (name, _, enrol) in enumerate(chosen)
+    ]
     subject_of = {e.identity: e.subject_id for e in entries}
 
     placed: list[Walker] = []
@@ -380,6 +408,8 @@ def plan_clip(images_dir: Path, cfg: SimConfig) -> Plan:
             "max_enrol": cfg.max_enrol,
             "mask": cfg.mask,
             "face_box_in_tile": list(FACE_BOX_TILE),
+            "enrolment_checked": enrol_ok is not None,
+            "identities_without_enrollable_image": rejected,
         },
     )
     return Plan(cfg, tuple(placed), truth, images_dir)
@@ -590,15 +620,43 @@ def simulate(
     subjects_out: Path | None = None,
     copy: bool = False,
     progress: bool = True,
+    enrol_ok: Callable[[Path], bool] | None = None,
 ) -> Truth:
     """Plan, render and write the clip, the truth file and optionally the subjects folder."""
-    plan = plan_clip(images_dir, cfg)
+    plan = plan_clip(images_dir, cfg, enrol_ok=enrol_ok)
     write_clip(plan, out, progress=progress)
     truth_path.parent.mkdir(parents=True, exist_ok=True)
     plan.truth.save(truth_path)
     if subjects_out is not None:
         write_subjects(plan.truth, images_dir, subjects_out, copy=copy)
     return plan.truth
+
+
+def enrolment_checker(
+    models_dir: Path | None = None, precision: str = "int8", threads: int = 2
+) -> Callable[[Path], bool]:
+    """``path -> bool``: would enrolment accept this reference image (one face, quality ok)?
+
+    The same FaceEngine and QualityGate as ``edge watchlist build`` and the device.
+    """
+    from edge.faces import FaceEngine
+    from edge.quality import QualityGate
+
+    engine = FaceEngine.from_models(
+        models_dir, precision="float32" if precision.startswith("float") else "int8",
+        threads=threads,
+    )
+    gate = QualityGate()
+
+    def ok(path: Path) -> bool:
+        raw = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if raw is None:
+            return False
+        img = np.asarray(raw, dtype=np.uint8)
+        faces = engine.analyse(img)
+        return len(faces) == 1 and gate.assess(img, faces[0].detection).ok
+
+    return ok
 
 
 # ---------------------------------------------------------------------------

@@ -243,11 +243,7 @@ def test_required_keys(tmp_path: Path) -> None:
         ("[recognition]\nembeds_per_track = 0", "recognition.embeds_per_track: Input should be"),
         (
             "[watchlist]\nallow_dev_watchlist = true",
-            "watchlist.dev_watchlist: required when allow_dev_watchlist is true",
-        ),
-        (
-            "[watchlist]\ndev_watchlist = '/tmp/x.json'",
-            "watchlist.dev_watchlist: set but allow_dev_watchlist is false",
+            "watchlist.allow_dev_watchlist: unknown key",
         ),
         ("[watchlist]\nmax_subjects = 0", "watchlist.max_subjects: Input should be greater"),
         ("[outbox]\nmax_items = 1", "outbox.max_items: Input should be greater than or equal"),

@@ -12,20 +12,25 @@ from edge.detect import FULL_RANGE, SHORT_RANGE, Detector, non_max_suppression, 
 from edge.manifest import Manifest
 
 
-def _detector(models_dir: Path, variant: str) -> Detector:
+def _detector(models_dir: Path, variant: str, precision: str = "float32") -> Detector:
     if not (models_dir / "manifest.json").is_file():
         pytest.skip("models/manifest.json not built")
     m = Manifest.load(models_dir)
     for name in m.names:
         e = m.entry(name)
-        if e.role == "detector" and variant in name:
+        if e.role == "detector" and variant in name and e.precision == precision:
             return Detector(m.verify(name), threads=1)
-    pytest.skip(f"no {variant}-range detector in the manifest")
+    pytest.skip(f"no {precision} {variant}-range detector in the manifest")
 
 
 @pytest.fixture(scope="module")
 def full(models_dir: Path) -> Detector:
     return _detector(models_dir, "full")
+
+
+@pytest.fixture(scope="module", params=["float32", "int8"])
+def full_any(models_dir: Path, request: pytest.FixtureRequest) -> Detector:
+    return _detector(models_dir, "full", request.param)
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +89,12 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     ],
 )
 def test_full_range_finds_the_faces_dlib_finds(
-    full: Detector, photos_dir: Path, photo: str, n: int
+    full_any: Detector, photos_dir: Path, photo: str, n: int
 ) -> None:
     import dlib
 
     img = cv2.imread(str(photos_dir / photo))
-    dets = full.detect(img)
+    dets = full_any.detect(img)
     assert len(dets) == n
     hog = dlib.get_frontal_face_detector()(np.ascontiguousarray(img[:, :, ::-1]), 1)
     for r in hog:

@@ -359,11 +359,12 @@ def test_adjudications_and_commands_reach_the_callbacks(
                        qos=1).wait_for_publish(5)  # fmt: skip
             cr.publish("lfr/dev-c/adjudications", json.dumps(good), qos=1).wait_for_publish(5)
             wait_until(lambda: bool(adjs), 1)
-        cr.publish("lfr/dev-c/commands", json.dumps({"command": "end_deployment"}),
-                   qos=1).wait_for_publish(5)  # fmt: skip
+        cr.publish("lfr/dev-c/commands", b"[1, 2]", qos=1).wait_for_publish(5)
+        command = b'{"format": "lfr-edge-command/1", "body": "{}"}'
+        cr.publish("lfr/dev-c/commands", command, qos=1).wait_for_publish(5)
         assert wait_until(lambda: bool(cmds), 5)
     assert adjs[0] == good and all(a == good for a in adjs)
-    assert cmds == [{"command": "end_deployment"}]
+    assert cmds == [json.loads(command)]  # the non-object command was dropped
     bad_lines = [r.getMessage() for r in caplog.records if "ignoring a bad message" in r.message]
     assert bad_lines and all("\n" not in line for line in bad_lines)
 

@@ -80,6 +80,19 @@ def test_plan_invariants(faces_dir: Path) -> None:
         assert len(list((faces_dir / e.identity).iterdir())) >= 2
 
 
+def test_enrol_check_keeps_only_accepted_images(faces_dir: Path) -> None:
+    def ok(path: Path) -> bool:  # stands in for the device's enrolment verdict
+        return not path.name.endswith("_0002.jpg")
+
+    plan = plan_clip(faces_dir, SMALL, enrol_ok=ok)
+    for e in plan.truth.watchlist:
+        assert e.enrol and all(ok(faces_dir / r) for r in e.enrol)
+    assert plan.truth.params["enrolment_checked"] is True
+    assert plan.truth.params["identities_without_enrollable_image"] >= 0
+    with pytest.raises(UsageError, match="enrollable image"):
+        plan_clip(faces_dir, SMALL, enrol_ok=lambda p: False)
+
+
 def test_same_seed_same_plan_other_seed_other_plan(faces_dir: Path) -> None:
     a = plan_clip(faces_dir, SMALL).truth.dumps()
     assert plan_clip(faces_dir, SMALL).truth.dumps() == a

@@ -61,7 +61,6 @@ def summary(settings: Settings, path: str) -> list[str]:
     lores = f", detect on {src.lores_size[0]}x{src.lores_size[1]}" if src.lores_size else ""
     floors = ", ".join(f"{k} >= {v:.2f}" for k, v in sorted(s.recognition.threshold_floor.items()))
     tls = "mutual TLS" if s.mqtt.tls else "NO TLS (loopback only)"
-    dev = " (dev watchlist allowed)" if s.watchlist.allow_dev_watchlist else ""
     return [
         "ok",
         f"  config       {path}",
@@ -71,7 +70,7 @@ def summary(settings: Settings, path: str) -> list[str]:
         f"faces >= {s.detector.min_face_px} px",
         f"  recognition  {s.recognition.embedder} ({s.recognition.precision}), "
         f"{s.recognition.embeds_per_track} embeddings/track, floors {floors}",
-        f"  watchlist    {s.bundle_path}, at most {s.watchlist.max_subjects} subjects{dev}",
+        f"  watchlist    {s.bundle_path}, at most {s.watchlist.max_subjects} subjects",
         f"  mqtt         {s.mqtt.host}:{s.mqtt.port}, {tls}, topics {s.topic_root}/...",
         f"  retention    {s.retention.days} days",
     ]

@@ -161,6 +161,8 @@ def register_identify(evsub: Any) -> None:
         "identify", help="open-set 1:N identification: TPIR at FPIR, FNIR, rank-1, DET plot"
     )
     _add_search_args(p)
+    p.add_argument("--scores", type=Path, metavar="NPZ",
+                   help="report (and plot) a saved score set instead of embedding images")
     p.add_argument("--fpir", default="0.001,0.000167",
                    help="comma-separated target FPIRs (default 0.001,0.000167)")
     p.add_argument("--plot", type=Path, help="write a DET plot (PNG) here")
@@ -176,15 +178,20 @@ def register_identify(evsub: Any) -> None:
 
 
 def run_identify(args: argparse.Namespace) -> int:
-    from edge.evaluation.identify import ScoreSet, det_curve, format_text, parse_fpirs
+    from edge.errors import UsageError
+    from edge.evaluation.identify import ScoreSet, det_curve, format_text, parse_fpirs, report
 
     fpirs = parse_fpirs(args.fpir)
     extra = [ScoreSet.load(p) for p in args.plot_scores]
     if extra and args.plot is None:
-        from edge.errors import UsageError
-
         raise UsageError("--plot-scores needs --plot")
-    ss, rep = _score_search(args, fpirs)
+    if args.scores is not None:
+        if args.lfw is not None or args.gallery is not None:
+            raise UsageError("use either --scores or --lfw/--gallery, not both")
+        ss = ScoreSet.load(args.scores)
+        rep = report(ss, fpirs)
+    else:
+        ss, rep = _score_search(args, fpirs)
     if args.save_scores is not None:
         ss.save(args.save_scores)
         rep["scores_file"] = str(args.save_scores)

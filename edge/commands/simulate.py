@@ -52,13 +52,27 @@ def register(subparsers: Any) -> None:
                    "subject.toml) for `edge watchlist build`")
     p.add_argument("--copy", action="store_true",
                    help="copy enrol images into --subjects-out instead of symlinking")
+    p.add_argument("--check-enrolment", action="store_true",
+                   help="enrol only reference images the device's enrolment accepts (one face, "
+                   "quality gate), skipping identities left without one; needs the models")
+    p.add_argument("--models", type=Path, default=None, help="models directory (with "
+                   "--check-enrolment)")
+    p.add_argument("--model", choices=("int8", "float32"), default="int8",
+                   help="embedder precision for --check-enrolment (default int8)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from edge.errors import UsageError
-    from edge.simulate import SimConfig, frames_with_faces, parse_range, parse_size, simulate
+    from edge.simulate import (
+        SimConfig,
+        enrolment_checker,
+        frames_with_faces,
+        parse_range,
+        parse_size,
+        simulate,
+    )
 
     fmin, fmax = parse_range(args.face_px, "--face-px")
     if args.out.suffix.lower() != ".mp4":
@@ -75,9 +89,12 @@ def run(args: argparse.Namespace) -> int:
         max_enrol=args.max_enrol,
         mask=args.mask,
     )
+    cfg.check()
+    enrol_ok = enrolment_checker(args.models, args.model) if args.check_enrolment else None
     truth = simulate(
         args.images, args.out, args.truth, cfg,
         subjects_out=args.subjects_out, copy=args.copy, progress=not args.quiet,
+        enrol_ok=enrol_ok,
     )
     counts = frames_with_faces(truth)
     summary = {

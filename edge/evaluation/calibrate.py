@@ -65,6 +65,7 @@ class Calibration:
     non_mated_searches: int
     impostor_pairs: int
     notes: list[str] = field(default_factory=list)
+    expected_is_upper_bound: bool = False  # no impostor pair reached the threshold
 
     def to_dict(self) -> dict[str, Any]:
         def r(v: float | None, nd: int = 7) -> float | None:
@@ -76,6 +77,7 @@ class Calibration:
             "threshold": r(self.threshold, 6),
             "method": self.method,
             "expected_fpir": r(self.expected_fpir),
+            "expected_is_upper_bound": self.expected_is_upper_bound,
             "expected_false_alerts_per_10k_faces": r(self.false_alerts_per_10k, 3),
             "tpir": r(self.tpir, 6),
             "fmr": r(self.fmr, 9),
@@ -181,13 +183,13 @@ def calibrate(
     rng = np.random.default_rng(seed)
     notes: list[str] = []
     method: Method
-    sub: F64 | None = None
     subsample_fpir: float | None = None
+    upper_bound = False
     # Subsamples of N out of G are close to independent only when N is small next to G.
     effective = n_nm * max(1, min(reps, g // watchlist_size)) if watchlist_size <= g else 0
     if watchlist_size <= g and fpir * effective >= 1.0:
         method = "subsample"
-        sub = _subsample_nonmated(ss, watchlist_size, reps, rng)
+        sub: F64 = _subsample_nonmated(ss, watchlist_size, reps, rng)
         threshold = threshold_for_fpir(sub, fpir)
         expected = float(np.mean(sub >= threshold))
         subsample_fpir = expected
@@ -208,11 +210,15 @@ def calibrate(
         if target_fmr * imp.size < 1.0:
             notes.append(
                 f"the target FMR {target_fmr:.3g} is below 1/{imp.size} impostor pairs: the "
-                "threshold is just above the highest impostor score and the true FPIR may be "
-                "lower than required (more data needed)"
+                "threshold is just above the highest impostor score and the FPIR is only "
+                "bounded, not measured (more data needed)"
             )
         threshold = threshold_for_fpir(imp, target_fmr)
         expected = model_fpir(fmr_at(imp, threshold), watchlist_size)
+        if expected == 0.0:
+            # No impostor pair reaches the threshold: FMR < ~1/pairs, so this is a bound.
+            expected = model_fpir(1.0 / imp.size, watchlist_size)
+            upper_bound = True
         tpir = _extrapolated_tpir(ss, imp, watchlist_size, threshold)
         if watchlist_size <= g:
             subsample_fpir = float(
@@ -238,6 +244,7 @@ def calibrate(
         non_mated_searches=n_nm,
         impostor_pairs=int(imp.size),
         notes=notes,
+        expected_is_upper_bound=upper_bound,
     )
 
 
@@ -254,9 +261,10 @@ def parse_sizes(text: str) -> list[int]:
 def format_text(cals: Sequence[Calibration]) -> list[str]:
     lines = []
     for c in cals:
+        bound = "at most " if c.expected_is_upper_bound else ""
         lines.append(
             f"N={c.watchlist_size}: threshold {c.threshold:.4f} for FPIR {c.fpir_target:g} "
-            f"({c.method}); expected FPIR {c.expected_fpir:.3g} = "
+            f"({c.method}); expected FPIR {bound}{c.expected_fpir:.3g} = "
             f"{c.false_alerts_per_10k:.2f} false alerts per 10,000 faces; TPIR {c.tpir:.4f}"
         )
         for n in c.notes:

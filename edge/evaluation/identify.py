@@ -368,7 +368,7 @@ def score_search(
         probe_failures=int(np.sum(~p_ok)),
         gallery_failures=int(np.sum(~has_template)),
         gallery_images=len(tpl_paths),
-        info=dict(engine.model_info),
+        info={**engine.model_info, "family_threshold": repr(engine.family.threshold)},
     )
 
 
@@ -523,6 +523,8 @@ def report(
     family_threshold: float | None = None,
 ) -> dict[str, Any]:
     """The JSON figures of ``edge eval identify``."""
+    if family_threshold is None and "family_threshold" in ss.info:
+        family_threshold = float(ss.info["family_threshold"])
     nm = nonmated_top(ss)
     out: dict[str, Any] = {
         "label": ss.label,
