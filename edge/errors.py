@@ -39,7 +39,7 @@ class ModelError(EdgeError):
     exit_code = 3
 
 
-class BundleRefused(EdgeError):
+class BundleRefused(EdgeError):  # noqa: N818 (a refusal, not an error of ours)
     """A watchlist bundle was refused; ``reason`` is a short machine-readable code."""
 
     exit_code = 4

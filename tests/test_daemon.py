@@ -53,6 +53,7 @@ def edge_cmd(*args: str) -> list[str]:
 class Keys:
     directory: Path
     bundle: Path
+    deployment_id: str
 
     @property
     def device_key(self) -> Path:
@@ -78,7 +79,10 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
                  "--models", str(MODELS), "--out", str(d / "watchlist.bundle")),
         check=True, capture_output=True,
     )
-    return Keys(d, d / "watchlist.bundle")
+    import tomllib
+
+    deployment = tomllib.loads((d / "deployment.toml").read_text())
+    return Keys(d, d / "watchlist.bundle", deployment["deployment_id"])
 
 
 class DaemonProc:
@@ -299,6 +303,47 @@ def test_broker_restart_mid_stream_loses_no_alert(
     assert set(ids) == produced, "every alert arrives, and nothing that was not produced"
     # Redelivery may repeat a message; deduplication by alert_id makes it exact.
     assert len(set(ids)) == len(produced)
+
+
+def test_signed_end_command_disarms_shreds_and_publishes_summary(
+    device: Callable[..., DaemonProc], broker: Any, keys: Keys, tmp_path: Path
+) -> None:
+    recorder = broker.recorder()
+    daemon = device(CLIP, loop=True).start()
+    state = tmp_path / "state"
+
+    def armed(ms: list[Any]) -> bool:
+        return any(m.topic.endswith("/status") and json.loads(m.payload).get("armed") is True
+                   for m in ms)
+
+    assert recorder.wait_for(armed, 120), daemon.text()[-3000:]
+    command = tmp_path / "end.json"
+    subprocess.run(
+        edge_cmd("watchlist", "end-command", "--signing-key", str(keys.directory / "signing.key"),
+                 "--device", DEVICE, "--deployment", keys.deployment_id, "--out", str(command)),
+        check=True, capture_output=True,
+    )
+    control = broker.client("control-room")
+    control.publish(f"lfr/{DEVICE}/commands", command.read_bytes(), qos=1).wait_for_publish(10)
+
+    def ended(ms: list[Any]) -> bool:
+        return any(m.topic.endswith("/deployment") and json.loads(m.payload).get("state") == "ended"
+                   for m in ms)
+
+    assert recorder.wait_for(ended, 60), daemon.text()[-3000:]
+    summary = next(json.loads(m.payload) for m in recorder.messages
+                   if m.topic.endswith("/deployment") and b'"ended"' in m.payload)
+    for key in ("deployment_id", "location", "watchlist_size", "faces_processed", "alerts",
+                "adjudications"):
+        assert key in json.dumps(summary), f"summary lacks {key}: {summary}"
+    assert recorder.wait_for(
+        lambda ms: any(m.topic.endswith("/status") and json.loads(m.payload).get("armed") is False
+                       for m in ms[-5:]), 30)
+    assert not (state / "watchlist.bundle").exists(), "the bundle was not shredded"
+    assert daemon.terminate() == 0
+    audit = subprocess.run(edge_cmd("audit", "verify", str(state / "audit.log")),
+                           capture_output=True, text=True, check=False)
+    assert audit.returncode == 0, audit.stderr
 
 
 # --- systemd -------------------------------------------------------------------------

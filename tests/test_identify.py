@@ -274,6 +274,27 @@ def test_cli_calibrate_from_scores(tmp_path: Path, capsys: pytest.CaptureFixture
     )
 
 
+def test_cli_identify_from_saved_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    tiny().save(tmp_path / "s.npz")
+    _uniform_set().save(tmp_path / "u.npz")
+    code, out, _ = run_cli(
+        ["eval", "identify", "--scores", str(tmp_path / "s.npz"), "--fpir", "0.25,0.1",
+         "--json", "--plot", str(tmp_path / "det.png"), "--plot-scores", str(tmp_path / "u.npz")],
+        capsys,
+    )
+    assert code == 0
+    rep = json.loads(out)
+    assert rep["rank1"] == 0.5
+    assert [p["tpir"] for p in rep["operating_points"]] == [0.5, 0.5]
+    assert (tmp_path / "det.png").read_bytes()[:4] == b"\x89PNG"
+    # a closed-set miss everywhere is a rank-1 of 0, not "unknown"
+    zero = ScoreSet(np.array([[0.1, 0.9]], np.float32), np.array([0], np.int64), ("a", "b"))
+    assert report(zero, [0.5])["rank1"] == 0.0
+
+
 def test_det_plot_several_curves(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from edge.evaluation.det_plot import plot_det

@@ -538,7 +538,7 @@ def report(
             "non_mated_probes": ss.n_non_mated,
             "probes_without_face": ss.probe_failures,
         },
-        "rank1": _r(rank1_rate(ss) or float("nan")),
+        "rank1": None if (r1 := rank1_rate(ss)) is None else _r(r1),
         "fpir_resolution": _r(1.0 / nm.size, 7) if nm.size else None,
         "operating_points": [p.to_dict() for p in operating_points(ss, fpirs)],
         "candidate_list": 1,
