@@ -64,9 +64,7 @@ def main() -> int:
     chip = aligner.align(img, pts)
     for precision in ("float32", "int8"):
         e = FaceEngine.from_models(args.models_dir, precision=precision, threads=args.threads)
-        out[f"embed_{precision}_ms_per_face"] = median_ms(
-            lambda e=e: e.embed([chip]), args.repeat
-        )
+        out[f"embed_{precision}_ms_per_face"] = median_ms(lambda e=e: e.embed([chip]), args.repeat)
     print(json.dumps(out, indent=2))
     return 0
 

@@ -224,7 +224,7 @@ class Detector:
         raw = outs[self._reg][0]
         logits = np.clip(outs[self._cls][0, :, 0].astype(np.float64), -100.0, 100.0)
         scores = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-        keep = np.flatnonzero(scores >= thr)
+        keep = np.flatnonzero(scores > thr)
         if keep.size == 0:
             return []
         s = float(self.size)

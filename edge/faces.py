@@ -139,9 +139,7 @@ class FaceEngine:
 
     def analyse(self, image_bgr: ImageU8, min_score: float | None = None) -> list[FaceResult]:
         """Every detected face with its aligned chip, best score first."""
-        return [
-            FaceResult(d, self.align(image_bgr, d)) for d in self.detect(image_bgr, min_score)
-        ]
+        return [FaceResult(d, self.align(image_bgr, d)) for d in self.detect(image_bgr, min_score)]
 
     def embed(self, chips: list[Chip]) -> F32:
         return self.embedder.embed(chips)

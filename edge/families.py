@@ -114,11 +114,7 @@ def similarity_matrix(
     a2 = np.atleast_2d(np.asarray(a, dtype=np.float32))
     b2 = np.atleast_2d(np.asarray(b, dtype=np.float32))
     if metric == "euclidean":
-        d2 = (
-            np.sum(a2 * a2, axis=1)[:, None]
-            + np.sum(b2 * b2, axis=1)[None, :]
-            - 2.0 * (a2 @ b2.T)
-        )
+        d2 = np.sum(a2 * a2, axis=1)[:, None] + np.sum(b2 * b2, axis=1)[None, :] - 2.0 * (a2 @ b2.T)
         dist: npt.NDArray[np.float32] = (1.0 - np.sqrt(np.maximum(d2, 0.0))).astype(np.float32)
         return dist
     an = a2 / np.maximum(np.linalg.norm(a2, axis=1, keepdims=True), 1e-12)

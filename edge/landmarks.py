@@ -54,7 +54,24 @@ MESH_MOUTH_LEFT = 61  # image left
 MESH_MOUTH_RIGHT = 291
 # Mesh points fed to the dlib5 regression (eye corners and lids, nose, mouth).
 MESH_FEATURES: tuple[int, ...] = (
-    33, 133, 362, 263, 2, 1, 4, 94, 168, 6, 61, 291, 159, 145, 386, 374, 98, 327,
+    33,
+    133,
+    362,
+    263,
+    2,
+    1,
+    4,
+    94,
+    168,
+    6,
+    61,
+    291,
+    159,
+    145,
+    386,
+    374,
+    98,
+    327,
 )
 # The direct pick (no regression) for each dlib point.
 MESH_DLIB5: tuple[int, ...] = (263, 362, 33, 133, 2)

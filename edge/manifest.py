@@ -160,9 +160,7 @@ class Manifest:
             raise ModelError(f"model file {path} is missing")
         size = path.stat().st_size
         if entry.bytes and size != entry.bytes:
-            raise ModelError(
-                f"model file {path} has {size} bytes, the manifest says {entry.bytes}"
-            )
+            raise ModelError(f"model file {path} has {size} bytes, the manifest says {entry.bytes}")
         digest = sha256_file(path)
         if digest != entry.sha256:
             raise ModelError(f"model file {path} does not match its sha256 in the manifest")

@@ -122,3 +122,53 @@ def test_arcface_chip_puts_points_on_the_template() -> None:
         assert chip[y, x].min() > 200
     c = Aligner(ARCFACE112).align(img, pts.astype(np.float32))
     assert c.rgb.shape == (112, 112, 3)
+
+
+def test_device_landmarks_approximate_dlibs_predictor(
+    models_dir: Path, photos_dir: Path, lfw_dir: Path, dlib_models: tuple[object, object, object]
+) -> None:
+    """Both landmark options land near dlib's 5-point predictor (inter-ocular units)."""
+    import cv2
+
+    from edge.detect import Detector
+    from edge.errors import ModelError
+    from edge.landmarks import BlazeFaceLandmarker, MeshLandmarker
+    from edge.manifest import Manifest
+
+    if not (models_dir / "manifest.json").is_file():
+        pytest.skip("models/manifest.json not built")
+    m = Manifest.load(models_dir)
+    try:
+        det = Detector(
+            m.verify(m.find("detector", family="blazeface_full", precision="float32")), threads=1
+        )
+        mesh = MeshLandmarker(m.verify(m.find("landmarks")), threads=1)
+    except ModelError as exc:
+        pytest.skip(f"models incomplete: {exc}")
+    blaze = BlazeFaceLandmarker()
+    hog, sp, _ = dlib_models
+    errs: dict[str, list[float]] = {"mesh": [], "blazeface": []}
+    for f in _faces(photos_dir, lfw_dir):
+        bgr = cv2.imread(str(f))
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        dets = det.detect(bgr)
+        for r in hog(rgb, 1)[:2]:  # type: ignore[operator]
+            c = np.array([(r.left() + r.right()) / 2, (r.top() + r.bottom()) / 2])
+            d = min(
+                dets,
+                key=lambda d: float(
+                    np.hypot(*(np.array(d.box[:2]) / 2 + np.array(d.box[2:]) / 2 - c))
+                ),
+            )
+            ref = np.array([[p.x, p.y] for p in sp(rgb, r).parts()])  # type: ignore[operator]
+            iod = np.linalg.norm((ref[0] + ref[1]) / 2 - (ref[2] + ref[3]) / 2)
+            for name, lm in (("mesh", mesh), ("blazeface", blaze)):
+                pts = lm.points(bgr, d, "dlib5")
+                assert pts.shape == (5, 2) and pts.dtype == np.float32
+                errs[name].append(float(np.linalg.norm(pts - ref, axis=1).mean() / iod))
+            a5 = mesh.points(bgr, d, "arcface5")
+            assert a5[0, 0] < a5[1, 0] and a5[3, 0] < a5[4, 0]  # left/right order
+            assert a5[:2, 1].max() < a5[2, 1] < a5[3:, 1].min()  # eyes, nose, mouth
+    assert len(errs["mesh"]) >= 10
+    assert float(np.median(errs["mesh"])) < 0.08  # held-out fit: 0.035 mean
+    assert float(np.median(errs["blazeface"])) < 0.10  # held-out fit: 0.054 mean

@@ -292,7 +292,11 @@ def test_cli_identify_from_saved_scores(
     assert (tmp_path / "det.png").read_bytes()[:4] == b"\x89PNG"
     # a closed-set miss everywhere is a rank-1 of 0, not "unknown"
     zero = ScoreSet(np.array([[0.1, 0.9]], np.float32), np.array([0], np.int64), ("a", "b"))
-    assert report(zero, [0.5])["rank1"] == 0.0
+    rz = report(zero, [0.5])
+    assert rz["rank1"] == 0.0
+    assert rz["operating_points"] == [] and "no non-mated probes" in rz["note"]
+    with pytest.raises(UsageError, match="needs both mated and non-mated"):
+        det_curve(zero)
 
 
 def test_det_plot_several_curves(tmp_path: Path) -> None:

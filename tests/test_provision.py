@@ -149,6 +149,10 @@ def ansible_playbook(
         ANSIBLE_NOCOLOR="1",
         ANSIBLE_HOST_KEY_CHECKING="True",
         PATH=f"{VENV_BIN}:{env.get('PATH', '')}",
+        # Per-task timings, for finding where a slow converge spends its time.
+        ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.junit",
+        JUNIT_OUTPUT_DIR=str(inventory.parent / "junit"),
+        JUNIT_TASK_CLASS="True",
     )
     return subprocess.run(
         [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), playbook, *extra],
@@ -159,6 +163,18 @@ def ansible_playbook(
         timeout=timeout,
         check=False,
     )
+
+
+def slowest_tasks(junit_dir: Path, n: int = 8) -> list[tuple[str, float]]:
+    """The n slowest tasks recorded by Ansible's junit callback (newest report)."""
+    import xml.etree.ElementTree as ET
+
+    reports = sorted(junit_dir.glob("*.xml"), key=lambda p: p.stat().st_mtime)
+    if not reports:
+        return []
+    cases = ET.parse(reports[-1]).getroot().iter("testcase")
+    times = [(c.get("name", "?"), float(c.get("time", "0"))) for c in cases]
+    return sorted(times, key=lambda item: -item[1])[:n]
 
 
 def play_recap(output: str) -> dict[str, dict[str, int]]:
@@ -350,6 +366,8 @@ def fleet(nspawn_host: NspawnHost) -> Fleet:
     converge_s = time.monotonic() - start
     (work / "converge.log").write_text(proc.stdout + proc.stderr)
     print(f"site.yml converge: {converge_s:.1f} s (log: {work / 'converge.log'})")
+    for name, secs in slowest_tasks(work / "junit"):
+        print(f"  {secs:6.1f} s  {name}")
     fleet = Fleet(
         host, work, inventory, pki, keys, device_key.public, broker_port, converge_s, proc.stdout
     )

@@ -179,3 +179,12 @@ def test_bad_truth_files(tmp_path: Path, text: str, message: str) -> None:
 def test_missing_truth_file(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="cannot read truth file"):
         Truth.load(tmp_path / "absent.json")
+
+
+def test_clipped_truth_for_runs_that_stop_early(truth: Truth) -> None:
+    short = truth.clipped(3)
+    assert [t.track for t in short.tracks] == [0, 1, 3]  # passer-by 2 starts at frame 5
+    assert short.tracks[0].last_frame == 2 and short.tracks[1].last_frame == 2
+    assert truth.clipped(99) is truth
+    s = score_alerts(truth, [StreamAlert(1, LEFT, "A")], frames=3)
+    assert s.watchlisted_passers_by == 1 and s.recall == 1.0 and s.other_passers_by == 2

@@ -483,7 +483,10 @@ def point_at(ss: ScoreSet, threshold: float, target: float | None = None) -> Ope
 
 
 def operating_points(ss: ScoreSet, fpirs: Sequence[float]) -> list[OperatingPoint]:
+    """One point per target FPIR; none when there are no non-mated searches to measure it."""
     nm = nonmated_top(ss)
+    if nm.size == 0:
+        return []
     return [point_at(ss, threshold_for_fpir(nm, f), f) for f in fpirs]
 
 
@@ -504,7 +507,9 @@ def det_curve(ss: ScoreSet, fpirs: Sequence[float] = ()) -> DetCurve:
     cand = np.concatenate([nm, r1])
     thr = np.unique(cand[np.isfinite(cand)])
     if nm.size == 0 or r1.size == 0:
-        raise ValueError("a DET curve needs mated and non-mated searches")
+        raise UsageError(
+            f"{ss.label or 'this run'}: a DET curve needs both mated and non-mated probes"
+        )
     fpir = (nm.size - np.searchsorted(nm, thr, side="left")) / nm.size
     fnir = np.searchsorted(r1, thr, side="left") / r1.size
     return DetCurve(
@@ -543,7 +548,11 @@ def report(
         "operating_points": [p.to_dict() for p in operating_points(ss, fpirs)],
         "candidate_list": 1,
     }
-    if family_threshold is not None:
+    if nm.size == 0:
+        out["note"] = "no non-mated probes: FPIR and its thresholds cannot be measured"
+    elif ss.n_mated == 0:
+        out["note"] = "no mated probes: TPIR, FNIR and rank-1 cannot be measured"
+    if family_threshold is not None and nm.size:
         out["at_family_threshold"] = point_at(ss, family_threshold).to_dict()
     return out
 
@@ -557,6 +566,8 @@ def format_text(rep: dict[str, Any]) -> list[str]:
         f"({c['probes_without_face']} without a face)",
         f"  rank-1 {rep['rank1']}",
     ]
+    if "note" in rep:
+        lines.append(f"  note: {rep['note']}")
     for p in rep["operating_points"]:
         note = "  (below resolution: no false positive at all)" if p["below_resolution"] else ""
         lines.append(

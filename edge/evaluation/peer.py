@@ -208,17 +208,20 @@ def run_peer(
     alerts: list[StreamAlert] = []
     faces = 0
     busy = 0.0  # time on processed frames (skipped frames' decoding left out)
+    seen = 0  # frames read from the clip (processed or skipped)
     try:
         with Progress((total + every - 1) // every, "peer", enabled=progress) as bar:
             for f in range(total):
                 if f % every:
                     if not cap.grab():
                         break
+                    seen = f + 1
                     continue
                 t0 = time.perf_counter()
                 ok, frame = cap.read()
                 if not ok:
                     break
+                seen = f + 1
                 small = frame if scale == 1.0 else cv2.resize(frame, None, fx=scale, fy=scale)
                 rgb = np.ascontiguousarray(small[:, :, ::-1], dtype=np.uint8)
                 t1 = time.perf_counter()
@@ -251,6 +254,7 @@ def run_peer(
         f"ResNet, tolerance {tolerance:.2f}",
         "video": str(video),
         "frames": frames,
+        "frames_seen": seen,
         "every": every,
         "scale": scale,
         "seconds": round(busy, 3),
@@ -273,5 +277,5 @@ def run_peer(
         },
     }
     if truth_obj is not None:
-        result["accuracy"] = score_alerts(truth_obj, alerts).to_dict()
+        result["accuracy"] = score_alerts(truth_obj, alerts, frames=seen).to_dict()
     return result

