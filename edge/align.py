@@ -175,22 +175,26 @@ def _rotate(centre: F64, p: F64, angle: float) -> F64:
 
 
 def bilinear_sample(img: ImageU8, xs: F64, ys: F64) -> ImageU8:
-    """dlib's ``interpolate_bilinear`` at (xs, ys); black where it leaves the image."""
+    """dlib's ``interpolate_bilinear`` at (xs, ys); black where it leaves the image.
+
+    Same arithmetic as dlib (double precision, the same expression order, then
+    truncation to uint8) so the result is bit-identical.
+    """
     h, w = img.shape[:2]
     left = np.floor(xs).astype(np.int64)
     top = np.floor(ys).astype(np.int64)
     ok = (left >= 0) & (top >= 0) & (left + 1 < w) & (top + 1 < h)
-    lc = np.where(ok, left, 0)
-    tc = np.where(ok, top, 0)
-    fx = (xs - left)[..., None]
-    fy = (ys - top)[..., None]
-    f = img.astype(np.float64)
-    tl = f[tc, lc]
-    tr = f[tc, lc + 1]
-    bl = f[tc + 1, lc]
-    br = f[tc + 1, lc + 1]
-    val = (1 - fy) * ((1 - fx) * tl + fx * tr) + fy * ((1 - fx) * bl + fx * br)
-    out: ImageU8 = np.clip(val, 0, 255).astype(np.uint8)  # static_cast: truncation
+    idx = np.where(ok, top * w + left, 0).ravel()
+    flat = np.ascontiguousarray(img).reshape(-1, 3)
+    tl = flat[idx].astype(np.float64)
+    tr = flat[idx + 1].astype(np.float64)
+    bl = flat[idx + w].astype(np.float64)
+    br = flat[idx + w + 1].astype(np.float64)
+    fx = (xs - left).reshape(-1, 1)
+    fy = (ys - top).reshape(-1, 1)
+    gx = 1 - fx
+    val = (1 - fy) * (gx * tl + fx * tr) + fy * (gx * bl + fx * br)
+    out: ImageU8 = val.astype(np.uint8).reshape(*xs.shape, 3)  # in [0, 255]: truncation
     out[~ok] = 0
     return out
 

@@ -23,6 +23,7 @@ to the input size and weighted NMS at IoU 0.3.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -198,6 +199,7 @@ class Detector:
         self.nms: NmsKind = nms
         self.max_faces = max_faces
         self._buf = np.zeros((1, self.size, self.size, 3), dtype=np.float32)
+        self._lock = threading.Lock()
 
     def _prepare(self, image_bgr: ImageU8) -> tuple[float, float, float]:
         """Letterbox into the reusable input buffer; returns (scale, pad_x, pad_y)."""
@@ -219,8 +221,9 @@ class Detector:
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.size == 0:
             raise ValueError(f"expected an HxWx3 image, got shape {image_bgr.shape}")
         thr = self.min_score if min_score is None else float(min_score)
-        scale, px, py = self._prepare(image_bgr)
-        outs = self.model.run(self._buf)
+        with self._lock:  # the input buffer is per detector
+            scale, px, py = self._prepare(image_bgr)
+            outs = self.model.run(self._buf)
         raw = outs[self._reg][0]
         logits = np.clip(outs[self._cls][0, :, 0].astype(np.float64), -100.0, 100.0)
         scores = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)

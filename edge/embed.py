@@ -8,7 +8,10 @@ The manifest entry's ``input`` says what the model expects:
 * otherwise the family's normalisation ``(pixel - mean) / std`` is applied
   here first, then quantised if the input is quantised.
 
-The models take a batch of one; ``embed`` loops over the chips.
+A model may have a fixed batch ``B`` (MobileFaceNet's file takes exactly two
+chips); ``embed`` runs the chips ``B`` at a time and pads the last group by
+repeating a chip (batch rows are independent: the padding never changes a
+result, tested in tests/test_mobilefacenet.py).
 """
 
 from __future__ import annotations
@@ -45,13 +48,15 @@ class Embedder:
         self.model: TFLiteModel = shared_model(model_path, threads)
         self.normalisation_in_model = normalisation_in_model
         s = family.input_size
-        if self.model.input.shape != (1, s, s, 3):
+        shape = self.model.input.shape
+        if len(shape) != 4 or shape[0] < 1 or shape[1:] != (s, s, 3):
             raise ModelError(
-                f"model file {model_path} takes {self.model.input.shape}, "
-                f"family {family.name} needs (1, {s}, {s}, 3)"
+                f"model file {model_path} takes {shape}, "
+                f"family {family.name} needs (batch, {s}, {s}, 3)"
             )
+        self.batch = shape[0]
         out = self.model.outputs[0]
-        if int(np.prod(out.shape)) != family.dim:
+        if out.shape[0] != self.batch or int(np.prod(out.shape[1:])) != family.dim:
             raise ModelError(
                 f"model file {model_path} outputs {out.shape}, family {family.name} "
                 f"has {family.dim} dimensions"
@@ -89,7 +94,11 @@ class Embedder:
     def embed(self, chips: Sequence[Chip | npt.NDArray[np.uint8]]) -> F32:
         """(N, D) float32 embeddings for N chips (``Chip`` or raw RGB arrays)."""
         out = np.zeros((len(chips), self.family.dim), dtype=np.float32)
-        for i, c in enumerate(chips):
-            rgb: npt.NDArray[np.uint8] = c.rgb if isinstance(c, Chip) else c
-            out[i] = self.model.run(self._prepare(rgb))[0].reshape(-1)
+        b = self.batch
+        for i in range(0, len(chips), b):
+            group = [c.rgb if isinstance(c, Chip) else c for c in chips[i : i + b]]
+            n = len(group)
+            x = [self._prepare(rgb) for rgb in group]
+            batch = x[0] if b == 1 else np.concatenate(x + [x[0]] * (b - n))
+            out[i : i + n] = self.model.run(batch)[0].reshape(b, -1)[:n]
         return out

@@ -27,6 +27,7 @@ nose tip, mouth corner left, mouth corner right.
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -179,6 +180,7 @@ class MeshLandmarker:
         self.regress = regress
         self.weights = _weights(landmark_fit.MESH_WEIGHTS, 2 * len(MESH_FEATURES) + 1)
         self._buf = np.zeros((1, self.SIZE, self.SIZE, 3), dtype=np.float32)
+        self._lock = threading.Lock()
 
     def roi(self, det: Detection) -> npt.NDArray[np.float64]:
         """2x3 affine from crop pixels to image pixels (MediaPipe's detection-to-ROI)."""
@@ -209,8 +211,10 @@ class MeshLandmarker:
             borderMode=cv2.BORDER_CONSTANT,
             borderValue=(0, 0, 0),
         )
-        np.multiply(crop[:, :, ::-1], 1.0 / 255.0, out=self._buf[0], casting="unsafe")
-        out = self.model.run(self._buf)[self._out].reshape(468, 3)[:, :2].astype(np.float64)
+        with self._lock:  # the input buffer is per landmarker
+            np.multiply(crop[:, :, ::-1], 1.0 / 255.0, out=self._buf[0], casting="unsafe")
+            raw = self.model.run(self._buf)[self._out]
+        out = raw.reshape(468, 3)[:, :2].astype(np.float64)
         uv1 = np.concatenate([out - 0.5, np.ones((468, 1))], axis=1)  # pixel centres
         pts: F64 = uv1 @ m.T
         return pts

@@ -143,7 +143,10 @@ def inspect_embedder(path: Path) -> ModelFacts:
         raise ModelError(f"{path}: input {idtype} / output {odtype} are not supported")
     scale, zp = ins[0].get("quantization", (0.0, 0))
     iq = (float(scale), int(zp)) if float(scale) != 0.0 else None
-    kinds = {np.dtype(d["dtype"]).name for d in _tensor_details(interp)}
+    io_index = {int(ins[0]["index"]), int(outs[0]["index"])}
+    kinds = {
+        np.dtype(d["dtype"]).name for d in _tensor_details(interp) if int(d["index"]) not in io_index
+    }
     precision = "int8" if {"int8", "uint8"} & kinds else "float16" if "float16" in kinds else (
         "float32"
     )

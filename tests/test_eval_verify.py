@@ -181,3 +181,32 @@ def test_lfw_subset(
     assert rep["accuracy"] >= 0.85
     assert 0.2 < rep["threshold"] < 0.6
     assert "verify [" in err  # progress bar on stderr
+
+
+def test_no_face_policy_counts_and_falls_back(
+    tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Faceless images are counted in failed_to_detect and embedded from the fixed box."""
+    if not (models_dir / "manifest.json").is_file():
+        pytest.skip("models/manifest.json not built")
+    images = _images(tmp_path / "img", {"Al": 2, "Bo": 1})
+    p = tmp_path / "pairs.txt"
+    p.write_text("1 1\nAl 1 2\nAl 1 Bo 1\n")
+    code, out, err = _run(
+        capsys,
+        "--images",
+        str(images),
+        "--pairs",
+        str(p),
+        "--models-dir",
+        str(models_dir),
+        "--json",
+        "--no-progress",
+    )
+    if code == 3:
+        pytest.skip(f"models incomplete: {err.strip()}")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["images"] == 3 and rep["failed_to_detect"] == 3
+    assert rep["fallback_fixed_box"] + rep["fallback_low_score"] == 3
+    assert "verify [" not in err

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -474,6 +475,104 @@ def test_device_cannot_publish_under_another_devices_topic(fleet: Fleet) -> None
     finally:
         other.close()
         room.close()
+
+
+MODEL_SMOKE = """
+import numpy as np
+from edge.manifest import Manifest
+from edge.runtime import load_interpreter
+m = Manifest.load("/opt/edge/models")
+for name in m.names:
+    m.verify(name)
+    it = load_interpreter(m.path(name), threads=2)
+    it.allocate_tensors()
+    d = it.get_input_details()[0]
+    it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+    it.invoke()
+    print("invoked", name)
+"""
+
+
+def test_every_model_runs_under_the_units_sandbox(fleet: Fleet) -> None:
+    """MemoryDenyWriteExecute= and the system-call filter do not break TFLite/XNNPACK.
+
+    The daemon only runs the detector on a clip without faces, so each model of the
+    manifest is invoked here in a transient service with the unit's execution sandbox.
+    """
+    props = [
+        "User=edge",
+        "Group=edge",
+        "NoNewPrivileges=yes",
+        "MemoryDenyWriteExecute=yes",
+        "SystemCallFilter=@system-service",
+        "SystemCallFilter=~@privileged @resources",
+        "SystemCallErrorNumber=EPERM",
+        "SystemCallArchitectures=native",
+        "LockPersonality=yes",
+        "RestrictNamespaces=yes",
+        "RestrictRealtime=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "ProtectProc=invisible",
+        "CapabilityBoundingSet=",
+    ]
+    args = " ".join(f"-p {shlex.quote(p)}" for p in props)
+    script = shlex.quote(MODEL_SMOKE)
+    with journal_on_failure(fleet):
+        proc = fleet.host.run(
+            f"systemd-run --wait --pipe --quiet --collect {args} "
+            f"/opt/edge/venv/bin/python -c {script}",
+            timeout=240,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        from edge.manifest import Manifest
+
+        invoked = {ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("invoked ")}
+        assert invoked == set(Manifest.load(REPO / "models").names)
+
+
+def test_unit_may_reach_only_the_broker(fleet: Fleet) -> None:
+    """IPAddressDeny=any + IPAddressAllow=<broker>: enforced by systemd's cgroup BPF filter.
+
+    A probe joins edge.service's own control group, so the unit's filter applies to it:
+    the broker's address connects; another loopback address (127.0.0.2, where nothing
+    listens: refused if allowed, EPERM if filtered) and ::1 are filtered. Loopback only.
+    """
+    probe = f"""
+import errno, socket
+def attempt(family, addr):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(addr)
+        return "connected"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    finally:
+        s.close()
+print("broker", attempt(socket.AF_INET, ("127.0.0.1", {fleet.broker_port})))
+print("other", attempt(socket.AF_INET, ("127.0.0.2", {fleet.broker_port})))
+print("v6", attempt(socket.AF_INET6, ("::1", {fleet.broker_port})))
+"""
+    (fleet.host.root / "root" / "ip-probe.py").write_text(probe)
+    # The unit's control group, as PID 1 in the container sees it (its own cgroup root).
+    cmd = (
+        "cg=$(systemctl show -P ControlGroup edge.service) && "
+        'echo $$ > "/sys/fs/cgroup$cg/cgroup.procs" && '
+        "exec /opt/edge/venv/bin/python /root/ip-probe.py"
+    )
+    with journal_on_failure(fleet):
+        proc = fleet.host.run(cmd, timeout=60)
+        diag = fleet.host.run(
+            "systemctl show -P ControlGroup edge.service; cat /proc/self/cgroup; "
+            "ls /sys/fs/cgroup | head"
+        ).stdout
+        assert proc.returncode == 0, proc.stdout + proc.stderr + diag
+        result = dict(line.split() for line in proc.stdout.splitlines())
+        assert result["broker"] == "connected", result
+        assert result["other"] == "EPERM", result
+        assert result["v6"] == "EPERM", result
 
 
 DEPLOYMENT_ID = "op-test-1"
