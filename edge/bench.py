@@ -101,10 +101,14 @@ def run_bench(
     family = engine.family
     gate = QualityGate()
     watchlist: Watchlist | None = None
+    enrol_failed: list[str] = []
     if subjects is not None:
         report = enrol(subjects, engine, gate, family.metric)
-        if report.failed:
-            raise UsageError("enrolment failed for " + ", ".join(s for s, _ in report.failed))
+        enrol_failed = [sid for sid, _ in report.failed]
+        if enrol_failed:  # as `edge watchlist build --skip-bad` would: listed, left out
+            sys.stderr.write(f"bench: no usable image for {', '.join(enrol_failed)}; left out\n")
+        if not report.subjects:
+            raise UsageError(f"no subject in {subjects} could be enrolled")
         sha = engine.model_info["embedder_sha256"]
         watchlist = Watchlist(
             subject_ids=[s.subject_id for s in report.subjects],
@@ -217,6 +221,7 @@ def run_bench(
         "models": engine.model_info,
         "precision": precision,
         "watchlist_size": len(watchlist) if watchlist is not None else 0,
+        "enrol_failed": enrol_failed,
         "threshold": watchlist.threshold if watchlist is not None else None,
         "stage_ms": {name: percentiles(v) for name, v in stage_s.items()},
         "frame_ms": percentiles(frame_s),

@@ -145,7 +145,9 @@ def inspect_embedder(path: Path) -> ModelFacts:
     iq = (float(scale), int(zp)) if float(scale) != 0.0 else None
     io_index = {int(ins[0]["index"]), int(outs[0]["index"])}
     kinds = {
-        np.dtype(d["dtype"]).name for d in _tensor_details(interp) if int(d["index"]) not in io_index
+        np.dtype(d["dtype"]).name
+        for d in _tensor_details(interp)
+        if int(d["index"]) not in io_index
     }
     precision = "int8" if {"int8", "uint8"} & kinds else "float16" if "float16" in kinds else (
         "float32"

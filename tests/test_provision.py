@@ -556,10 +556,12 @@ print("other", attempt(socket.AF_INET, ("127.0.0.2", {fleet.broker_port})))
 print("v6", attempt(socket.AF_INET6, ("::1", {fleet.broker_port})))
 """
     (fleet.host.root / "root" / "ip-probe.py").write_text(probe)
-    # The unit's control group, as PID 1 in the container sees it (its own cgroup root).
+    # The unit's control group, as PID 1 in the container sees it, in the unified (v2)
+    # hierarchy where the BPF programs are attached (under unified/ on a hybrid host).
     cmd = (
-        "cg=$(systemctl show -P ControlGroup edge.service) && "
-        'echo $$ > "/sys/fs/cgroup$cg/cgroup.procs" && '
+        "cg=$(systemctl show -P ControlGroup edge.service) && root=/sys/fs/cgroup && "
+        "{ [ ! -d $root/unified ] || root=$root/unified; } && "
+        'echo $$ > "$root$cg/cgroup.procs" && '
         "exec /opt/edge/venv/bin/python /root/ip-probe.py"
     )
     with journal_on_failure(fleet):

@@ -31,8 +31,40 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     parser.add_argument("--peer", action="store_true",
                         help="also run the face_recognition peer on the same clip and truth")
+    parser.add_argument("--peer-every", type=int, default=1,
+                        help="the peer processes every Nth frame (its fps still counts frames "
+                        "it processed; default 1)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=run)
+
+
+def run_peer_subprocess(
+    video: Path, subjects: Path | None, truth: Path | None, max_frames: int | None, every: int
+) -> dict[str, Any]:
+    """The face_recognition peer in its own process, so each side's peak RSS is its own."""
+    import subprocess
+    import sys
+
+    from edge.errors import EdgeError
+
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from edge.evaluation.peer import run_peer\n"
+        "a = json.loads(sys.argv[1])\n"
+        "p = lambda k: Path(a[k]) if a[k] else None\n"
+        "r = run_peer(Path(a['video']), subjects=p('subjects'), truth=p('truth'),\n"
+        "             max_frames=a['max_frames'], every=a['every'])\n"
+        "print(json.dumps(r))\n"
+    )
+    spec = {"video": str(video), "subjects": str(subjects) if subjects else None,
+            "truth": str(truth) if truth else None, "max_frames": max_frames, "every": every}
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)],
+                          stdout=subprocess.PIPE, check=False)
+    if proc.returncode != 0:
+        raise EdgeError(f"the face_recognition peer failed (exit {proc.returncode})")
+    peer: dict[str, Any] = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    return peer
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,10 +77,8 @@ def run(args: argparse.Namespace) -> int:
         realtime=args.realtime, max_frames=args.max_frames,
     )
     if args.peer:
-        from edge.evaluation.peer import run_peer
-
-        peer = run_peer(args.video, subjects=args.subjects, truth=args.truth,
-                        max_frames=args.max_frames)
+        peer = run_peer_subprocess(args.video, args.subjects, args.truth, args.max_frames,
+                                   args.peer_every)
         result = {"edge": result, "peer": peer,
                   "fps_ratio": round(result["fps"] / peer["fps"], 2)
                   if result.get("fps") and peer.get("fps") else None}

@@ -1,0 +1,64 @@
+"""``edge bench``: the real pipeline, outbox, publisher and a local broker, measured."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(*args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge", "bench", *args, "--json"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def test_bench_on_the_demo_clip_delivers_every_alert() -> None:
+    r = bench("--video", str(ROOT / "demo" / "clip.gif"), "--subjects",
+              str(ROOT / "demo" / "subjects"), "--threshold", "0.45")
+    assert r["frames"] == 56 and r["fps"] > 0
+    assert r["watchlist_size"] == 1
+    assert r["alerts"] >= 1, "the watchlisted actor is in the clip"
+    assert r["alerts_delivered"] == r["alerts"] and r["all_delivered"]
+    assert r["latency_ms"]["p95"] is not None and r["latency_ms"]["p95"] > 0
+    for stage in ("read", "detect", "track", "quality", "align", "embed", "match", "decide"):
+        assert set(r["stage_ms"][stage]) == {"p50", "p95"}
+    assert r["peak_rss_mb"] > 50
+    assert r["models"]["embedder_sha256"]
+
+
+def test_bench_scores_a_simulated_clip(tmp_path: Path, lfw_dir: Path) -> None:
+    clip, truth, subjects = tmp_path / "c.mp4", tmp_path / "t.json", tmp_path / "s"
+    subprocess.run(
+        [sys.executable, "-m", "edge", "simulate", "--images", str(lfw_dir), "--out", str(clip),
+         "--truth", str(truth), "--subjects-out", str(subjects), "--seconds", "4",
+         "--size", "640x360", "--seed", "3"],
+        check=True, capture_output=True, timeout=300,
+    )
+    r = bench("--video", str(clip), "--truth", str(truth), "--subjects", str(subjects))
+    acc = r["accuracy"]
+    assert acc["alerts"] == r["alerts"]
+    assert acc["true_alerts"] + acc["false_alerts"] == acc["alerts"]
+    assert 0 <= acc["watchlisted_found"] <= acc["watchlisted_passers_by"]
+
+
+def test_bench_missing_video_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge", "bench", "--video", str(tmp_path / "nope.mp4")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().count("\n") == 0 and "nope.mp4" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__]))
