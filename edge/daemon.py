@@ -177,7 +177,6 @@ class Daemon:
                 cooldown_s=settings.recognition.cooldown_s,
             ),
             device_id=device_id,
-            clock=clock,
         )
 
         src = settings.source

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,14 +71,12 @@ class Recognizer:
         decider: TrackDecider,
         *,
         device_id: str,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
         self.tracker = tracker
         self.gate = gate
         self.decider = decider
         self.device_id = device_id
-        self.clock = clock
         self._armed: Armed | None = None
         self.model_info = dict(engine.model_info)
 
@@ -102,7 +99,9 @@ class Recognizer:
         self.tracker.clear()
         self.decider.reset()
 
-    def process(self, frame: Frame) -> FrameOutcome:
+    def process(self, frame: Frame, now: float | None = None) -> FrameOutcome:
+        """Run every stage on ``frame``. Decisions (cooldowns) use ``now``, by default the
+        frame's capture time, so a clip replayed flat out behaves as it would live."""
         armed = self._armed
         if armed is None:
             return FrameOutcome(alerts=[], faces=0, new_tracks=0, embedded=0, ended_tracks=0)
@@ -146,9 +145,9 @@ class Recognizer:
             del embeddings
             t6 = time.perf_counter()
             t["match"] = t6 - t5
-            now = self.clock()
+            when = frame.captured_at if now is None else now
             for track, match in zip(chosen, matches, strict=True):
-                if self.decider.on_match(track, match, now):
+                if self.decider.on_match(track, match, when):
                     alerts.append(
                         AlertRecord(
                             alert_id=new_alert_id(),

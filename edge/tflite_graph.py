@@ -11,12 +11,15 @@ DEQUANTIZE of float16 constants. Anything else raises :class:`NotImplementedErro
 Two rewrites make the rebuilt graph quantise better than the file itself:
 
 * PReLU spelt out as ``relu(y) + c * (y - abs(y))`` (how MobileFaceNet's file
-  has it) is folded back into one PReLU with ``alpha = 2c``, which the TFLite
-  converter turns into a single int8 PRELU op instead of four lossy ones;
+  has it) is recognised (``alpha = 2c``) and written as ``relu(y) +
+  depthwise_1x1(y - relu(y), alpha)``: per-channel int8 weights keep every slope,
+  where TFLite's int8 PRELU would quantise all slopes of a layer with one scale;
 * the batch size becomes 1 (a RESHAPE whose first dimension was the file's
   fixed batch gets -1), so one face costs one forward pass.
 
-All functions here import TensorFlow lazily; callers check that it is installed.
+``quantise_rebuilt`` makes full-integer int8, ``quantise_dynamic`` dynamic-range int8
+(int8 weights, float activations quantised per call). All functions here import
+TensorFlow lazily; callers check that it is installed.
 """
 
 from __future__ import annotations
@@ -119,11 +122,22 @@ def _act(tf: Any, fb: Any, x: Any, code: int) -> Any:
 
 
 def _prelu(tf: Any, x: Any, alpha: np.ndarray[Any, Any]) -> Any:
-    # relu(x) - alpha * relu(-x) with alpha shaped [1, 1, C] for images: the form the
-    # TFLite converter fuses into one PRELU op (a 1-D alpha is left as NEG/MUL/ADD).
+    """PReLU in an int8-friendly form.
+
+    For images: ``relu(x) + depthwise_1x1(x - relu(x), alpha)``. TFLite's int8 PRELU
+    quantises alpha per tensor, which ruins small slopes when others are large
+    (MobileFaceNet's span -9.4..8.9); a depthwise convolution has per-channel weight
+    scales, and RELU, SUB, DEPTHWISE_CONV_2D and ADD all have fast int8 kernels.
+    """
     rank = len(x.shape)
-    shape = [1] * (rank - 2) + [-1] if rank > 2 else [-1]
-    a = tf.constant(-alpha.astype(np.float32).reshape(shape))
+    if rank == 4:
+        c = int(x.shape[-1])
+        w = np.asarray(alpha, np.float32).reshape(1, 1, c, 1)
+        r = tf.nn.relu(x)
+        neg = tf.nn.depthwise_conv2d(x - r, tf.constant(w), strides=[1, 1, 1, 1],
+                                     padding="VALID")
+        return r + neg
+    a = tf.constant(-np.asarray(alpha, np.float32).reshape(-1))
     return tf.nn.relu(x) + a * tf.nn.relu(-x)
 
 
@@ -283,5 +297,14 @@ def quantise_rebuilt(
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.float32
     conv.inference_output_type = tf.float32
+    out: bytes = conv.convert()
+    return out, stats
+
+
+def quantise_dynamic(model_bytes: bytes) -> tuple[bytes, dict[str, int]]:
+    """Dynamic-range int8: int8 weights, activations quantised on the fly (float I/O)."""
+    tf = _tf()
+    conv, stats = converter(model_bytes)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
     out: bytes = conv.convert()
     return out, stats

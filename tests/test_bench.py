@@ -23,7 +23,7 @@ def bench(*args: str) -> dict:
 
 def test_bench_on_the_demo_clip_delivers_every_alert() -> None:
     r = bench("--video", str(ROOT / "demo" / "clip.gif"), "--subjects",
-              str(ROOT / "demo" / "subjects"), "--threshold", "0.45")
+              str(ROOT / "demo" / "subjects"), "--threshold", "0.5")
     assert r["frames"] == 56 and r["fps"] > 0
     assert r["watchlist_size"] == 1
     assert r["alerts"] >= 1, "the watchlisted actor is in the clip"

@@ -63,7 +63,7 @@ def test_example_config_is_valid_and_complete() -> None:
     assert settings.device.id == "van-07-cam-1"
     assert settings.mqtt.tls is True
     assert settings.mqtt.port == 8883
-    assert settings.recognition.threshold_floor == {"dlib150": 0.4}
+    assert settings.recognition.threshold_floor == {"dlib150": 0.5}
     assert settings.retention.days == 31
     # Every field of every section appears in the example (set or commented out).
     text = EXAMPLE.read_text()
@@ -93,7 +93,7 @@ def test_minimal_file_gets_defaults_and_derived_paths(tmp_path: Path) -> None:
     assert settings.source.factory_kind == "auto"
     assert settings.source.paced is True
     assert settings.recognition.model_name == "dlib_resnet_v1_int8"
-    assert settings.recognition.floor_for("dlib150") == 0.4
+    assert settings.recognition.floor_for("dlib150") == 0.5
     with pytest.raises(ConfigError, match=r"recognition\.threshold_floor\.arcface"):
         settings.recognition.floor_for("arcface")
 

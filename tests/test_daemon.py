@@ -70,7 +70,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     d = tmp_path_factory.mktemp("keys")
     for extra in ([], ["--device", DEVICE]):
         subprocess.run(edge_cmd("keys", "init", "--out", str(d), *extra), check=True)
-    write_deployment_toml(d / "deployment.toml", 0.45)
+    write_deployment_toml(d / "deployment.toml", 0.5)
     subprocess.run(
         edge_cmd("watchlist", "build", "--subjects", str(SUBJECTS),
                  "--deployment", str(d / "deployment.toml"),

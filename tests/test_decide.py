@@ -63,13 +63,22 @@ def test_cooldown_per_subject_across_tracks() -> None:
     d = TrackDecider(threshold=0.4, cooldown_s=60.0)
     assert d.on_match(track(1), m("A", 0.5), now=1000.0)
     second = track(2)
-    assert not d.on_match(second, m("A", 0.7), now=1030.0)  # a new track within the cooldown
+    assert not d.on_match(second, m("A", 0.5), now=1030.0)  # a new track within the cooldown
     assert d.suppressed == 1
     assert d.in_cooldown("A", 1059.9) and not d.in_cooldown("A", 1060.0)
-    assert not d.on_match(second, m("A", 0.7), now=2000.0)  # that track was covered
+    assert not d.on_match(second, m("A", 0.9), now=2000.0)  # that track was covered
     assert d.on_match(track(3), m("B", 0.5), now=1030.0)  # other subjects are not held back
     assert d.on_match(track(4), m("A", 0.5), now=1060.0)  # cooldown over
     assert d.alerts == 3
+
+
+def test_a_stronger_match_breaks_through_the_cooldown() -> None:
+    d = TrackDecider(threshold=0.4, cooldown_s=60.0)
+    assert d.on_match(track(1), m("A", 0.45), now=1000.0)  # weak: perhaps a stranger
+    assert not d.on_match(track(2), m("A", 0.45), now=1010.0)  # no stronger: held back
+    assert d.on_match(track(3), m("A", 0.7), now=1020.0)  # stronger: the operator sees it
+    assert not d.on_match(track(4), m("A", 0.65), now=1030.0)  # cooldown restarted at 0.7
+    assert d.alerts == 2 and d.suppressed == 2
 
 
 def test_clock_going_backwards_does_not_re_alert() -> None:

@@ -78,6 +78,7 @@ def test_import_records_the_model_facts(mfn_models: Path, mobilefacenet: Path) -
     fam = m.family("arcface112")
     assert fam.embedding_size == 192 and fam.metric == "cosine" and fam.template == "arcface5"
     assert fam.normalisation.mean == (127.5,) * 3 and fam.normalisation.std == (128.0,) * 3
+    assert fam.threshold == 0.6  # measured on LFW, not the 512-D ArcFace default
     # the repo's own manifest has no trace of it
     repo = json.loads((MODELS / "manifest.json").read_text())
     assert "mobilefacenet_float32" not in repo["models"] and "arcface112" not in repo["families"]
@@ -174,7 +175,11 @@ def test_quantise_int8_reports_drift(mobilefacenet: Path, tmp_path: Path) -> Non
     q = m.entry("mobilefacenet_int8")
     assert q.precision == "int8" and q.family == "arcface112" and q.licence == LICENCE
     drift = q.measured["vs_float32"]
-    assert drift["n"] >= 20 and drift["cosine_mean"] >= 0.9, drift
+    # auto mode: full-integer drifts ~0.95 on this model, dynamic-range ~0.988 (recorded)
+    cands = q.model_extra["quantisation"]["candidates"] if q.model_extra else {}
+    assert set(cands) == {"full_integer", "dynamic_range"}, cands
+    assert drift["n"] >= 20 and drift["cosine_mean"] >= 0.98, drift
+    assert drift["cosine_mean"] == max(c["cosine_mean"] for c in cands.values())
     # the int8 file runs in the device's embedder and agrees with the float one
     rng = np.random.default_rng(1)
     chips = list(rng.integers(0, 256, (2, 112, 112, 3), dtype=np.uint8))

@@ -174,7 +174,8 @@ def slowest_tasks(junit_dir: Path, n: int = 8) -> list[tuple[str, float]]:
     if not reports:
         return []
     cases = ET.parse(reports[-1]).getroot().iter("testcase")
-    times = [(c.get("name", "?"), float(c.get("time", "0"))) for c in cases]
+    # Names are "[host] play: role : task args...": keep the task, drop the arguments.
+    times = [(c.get("name", "?")[:90], float(c.get("time", "0"))) for c in cases]
     return sorted(times, key=lambda item: -item[1])[:n]
 
 
@@ -308,6 +309,8 @@ def fleet(nspawn_host: NspawnHost) -> Fleet:
     from edge.devbroker import free_port
     from edge.keys import init_device_key, init_signing_key
 
+    if shutil.which("mosquitto_pub") is None:
+        pytest.skip("mosquitto_pub is missing (apt-get install mosquitto-clients)")
     host = nspawn_host
     # Beside the container's root (removed with it), not in pytest's shared basetemp.
     work = host.workdir / "controller"
@@ -389,6 +392,19 @@ def test_converge_succeeds(fleet: Fleet, record_property: Any) -> None:
     recap = play_recap(fleet.converge_output)
     assert recap[DEVICE_ID]["failed"] == 0 and recap[DEVICE_ID]["unreachable"] == 0
     assert recap["broker-01"]["failed"] == 0
+
+
+def test_second_converge_changes_nothing(fleet: Fleet) -> None:
+    """The roles are idempotent: a second site.yml run reports no change (and no restart)."""
+    with journal_on_failure(fleet):
+        before = fleet.host.show("edge.service", "MainPID")["MainPID"]
+        proc = ansible_playbook(fleet.inventory, "site.yml")
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+        recap = play_recap(proc.stdout)
+        changed = [line for line in proc.stdout.splitlines() if line.startswith("changed:")]
+        assert recap[DEVICE_ID]["changed"] == 0, changed
+        assert recap["broker-01"]["changed"] == 0, changed
+        assert fleet.host.show("edge.service", "MainPID")["MainPID"] == before
 
 
 def test_unit_is_active_ready_and_watchdog_armed(fleet: Fleet) -> None:
@@ -477,6 +493,44 @@ def test_device_cannot_publish_under_another_devices_topic(fleet: Fleet) -> None
         room.close()
 
 
+def test_encrypted_credentials(fleet: Fleet) -> None:
+    """Re-converge with edge_device_credentials_encrypted: systemd-creds + LoadCredentialEncrypted=.
+
+    The container has no TPM, so the host key (/var/lib/systemd/credential.secret) is
+    used; the daemon must come back up reading the same secrets, and no plaintext copy
+    may remain in the credstore. The later tests run with these credentials.
+    """
+    with journal_on_failure(fleet):
+        proc = ansible_playbook(
+            fleet.inventory,
+            "site.yml",
+            "--limit",
+            DEVICE_ID,
+            "-e",
+            json.dumps(
+                {"edge_device_credentials_encrypted": True, "edge_device_credentials_key": "host"}
+            ),
+        )
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+        unit = fleet.host.run("systemctl cat edge.service", check=True).stdout
+        assert "LoadCredentialEncrypted=device.key:/etc/credstore.encrypted/edge/device.key" in unit
+        assert "\nLoadCredential=" not in unit
+        plain = fleet.host.run("ls -A /etc/credstore/edge", check=True).stdout.split()
+        assert plain == []
+        enc = fleet.host.run("grep -l 'PRIVATE KEY' /etc/credstore.encrypted/edge/*")
+        assert enc.stdout == "", "a credential is stored in plaintext"
+        props = fleet.host.show("edge.service", "ActiveState", "SubState")
+        assert (props["ActiveState"], props["SubState"]) == ("active", "running"), props
+        creds = fleet.host.run("ls /run/credentials/edge.service", check=True).stdout.split()
+        assert sorted(creds) == ["device.key", "mqtt-client.key", "signer.pub"]
+        room = MqttClient(fleet.pki, CONTROL_ROOM, fleet.broker_port)
+        try:
+            room.subscribe(f"lfr/{DEVICE_ID}/status")
+            room.wait_message(f"lfr/{DEVICE_ID}/status", lambda p: b"online" in p)
+        finally:
+            room.close()
+
+
 MODEL_SMOKE = """
 import numpy as np
 from edge.manifest import Manifest
@@ -537,16 +591,19 @@ def test_unit_may_reach_only_the_broker(fleet: Fleet) -> None:
 
     A probe joins edge.service's own control group, so the unit's filter applies to it:
     the broker's address connects; another loopback address (127.0.0.2, where nothing
-    listens: refused if allowed, EPERM if filtered) and ::1 are filtered. Loopback only.
+    listens: ECONNREFUSED if allowed; EPERM or a dropped SYN if filtered) and ::1 are
+    filtered. Loopback addresses only.
     """
     probe = f"""
 import errno, socket
 def attempt(family, addr):
     s = socket.socket(family, socket.SOCK_STREAM)
-    s.settimeout(5)
+    s.settimeout(3)
     try:
         s.connect(addr)
         return "connected"
+    except TimeoutError:
+        return "dropped"
     except OSError as exc:
         return errno.errorcode.get(exc.errno, str(exc.errno))
     finally:
@@ -564,6 +621,20 @@ print("v6", attempt(socket.AF_INET6, ("::1", {fleet.broker_port})))
         'echo $$ > "$root$cg/cgroup.procs" && '
         "exec /opt/edge/venv/bin/python /root/ip-probe.py"
     )
+    # Control: does systemd in this container enforce IPAddressDeny= at all? It needs the
+    # cgroup-BPF firewall (cgroup v2 + BPF in the kernel, allowed to the container).
+    control = fleet.host.run(
+        "systemd-run --wait --pipe --quiet --collect -p IPAddressDeny=any "
+        "/opt/edge/venv/bin/python /root/ip-probe.py",
+        timeout=60,
+    )
+    if "broker connected" in control.stdout:
+        why = fleet.host.run("journalctl -b --no-pager | grep -i -m3 bpf").stdout.strip()
+        pytest.skip(
+            "systemd in this container does not enforce IPAddressDeny= (no cgroup-BPF "
+            f"firewall here; {why or 'no BPF message in the journal'}); the directives "
+            "are checked in tests/test_systemd_unit.py"
+        )
     with journal_on_failure(fleet):
         proc = fleet.host.run(cmd, timeout=60)
         diag = fleet.host.run(
@@ -573,8 +644,8 @@ print("v6", attempt(socket.AF_INET6, ("::1", {fleet.broker_port})))
         assert proc.returncode == 0, proc.stdout + proc.stderr + diag
         result = dict(line.split() for line in proc.stdout.splitlines())
         assert result["broker"] == "connected", result
-        assert result["other"] == "EPERM", result
-        assert result["v6"] == "EPERM", result
+        assert result["other"] in ("EPERM", "dropped"), result
+        assert result["v6"] in ("EPERM", "dropped"), result
 
 
 DEPLOYMENT_ID = "op-test-1"

@@ -44,8 +44,8 @@ def register(subparsers: Any) -> None:
                         "removed at exit)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="stop by itself after this many seconds (default: until Ctrl-C)")
-    parser.add_argument("--threshold", type=float, default=0.45,
-                        help="the deployment's match threshold, a similarity (default 0.45)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="the deployment's match threshold, a similarity (default 0.5, the floor)")
     parser.set_defaults(func=run)
 
 

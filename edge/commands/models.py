@@ -5,7 +5,7 @@
     edge models fetch [mobilefacenet]          # into ~/.cache/lfr-edge/models, never the repo
     edge models import FILE.tflite --family arcface112 --licence "..." [--name NAME]
         [--models-dir DIR] [--normalisation MEAN,STD] [--threshold T]
-        [--quantise --calibration DIR]
+        [--quantise --calibration DIR [--int8-mode auto|full|dynamic]]
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ def register(sub: Any) -> None:
     p.add_argument("--calibration", type=Path, metavar="DIR",
                    help="with --quantise: a folder of face photos (representative data "
                    "and drift check)")
+    p.add_argument("--int8-mode", choices=("auto", "full", "dynamic"), default="auto",
+                   help="with --quantise: full-integer, dynamic-range (int8 weights), or auto "
+                   "(full-integer unless it drifts more than dynamic-range; default)")
     p.add_argument("--threads", type=int, default=2, help="TFLite threads (default 2)")
     p.set_defaults(func=run_import)
 
@@ -122,6 +125,7 @@ def run_import(args: argparse.Namespace) -> int:
         normalisation=parse_normalisation(args.normalisation),
         threshold=args.threshold,
         threads=args.threads,
+        int8_mode=args.int8_mode,
         progress=lambda s: print(f"edge: {s}", file=sys.stderr),
     )
     for line in result.lines():

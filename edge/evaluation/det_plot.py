@@ -3,7 +3,8 @@
 matplotlib (the ``eval`` extra) with the Agg backend, so it runs headless.
 Points where FPIR or FNIR is zero cannot sit on a log axis: they are drawn at
 half the axis' resolution and the legend says how many searches each curve
-rests on.
+rests on; the operating points (target FPIRs) are dots, their thresholds in
+the legend.
 """
 
 from __future__ import annotations
@@ -49,19 +50,17 @@ def plot_det(
         label = c.label or f"run {i + 1}"
         if counts is not None and i < len(counts):
             label += f" ({counts[i][0]} mated, {counts[i][1]} non-mated)"
+        if c.points:
+            label += "\n  " + ", ".join(
+                f"FPIR {p.fpir_target:.2g}: T={p.threshold:.3f}, TPIR {p.tpir:.3f}"
+                for p in c.points
+                if p.fpir_target is not None
+            )
         (line,) = ax.step(x, y, where="post", label=label, linewidth=1.4)
         for p in c.points:
             px = p.fpir if p.fpir > 0 else fx
             py = p.fnir if p.fnir > 0 else fy
             ax.plot([px], [py], marker="o", color=line.get_color(), markersize=5)
-            ax.annotate(
-                f"T={p.threshold:.3f}",
-                (px, py),
-                textcoords="offset points",
-                xytext=(5, 5 + 9 * i),
-                fontsize=7,
-                color=line.get_color(),
-            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(floor_x, 1.0)
@@ -70,7 +69,7 @@ def plot_det(
     ax.set_ylabel("FNIR (false negative identification rate)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

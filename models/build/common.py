@@ -22,7 +22,7 @@ FAMILIES: dict[str, Any] = {
         "padding": 0.25,
         "embedding_size": 128,
         "metric": "euclidean",
-        "threshold": 0.4,
+        "threshold": 0.6,
     }
 }
 
