@@ -317,6 +317,22 @@ def test_signed_end_command_disarms_shreds_and_publishes_summary(
                    for m in ms)
 
     assert recorder.wait_for(armed, 120), daemon.text()[-3000:]
+    # An officer adjudicates the first alert (safeguard 8: a human decides).
+    assert recorder.wait_for(lambda ms: bool(alert_payloads(recorder)), 120), daemon.text()[-3000:]
+    alert_id = alert_payloads(recorder)[0]["alert_id"]
+    cr = broker.control_room
+    subprocess.run(
+        edge_cmd("alerts", "adjudicate", "--host", broker.host, "--port", str(broker.port),
+                 "--ca", str(cr.ca), "--cert", str(cr.cert), "--key", str(cr.key),
+                 "--alert-id", alert_id, "--device", DEVICE, "--decision", "confirmed",
+                 "--officer", "PC 4242"),
+        check=True, capture_output=True, timeout=60,
+    )
+    # The device records it in its audit log, which it also publishes.
+    assert recorder.wait_for(
+        lambda ms: any(m.topic.endswith("/audit")
+                       and json.loads(m.payload)["event"] == "adjudication"
+                       for m in ms), 30), daemon.text()[-3000:]
     command = tmp_path / "end.json"
     subprocess.run(
         edge_cmd("watchlist", "end-command", "--signing-key", str(keys.directory / "signing.key"),
@@ -336,6 +352,7 @@ def test_signed_end_command_disarms_shreds_and_publishes_summary(
     for key in ("deployment_id", "location", "watchlist_size", "faces_processed", "alerts",
                 "adjudications"):
         assert key in json.dumps(summary), f"summary lacks {key}: {summary}"
+    assert '"confirmed": 1' in json.dumps(summary), f"adjudication not counted: {summary}"
     assert recorder.wait_for(
         lambda ms: any(m.topic.endswith("/status") and json.loads(m.payload).get("armed") is False
                        for m in ms[-5:]), 30)
