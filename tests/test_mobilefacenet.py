@@ -170,7 +170,7 @@ def test_quantise_int8_reports_drift(mobilefacenet: Path, tmp_path: Path) -> Non
         capture_output=True, text=True, env=env, timeout=900, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "int8 drift vs float32" in proc.stdout
+    assert "int8 (dynamic-range) drift vs float32" in proc.stdout
     m = Manifest.load(d)
     q = m.entry("mobilefacenet_int8")
     assert q.precision == "int8" and q.family == "arcface112" and q.licence == LICENCE

@@ -681,7 +681,7 @@ def make_bundle(fleet: Fleet, out: Path) -> Path:
         end=now + dt.timedelta(hours=2),
         authorising_officer="supt-0001",
         approved_at=now - dt.timedelta(minutes=10),
-        threshold=0.45,
+        threshold=family.threshold,  # the recommended setting, above every floor
         signage_confirmed=True,
         max_watchlist_size=10,
         sequence=1,

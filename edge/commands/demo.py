@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seconds", type=float, default=None,
                         help="stop by itself after this many seconds (default: until Ctrl-C)")
     parser.add_argument("--threshold", type=float, default=0.5,
-                        help="the deployment's match threshold, a similarity (default 0.5, the floor)")
+                        help="the deployment's threshold, a similarity (default 0.5: the floor)")
     parser.set_defaults(func=run)
 
 
