@@ -73,6 +73,7 @@ def run_bench(
     threshold: float | None = None,
     realtime: bool = False,
     max_frames: int | None = None,
+    tiles: tuple[int, int] = (1, 1),
 ) -> dict[str, Any]:
     """Run the pipeline over ``video`` and return the figures (see the module doc)."""
     from edge.decide import TrackDecider
@@ -118,8 +119,12 @@ def run_bench(
             threshold=family.threshold if threshold is None else threshold,
             embedder_sha256=sha,
         )
+    from edge.config import DetectorSettings
+
+    defaults = DetectorSettings()  # the daemon's defaults
     recognizer = Recognizer(
-        engine, IoUTracker(), gate, TrackDecider(threshold=1.0), device_id=DEVICE_ID
+        engine, IoUTracker(), gate, TrackDecider(threshold=1.0), device_id=DEVICE_ID,
+        min_score=defaults.score_threshold, min_face_px=defaults.min_face_px, tiles=tiles,
     )
     if watchlist is not None:
         recognizer.arm(watchlist, "BENCH")
@@ -220,6 +225,7 @@ def run_bench(
         "seconds": round(elapsed, 3),
         "fps": round(frames / elapsed, 2) if elapsed > 0 else None,
         "realtime": realtime,
+        "tiles": f"{tiles[0]}x{tiles[1]}",
         "models": engine.model_info,
         "precision": precision,
         "watchlist_size": len(watchlist) if watchlist is not None else 0,

@@ -284,6 +284,18 @@ class DetectorSettings(Section):
         le=2048,
         description="Ignore detections narrower than this, in main-stream pixels.",
     )
+    tiles: str = Field(
+        default="1x1",
+        pattern=r"^[1-4]x[1-3]$",
+        description="Also detect on a COLSxROWS grid of overlapping tiles (e.g. 2x2) and "
+        "merge, for small faces in wide frames; 1x1 = the whole frame only. Each tile "
+        "costs one more detector call per frame.",
+    )
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        cols, rows = self.tiles.split("x")
+        return int(cols), int(rows)
 
 
 class QualitySettings(Section):

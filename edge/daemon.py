@@ -177,6 +177,9 @@ class Daemon:
                 cooldown_s=settings.recognition.cooldown_s,
             ),
             device_id=device_id,
+            min_score=settings.detector.score_threshold,
+            min_face_px=settings.detector.min_face_px,
+            tiles=settings.detector.grid,
         )
 
         src = settings.source

@@ -22,6 +22,7 @@ import numpy as np
 
 from edge.alert import face_bbox, face_crop_jpeg, new_alert_id
 from edge.decide import TrackDecider
+from edge.detect import detect_tiled
 from edge.faces import FaceEngine
 from edge.match import Matcher, Watchlist
 from edge.quality import QualityGate
@@ -71,8 +72,14 @@ class Recognizer:
         decider: TrackDecider,
         *,
         device_id: str,
+        min_score: float | None = None,
+        min_face_px: float = 0.0,
+        tiles: tuple[int, int] = (1, 1),
     ) -> None:
         self.engine = engine
+        self.min_score = min_score
+        self.min_face_px = min_face_px
+        self.tiles = tiles
         self.tracker = tracker
         self.gate = gate
         self.decider = decider
@@ -99,6 +106,19 @@ class Recognizer:
         self.tracker.clear()
         self.decider.reset()
 
+    def _detect(self, frame: Frame) -> list[Detection]:
+        """Faces in the frame, in full-frame pixels, at least ``min_face_px`` wide."""
+        image = frame.detect_image if frame.detect_image is not None else frame.image
+        if self.tiles != (1, 1):
+            dets = detect_tiled(self.engine.detector, image, self.tiles, min_score=self.min_score)
+        else:
+            dets = self.engine.detect(image, self.min_score)
+        if frame.detect_image is not None:
+            dh, dw = frame.detect_image.shape[:2]
+            h, w = frame.image.shape[:2]
+            dets = [scale_detection(d, w / dw, h / dh) for d in dets]
+        return [d for d in dets if d.width >= self.min_face_px]
+
     def process(self, frame: Frame, now: float | None = None) -> FrameOutcome:
         """Run every stage on ``frame``. Decisions (cooldowns) use ``now``, by default the
         frame's capture time, so a clip replayed flat out behaves as it would live."""
@@ -109,13 +129,7 @@ class Recognizer:
         image = frame.image
 
         t0 = time.perf_counter()
-        if frame.detect_image is not None:
-            dh, dw = frame.detect_image.shape[:2]
-            h, w = image.shape[:2]
-            dets = [scale_detection(d, w / dw, h / dh)
-                    for d in self.engine.detect(frame.detect_image)]
-        else:
-            dets = self.engine.detect(image)
+        dets = self._detect(frame)
         t1 = time.perf_counter()
         t["detect"] = t1 - t0
 

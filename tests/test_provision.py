@@ -65,8 +65,15 @@ def build_wheels(out: Path) -> tuple[Path, Path]:
     import hashlib
 
     dist = out / "dist"
+    # Build from a clean copy of the sources: setuptools' build/ directory in the
+    # work tree can hold modules that no longer exist and would end up in the wheel.
+    src = out / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "edge", src / "edge", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [str(VENV_BIN / "pip"), "wheel", "-q", "--no-deps", "-w", str(dist), str(REPO)],
+        [str(VENV_BIN / "pip"), "wheel", "-q", "--no-deps", "-w", str(dist), str(src)],
         check=True,
         timeout=300,
         capture_output=True,

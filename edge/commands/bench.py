@@ -28,6 +28,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--threshold", type=float, default=None,
                         help="match threshold, a similarity (default: the family's)")
     parser.add_argument("--realtime", action="store_true", help="pace at the clip's fps")
+    parser.add_argument("--tiles", default="1x1", metavar="COLSxROWS",
+                        help="also detect on overlapping tiles (as [detector] tiles; default 1x1)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     parser.add_argument("--peer", action="store_true",
                         help="also run the face_recognition peer on the same clip and truth")
@@ -67,6 +69,18 @@ def run_peer_subprocess(
     return peer
 
 
+def _grid(text: str) -> tuple[int, int]:
+    from edge.errors import UsageError
+
+    try:
+        cols, rows = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--tiles must look like 2x2, not {text!r}") from None
+    if not (1 <= cols <= 4 and 1 <= rows <= 3):
+        raise UsageError("--tiles: 1-4 columns by 1-3 rows")
+    return cols, rows
+
+
 def run(args: argparse.Namespace) -> int:
     from edge.bench import run_bench
 
@@ -74,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_bench(
         args.video, models_dir=args.models, precision=precision, embedder=args.embedder,
         subjects=args.subjects, truth=args.truth, threshold=args.threshold,
-        realtime=args.realtime, max_frames=args.max_frames,
+        realtime=args.realtime, max_frames=args.max_frames, tiles=_grid(args.tiles),
     )
     if args.peer:
         peer = run_peer_subprocess(args.video, args.subjects, args.truth, args.max_frames,
