@@ -14,7 +14,7 @@ VENV=${EDGE_VENV:-.venv}
 # Runtime needs: venv + compiler for systemd-python, mosquitto for the demo.
 APT_RUNTIME=(python3-venv python3-dev gcc pkg-config libsystemd-dev mosquitto mosquitto-clients openssl)
 # Test-only needs: a systemd host to converge Ansible on, and its tools.
-APT_TEST=(systemd-container debootstrap openssh-client systemd)
+APT_TEST=(systemd-container debootstrap openssh-client systemd zstd)
 
 log() { printf '==> %s\n' "$*" >&2; }
 

@@ -13,7 +13,7 @@ dotted key (``mqtt.port: Input should be less than 65536``) and raises
 :class:`~edge.errors.ConfigError` with all of them.
 
 Secrets never live in the config. The config names a systemd credential
-(``LoadCredential=device.key:/etc/edge/keys/device.key`` in the unit): at run
+(``LoadCredential=device.key:/etc/credstore/edge/device.key`` in the unit): at run
 time the file is ``$CREDENTIALS_DIRECTORY/device.key``. Outside systemd a
 ``*_file`` path may be given instead (development, tests). See
 :meth:`Settings.credential_path` and :meth:`Settings.read_credential`.

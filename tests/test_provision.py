@@ -659,7 +659,7 @@ DEPLOYMENT_ID = "op-test-1"
 BUNDLE_ON_DEVICE = "/var/lib/edge/watchlist.bundle"
 
 
-def make_bundle(fleet: Fleet, out: Path) -> Path:
+def make_bundle(fleet: Fleet, out: Path, device_pub: Path | None = None) -> Path:
     """A signed bundle for this device, window open now, with two synthetic subjects.
 
     The embeddings are random unit vectors (no real person's data); the daemon only
@@ -705,7 +705,7 @@ def make_bundle(fleet: Fleet, out: Path) -> Path:
     info = EmbedderInfo(
         embedder, entry.sha256, str(entry.family), family.metric, family.embedding_size
     )
-    device_id, device_pub = load_device_public(fleet.device_pub)
+    device_id, device_pub = load_device_public(device_pub or fleet.device_pub)
     data = build_bundle(
         spec,
         subjects,
@@ -716,6 +716,23 @@ def make_bundle(fleet: Fleet, out: Path) -> Path:
     )
     out.write_bytes(data)
     return out
+
+
+def test_deploy_watchlist_fails_on_a_bundle_for_another_device(fleet: Fleet) -> None:
+    """The daemon refuses a bundle not wrapped for it; the play fails and says why."""
+    from edge.keys import init_device_key
+
+    other = init_device_key(fleet.workdir / "other-keys", OTHER_DEVICE_ID)
+    bundle = make_bundle(fleet, fleet.workdir / "not-for-us.bundle", other.public)
+    with journal_on_failure(fleet):
+        proc = ansible_playbook(
+            fleet.inventory, "deploy-watchlist.yml", "-e", f"edge_device_bundle_src={bundle}"
+        )
+        assert proc.returncode != 0, proc.stdout[-4000:]
+        assert f"{DEVICE_ID} did not arm: disarmed" in proc.stdout, proc.stdout[-4000:]
+        status = fleet.host.show("edge.service", "StatusText", "ActiveState")
+        assert status["StatusText"].startswith("disarmed"), status
+        assert status["ActiveState"] == "active"
 
 
 def test_deploy_watchlist_arms_the_device(fleet: Fleet) -> None:
