@@ -25,7 +25,6 @@ referenced files exist is a separate question, answered by :func:`check_files`
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import re
@@ -76,7 +75,6 @@ __all__ = [
     "Settings",
     "SourceSettings",
     "WatchlistSettings",
-    "add_config_argument",
     "check_files",
     "config_path",
     "load_settings",
@@ -700,17 +698,6 @@ class Settings(BaseSettings):
 
 
 # --- loading --------------------------------------------------------------------------------
-
-
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    """Add the shared ``--config F`` option (used by ``edge run`` and ``edge check-config``)."""
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="F",
-        help=f"config file (default: ${ENV_CONFIG}, else {DEFAULT_CONFIG_PATH})",
-    )
 
 
 def config_path(path: Path | None = None) -> Path:

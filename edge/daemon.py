@@ -20,6 +20,7 @@ detection runs without a valid deployment (safeguard 1).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -92,7 +93,7 @@ class Daemon:
         self.started = time.monotonic()
         self.inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
         self._fps = 0.0
-        self._frames_window: list[float] = []
+        self._frames_window: collections.deque[float] = collections.deque()
         self._capture_status: CaptureStatus | None = None
         self._last_status_line = ""
         self._published_status: DeploymentStatus | None = None
@@ -359,7 +360,7 @@ class Daemon:
                     if isinstance(item, EndOfStream):
                         reason = "end of stream"
                         break
-                    self._count_fps(mono)
+                    self._count_fps(time.monotonic())
                     if not self.recognizer.armed:
                         continue  # disarmed: the frame is dropped unread
                     outcome = self.recognizer.process(item)
@@ -384,7 +385,7 @@ class Daemon:
         window = self._frames_window
         window.append(now)
         while window and now - window[0] > 2.0:
-            window.pop(0)
+            window.popleft()
         if len(window) > 1:
             self._fps = (len(window) - 1) / max(window[-1] - window[0], 1e-6)
 

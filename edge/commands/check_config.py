@@ -7,9 +7,9 @@ each naming the offending key, and exits 78 (``EX_CONFIG``).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge.commands import add_config_option
 from edge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,14 +23,7 @@ def register(subparsers: Any) -> None:
         description="Validate the configuration file, EDGE_ environment variables and the "
         "files and credentials they name.",
     )
-    # Same option as edge.config.add_config_argument, without importing pydantic for --help.
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="F",
-        help="config file (default: $EDGE_CONFIG, else /etc/edge/edge.toml)",
-    )
+    add_config_option(parser)
     parser.add_argument(
         "--values-only",
         action="store_true",

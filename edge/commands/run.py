@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
+
+from edge.commands import add_config_option
 
 
 def register(subparsers: Any) -> None:
@@ -14,13 +15,7 @@ def register(subparsers: Any) -> None:
         description="Capture, recognise and publish match alerts. Disarmed until a valid, "
         "signed watchlist bundle for this device is inside its deployment window.",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="F",
-        help="config file (default: $EDGE_CONFIG, else /etc/edge/edge.toml)",
-    )
+    add_config_option(parser)
     parser.set_defaults(func=run)
 
 
