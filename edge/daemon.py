@@ -287,12 +287,15 @@ class Daemon:
 
     # -- inbound --------------------------------------------------------------------------
 
-    def _handle_inbound(self) -> None:
+    def _handle_inbound(self) -> bool:
+        """Apply queued control-room messages; True if there were any."""
+        handled = False
         while True:
             try:
                 msg = self.inbox.get_nowait()
             except queue.Empty:
-                return
+                return handled
+            handled = True
             try:
                 if msg.kind == "adjudication":
                     b = msg.body
@@ -339,7 +342,8 @@ class Daemon:
                             log.warning("SIGHUP: no bundle at %s", bundle)
                         self._sync()
                         self.notifier.ready(self._last_status_line)
-                    self._handle_inbound()
+                    if self._handle_inbound():
+                        self._sync()  # an end command disarms now, not at the next tick
                     mono = time.monotonic()
                     if mono >= next_tick:
                         self.deployment.tick(self.clock())
