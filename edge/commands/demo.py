@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
             models=args.models.resolve(), key_file=work / "keys" / f"{DEVICE_ID}.key",
             signer_file=work / "keys" / "signing.pub", source=args.clip.resolve(), loop=True,
             host=broker.host, port=broker.port, ca=broker.ca_cert, cert=dev.cert, key=dev.key,
-            extra="\n[recognition]\ncooldown_s = 20.0\n",
+            extra="\n[recognition]\ncooldown_s = 20.0\nembeds_per_track = 6\n",
         )
         _say(f"control room subscriber (edge alerts); crops go to {work / 'crops'}")
         alerts = subprocess.Popen(
