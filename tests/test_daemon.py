@@ -363,6 +363,30 @@ def test_signed_end_command_disarms_shreds_and_publishes_summary(
     assert audit.returncode == 0, audit.stderr
 
 
+def test_sighup_loads_a_bundle_copied_in_later(
+    device: Callable[..., DaemonProc], broker: Any, keys: Keys, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "state" / "watchlist.bundle"
+    bundle.unlink()  # start with no watchlist: disarmed, frames dropped unread
+    recorder = broker.recorder()
+    daemon = device(CLIP, loop=True).start()
+
+    def status(armed: bool) -> Callable[[list[Any]], bool]:
+        return lambda ms: any(m.topic.endswith("/status")
+                              and json.loads(m.payload).get("armed") is armed
+                              and json.loads(m.payload).get("state") == "online" for m in ms)
+
+    assert recorder.wait_for(status(False), 120), daemon.text()[-3000:]
+    time.sleep(2.0)
+    assert not alert_payloads(recorder), "an alert while disarmed"
+    shutil.copy(keys.bundle, bundle)  # what deploy-watchlist.yml does, then reloads
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert recorder.wait_for(status(True), 60), daemon.text()[-3000:]
+    assert recorder.wait_for(lambda ms: bool(alert_payloads(recorder)), 120)
+    assert daemon.terminate() == 0
+
+
 # --- systemd -------------------------------------------------------------------------
 
 
