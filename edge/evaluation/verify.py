@@ -13,9 +13,8 @@ Face choice on an image (LFW's labelled face is the centred one):
 
 from __future__ import annotations
 
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -27,6 +26,7 @@ from edge.errors import UsageError
 from edge.evaluation.metrics import verification_report
 from edge.evaluation.pairs import PairList
 from edge.faces import FaceEngine
+from edge.progress import Progress
 from edge.types import Detection, ImageU8
 
 METRIC_NAMES = {
@@ -36,38 +36,6 @@ METRIC_NAMES = {
 
 # Median full-range BlazeFace box on 250x250 LFW deep-funneled, as fractions.
 FIXED_BOX = (0.2748, 0.3096, 0.724, 0.7548)
-
-
-@dataclass(slots=True)
-class Progress:
-    """A plain-text progress bar on a stream, redrawn at most every ``interval`` s."""
-
-    total: int
-    label: str
-    stream: TextIO = field(default_factory=lambda: sys.stderr)
-    interval: float = 0.5
-    enabled: bool = True
-    _last: float = 0.0
-    _start: float = field(default_factory=time.monotonic)
-
-    def update(self, done: int, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < self.interval and done < self.total:
-            return
-        self._last = now
-        frac = done / self.total if self.total else 1.0
-        width = 30
-        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-        elapsed = now - self._start
-        eta = elapsed / done * (self.total - done) if done else 0.0
-        self.stream.write(
-            f"\r{self.label} [{bar}] {done}/{self.total} {elapsed:5.0f}s eta {eta:4.0f}s"
-        )
-        if done >= self.total:
-            self.stream.write("\n")
-        self.stream.flush()
 
 
 @dataclass(slots=True)
@@ -167,11 +135,11 @@ def verify(
     for p in pairs.pairs:
         where.setdefault(p.a, f"pairs line {p.line}")
         where.setdefault(p.b, f"pairs line {p.line}")
-    bar = Progress(len(images), "verify", stream=stream or sys.stderr, enabled=progress)
     t0 = time.perf_counter()
-    for i, path in enumerate(images):
-        run.embedding(path, where[path])
-        bar.update(i + 1)
+    with Progress(len(images), "verify", stream=stream, enabled=progress) as bar:
+        for path in images:
+            run.embedding(path, where[path])
+            bar.advance()
     elapsed = time.perf_counter() - t0
     scores = np.array(
         [engine.score(run.cache[p.a], run.cache[p.b]) for p in pairs.pairs], dtype=np.float64
