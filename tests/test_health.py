@@ -5,10 +5,6 @@ through the pinger's tick count, never through sleeps."""
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import socket
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +13,7 @@ import pytest
 
 from edge.health import HealthMonitor, WatchdogPinger
 from edge.sdnotify import SystemdNotifier
+from tests.fixtures.notify import NotifySocket, path_socket
 
 
 class FakeClock:
@@ -33,43 +30,13 @@ class FakeClock:
             self.now += seconds
 
 
-class Receiver:
-    def __init__(self, sock: socket.socket, path: str) -> None:
-        self.sock = sock
-        self.path = path
-
-    def recv(self, timeout: float = 10.0) -> str:
-        self.sock.settimeout(timeout)
-        return self.sock.recv(4096).decode()
-
-    def drain(self) -> list[str]:
-        out = []
-        self.sock.setblocking(False)
-        try:
-            while True:
-                out.append(self.sock.recv(4096).decode())
-        except BlockingIOError:
-            pass
-        finally:
-            self.sock.setblocking(True)
-        return out
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    directory = tempfile.mkdtemp(prefix="hlt", dir="/tmp")
-    path = os.path.join(directory, "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        sock.bind(path)
-        yield Receiver(sock, path)
-    finally:
-        sock.close()
-        shutil.rmtree(directory, ignore_errors=True)
+def receiver() -> Iterator[NotifySocket]:
+    yield from path_socket("hlt")
 
 
-def notifier_for(receiver: Receiver, watchdog_usec: int | None = None) -> SystemdNotifier:
-    env = {"NOTIFY_SOCKET": receiver.path}
+def notifier_for(receiver: NotifySocket, watchdog_usec: int | None = None) -> SystemdNotifier:
+    env = {"NOTIFY_SOCKET": receiver.address}
     if watchdog_usec is not None:
         env["WATCHDOG_USEC"] = str(watchdog_usec)
     return SystemdNotifier(env)
@@ -134,7 +101,7 @@ def test_monitor_checkins_from_many_threads() -> None:
 
 
 def test_tick_pings_only_while_healthy_and_logs_a_stall_once(
-    receiver: Receiver, caplog: pytest.LogCaptureFixture
+    receiver: NotifySocket, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock()
     monitor = HealthMonitor(clock)
@@ -148,7 +115,7 @@ def test_tick_pings_only_while_healthy_and_logs_a_stall_once(
         monitor.checkin("publisher")  # capture stays silent
         for _ in range(5):
             assert pinger.tick() is False
-        assert receiver.drain() == []
+        assert receiver.pending() == []
         assert pinger.stalled == ["capture"]
         stall_logs = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert len(stall_logs) == 1
@@ -164,21 +131,21 @@ def test_tick_pings_only_while_healthy_and_logs_a_stall_once(
     assert pinger.pings == 2
 
 
-def test_interval_from_watchdog_usec(receiver: Receiver) -> None:
+def test_interval_from_watchdog_usec(receiver: NotifySocket) -> None:
     monitor = HealthMonitor()
     pinger = WatchdogPinger(monitor, notifier_for(receiver, watchdog_usec=3_000_000))
     assert pinger.enabled
     assert pinger.interval_s == 1.5
 
 
-def test_no_watchdog_no_thread(receiver: Receiver) -> None:
+def test_no_watchdog_no_thread(receiver: NotifySocket) -> None:
     pinger = WatchdogPinger(HealthMonitor(), notifier_for(receiver))
     assert not pinger.enabled
     pinger.start()
     pinger.join(timeout=10)
     assert not pinger.is_alive()
     assert pinger.ticks == 0
-    assert receiver.drain() == []
+    assert receiver.pending() == []
 
 
 # --- WatchdogPinger as a thread, with real loop threads ----------------------------------------
@@ -214,7 +181,7 @@ class Loop(threading.Thread):
         self.join(timeout=10)
 
 
-def test_pings_arrive_while_real_loops_check_in(receiver: Receiver) -> None:
+def test_pings_arrive_while_real_loops_check_in(receiver: NotifySocket) -> None:
     monitor = HealthMonitor()  # the real monotonic clock; generous max age
     loops = [Loop(monitor, n) for n in ("capture", "inference", "publisher")]
     for loop in loops:
@@ -233,7 +200,7 @@ def test_pings_arrive_while_real_loops_check_in(receiver: Receiver) -> None:
 
 
 def test_pings_stop_when_a_loop_stalls_and_resume_when_it_recovers(
-    receiver: Receiver, caplog: pytest.LogCaptureFixture
+    receiver: NotifySocket, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock()
     monitor = HealthMonitor(clock)
@@ -256,10 +223,10 @@ def test_pings_stop_when_a_loop_stalls_and_resume_when_it_recovers(
         # Every tick that *starts* after this point sees the stall: wait until two more
         # ticks have completed, then nothing new may arrive over many further ticks.
         assert pinger.wait_ticks(pinger.ticks + 2, timeout=30)
-        receiver.drain()
+        receiver.pending()
         pings_before = pinger.pings
         assert pinger.wait_ticks(pinger.ticks + 20, timeout=30)
-        assert receiver.drain() == []
+        assert receiver.pending() == []
         assert pinger.pings == pings_before
         assert pinger.stalled == ["inference"]
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -277,7 +244,7 @@ def test_pings_stop_when_a_loop_stalls_and_resume_when_it_recovers(
     assert not pinger.is_alive()
 
 
-def test_stop_ends_the_thread_promptly(receiver: Receiver) -> None:
+def test_stop_ends_the_thread_promptly(receiver: NotifySocket) -> None:
     monitor = HealthMonitor()
     # A long interval: stop() must not wait for it.
     pinger = WatchdogPinger(monitor, notifier_for(receiver), interval_s=3600.0)
@@ -287,8 +254,8 @@ def test_stop_ends_the_thread_promptly(receiver: Receiver) -> None:
     assert not pinger.is_alive()
 
 
-def test_socket_path_of_notifier_is_used(receiver: Receiver) -> None:
+def test_socket_path_of_notifier_is_used(receiver: NotifySocket) -> None:
     # Guard against a notifier silently disabled (every other test would then see no pings
     # for the wrong reason).
     assert notifier_for(receiver).enabled
-    assert Path(receiver.path).is_socket()
+    assert Path(receiver.address).is_socket()

@@ -8,57 +8,19 @@ environment is its own.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from edge.sdnotify import SystemdNotifier
+from tests.fixtures.notify import NotifySocket, path_socket
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class NotifySocket:
-    sock: socket.socket
-    address: str  # as written in $NOTIFY_SOCKET
-
-    def recv(self, timeout: float = 10.0) -> str:
-        self.sock.settimeout(timeout)
-        return self.sock.recv(4096).decode()
-
-    def pending(self) -> list[str]:
-        """Every datagram already queued, without waiting."""
-        out = []
-        self.sock.setblocking(False)
-        try:
-            while True:
-                out.append(self.sock.recv(4096).decode())
-        except BlockingIOError:
-            pass
-        finally:
-            self.sock.setblocking(True)
-        return out
-
-
-def _path_socket() -> Iterator[NotifySocket]:
-    # A short directory: AF_UNIX paths are limited to 107 bytes.
-    directory = tempfile.mkdtemp(prefix="sdn", dir="/tmp")
-    path = os.path.join(directory, "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        sock.bind(path)
-        yield NotifySocket(sock, path)
-    finally:
-        sock.close()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _abstract_socket() -> Iterator[NotifySocket]:
@@ -75,7 +37,7 @@ def _abstract_socket() -> Iterator[NotifySocket]:
 def notify_socket(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[NotifySocket]:
-    maker = _path_socket if request.param == "path" else _abstract_socket
+    maker = path_socket if request.param == "path" else _abstract_socket
     for ns in maker():
         monkeypatch.setenv("NOTIFY_SOCKET", ns.address)
         monkeypatch.delenv("WATCHDOG_USEC", raising=False)
