@@ -31,8 +31,8 @@ from edge.evaluation.identify import (
     report,
     subject_scores,
 )
-from edge.families import similarity_matrix
 from edge.progress import Progress
+from edge.vision.families import similarity_matrix
 
 FIXED_BOX = (67, 80, 175, 187)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import cv2
 
-from edge.align import Aligner
-from edge.detect import Detector
-from edge.faces import FaceEngine
-from edge.landmarks import BlazeFaceLandmarker, MeshLandmarker
-from edge.manifest import Manifest
+from edge.vision.align import Aligner
+from edge.vision.detect import Detector
+from edge.vision.faces import FaceEngine
+from edge.vision.landmarks import BlazeFaceLandmarker, MeshLandmarker
+from edge.vision.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT.parent / "shared" / "data" / "photos" / "dlib_faces" / "2008_002506.jpg"

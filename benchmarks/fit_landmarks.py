@@ -6,7 +6,7 @@ plus the photos in ../shared/data/photos. Targets: dlib's HOG detector
 (1x upsample) + ``shape_predictor_5_face_landmarks``; the BlazeFace detection
 overlapping dlib's box best (IoU >= 0.3) gives the keypoints and the mesh ROI.
 A seeded 80/20 split reports held-out errors (per-point distance / inter-ocular
-distance of dlib's eye centres). Writes edge/landmark_fit.py.
+distance of dlib's eye centres). Writes edge/vision/landmark_fit.py.
 
     nice -n 10 .venv/bin/python benchmarks/fit_landmarks.py --detector DETECTOR.tflite \
         --mesh FACE_LANDMARK.tflite [--max-faces 1500]
@@ -26,8 +26,8 @@ import dlib
 import face_recognition_models
 import numpy as np
 
-from edge.detect import Detector
-from edge.landmarks import (
+from edge.vision.detect import Detector
+from edge.vision.landmarks import (
     MESH_DLIB5,
     MeshLandmarker,
     blazeface_features,

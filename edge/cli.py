@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from edge.logs import setup_logging
+    from edge.service.logs import setup_logging
 
     setup_logging(logging.WARNING - 10 * min(args.verbose, 2))
     func: Callable[[argparse.Namespace], int] = args.func

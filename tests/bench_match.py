@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.match import Matcher, Watchlist
+from edge.recognition.match import Matcher, Watchlist
 
 N = 100_000
 

@@ -10,7 +10,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge.bundle import DeploymentSpec, EmbedderInfo, Subject, build_bundle
+from edge.watchlist.bundle import DeploymentSpec, EmbedderInfo, Subject, build_bundle
 
 EMBEDDER_SHA = "ab" * 32
 NOW = dt.datetime(2026, 11, 22, 12, 0, 0, tzinfo=dt.UTC)

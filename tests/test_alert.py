@@ -12,7 +12,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from edge.alert import (
+from edge.delivery.alert import (
     AlertFormatError,
     build_alert,
     check_face_only,

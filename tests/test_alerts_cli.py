@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.alert import encode_alert, parse_adjudication, rfc3339
-from edge.outbox import Outbox
-from edge.publish import BrokerSettings, Publisher
+from edge.delivery.alert import encode_alert, parse_adjudication, rfc3339
+from edge.delivery.outbox import Outbox
+from edge.delivery.publish import BrokerSettings, Publisher
 from tests.fixtures.alerts import make_record
 from tests.fixtures.broker import Broker, ClientCreds
 

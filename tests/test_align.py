@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.align import (
+from edge.vision.align import (
     ARCFACE5_TEMPLATE,
     Aligner,
     arcface_chip,
@@ -17,7 +17,7 @@ from edge.align import (
     pyramid_down2,
     umeyama,
 )
-from edge.families import ARCFACE112, DLIB150
+from edge.vision.families import ARCFACE112, DLIB150
 
 dlib = pytest.importorskip("dlib")
 frm = pytest.importorskip("face_recognition_models")
@@ -55,7 +55,7 @@ def test_umeyama_recovers_a_similarity() -> None:
 
 
 def test_chip_details_scale_and_angle() -> None:
-    from edge.align import DLIB5_TEMPLATE
+    from edge.vision.align import DLIB5_TEMPLATE
 
     chip_pts = (0.25 + DLIB5_TEMPLATE) / 1.5 * 150
     det = face_chip_details(chip_pts * 2.0 + 10.0)  # image = 2x chip + shift, no rotation
@@ -130,10 +130,10 @@ def test_device_landmarks_approximate_dlibs_predictor(
     """Both landmark options land near dlib's 5-point predictor (inter-ocular units)."""
     import cv2
 
-    from edge.detect import Detector
     from edge.errors import ModelError
-    from edge.landmarks import BlazeFaceLandmarker, MeshLandmarker
-    from edge.manifest import Manifest
+    from edge.vision.detect import Detector
+    from edge.vision.landmarks import BlazeFaceLandmarker, MeshLandmarker
+    from edge.vision.manifest import Manifest
 
     if not (models_dir / "manifest.json").is_file():
         pytest.skip("models/manifest.json not built")

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.audit import AuditLog, verify
 from edge.cli import main
 from edge.errors import AuditError
+from edge.watchlist.audit import AuditLog, verify
 
 
 def _log(tmp_path: Path, published: list[dict] | None = None) -> AuditLog:
@@ -79,7 +79,7 @@ def test_a_modified_line_fails_verification(
 
 
 def test_recomputed_hash_on_an_edited_line_still_breaks_the_next(tmp_path: Path) -> None:
-    from edge.audit import canonical, entry_hash
+    from edge.watchlist.audit import canonical, entry_hash
 
     log = _log(tmp_path)
     _fill(log)

@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge import bundle as B
 from edge.errors import BundleRefused, UsageError
-from edge.keys import key_id
+from edge.watchlist import bundle as B
+from edge.watchlist.keys import key_id
 from tests.bundle_kit import (
     EMBEDDER,
     NOW,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.bundle import open_bundle
 from edge.errors import BundleRefused
+from edge.watchlist.bundle import open_bundle
 from tests.bundle_kit import make_bundle, make_kit, open_args
 
 KIT = make_kit()
@@ -94,8 +94,8 @@ def test_hostile_length_fields_are_refused(hlen: int, plen: int) -> None:
 
 
 def _resign(header: bytes, payload: bytes) -> bytes:
-    from edge.bundle import MAGIC, SIG_CONTEXT
-    from edge.keys import key_id
+    from edge.watchlist.bundle import MAGIC, SIG_CONTEXT
+    from edge.watchlist.keys import key_id
 
     body = MAGIC + struct.pack(">H", 1) + key_id(KIT.signer.public_key())
     body += struct.pack(">I", len(header)) + header + struct.pack(">I", len(payload)) + payload

@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from edge.capture import END_OF_STREAM, CaptureStatus, CaptureThread, EndOfStream, FrameQueue
-from edge.sources.opencv_source import OpenCVSource
-from edge.sources.picamera2_source import Picamera2Source
+from edge.service.capture import (
+    END_OF_STREAM,
+    CaptureStatus,
+    CaptureThread,
+    EndOfStream,
+    FrameQueue,
+)
+from edge.service.sources.opencv_source import OpenCVSource
+from edge.service.sources.picamera2_source import Picamera2Source
 from edge.types import Frame
 from tests.fakes import picamera2_fake
 from tests.videos import frame_number, write_video

@@ -1,4 +1,4 @@
-"""edge.config and `edge check-config`: real TOML files, real environment variables, real
+"""edge.service.config and `edge check-config`: real TOML files, real environment variables, real
 subprocesses for the exit codes."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from pydantic import SecretBytes
 
-from edge.config import (
+from edge.errors import ConfigError
+from edge.service.config import (
     DEFAULT_CONFIG_PATH,
     Settings,
     check_files,
     config_path,
     load_settings,
 )
-from edge.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "edge.toml"
@@ -176,7 +176,7 @@ def test_unknown_keys_in_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_non_setting_edge_variables_are_allowed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("EDGE_MODELS_DIR", str(tmp_path))  # edge.manifest's, not a setting
+    monkeypatch.setenv("EDGE_MODELS_DIR", str(tmp_path))  # edge.vision.manifest's, not a setting
     monkeypatch.setenv("EDGE_VENV", ".venv")  # run.sh's
     monkeypatch.setenv("EDGE_CONFIG", str(write(tmp_path, MINIMAL)))
     assert load_settings(None).device.id == "cam-01"

@@ -190,7 +190,7 @@ def clip_frames() -> list[np.ndarray]:
 def nonmatch_needles() -> list[bytes]:
     """Byte patterns of every embedding of the passer-by (the woman, left half of the
     clip) computed the way the daemon does: raw float32/float64 and base64 of them."""
-    from edge.faces import FaceEngine
+    from edge.vision.faces import FaceEngine
 
     engine = FaceEngine.from_models(MODELS, precision="int8")
     needles: list[bytes] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.decide import TrackDecider
+from edge.recognition.decide import TrackDecider
 from edge.types import Detection, Match, Quality, Track
 
 

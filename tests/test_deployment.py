@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.audit import AuditLog, verify
-from edge.deployment import DeploymentManager, shred_file
 from edge.errors import UsageError
-from edge.signed_commands import CommandRefused, make_command
+from edge.watchlist.audit import AuditLog, verify
+from edge.watchlist.deployment import DeploymentManager, shred_file
+from edge.watchlist.signed_commands import CommandRefused, make_command
 from tests.bundle_kit import EMBEDDER_SHA, NOW, embeddings, make_bundle, make_kit
 
 START = NOW - dt.timedelta(hours=1)
@@ -125,11 +125,11 @@ def test_refusals_stay_disarmed_with_one_line_and_audit(
         return
     env.bundle_path.write_bytes(make_bundle(env.kit, **bundle_kwargs))
     m = env.manager()
-    with caplog.at_level(logging.WARNING, logger="edge.deployment"):
+    with caplog.at_level(logging.WARNING, logger="edge.watchlist.deployment"):
         st = m.load(env.bundle_path)
     assert not st.armed and st.code == reason and m.watchlist is None
     assert st.line().startswith(f"disarmed, refused ({reason}): ")
-    lines = [r.getMessage() for r in caplog.records if r.name == "edge.deployment"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge.watchlist.deployment"]
     assert len(lines) == 1 and lines[0].startswith("disarmed: ") and "\n" not in lines[0]
     (entry,) = _events(env.audit)
     assert entry["event"] == "bundle_refused" and entry["reason"] == reason

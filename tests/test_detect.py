@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.detect import FULL_RANGE, SHORT_RANGE, Detector, non_max_suppression, ssd_anchors
-from edge.manifest import Manifest
+from edge.vision.detect import FULL_RANGE, SHORT_RANGE, Detector, non_max_suppression, ssd_anchors
+from edge.vision.manifest import Manifest
 
 
 def _detector(models_dir: Path, variant: str, precision: str = "float32") -> Detector:

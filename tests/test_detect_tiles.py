@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.detect import Detector, detect_tiled, tile_rects
-from edge.manifest import Manifest
+from edge.vision.detect import Detector, detect_tiled, tile_rects
+from edge.vision.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.embed import Embedder
 from edge.errors import ModelError
-from edge.faces import FaceEngine
-from edge.manifest import Manifest
+from edge.vision.embed import Embedder
+from edge.vision.faces import FaceEngine
+from edge.vision.manifest import Manifest
 
 dlib = pytest.importorskip("dlib")
 frm = pytest.importorskip("face_recognition_models")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.enrol import load_deployment, load_subject
 from edge.errors import ConfigError
+from edge.watchlist.enrol import load_deployment, load_subject
 
 DEPLOYMENT = """\
 deployment_id = "D-2026-0042"
@@ -117,10 +117,10 @@ def test_missing_subject_toml(tmp_path: Path) -> None:
 
 
 def _engine(models_dir: Path):
-    pytest.importorskip("edge.faces", reason="FaceEngine not available")
-    pytest.importorskip("edge.quality", reason="FaceEngine not available")
-    from edge.faces import FaceEngine
-    from edge.quality import QualityGate
+    pytest.importorskip("edge.vision.faces", reason="FaceEngine not available")
+    pytest.importorskip("edge.vision.quality", reason="FaceEngine not available")
+    from edge.vision.faces import FaceEngine
+    from edge.vision.quality import QualityGate
 
     return FaceEngine.from_models(models_dir, precision="int8"), QualityGate()
 
@@ -129,7 +129,7 @@ def test_enrol_gives_every_image_a_verdict(tmp_path: Path, photos_dir: Path,
                                            models_dir: Path) -> None:
     import cv2
 
-    from edge.enrol import enrol
+    from edge.watchlist.enrol import enrol
 
     engine, gate = _engine(models_dir)
     tests = photos_dir / "face_recognition_tests"

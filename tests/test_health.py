@@ -1,4 +1,4 @@
-"""edge.health: loop check-ins gate the systemd watchdog. Real threads, a real AF_UNIX
+"""edge.service.health: loop check-ins gate the systemd watchdog. Real threads, a real AF_UNIX
 datagram socket as systemd's notify socket; stalls are made with a fake clock and observed
 through the pinger's tick count, never through sleeps."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.health import HealthMonitor, WatchdogPinger
-from edge.sdnotify import SystemdNotifier
+from edge.service.health import HealthMonitor, WatchdogPinger
+from edge.service.sdnotify import SystemdNotifier
 from tests.fixtures.notify import NotifySocket, path_socket
 
 
@@ -108,7 +108,7 @@ def test_tick_pings_only_while_healthy_and_logs_a_stall_once(
     monitor.register("capture", 5.0)
     monitor.register("publisher", 5.0)
     pinger = WatchdogPinger(monitor, notifier_for(receiver), interval_s=1.0)
-    with caplog.at_level(logging.WARNING, logger="edge.health"):
+    with caplog.at_level(logging.WARNING, logger="edge.service.health"):
         assert pinger.tick() is True
         assert receiver.recv() == "WATCHDOG=1"
         clock.advance(6.0)
@@ -211,7 +211,7 @@ def test_pings_stop_when_a_loop_stalls_and_resume_when_it_recovers(
         monitor.register(loop.loop_name, 5.0 if loop.loop_name == "inference" else 1e6)
         loop.start()
     pinger = WatchdogPinger(monitor, notifier_for(receiver), interval_s=0.005)
-    caplog.set_level(logging.WARNING, logger="edge.health")
+    caplog.set_level(logging.WARNING, logger="edge.service.health")
     pinger.start()
     try:
         assert [receiver.recv() for _ in range(3)] == ["WATCHDOG=1"] * 3

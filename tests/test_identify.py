@@ -311,7 +311,7 @@ def test_det_plot_several_curves(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def engine_or_skip(models_dir: Path) -> None:
-    from edge.faces import FaceEngine
+    from edge.vision.faces import FaceEngine
 
     try:
         FaceEngine.from_models(models_dir, threads=1)

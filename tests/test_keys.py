@@ -10,7 +10,7 @@ import pytest
 
 from edge.cli import main
 from edge.errors import UsageError
-from edge.keys import (
+from edge.watchlist.keys import (
     derive_key,
     init_device_key,
     init_signing_key,

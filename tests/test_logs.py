@@ -1,4 +1,4 @@
-"""edge.logs: the handler choice and the filter that withholds arrays and byte strings."""
+"""edge.service.logs: the handler choice and the filter that withholds arrays and byte strings."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.logs import SensitiveDataFilter, setup_logging, under_systemd
+from edge.service.logs import SensitiveDataFilter, setup_logging, under_systemd
 
 REPO = Path(__file__).resolve().parent.parent
 MARK = 0.123456789  # a value that would show in a printed embedding
@@ -180,7 +180,7 @@ def test_setup_logging_stream_is_filtered_and_idempotent() -> None:
 
 def test_setup_logging_picks_the_journal_under_systemd() -> None:
     code = (
-        "import logging; from edge.logs import setup_logging; "
+        "import logging; from edge.service.logs import setup_logging; "
         "h = setup_logging(); print(type(h).__name__)"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", "JOURNAL_STREAM")}

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.match import Matcher, Watchlist, WatchlistError
+from edge.recognition.match import Matcher, Watchlist, WatchlistError
 from edge.types import Metric
 
 

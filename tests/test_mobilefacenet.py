@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import EmbedderInfo, open_bundle
-from edge.embed import Embedder
 from edge.errors import BundleRefused, ModelError
-from edge.faces import FaceEngine
-from edge.manifest import Manifest
-from edge.model_import import import_model
-from edge.models_fetch import MOBILEFACENET, cached, fetch
+from edge.vision.embed import Embedder
+from edge.vision.faces import FaceEngine
+from edge.vision.manifest import Manifest
+from edge.vision.model_import import import_model
+from edge.vision.models_fetch import MOBILEFACENET, cached, fetch
+from edge.watchlist.bundle import EmbedderInfo, open_bundle
 from tests.bundle_kit import make_bundle, make_kit, open_args
 from tests.fixtures.data import LFW, MODELS, ROOT
 from tests.test_model_import import copy_models

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from edge.cli import main
-from edge.embed import Embedder
 from edge.errors import ModelError, UsageError
-from edge.manifest import Manifest
-from edge.model_import import import_model, parse_normalisation
+from edge.vision.embed import Embedder
+from edge.vision.manifest import Manifest
+from edge.vision.model_import import import_model, parse_normalisation
 from tests.fixtures.data import MODELS
 
 DLIB_FLOAT = MODELS / "dlib_resnet_v1_float32.tflite"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.outbox import (
+from edge.delivery.outbox import (
     RETENTION_S,
     Outbox,
     OutboxFull,
@@ -194,7 +194,7 @@ def test_survives_sigkill_of_the_writer(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os, signal, sys
-        from edge.outbox import Outbox
+        from edge.delivery.outbox import Outbox
         ob = Outbox({str(path)!r}, bytes(range(32)))
         for i in range(25):
             ob.put(f"k{{i}}", "lfr/dev-a/alerts", b"alert %d" % i)
@@ -215,7 +215,7 @@ def test_survives_sigkill_of_the_writer(tmp_path: Path) -> None:
 def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     path.write_bytes(b"this is not sqlite" * 100)
-    from edge.outbox import OutboxError
+    from edge.delivery.outbox import OutboxError
 
     with pytest.raises(OutboxError, match="not a usable outbox"):
         Outbox(path, KEY)

@@ -10,7 +10,7 @@ import pytest
 
 from edge.errors import UsageError
 from edge.evaluation.peer import run_peer, subjects_from_folder
-from edge.simulate import SimConfig, simulate
+from edge.evaluation.simulate import SimConfig, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 

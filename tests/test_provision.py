@@ -105,7 +105,7 @@ class Pki:
 
 
 def make_pki(directory: Path) -> Pki:
-    from edge.devpki import DevCA
+    from edge.dev.devpki import DevCA
 
     ca = DevCA(directory)
     certs: dict[str, tuple[Path, Path]] = {}
@@ -313,8 +313,8 @@ def journal_on_failure(fleet: Fleet) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def fleet(nspawn_host: NspawnHost) -> Fleet:
-    from edge.devbroker import free_port
-    from edge.keys import init_device_key, init_signing_key
+    from edge.dev.devbroker import free_port
+    from edge.watchlist.keys import init_device_key, init_signing_key
 
     if shutil.which("mosquitto_pub") is None:
         pytest.skip("mosquitto_pub is missing (apt-get install mosquitto-clients)")
@@ -540,8 +540,8 @@ def test_encrypted_credentials(fleet: Fleet) -> None:
 
 MODEL_SMOKE = """
 import numpy as np
-from edge.manifest import Manifest
-from edge.runtime import load_interpreter
+from edge.vision.manifest import Manifest
+from edge.vision.runtime import load_interpreter
 m = Manifest.load("/opt/edge/models")
 for name in m.names:
     m.verify(name)
@@ -587,7 +587,7 @@ def test_every_model_runs_under_the_units_sandbox(fleet: Fleet) -> None:
             timeout=240,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        from edge.manifest import Manifest
+        from edge.vision.manifest import Manifest
 
         invoked = {ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("invoked ")}
         assert invoked == set(Manifest.load(REPO / "models").names)
@@ -669,9 +669,9 @@ def make_bundle(fleet: Fleet, out: Path, device_pub: Path | None = None) -> Path
 
     import numpy as np
 
-    from edge.bundle import DeploymentSpec, EmbedderInfo, Subject, build_bundle
-    from edge.keys import load_device_public, load_signing_key
-    from edge.manifest import Manifest
+    from edge.vision.manifest import Manifest
+    from edge.watchlist.bundle import DeploymentSpec, EmbedderInfo, Subject, build_bundle
+    from edge.watchlist.keys import load_device_public, load_signing_key
 
     manifest = Manifest.load(REPO / "models")
     embedder = next(
@@ -720,7 +720,7 @@ def make_bundle(fleet: Fleet, out: Path, device_pub: Path | None = None) -> Path
 
 def test_deploy_watchlist_fails_on_a_bundle_for_another_device(fleet: Fleet) -> None:
     """The daemon refuses a bundle not wrapped for it; the play fails and says why."""
-    from edge.keys import init_device_key
+    from edge.watchlist.keys import init_device_key
 
     other = init_device_key(fleet.workdir / "other-keys", OTHER_DEVICE_ID)
     bundle = make_bundle(fleet, fleet.workdir / "not-for-us.bundle", other.public)

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from edge.alert import parse_alert, parse_rfc3339, rfc3339
+from edge.delivery.alert import parse_alert, parse_rfc3339, rfc3339
+from edge.delivery.outbox import Outbox
+from edge.delivery.publish import BrokerSettings, Publisher
 from edge.errors import BrokerError
-from edge.outbox import Outbox
-from edge.publish import BrokerSettings, Publisher
 from tests.fixtures.alerts import make_record
 from tests.fixtures.broker import Broker, Received
 
@@ -187,8 +187,8 @@ def test_sigkilled_producer_alerts_are_delivered_after_restart(
         f"""
         import json, time
         from pathlib import Path
-        from edge.outbox import Outbox
-        from edge.publish import BrokerSettings, Publisher
+        from edge.delivery.outbox import Outbox
+        from edge.delivery.publish import BrokerSettings, Publisher
         from tests.fixtures.alerts import make_record
         ob = Outbox({str(db)!r}, bytes.fromhex({KEY.hex()!r}))
         s = BrokerSettings({broker.host!r}, {broker.port}, Path({str(c.ca)!r}),
@@ -286,8 +286,8 @@ def test_last_will_marks_a_killed_device_offline(broker: Broker) -> None:
         f"""
         import time, tempfile, os
         from pathlib import Path
-        from edge.outbox import Outbox
-        from edge.publish import BrokerSettings, Publisher
+        from edge.delivery.outbox import Outbox
+        from edge.delivery.publish import BrokerSettings, Publisher
         ob = Outbox(Path(tempfile.mkdtemp()) / "ob.db", os.urandom(32))
         s = BrokerSettings({broker.host!r}, {broker.port}, Path({str(c.ca)!r}),
                            Path({str(c.cert)!r}), Path({str(c.key)!r}))
@@ -351,7 +351,7 @@ def test_adjudications_and_commands_reach_the_callbacks(
     cr = broker.client("control-room")
     good = {"alert_id": make_record().alert_id, "decision": "rejected", "officer": "PC42",
             "at": rfc3339(time.time())}  # fmt: skip
-    with caplog.at_level("WARNING", logger="edge.publish"):
+    with caplog.at_level("WARNING", logger="edge.delivery.publish"):
         deadline = time.monotonic() + 10
         while not adjs and time.monotonic() < deadline:
             cr.publish("lfr/dev-c/adjudications", b"not json", qos=1).wait_for_publish(5)

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.quality import NOSE_DEPTH, QualityGate, estimate_yaw, face_sharpness
 from edge.types import Detection
+from edge.vision.quality import NOSE_DEPTH, QualityGate, estimate_yaw, face_sharpness
 
 PHOTOS = [
     "face_recognition_tests/obama.jpg",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.audit import AuditLog, verify
-from edge.keys import derive_key
-from edge.outbox import Outbox
-from edge.retention import DAY_S, RetentionPolicy, retention_seconds
+from edge.delivery.outbox import Outbox
+from edge.watchlist.audit import AuditLog, verify
+from edge.watchlist.keys import derive_key
+from edge.watchlist.retention import DAY_S, RetentionPolicy, retention_seconds
 
 T0 = 1_800_000_000.0
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from edge.errors import ModelError
-from edge.families import BUILTIN, DLIB150, score, similarity_matrix
-from edge.manifest import ENV_MODELS_DIR, Manifest, default_models_dir
-from edge.runtime import TFLiteModel, load_interpreter, shared_model
+from edge.vision.families import BUILTIN, DLIB150, score, similarity_matrix
+from edge.vision.manifest import ENV_MODELS_DIR, Manifest, default_models_dir
+from edge.vision.runtime import TFLiteModel, load_interpreter, shared_model
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_models_dir_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 
 def test_family_from_manifest_matches_builtin(manifest: Manifest) -> None:
-    from edge.families import EmbedderFamily
+    from edge.vision.families import EmbedderFamily
 
     fam = EmbedderFamily.from_spec("dlib150", manifest.family("dlib150"))
     assert fam == BUILTIN["dlib150"]
@@ -121,6 +121,6 @@ def test_scores_are_similarities() -> None:
         m = similarity_matrix(x, y, metric)  # type: ignore[arg-type]
         assert m.shape == (4, 3)
         assert m[2, 1] == pytest.approx(score(x[2], y[1], metric), abs=1e-5)  # type: ignore[arg-type]
-    # The recommended 1:N threshold (measured, see edge/families.py); the built-in
+    # The recommended 1:N threshold (measured, see edge/vision/families.py); the built-in
     # family and the manifest's must agree.
     assert DLIB150.threshold == pytest.approx(0.6)

@@ -1,4 +1,4 @@
-"""edge.sdnotify against a real AF_UNIX datagram socket standing in for systemd's.
+"""edge.service.sdnotify against a real AF_UNIX datagram socket standing in for systemd's.
 
 Both backends (systemd-python's sd_notify and the built-in writer) are checked
 on a path socket and an abstract one, in this process and in a subprocess whose
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.sdnotify import SystemdNotifier
+from edge.service.sdnotify import SystemdNotifier
 from tests.fixtures.notify import NotifySocket, path_socket
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,10 +101,10 @@ def test_dead_socket_returns_false_and_warns_once(
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
     notifier = SystemdNotifier(backend=backend)  # type: ignore[arg-type]
-    with caplog.at_level("WARNING", logger="edge.sdnotify"):
+    with caplog.at_level("WARNING", logger="edge.service.sdnotify"):
         assert notifier.watchdog_ping() is False
         assert notifier.watchdog_ping() is False
-    assert len([r for r in caplog.records if r.name == "edge.sdnotify"]) == 1
+    assert len([r for r in caplog.records if r.name == "edge.service.sdnotify"]) == 1
 
 
 @pytest.mark.parametrize(
@@ -126,7 +126,7 @@ def test_watchdog_period(env: dict[str, str], expected: float | None) -> None:
 
 CHILD = """
 import os
-from edge.sdnotify import SystemdNotifier
+from edge.service.sdnotify import SystemdNotifier
 n = SystemdNotifier()
 print(n.backend, n.watchdog_period(), flush=True)
 n.ready("starting up")

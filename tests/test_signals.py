@@ -1,4 +1,4 @@
-"""edge.signals: real signals to this process and to a child process."""
+"""edge.service.signals: real signals to this process and to a child process."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edge.signals import Request, SignalRequests
+from edge.service.signals import Request, SignalRequests
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def test_signals_become_requests_in_order() -> None:
 
 CHILD = """
 import sys
-from edge.signals import Request, SignalRequests
+from edge.service.signals import Request, SignalRequests
 with SignalRequests() as requests:
     print("ready", flush=True)
     reloads = 0

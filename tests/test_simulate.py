@@ -10,12 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.bundle import CATEGORIES
 from edge.cli import main
-from edge.enrol import load_subject
 from edge.errors import UsageError
-from edge.evaluation.stream import StreamAlert, Truth, score_alerts
-from edge.simulate import (
+from edge.evaluation.simulate import (
     Renderer,
     SimConfig,
     check_clip,
@@ -24,6 +21,9 @@ from edge.simulate import (
     simulate,
     write_subjects,
 )
+from edge.evaluation.stream import StreamAlert, Truth, score_alerts
+from edge.watchlist.bundle import CATEGORIES
+from edge.watchlist.enrol import load_subject
 
 SMALL = SimConfig(
     size=(320, 240), fps=10.0, seconds=4.0, faces=(1, 3), watchlisted=0.3,
@@ -221,10 +221,10 @@ def test_cli_missing_images_and_bad_out(tmp_path: Path,
 @pytest.mark.lfw
 def test_lfw_clip_faces_are_found_by_blazeface(lfw_dir: Path, models_dir: Path) -> None:
     """Faces in a simulated 1280x720 clip are detectable: most boxes >= 100 px are found."""
-    from edge.detect import Detector
     from edge.errors import ModelError
     from edge.evaluation.stream import iou
-    from edge.manifest import Manifest
+    from edge.vision.detect import Detector
+    from edge.vision.manifest import Manifest
 
     try:
         m = Manifest.load(models_dir)

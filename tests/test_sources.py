@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.sources import make_source, open_source
-from edge.sources.base import FrameSource, SourceError, redact_uri
-from edge.sources.opencv_source import ImageFolderSource, OpenCVSource, guess_kind
-from edge.sources.picamera2_source import Picamera2Source, i420_to_bgr
+from edge.service.sources import make_source, open_source
+from edge.service.sources.base import FrameSource, SourceError, redact_uri
+from edge.service.sources.opencv_source import ImageFolderSource, OpenCVSource, guess_kind
+from edge.service.sources.picamera2_source import Picamera2Source, i420_to_bgr
 from tests.fakes import picamera2_fake
 from tests.videos import frame_number, write_video
 

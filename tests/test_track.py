@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.track import IoUTracker, greedy_pairs, iou_matrix
+from edge.recognition.track import IoUTracker, greedy_pairs, iou_matrix
 from edge.types import Detection
 
 

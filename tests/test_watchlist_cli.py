@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from edge.cli import main
-from edge.keys import load_device_key, load_signer_public
-from edge.signed_commands import CommandVerifier
+from edge.watchlist.keys import load_device_key, load_signer_public
+from edge.watchlist.signed_commands import CommandVerifier
 
 DEPLOYMENT = """\
 deployment_id = "D-2026-0042"
@@ -81,8 +81,8 @@ def _faces(photos_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _need_engine(models_dir: Path) -> None:
-    pytest.importorskip("edge.faces", reason="FaceEngine not available")
-    pytest.importorskip("edge.quality", reason="FaceEngine not available")
+    pytest.importorskip("edge.vision.faces", reason="FaceEngine not available")
+    pytest.importorskip("edge.vision.quality", reason="FaceEngine not available")
 
 
 def test_build_names_bad_images_and_skip_bad_keeps_only_the_good(
@@ -129,9 +129,9 @@ def test_build_names_bad_images_and_skip_bad_keeps_only_the_good(
 
 def _bundle_file(tmp_path: Path, keys: Path) -> tuple[Path, np.ndarray]:
     """A bundle built with the library from random embeddings (no models needed)."""
-    from edge.bundle import EmbedderInfo, Subject, build_bundle
-    from edge.enrol import load_deployment
-    from edge.keys import load_device_public, load_signing_key
+    from edge.watchlist.bundle import EmbedderInfo, Subject, build_bundle
+    from edge.watchlist.enrol import load_deployment
+    from edge.watchlist.keys import load_device_public, load_signing_key
 
     emb = np.random.default_rng(3).normal(size=(3, 128)).astype(np.float32)
     subj = [Subject(f"S-{i}", "suspect", f"ref {i}", "custody", "2024-01-01", "PACE") for i in

@@ -1,4 +1,7 @@
-"""One module per ``edge`` sub-command (see :mod:`edge.cli`)."""
+"""One module per ``edge`` sub-command (see :mod:`edge.cli`).
+
+May import: any part of edge; heavy imports stay inside the command functions.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     """The shared ``--config F`` option (``edge run``, ``edge check-config``).
 
-    Defined here rather than in :mod:`edge.config` so that ``edge --help`` does not
+    Defined here rather than in :mod:`edge.service.config` so that ``edge --help`` does not
     import pydantic.
     """
     parser.add_argument(

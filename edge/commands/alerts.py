@@ -35,7 +35,7 @@ from edge.errors import BrokerError, EdgeError, UsageError
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
-    from edge.publish import BrokerSettings
+    from edge.delivery.publish import BrokerSettings
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -101,7 +101,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _settings(args: argparse.Namespace) -> BrokerSettings:
-    from edge.publish import BrokerSettings
+    from edge.delivery.publish import BrokerSettings
 
     missing = [f"--{n}" for n in ("ca", "cert", "key") if getattr(args, n, None) is None]
     if missing:
@@ -159,7 +159,7 @@ def _connect(
 
 
 def _client(args: argparse.Namespace, settings: BrokerSettings, prefix: str) -> mqtt.Client:
-    from edge.publish import new_client
+    from edge.delivery.publish import new_client
 
     return new_client(args.client_id or f"{prefix}-{uuid.uuid4().hex[:12]}", settings)
 
@@ -186,8 +186,8 @@ def _alert_line(alert: dict[str, Any], crop: Path | None) -> str:
 
 
 def run_listen(args: argparse.Namespace) -> int:
-    from edge.alert import AlertFormatError, parse_alert
-    from edge.publish import topic
+    from edge.delivery.alert import AlertFormatError, parse_alert
+    from edge.delivery.publish import topic
 
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be at least 1")
@@ -309,8 +309,8 @@ def _print_other(kind: str, device: str, payload: bytes, retained: bool, as_json
 
 
 def run_adjudicate(args: argparse.Namespace) -> int:
-    from edge.alert import AlertFormatError, make_adjudication
-    from edge.publish import topic
+    from edge.delivery.alert import AlertFormatError, make_adjudication
+    from edge.delivery.publish import topic
 
     try:
         adj = make_adjudication(args.alert_id, args.decision, args.officer, time.time())

@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.audit import verify
+    from edge.watchlist.audit import verify
 
     count = verify(args.file)
     print(f"{args.file}: {count} entries, hash chain intact")

@@ -82,7 +82,7 @@ def _grid(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.bench import run_bench
+    from edge.evaluation.bench import run_bench
 
     precision = "float32" if args.model in ("float", "float32") else "int8"
     result = run_bench(

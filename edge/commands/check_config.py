@@ -13,7 +13,7 @@ from edge.commands import add_config_option
 from edge.errors import ConfigError
 
 if TYPE_CHECKING:
-    from edge.config import Settings
+    from edge.service.config import Settings
 
 
 def register(subparsers: Any) -> None:
@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.config import check_files, config_path, load_settings
+    from edge.service.config import check_files, config_path, load_settings
 
     path = config_path(args.config)
     settings = load_settings(path)

@@ -153,7 +153,7 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.devbroker import CONTROL_ROOM_CN, DevBroker
+    from edge.dev.devbroker import CONTROL_ROOM_CN, DevBroker
     from edge.errors import UsageError
 
     for what, path in (("clip", args.clip), ("subjects", args.subjects),

@@ -62,7 +62,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from edge.errors import UsageError
     from edge.evaluation.pairs import parse_pairs
     from edge.evaluation.verify import check_images, verify
-    from edge.faces import FaceEngine
+    from edge.vision.faces import FaceEngine
 
     if not args.images.is_dir():
         raise UsageError(f"{args.images}: images directory not found")
@@ -98,7 +98,7 @@ def summary_line(report: dict[str, Any]) -> str:
 
 def _engine_from_args(args: argparse.Namespace) -> tuple[Any, str]:
     """The FaceEngine the model arguments ask for, and its precision."""
-    from edge.faces import FaceEngine
+    from edge.vision.faces import FaceEngine
 
     precision = "float32" if args.model in ("float", "float32") else "int8"
     engine = FaceEngine.from_models(

@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.keys import init_device_key, init_signing_key
+    from edge.watchlist.keys import init_device_key, init_signing_key
 
     if args.device is not None:
         files = init_device_key(args.out, args.device, force=args.force)

@@ -77,7 +77,7 @@ def register(sub: Any) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from edge.manifest import Manifest
+    from edge.vision.manifest import Manifest
 
     m = Manifest.load(args.models_dir)
     print(f"{m.directory}")
@@ -90,7 +90,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from edge.manifest import Manifest
+    from edge.vision.manifest import Manifest
 
     m = Manifest.load(args.models_dir)
     for name in m.names:
@@ -100,7 +100,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from edge.models_fetch import KNOWN, fetch
+    from edge.vision.models_fetch import KNOWN, fetch
 
     print(fetch(KNOWN[args.model], args.cache))
     return 0
@@ -108,7 +108,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     from edge.errors import UsageError
-    from edge.model_import import import_model, parse_normalisation
+    from edge.vision.model_import import import_model, parse_normalisation
 
     if args.calibration is not None and not args.quantise:
         raise UsageError("--calibration is only used with --quantise")

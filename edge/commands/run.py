@@ -1,4 +1,4 @@
-"""``edge run [--config F]``: the daemon (see :mod:`edge.daemon`)."""
+"""``edge run [--config F]``: the daemon (see :mod:`edge.service.daemon`)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.config import load_settings
-    from edge.daemon import Daemon
+    from edge.service.config import load_settings
+    from edge.service.daemon import Daemon
 
     settings = load_settings(args.config)
     return Daemon(settings).run()

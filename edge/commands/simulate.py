@@ -65,7 +65,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edge.errors import UsageError
-    from edge.simulate import (
+    from edge.evaluation.simulate import (
         SimConfig,
         enrolment_checker,
         frames_with_faces,

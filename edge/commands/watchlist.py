@@ -79,20 +79,26 @@ def register(sub: Any) -> None:
 
 def _engine(models: Path | None, precision: str) -> tuple[Any, Any, Any]:
     """The device's face engine, quality gate and embedder description."""
-    from edge.enrol import embedder_info
-    from edge.faces import FaceEngine
-    from edge.quality import QualityGate
+    from edge.vision.faces import FaceEngine
+    from edge.vision.quality import QualityGate
+    from edge.watchlist.enrol import embedder_info
 
     engine = FaceEngine.from_models(models, precision="int8" if precision == "int8" else "float32")
     return engine, QualityGate(), embedder_info(engine, models)
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from edge.bundle import build_bundle
-    from edge.enrol import describe_spec, enrol, images_in, load_deployment, subject_folders
     from edge.errors import UsageError
-    from edge.keys import load_device_public, load_signing_key, write_atomic
     from edge.progress import Progress
+    from edge.watchlist.bundle import build_bundle
+    from edge.watchlist.enrol import (
+        describe_spec,
+        enrol,
+        images_in,
+        load_deployment,
+        subject_folders,
+    )
+    from edge.watchlist.keys import load_device_public, load_signing_key, write_atomic
 
     spec = load_deployment(args.deployment)
     signing_key = load_signing_key(args.signing_key)
@@ -138,9 +144,9 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from edge.bundle import bundle_digest, format_time, inspect_bundle
     from edge.errors import UsageError
-    from edge.keys import load_device_key, load_signer_public
+    from edge.watchlist.bundle import bundle_digest, format_time, inspect_bundle
+    from edge.watchlist.keys import load_device_key, load_signer_public
 
     try:
         data = args.file.read_bytes()
@@ -199,8 +205,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def _write_command(args: argparse.Namespace, command: str, cmd_args: dict[str, Any]) -> int:
     from edge.errors import UsageError
-    from edge.keys import load_signing_key, write_atomic
-    from edge.signed_commands import make_command
+    from edge.watchlist.keys import load_signing_key, write_atomic
+    from edge.watchlist.signed_commands import make_command
 
     key = load_signing_key(args.signing_key)
     try:

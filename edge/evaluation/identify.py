@@ -46,8 +46,8 @@ from edge.errors import UsageError
 from edge.progress import Progress
 
 if TYPE_CHECKING:
-    from edge.faces import FaceEngine
     from edge.types import Detection, ImageU8
+    from edge.vision.faces import FaceEngine
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def embed_images(
     has_template (N,)).
     """
     from edge.evaluation.verify import FIXED_BOX
-    from edge.faces import FaceEngine as _Engine
+    from edge.vision.faces import FaceEngine as _Engine
 
     st = stats if stats is not None else EmbedStats()
     t0 = time.perf_counter()

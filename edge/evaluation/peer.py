@@ -23,7 +23,7 @@ device that alerts once per track. Its video examples process every other
 frame at quarter size; ``every`` and ``scale`` expose both (quarter size
 would lose the clip's smaller faces, so the default is full size).
 
-The result has the keys of :func:`edge.bench.run_bench` (``fps``, ``frames``,
+The result has the keys of :func:`edge.evaluation.bench.run_bench` (``fps``, ``frames``,
 ``stage_ms`` p50/p95, ``frame_ms``, ``alerts``, ``peak_rss_mb``,
 ``accuracy``) so the two print side by side. CLI:
 ``benchmarks/peer_face_recognition.py``.

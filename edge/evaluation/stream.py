@@ -1,6 +1,6 @@
 """Scoring a deployment stream: alerts against the ground truth of ``edge simulate``.
 
-The truth file (written by :mod:`edge.simulate`) lists every passer-by as a
+The truth file (written by :mod:`edge.evaluation.simulate`) lists every passer-by as a
 *track*: an identity, whether it is on the watchlist (and under which subject
 id), the frames it is visible in and its face box in each of them. Alerts come
 from whatever ran on the clip (``edge bench``, the face_recognition peer): a

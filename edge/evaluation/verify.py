@@ -25,9 +25,9 @@ import numpy.typing as npt
 from edge.errors import UsageError
 from edge.evaluation.metrics import verification_report
 from edge.evaluation.pairs import PairList
-from edge.faces import FaceEngine
 from edge.progress import Progress
 from edge.types import Detection, ImageU8
+from edge.vision.faces import FaceEngine
 
 METRIC_NAMES = {
     "euclidean": "similarity = 1 - euclidean distance",

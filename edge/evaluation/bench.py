@@ -1,0 +1,251 @@
+"""``edge bench``: the real pipeline over a clip, measured end to end.
+
+Frames are read from the clip (flat out, or paced at its fps with
+``realtime``), run through the same :class:`~edge.recognition.pipeline.Recognizer` as the
+daemon, and every alert goes through the durable outbox and the real
+publisher (mutual TLS, QoS 1) to a local mosquitto, where a control-room
+subscriber timestamps its arrival. Figures: fps, per-stage milliseconds (p50
+and p95), frame-to-control-room latency (capture time to receipt by the
+subscriber, so it includes the outbox, the PUBACK round and the broker hop),
+peak RSS, and, with a truth file from ``edge simulate``, recall, false alerts
+and precision (:mod:`edge.evaluation.stream`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import UsageError
+
+DEVICE_ID = "bench"
+
+
+@dataclass(slots=True)
+class _Received:
+    at: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    event: threading.Event = field(default_factory=threading.Event)
+    expected: int = 0
+
+
+def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float | None]:
+    """p50 and p95 of ``values`` times ``scale`` (seconds to ms by default)."""
+    if not values:
+        return {"p50": None, "p95": None}
+    arr = np.asarray(values, dtype=np.float64) * scale
+    return {"p50": round(float(np.percentile(arr, 50)), 3),
+            "p95": round(float(np.percentile(arr, 95)), 3)}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def _progress(done: int, total: int | None, started: float) -> None:
+    if not sys.stderr.isatty() and done % 100:
+        return
+    rate = done / max(time.monotonic() - started, 1e-6)
+    of = f"/{total}" if total else ""
+    sys.stderr.write(f"\rbench: frame {done}{of}  {rate:5.1f} fps")
+    sys.stderr.flush()
+
+
+def run_bench(
+    video: Path,
+    *,
+    models_dir: Path | None,
+    precision: str = "int8",
+    embedder: str = "dlib_resnet_v1",
+    subjects: Path | None = None,
+    truth: Path | None = None,
+    threshold: float | None = None,
+    realtime: bool = False,
+    max_frames: int | None = None,
+    tiles: tuple[int, int] = (1, 1),
+) -> dict[str, Any]:
+    """Run the pipeline over ``video`` and return the figures (see the module doc)."""
+    from edge.delivery.outbox import Outbox
+    from edge.delivery.publish import BrokerSettings, Publisher, new_client
+    from edge.dev.devbroker import CONTROL_ROOM_CN, DevBroker
+    from edge.recognition.decide import TrackDecider
+    from edge.recognition.match import Watchlist
+    from edge.recognition.pipeline import STAGES, Recognizer
+    from edge.recognition.track import IoUTracker
+    from edge.service.sources import make_source
+    from edge.vision.faces import FaceEngine
+    from edge.vision.quality import QualityGate
+    from edge.watchlist.enrol import enrol
+
+    if not video.exists():
+        raise UsageError(f"video {video} does not exist")
+    truth_obj = None
+    if truth is not None:
+        from edge.evaluation.stream import Truth
+
+        truth_obj = Truth.load(truth)
+        if subjects is None:
+            raise UsageError("--truth needs --subjects (the watchlist the truth refers to)")
+
+    engine = FaceEngine.from_models(models_dir, embedder=embedder, precision=precision)
+    family = engine.family
+    gate = QualityGate()
+    watchlist: Watchlist | None = None
+    enrol_failed: list[str] = []
+    if subjects is not None:
+        report = enrol(subjects, engine, gate, family.metric)
+        enrol_failed = [sid for sid, _ in report.failed]
+        if enrol_failed:  # as `edge watchlist build --skip-bad` would: listed, left out
+            sys.stderr.write(f"bench: no usable image for {', '.join(enrol_failed)}; left out\n")
+        if not report.subjects:
+            raise UsageError(f"no subject in {subjects} could be enrolled")
+        sha = engine.model_info["embedder_sha256"]
+        watchlist = Watchlist(
+            subject_ids=[s.subject_id for s in report.subjects],
+            categories=[s.category for s in report.subjects],
+            embeddings=report.embeddings,
+            metric=family.metric,
+            threshold=family.threshold if threshold is None else threshold,
+            embedder_sha256=sha,
+        )
+    from edge.service.config import DetectorSettings
+
+    defaults = DetectorSettings()  # the daemon's defaults
+    recognizer = Recognizer(
+        engine, IoUTracker(), gate, TrackDecider(threshold=1.0), device_id=DEVICE_ID,
+        min_score=defaults.score_threshold, min_face_px=defaults.min_face_px, tiles=tiles,
+    )
+    if watchlist is not None:
+        recognizer.arm(watchlist, "BENCH")
+    else:
+        # No watchlist: measure detection/tracking/quality/embedding with an empty gallery
+        # that can never match (every score is below an impossible threshold).
+        dim = family.dim
+        recognizer.arm(
+            Watchlist(["none"], ["suspect"], np.zeros((1, dim), np.float32), family.metric,
+                      threshold=1.0, embedder_sha256="0" * 64),
+            "BENCH",
+        )
+
+    received = _Received()
+    alerts: list[dict[str, Any]] = []
+    stage_s: dict[str, list[float]] = {name: [] for name in ("read", *STAGES)}
+    frame_s: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+        broker = DevBroker(Path(tmp) / "broker")
+        broker.start()
+        dev, cr = broker.client(DEVICE_ID), broker.client(CONTROL_ROOM_CN)
+        outbox = Outbox(Path(tmp) / "outbox.sqlite", os.urandom(32))
+        publisher = Publisher(
+            DEVICE_ID, BrokerSettings(broker.host, broker.port, broker.ca_cert, dev.cert, dev.key),
+            outbox, drain_interval_s=0.05,
+        )
+        sub = new_client("bench-control-room",
+                         BrokerSettings(broker.host, broker.port, broker.ca_cert, cr.cert, cr.key))
+
+        def on_message(client: Any, userdata: Any, msg: Any) -> None:
+            now = time.time()
+            try:
+                alert_id = json.loads(msg.payload)["alert_id"]
+            except (ValueError, KeyError, TypeError):
+                return
+            with received.lock:
+                received.at.setdefault(alert_id, now)
+                if len(received.at) >= received.expected:
+                    received.event.set()
+
+        subscribed = threading.Event()
+        sub.on_message = on_message
+        sub.on_subscribe = lambda *a: subscribed.set()
+        sub.on_connect = lambda c, *a: c.subscribe(f"lfr/{DEVICE_ID}/alerts", qos=1)
+        sub.connect(broker.host, broker.port)
+        sub.loop_start()
+        publisher.start()
+        try:
+            if not (subscribed.wait(10) and publisher.wait_connected(10)):
+                raise UsageError("the local broker did not accept the bench clients")
+            source = make_source("file", video, loop=False, pace=realtime)
+            source.open()
+            clip_fps = source.fps or 25.0
+            total = None if max_frames is None else max_frames
+            started = time.monotonic()
+            frames = 0
+            try:
+                while max_frames is None or frames < max_frames:
+                    t0 = time.perf_counter()
+                    frame = source.read()
+                    t1 = time.perf_counter()
+                    if frame is None:
+                        break
+                    # Media time, not wall time: cooldowns then mean what they mean live.
+                    outcome = recognizer.process(frame, now=frame.index / clip_fps)
+                    frame_s.append(time.perf_counter() - t0)
+                    stage_s["read"].append(t1 - t0)
+                    for name, secs in outcome.timings.items():
+                        stage_s[name].append(secs)
+                    for alert in outcome.alerts:
+                        publisher.enqueue_alert(alert)
+                        alerts.append({"alert_id": alert.alert_id, "frame": frame.index,
+                                       "captured_at": alert.captured_at, "bbox": alert.bbox,
+                                       "subject_id": alert.subject_id, "score": alert.score})
+                    frames += 1
+                    _progress(frames, total, started)
+            finally:
+                source.close()
+            elapsed = time.monotonic() - started
+            sys.stderr.write("\n")
+            with received.lock:
+                received.expected = len(alerts)
+                if len(received.at) >= received.expected:
+                    received.event.set()
+            delivered = received.event.wait(15.0)
+        finally:
+            publisher.stop(flush_timeout=2.0)
+            sub.loop_stop()
+            sub.disconnect()
+            outbox.close()
+            broker.stop()
+
+    latencies = [received.at[a["alert_id"]] - a["captured_at"]
+                 for a in alerts if a["alert_id"] in received.at]
+    result: dict[str, Any] = {
+        "video": str(video),
+        "frames": frames,
+        "seconds": round(elapsed, 3),
+        "fps": round(frames / elapsed, 2) if elapsed > 0 else None,
+        "realtime": realtime,
+        "tiles": f"{tiles[0]}x{tiles[1]}",
+        "models": engine.model_info,
+        "precision": precision,
+        "watchlist_size": len(watchlist) if watchlist is not None else 0,
+        "enrol_failed": enrol_failed,
+        "threshold": watchlist.threshold if watchlist is not None else None,
+        "stage_ms": {name: percentiles(v) for name, v in stage_s.items()},
+        "frame_ms": percentiles(frame_s),
+        "alerts": len(alerts),
+        "alerts_delivered": len(latencies),
+        "all_delivered": delivered,
+        "latency_ms": percentiles(latencies),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if truth_obj is not None:
+        from edge.evaluation.stream import StreamAlert, score_alerts
+
+        scored = score_alerts(
+            truth_obj,
+            [StreamAlert.from_xywh(a["frame"], a["bbox"], a["subject_id"]) for a in alerts],
+            frames=frames,
+        )
+        result["accuracy"] = scored.to_dict()
+    return result

@@ -1,0 +1,190 @@
+"""The orchestrator: one frame through every stage, from pixels to alert records.
+
+    Frame -> Detector -> IoUTracker -> QualityGate -> Landmarker/Aligner -> Embedder
+          -> Matcher -> TrackDecider -> AlertRecord
+
+This module only wires the stages (each lives in its own module behind a typed
+seam) and measures them. It holds no state of its own beyond the tracker's and
+the decider's, and it keeps nothing of a face that does not match: crops,
+chips and embeddings are local variables of :meth:`Recognizer.process` and are
+gone when it returns (safeguard 5). Only a match that the decider turns into an
+alert leaves, as an :class:`~edge.types.AlertRecord` carrying the matched
+face's crop and nothing else of the frame (safeguard 11).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.delivery.alert import face_bbox, face_crop_jpeg, new_alert_id
+from edge.recognition.decide import TrackDecider
+from edge.recognition.match import Matcher, Watchlist
+from edge.recognition.track import IoUTracker
+from edge.types import AlertRecord, Detection, Frame, Track
+from edge.vision.detect import detect_tiled
+from edge.vision.faces import FaceEngine
+from edge.vision.quality import QualityGate
+
+log = logging.getLogger(__name__)
+
+STAGES = ("detect", "track", "quality", "align", "embed", "match", "decide")
+
+@dataclass(slots=True)
+class FrameOutcome:
+    """What one frame produced: alerts, counts and per-stage seconds. No pixels, no vectors."""
+
+    alerts: list[AlertRecord]
+    faces: int
+    new_tracks: int
+    embedded: int
+    ended_tracks: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Armed:
+    """The watchlist in force and the deployment it belongs to."""
+
+    deployment_id: str
+    matcher: Matcher
+    threshold: float
+
+
+def scale_detection(det: Detection, sx: float, sy: float) -> Detection:
+    """Map a detection from the detect image (lores) to the full frame."""
+    x1, y1, x2, y2 = det.box
+    kp = (det.keypoints * np.array([sx, sy], dtype=np.float32)).astype(np.float32)
+    return Detection((x1 * sx, y1 * sy, x2 * sx, y2 * sy), kp, det.score)
+
+
+class Recognizer:
+    """Runs the stages over frames; armed with a watchlist, or disarmed (does nothing)."""
+
+    def __init__(
+        self,
+        engine: FaceEngine,
+        tracker: IoUTracker,
+        gate: QualityGate,
+        decider: TrackDecider,
+        *,
+        device_id: str,
+        min_score: float | None = None,
+        min_face_px: float = 0.0,
+        tiles: tuple[int, int] = (1, 1),
+    ) -> None:
+        self.engine = engine
+        self.min_score = min_score
+        self.min_face_px = min_face_px
+        self.tiles = tiles
+        self.tracker = tracker
+        self.gate = gate
+        self.decider = decider
+        self.device_id = device_id
+        self._armed: Armed | None = None
+        self.model_info = dict(engine.model_info)
+
+    @property
+    def armed(self) -> bool:
+        return self._armed is not None
+
+    @property
+    def deployment_id(self) -> str | None:
+        return self._armed.deployment_id if self._armed is not None else None
+
+    def arm(self, watchlist: Watchlist, deployment_id: str) -> None:
+        """Start matching against ``watchlist`` (built once; the matcher never copies it)."""
+        self._armed = Armed(deployment_id, Matcher(watchlist), watchlist.threshold)
+        self.decider.threshold = watchlist.threshold
+
+    def disarm(self) -> None:
+        """Stop matching and forget every track (the caller wipes the watchlist)."""
+        self._armed = None
+        self.tracker.clear()
+        self.decider.reset()
+
+    def _detect(self, frame: Frame) -> list[Detection]:
+        """Faces in the frame, in full-frame pixels, at least ``min_face_px`` wide."""
+        image = frame.detect_image if frame.detect_image is not None else frame.image
+        if self.tiles != (1, 1):
+            dets = detect_tiled(self.engine.detector, image, self.tiles, min_score=self.min_score)
+        else:
+            dets = self.engine.detect(image, self.min_score)
+        if frame.detect_image is not None:
+            dh, dw = frame.detect_image.shape[:2]
+            h, w = frame.image.shape[:2]
+            dets = [scale_detection(d, w / dw, h / dh) for d in dets]
+        return [d for d in dets if d.width >= self.min_face_px]
+
+    def process(self, frame: Frame, now: float | None = None) -> FrameOutcome:
+        """Run every stage on ``frame``. Decisions (cooldowns) use ``now``, by default the
+        frame's capture time, so a clip replayed flat out behaves as it would live."""
+        armed = self._armed
+        if armed is None:
+            return FrameOutcome(alerts=[], faces=0, new_tracks=0, embedded=0, ended_tracks=0)
+        t: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        image = frame.image
+
+        t0 = time.perf_counter()
+        dets = self._detect(frame)
+        t1 = time.perf_counter()
+        t["detect"] = t1 - t0
+
+        tracks = self.tracker.update(dets, frame.index)
+        ended = self.tracker.expire(frame.index)
+        t2 = time.perf_counter()
+        t["track"] = t2 - t1
+
+        chosen: list[Track] = []
+        for track in tracks:
+            quality = self.gate.assess(image, track.detection)
+            if self.decider.wants_embedding(track, quality):
+                chosen.append(track)
+        t3 = time.perf_counter()
+        t["quality"] = t3 - t2
+
+        alerts: list[AlertRecord] = []
+        if chosen:
+            chips = [self.engine.align(image, track.detection) for track in chosen]
+            t4 = time.perf_counter()
+            t["align"] = t4 - t3
+            embeddings = self.engine.embed(chips)
+            del chips
+            t5 = time.perf_counter()
+            t["embed"] = t5 - t4
+            matches = armed.matcher.best(embeddings)
+            del embeddings
+            t6 = time.perf_counter()
+            t["match"] = t6 - t5
+            when = frame.captured_at if now is None else now
+            for track, match in zip(chosen, matches, strict=True):
+                if self.decider.on_match(track, match, when):
+                    alerts.append(
+                        AlertRecord(
+                            alert_id=new_alert_id(),
+                            device_id=self.device_id,
+                            deployment_id=armed.deployment_id,
+                            captured_at=frame.captured_at,
+                            subject_id=match.subject_id,
+                            category=match.category,
+                            score=round(float(match.score), 4),
+                            threshold=armed.threshold,
+                            track_id=track.track_id,
+                            bbox=face_bbox(track.detection.box, frame.size),
+                            face_jpeg=face_crop_jpeg(image, track.detection.box),
+                            model=self.model_info,
+                        )
+                    )
+            del matches
+            t["decide"] = time.perf_counter() - t6
+        return FrameOutcome(
+            alerts=alerts,
+            faces=len(dets),
+            new_tracks=sum(1 for track in tracks if track.first_frame == frame.index),
+            embedded=len(chosen),
+            ended_tracks=len(ended),
+            timings=t,
+        )

@@ -1,0 +1,161 @@
+"""The face engine: detector + landmarks + aligner + embedder, built from the manifest.
+
+One engine serves the daemon, enrolment and evaluation, so a watchlist is
+enrolled with exactly the pipeline that will match against it.
+
+    engine = FaceEngine.from_models(models_dir, precision="int8")
+    faces = engine.analyse(image_bgr)          # detections with aligned chips
+    emb = engine.embed([f.chip for f in faces])  # (N, D) float32
+    engine.score(emb[0], emb[1])               # similarity, higher = more alike
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.errors import ModelError
+from edge.types import Chip, Detection, ImageU8
+from edge.vision.align import Aligner
+from edge.vision.detect import Detector
+from edge.vision.embed import Embedder
+from edge.vision.families import EmbedderFamily
+from edge.vision.landmarks import BlazeFaceLandmarker, Landmarker, MeshLandmarker
+from edge.vision.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+Precision = Literal["int8", "float32"]
+DEFAULT_LANDMARKS = "mesh"
+
+# Mean BlazeFace keypoints relative to the box (x, y as fractions of w, h),
+# measured on LFW deep-funneled with the full-range model; used to make a
+# detection from a bare box (see FaceEngine.detection_from_box).
+MEAN_KEYPOINTS = np.array(
+    [
+        [0.3142, 0.3232],
+        [0.6951, 0.3196],
+        [0.5104, 0.5497],
+        [0.5126, 0.7446],
+        [0.1145, 0.4246],
+        [0.8983, 0.4132],
+    ],
+    dtype=np.float32,
+)
+
+_DETECTOR_ALIASES = {
+    "blazeface_full": ("blazeface_full", "face_detection_full", "blazeface_full_range"),
+    "blazeface_short": ("blazeface_short", "face_detection_short", "blazeface_short_range"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FaceResult:
+    detection: Detection
+    chip: Chip
+
+
+def _resolve(manifest: Manifest, wanted: str, role: str) -> str:
+    """A manifest name for ``wanted``: exact, else a known alias prefix, else a prefix."""
+    names = manifest.names
+    if wanted in names:
+        return wanted
+    prefixes = _DETECTOR_ALIASES.get(wanted, (wanted,))
+    for prefix in prefixes:
+        for name in names:
+            if name.startswith(prefix) and manifest.entry(name).role == role:
+                return name
+    known = ", ".join(n for n in names if manifest.entry(n).role == role) or "none"
+    raise ModelError(f"no {role} model {wanted!r} in {manifest.directory} (known: {known})")
+
+
+class FaceEngine:
+    def __init__(
+        self,
+        detector: Detector,
+        landmarker: Landmarker,
+        embedder: Embedder,
+        *,
+        model_info: dict[str, str] | None = None,
+    ) -> None:
+        self.detector = detector
+        self.landmarker = landmarker
+        self.embedder = embedder
+        self.family: EmbedderFamily = embedder.family
+        self.aligner = Aligner(self.family)
+        self.model_info = model_info or {}
+
+    @classmethod
+    def from_models(
+        cls,
+        models_dir: str | Path | None = None,
+        *,
+        embedder: str = "dlib_resnet_v1",
+        precision: str = "int8",
+        detector: str = "blazeface_full",
+        landmarks: str = DEFAULT_LANDMARKS,
+        threads: int = 2,
+    ) -> FaceEngine:
+        """Build the engine from ``models/manifest.json`` (each file sha256-checked)."""
+        manifest = Manifest.load(models_dir)
+        emb_name = embedder if embedder in manifest.names else f"{embedder}_{precision}"
+        if landmarks not in ("blazeface", "mesh", "mesh_raw"):
+            raise ModelError(f"unknown landmarks {landmarks!r} (use blazeface, mesh or mesh_raw)")
+        if precision not in ("int8", "float32"):
+            raise ModelError(f"unknown precision {precision!r} (use int8 or float32)")
+        emb = Embedder.from_manifest(manifest, _resolve(manifest, emb_name, "embedder"), threads)
+        det_name = _resolve(manifest, detector, "detector")
+        det = Detector(manifest.verify(det_name), threads=threads)
+        lm: Landmarker
+        if landmarks == "blazeface":
+            lm = BlazeFaceLandmarker()
+        else:
+            lm_name = manifest.find("landmarks")
+            lm = MeshLandmarker(
+                manifest.verify(lm_name), threads=threads, regress=landmarks == "mesh"
+            )
+        info = {
+            "detector": det_name,
+            "detector_sha256": manifest.entry(det_name).sha256,
+            "landmarks": landmarks,
+            "embedder": emb.name,
+            "embedder_sha256": manifest.entry(emb.name).sha256,
+            "family": emb.family.name,
+        }
+        return cls(det, lm, emb, model_info=info)
+
+    def detect(self, image_bgr: ImageU8, min_score: float | None = None) -> list[Detection]:
+        return self.detector.detect(image_bgr, min_score)
+
+    def align(self, image_bgr: ImageU8, det: Detection) -> Chip:
+        pts = self.landmarker.points(image_bgr, det, self.family.template)
+        return self.aligner.align(image_bgr, pts)
+
+    def analyse(self, image_bgr: ImageU8, min_score: float | None = None) -> list[FaceResult]:
+        """Every detected face with its aligned chip, best score first."""
+        return [FaceResult(d, self.align(image_bgr, d)) for d in self.detect(image_bgr, min_score)]
+
+    def embed(self, chips: list[Chip]) -> F32:
+        return self.embedder.embed(chips)
+
+    def score(self, a: F32, b: F32) -> float:
+        """Similarity by the family's metric (1 - distance, or cosine)."""
+        return self.family.score(a, b)
+
+    def scores(self, a: F32, b: F32) -> F32:
+        return self.family.scores(a, b)
+
+    @staticmethod
+    def detection_from_box(box: tuple[float, float, float, float]) -> Detection:
+        """A detection for a bare box, keypoints at their mean positions (fallbacks)."""
+        x1, y1, x2, y2 = box
+        kps = (MEAN_KEYPOINTS * np.array([x2 - x1, y2 - y1], dtype=np.float32)) + np.array(
+            [x1, y1], dtype=np.float32
+        )
+        return Detection(box=box, keypoints=kps.astype(np.float32), score=0.0)

@@ -1,0 +1,684 @@
+"""``edge models import``: add a third-party TFLite embedder to a local models directory.
+
+The target is a models directory with its own ``manifest.json`` (the device's
+``models_dir``, e.g. ``/opt/edge/models``, or ``$EDGE_MODELS_DIR``); the file is
+copied in as ``<name>_<precision>.tflite`` and gets a manifest entry with its
+sha256, size, tensor specs, source and **the operator's licence statement**
+(required: the project cannot know under which terms a third-party file is used).
+
+The embedder family (``--family``, e.g. ``arcface112``) says how chips are
+aligned (template, size), coloured, normalised and compared. It is taken from
+the manifest, else from the built-in definitions in :mod:`edge.vision.families`; the
+embedding size comes from the model itself and ``--normalisation`` /
+``--threshold`` override the rest. If the manifest already has that family with
+other values, the model gets a derived family ``<family>_<name>``.
+
+``--quantise`` also writes ``<name>_int8.tflite``: post-training full-integer
+int8 (per-channel weights, float32 input and output, so it is a drop-in for the
+float file) made with TFLite's own calibrator directly on the float flatbuffer
+(``tensorflow.lite.python.optimize.calibrator``: the quantiser behind
+``TFLiteConverter``; a ``.tflite`` cannot be turned back into a TF graph). The
+representative data are aligned chips of real faces from ``--calibration DIR``,
+made by the device's own detector, landmarks and aligner; the drift (cosine
+float vs int8) is measured on *other* chips of the same folder and recorded.
+This needs the ``build`` extra (TensorFlow); without it the command says so in
+one line and changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.errors import ModelError, UsageError
+from edge.vision.families import BUILTIN, EmbedderFamily
+from edge.vision.manifest import MANIFEST, FamilySpec, Manifest, default_models_dir, sha256_file
+from edge.vision.models_fetch import KNOWN as KNOWN_DOWNLOADS
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+U8 = npt.NDArray[np.uint8]
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,47}$")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+CALIBRATION_CHIPS = 200
+FULL_INT8_MIN_COSINE = 0.99  # below this mean drift, "auto" tries dynamic-range int8 too
+INT8_MODES = ("auto", "full", "dynamic")
+DRIFT_CHIPS = 200
+BUILD_EXTRA_MISSING = (
+    "int8 quantisation needs the build extra (TensorFlow): pip install 'lfr-edge[build]' "
+    "on a build machine and run the import there; nothing was imported"
+)
+
+# Facts about files we know by sha256 (fetched by edge.vision.models_fetch): defaults for
+# name and normalisation, and where the file came from.
+KNOWN_FILES: dict[str, dict[str, Any]] = {
+    m.sha256: {
+        "name": m.name.lower(),
+        "normalisation": ((127.5, 127.5, 127.5), (128.0, 128.0, 128.0)),
+        # measured: LFW open-set 1:N (edge eval identify --lfw), float32 + mesh points:
+        # FPIR 0.01 at 0.587, FPIR 0.001 at 0.666 (the built-in 0.35 gives FPIR 0.99)
+        "threshold": 0.6,
+        "source": {
+            "package": f"npm:{m.package}",
+            "version": m.version,
+            "file": m.member.removeprefix("package/"),
+            "sha256": m.sha256,
+        },
+        "notes": (
+            "MobileFaceNet (ArcFace-style, 112x112, 192-D, cosine); fixed batch of 2 "
+            "(the embedder pads); raw output, not L2-normalised"
+        ),
+    }
+    for m in KNOWN_DOWNLOADS.values()
+}
+
+
+def tensorflow_available() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    """What a .tflite embedder looks like from the interpreter."""
+
+    batch: int
+    size: int
+    input_dtype: str
+    input_quantization: tuple[float, int] | None
+    input_name: str
+    dim: int
+    output_shape: list[int]
+    output_dtype: str
+    output_name: str
+    precision: str
+
+    def io(self) -> dict[str, Any]:
+        inp: dict[str, Any] = {
+            "name": self.input_name,
+            "shape": [self.batch, self.size, self.size, 3],
+            "dtype": self.input_dtype,
+            "normalisation_in_model": self.input_dtype == "uint8",
+        }
+        if self.input_quantization is not None:
+            inp["quantization"] = list(self.input_quantization)
+        out = {"name": self.output_name, "shape": self.output_shape, "dtype": self.output_dtype}
+        return {"input": inp, "output": out}
+
+
+def inspect_embedder(path: Path) -> ModelFacts:
+    """Load ``path`` and check it is a single-input image embedder; a ModelError if not."""
+    from edge.vision.runtime import load_interpreter
+
+    if path.suffix.lower() != ".tflite":
+        raise UsageError(f"{path}: expected a .tflite file")
+    interp = load_interpreter(path, 1)
+    ins = interp.get_input_details()
+    outs = interp.get_output_details()
+    if len(ins) != 1 or len(outs) != 1:
+        raise ModelError(
+            f"{path} has {len(ins)} inputs and {len(outs)} outputs; an embedder has one of each"
+        )
+    shape = [int(v) for v in ins[0]["shape"]]
+    if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or shape[0] < 1:
+        raise ModelError(f"{path} takes {shape}; an embedder takes [batch, S, S, 3] images")
+    oshape = [int(v) for v in outs[0]["shape"]]
+    if oshape[0] != shape[0] or int(np.prod(oshape[1:])) < 2 or len(oshape) < 2:
+        raise ModelError(f"{path} outputs {oshape}; an embedder outputs [batch, D]")
+    idtype = np.dtype(ins[0]["dtype"]).name
+    odtype = np.dtype(outs[0]["dtype"]).name
+    if idtype not in ("float32", "uint8", "int8") or odtype not in ("float32", "uint8", "int8"):
+        raise ModelError(f"{path}: input {idtype} / output {odtype} are not supported")
+    scale, zp = ins[0].get("quantization", (0.0, 0))
+    iq = (float(scale), int(zp)) if float(scale) != 0.0 else None
+    io_index = {int(ins[0]["index"]), int(outs[0]["index"])}
+    kinds = {
+        np.dtype(d["dtype"]).name
+        for d in _tensor_details(interp)
+        if int(d["index"]) not in io_index
+    }
+    precision = "int8" if {"int8", "uint8"} & kinds else "float16" if "float16" in kinds else (
+        "float32"
+    )
+    return ModelFacts(
+        batch=shape[0],
+        size=shape[1],
+        input_dtype=idtype,
+        input_quantization=iq,
+        input_name=str(ins[0]["name"]),
+        dim=int(np.prod(oshape[1:])),
+        output_shape=oshape,
+        output_dtype=odtype,
+        output_name=str(outs[0]["name"]),
+        precision=precision,
+    )
+
+
+def _tensor_details(interp: Any) -> list[dict[str, Any]]:
+    try:
+        details: list[dict[str, Any]] = interp.get_tensor_details()
+    except (AttributeError, ValueError, RuntimeError):
+        return []
+    return details
+
+
+# --- families -------------------------------------------------------------------------------
+
+
+def _family_dict(f: EmbedderFamily) -> dict[str, Any]:
+    return {
+        "input_size": f.input_size,
+        "colour": f.colour,
+        "normalisation": {"mean": list(f.mean), "std": list(f.std)},
+        "template": f.template,
+        "padding": f.padding,
+        "embedding_size": f.dim,
+        "metric": f.metric,
+        "threshold": f.threshold,
+    }
+
+
+def resolve_family(
+    manifest: Manifest,
+    family: str,
+    name: str,
+    facts: ModelFacts,
+    normalisation: tuple[tuple[float, float, float], tuple[float, float, float]] | None,
+    threshold: float | None,
+) -> tuple[str, dict[str, Any], bool]:
+    """(family name to record, its spec, whether it must be added to the manifest)."""
+    if family in manifest.doc.families:
+        base = EmbedderFamily.from_spec(family, manifest.family(family))
+        in_manifest = True
+    elif family in BUILTIN:
+        base = BUILTIN[family]
+        in_manifest = False
+    else:
+        known = sorted(set(manifest.doc.families) | set(BUILTIN))
+        raise UsageError(f"unknown embedder family {family!r} (known: {', '.join(known)})")
+    if facts.size != base.input_size:
+        raise ModelError(
+            f"the model takes {facts.size}x{facts.size} images; family {family} is "
+            f"{base.input_size}x{base.input_size} ({base.template} alignment)"
+        )
+    spec = _family_dict(base)
+    spec["embedding_size"] = facts.dim
+    if normalisation is not None:
+        spec["normalisation"] = {"mean": list(normalisation[0]), "std": list(normalisation[1])}
+    if threshold is not None:
+        spec["threshold"] = threshold
+    FamilySpec.model_validate(spec)  # same rules as the manifest loader
+    if not in_manifest:
+        return family, spec, True
+    if spec == _family_dict(base):
+        return family, spec, False
+    derived = f"{family}_{name}"
+    if derived in manifest.doc.families:
+        old = _family_dict(EmbedderFamily.from_spec(derived, manifest.family(derived)))
+        if old != spec:
+            raise ModelError(f"family {derived} is already in the manifest with other values")
+        return derived, spec, False
+    return derived, spec, True
+
+
+# --- the import -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ImportResult:
+    models_dir: Path
+    family: str
+    family_added: bool
+    names: list[str] = field(default_factory=list)
+    drift: dict[str, Any] | None = None
+
+    def lines(self) -> list[str]:
+        out = [
+            f"imported {n} into {self.models_dir} (family {self.family}"
+            + (", added to the manifest)" if self.family_added and i == 0 else ")")
+            for i, n in enumerate(self.names)
+        ]
+        if self.drift is not None:
+            d = self.drift
+            out.append(
+                f"int8 ({d.get('int8_kind', '?')}) drift vs float32 on {d['n']} aligned chips: "
+                f"cosine mean {d['cosine_mean']}, min {d['cosine_min']}, "
+                f"1st percentile {d['cosine_p01']}"
+            )
+        return out
+
+
+def default_name(path: Path) -> str:
+    name = re.sub(r"[^a-z0-9]+", "_", path.stem.lower()).strip("_") or "embedder"
+    return name[:40]
+
+
+def import_model(
+    src: Path,
+    *,
+    family: str,
+    licence: str,
+    name: str | None = None,
+    models_dir: Path | None = None,
+    quantise: bool = False,
+    calibration: Path | None = None,
+    normalisation: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None,
+    threshold: float | None = None,
+    threads: int = 2,
+    progress: Callable[[str], None] | None = None,
+    int8_mode: str = "auto",
+) -> ImportResult:
+    """Copy ``src`` into the models directory with a manifest entry (and an int8 variant)."""
+    licence = licence.strip()
+    if not licence:
+        raise UsageError("--licence is required: say under which terms this model may be used")
+    if not src.is_file():
+        raise UsageError(f"{src}: no such file")
+    if int8_mode not in INT8_MODES:
+        raise UsageError(f"--int8-mode {int8_mode!r}: use one of {', '.join(INT8_MODES)}")
+    if quantise:
+        if not tensorflow_available():
+            raise ModelError(BUILD_EXTRA_MISSING)
+        if calibration is None:
+            raise UsageError(
+                "--quantise needs --calibration DIR: a folder of face photos for the int8 "
+                "representative data and the drift check"
+            )
+        if not calibration.is_dir():
+            raise UsageError(f"{calibration}: calibration folder not found")
+    directory = Path(models_dir) if models_dir is not None else default_models_dir()
+    manifest = Manifest.load(directory)
+    digest = sha256_file(src)
+    known = KNOWN_FILES.get(digest, {})
+    base_name = name or known.get("name") or default_name(src)
+    if not NAME_RE.fullmatch(base_name):
+        raise UsageError(f"--name {base_name!r}: use lower-case letters, digits and _ (<= 48)")
+    if normalisation is None and "normalisation" in known:
+        normalisation = known["normalisation"]
+    if threshold is None and "threshold" in known:
+        threshold = known["threshold"]
+    facts = inspect_embedder(src)
+    if facts.precision != "float32" and quantise:
+        raise UsageError(f"{src} is already {facts.precision}; --quantise takes a float32 model")
+    fam_name, fam_spec, fam_new = resolve_family(
+        manifest, family, base_name, facts, normalisation, threshold
+    )
+    entry_name = f"{base_name}_{facts.precision}"
+    names = [entry_name] + ([f"{base_name}_int8"] if quantise else [])
+    for n in names:
+        if n in manifest.doc.models:
+            raise UsageError(f"{n} is already in {directory / MANIFEST}; choose another --name")
+        if (directory / f"{n}.tflite").exists():
+            raise UsageError(f"{directory / (n + '.tflite')} exists; choose another --name")
+
+    source = dict(known.get("source") or {"file": src.name, "sha256": digest})
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    entry: dict[str, Any] = {
+        "file": f"{entry_name}.tflite",
+        "role": "embedder",
+        "family": fam_name,
+        "precision": facts.precision,
+        "sha256": digest,
+        "bytes": src.stat().st_size,
+        "source": source,
+        "licence": licence,
+        **facts.io(),
+        "notes": known.get("notes", "imported third-party embedder"),
+        "imported": {"date": today, "command": "edge models import", "from_file": src.name},
+        "measured": {},
+    }
+    new_models: dict[str, dict[str, Any]] = {entry_name: entry}
+    blobs: dict[str, bytes | Path] = {entry["file"]: src}
+    result = ImportResult(directory, fam_name, fam_new, names=list(names))
+
+    if quantise:
+        assert calibration is not None
+        fam = EmbedderFamily.from_spec(fam_name, FamilySpec.model_validate(fam_spec))
+        if progress:
+            progress(f"making aligned chips from {calibration}")
+        calib, held_out = calibration_chips(manifest, fam, calibration, threads)
+        if progress:
+            progress(f"quantising with {len(calib)} chips, checking drift on {len(held_out)}")
+        model_bytes = src.read_bytes()
+        q, method, drift = choose_int8(model_bytes, fam, facts, calib, held_out, threads,
+                                       int8_mode)
+        drift["calibration_chips"] = len(calib)
+        drift["int8_kind"] = method["kind"]
+        result.drift = drift
+        qname = f"{base_name}_int8"
+        qfile = f"{qname}.tflite"
+        with tempfile.TemporaryDirectory() as tmp:
+            tpath = Path(tmp) / qfile
+            tpath.write_bytes(q)
+            qfacts = inspect_embedder(tpath)
+        new_models[qname] = {
+            "file": qfile,
+            "role": "embedder",
+            "family": fam_name,
+            "precision": "int8",
+            "sha256": hashlib.sha256(q).hexdigest(),
+            "bytes": len(q),
+            "source": source,
+            "licence": licence,
+            **qfacts.io(),
+            "notes": (
+                f"post-training {method['kind']} int8 of {entry_name} ({method['method']}, "
+                "per-channel weights); float32 input and output, same normalisation as the "
+                "float file"
+            ),
+            "quantisation": method,
+            "imported": {"date": today, "command": "edge models import --quantise",
+                         "from_file": src.name},
+            "measured": {
+                "vs_float32": {k: v for k, v in drift.items() if k != "evaluation"},
+                "evaluation": drift["evaluation"],
+            },
+        }
+        blobs[qfile] = q
+
+    _write(directory, blobs, fam_name if fam_new else None, fam_spec, new_models)
+    # The result must load with the project's own loader and embedder.
+    check = Manifest.load(directory)
+    for n in names:
+        check.verify(n)
+    return result
+
+
+def _write(
+    directory: Path,
+    blobs: dict[str, bytes | Path],
+    family_name: str | None,
+    family_spec: dict[str, Any],
+    models: dict[str, dict[str, Any]],
+) -> None:
+    """Copy the files, then replace the manifest atomically (the files first: a manifest
+    never names a file that is not there)."""
+    path = directory / MANIFEST
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    written: list[Path] = []
+    try:
+        for fname, blob in blobs.items():
+            dst = directory / fname
+            tmp = directory / f".{fname}.part"
+            if isinstance(blob, Path):
+                shutil.copyfile(blob, tmp)
+            else:
+                tmp.write_bytes(blob)
+            tmp.replace(dst)
+            written.append(dst)
+        if family_name is not None:
+            raw.setdefault("families", {})[family_name] = family_spec
+        raw["models"].update(models)
+        tmp_manifest = directory / f".{MANIFEST}.part"
+        tmp_manifest.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+        tmp_manifest.replace(path)
+    except OSError as exc:
+        for w in written:
+            w.unlink(missing_ok=True)
+        raise ModelError(f"cannot write into {directory}: {exc.strerror or exc}") from None
+
+
+# --- chips of real faces, quantisation, drift -------------------------------------------------
+
+
+def _images(folder: Path) -> list[Path]:
+    """Image files under ``folder``, ordered by the sha256 of their relative path (no RNG)."""
+    files = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+
+    def rank(p: Path) -> str:
+        return hashlib.sha256(p.relative_to(folder).as_posix().encode()).hexdigest()
+
+    return sorted(files, key=rank)
+
+
+def calibration_chips(
+    manifest: Manifest,
+    family: EmbedderFamily,
+    folder: Path,
+    threads: int = 2,
+    n_calib: int = CALIBRATION_CHIPS,
+    n_eval: int = DRIFT_CHIPS,
+) -> tuple[list[U8], list[U8]]:
+    """Aligned chips (the device's detector, mesh landmarks and aligner), split in two
+    disjoint sets by rank: even -> calibration, odd -> drift check. Kept in memory only."""
+    import cv2
+
+    from edge.vision.align import Aligner
+    from edge.vision.detect import Detector
+    from edge.vision.landmarks import MeshLandmarker
+
+    det = Detector(manifest.verify(manifest.find("detector")), threads=threads)
+    lm = MeshLandmarker(manifest.verify(manifest.find("landmarks")), threads=threads)
+    aligner = Aligner(family)
+    calib: list[U8] = []
+    held: list[U8] = []
+    for path in _images(folder):
+        if len(calib) >= n_calib and len(held) >= n_eval:
+            break
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            continue
+        image = np.asarray(img, dtype=np.uint8)
+        dets = det.detect(image)
+        if not dets:
+            continue
+        d = max(dets, key=lambda x: x.width * x.height)
+        chip = aligner.align(image, lm.points(image, d, family.template)).rgb
+        target = calib if (len(calib) + len(held)) % 2 == 0 else held
+        if target is calib and len(calib) >= n_calib:
+            target = held
+        elif target is held and len(held) >= n_eval:
+            target = calib
+        target.append(chip)
+    if len(calib) < 20 or len(held) < 20:
+        raise UsageError(
+            f"{folder}: found faces in only {len(calib) + len(held)} images; "
+            "need at least 40 for calibration and the drift check"
+        )
+    return calib, held
+
+
+def _batches(x: F32, batch: int) -> Iterator[tuple[F32, int]]:
+    """Fixed-size batches of ``x`` (the last padded by repeating its first row)."""
+    for i in range(0, len(x), batch):
+        part = x[i : i + batch]
+        n = len(part)
+        if n < batch:
+            part = np.concatenate([part, np.repeat(part[:1], batch - n, axis=0)])
+        yield np.ascontiguousarray(part, dtype=np.float32), n
+
+
+def choose_int8(
+    model_bytes: bytes, family: EmbedderFamily, facts: ModelFacts, calib: Sequence[U8],
+    held_out: Sequence[U8], threads: int = 2, mode: str = "auto",
+) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
+    """The int8 variant to keep, how it was made, and its drift from the float model.
+
+    ``full``: full-integer (int8 activations too). ``dynamic``: int8 weights with
+    activations quantised at run time (needs the rebuilt graph). ``auto``: full-integer,
+    unless its mean cosine drift is below FULL_INT8_MIN_COSINE and dynamic-range drifts
+    less; both candidates' figures are recorded."""
+    candidates: dict[str, dict[str, Any]] = {}
+    chosen: tuple[bytes, dict[str, Any], dict[str, Any]] | None = None
+    if mode in ("auto", "full"):
+        q, method = quantise_int8(model_bytes, family, facts, calib, threads)
+        drift = drift_report(model_bytes, q, family, held_out, threads)
+        method["kind"] = "full-integer"
+        candidates["full_integer"] = _summary(drift)
+        chosen = (q, method, drift)
+        if mode == "full" or drift["cosine_mean"] >= FULL_INT8_MIN_COSINE:
+            method["candidates"] = candidates
+            return chosen
+    from edge.vision import tflite_graph
+
+    try:
+        qd, stats = tflite_graph.quantise_dynamic(model_bytes)
+    except NotImplementedError as exc:
+        if chosen is None:
+            raise ModelError(f"dynamic-range int8 needs a rebuildable graph: {exc}") from None
+        chosen[1]["candidates"] = candidates
+        return chosen
+    drift_d = drift_report(model_bytes, qd, family, held_out, threads)
+    candidates["dynamic_range"] = _summary(drift_d)
+    if chosen is None or drift_d["cosine_mean"] > chosen[2]["cosine_mean"]:
+        method_d: dict[str, Any] = {
+            "method": "rebuilt TF graph + TFLiteConverter", "kind": "dynamic-range", **stats,
+            "activations": "float32, quantised per call (dynamic range)",
+        }
+        chosen = (qd, method_d, drift_d)
+    chosen[1]["candidates"] = candidates
+    return chosen
+
+
+def _summary(drift: dict[str, Any]) -> dict[str, Any]:
+    keys = ("cosine_mean", "cosine_min", "cosine_p01", "ms_per_face_int8")
+    return {k: drift[k] for k in keys}
+
+
+def quantise_int8(
+    model_bytes: bytes, family: EmbedderFamily, facts: ModelFacts, chips: Sequence[U8],
+    threads: int = 2,
+) -> tuple[bytes, dict[str, Any]]:
+    """Full-integer int8 of a float .tflite (needs TensorFlow); returns (bytes, method).
+
+    First choice: rebuild the graph in TF from the flatbuffer (:mod:`edge.vision.tflite_graph`,
+    PReLU fused, batch 1), check the rebuilt float graph against the file, and convert
+    it with ``TFLiteConverter``. Fallback for other operators: TFLite's calibrator
+    directly on the flatbuffer (keeps the file's ops and batch)."""
+    if not tensorflow_available():
+        raise ModelError(BUILD_EXTRA_MISSING)
+    if facts.input_dtype != "float32":
+        raise ModelError("int8 quantisation takes a model with a float32 input")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tf: Any = importlib.import_module("tensorflow")
+    x = family.normalise(np.stack(chips))
+
+    from edge.vision import tflite_graph
+
+    try:
+        rebuilt = tflite_graph.rebuild_float(model_bytes)
+        check = x[: min(8, len(x))]
+        cos = _cosines(_embed_bytes(model_bytes, check, threads),
+                       _embed_bytes(rebuilt, check, threads))
+        if float(cos.min()) < 0.99999:
+            raise NotImplementedError(f"rebuilt graph differs (cosine {float(cos.min()):.6f})")
+
+        def rep1() -> Iterator[list[F32]]:
+            for i in range(len(x)):
+                yield [x[i : i + 1]]
+
+        q, stats = tflite_graph.quantise_rebuilt(model_bytes, rep1)
+        return q, {"method": "rebuilt TF graph + TFLiteConverter", "rebuilt_float_cosine_min":
+                   round(float(cos.min()), 7), **stats}
+    except NotImplementedError as exc:
+        log.info("graph rebuild not possible (%s); using the flatbuffer calibrator", exc)
+        why = str(exc)
+
+    calibrator: Any = importlib.import_module("tensorflow.lite.python.optimize.calibrator")
+
+    def rep() -> Iterator[list[F32]]:
+        for batch, _ in _batches(x, facts.batch):
+            yield [batch]
+
+    try:
+        cal = calibrator.Calibrator(model_bytes)
+        out: bytes = cal.calibrate_and_quantize(rep, tf.float32, tf.float32, False, tf.int8)
+    except (ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"TFLite could not quantise this model: {first}") from None
+    return out, {"method": "TFLite calibrator on the flatbuffer", "rebuild_not_possible": why}
+
+
+def _cosines(a: F32, b: F32) -> npt.NDArray[np.float64]:
+    an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    out: npt.NDArray[np.float64] = np.sum(an * bn, axis=1).astype(np.float64)
+    return out
+
+
+def _embed_bytes(model_bytes: bytes, x: F32, threads: int) -> F32:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.tflite"
+        path.write_bytes(model_bytes)
+        return _embed_all(path, x, threads)
+
+
+def _embed_all(model_path: Path, x: F32, threads: int) -> F32:
+    from edge.vision.runtime import TFLiteModel
+
+    model = TFLiteModel(model_path, threads)
+    batch = model.input.shape[0]
+    rows: list[F32] = []
+    for part, n in _batches(x, batch):
+        rows.append(model.run(part)[0].reshape(batch, -1)[:n])
+    return np.concatenate(rows).astype(np.float32)
+
+
+def drift_report(
+    float_bytes: bytes, int8_bytes: bytes, family: EmbedderFamily, chips: Sequence[U8],
+    threads: int = 2,
+) -> dict[str, Any]:
+    """Cosine between the float and int8 embeddings of the same chips, and per-face time."""
+    x = family.normalise(np.stack(chips))
+    with tempfile.TemporaryDirectory() as tmp:
+        fpath, qpath = Path(tmp) / "f.tflite", Path(tmp) / "q.tflite"
+        fpath.write_bytes(float_bytes)
+        qpath.write_bytes(int8_bytes)
+        t0 = time.perf_counter()
+        a = _embed_all(fpath, x, threads)
+        t1 = time.perf_counter()
+        b = _embed_all(qpath, x, threads)
+        t2 = time.perf_counter()
+    cos = _cosines(a, b)
+    return {
+        "n": len(chips),
+        "cosine_mean": round(float(cos.mean()), 6),
+        "cosine_min": round(float(cos.min()), 6),
+        "cosine_p01": round(float(np.percentile(cos, 1)), 6),
+        "ms_per_face_float32": round(1000 * (t1 - t0) / len(chips), 3),
+        "ms_per_face_int8": round(1000 * (t2 - t1) / len(chips), 3),
+        "evaluation": (
+            "cosine of float32 vs int8 embeddings of the same aligned chips (device detector, "
+            "mesh landmarks, family alignment), disjoint from the calibration chips"
+        ),
+    }
+
+
+def parse_normalisation(
+    text: str | None,
+) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
+    """``"MEAN,STD"`` or ``"M1,M2,M3,S1,S2,S3"`` -> ((m, m, m), (s, s, s))."""
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--normalisation {text!r}: numbers, e.g. 127.5,128") from None
+    if len(vals) == 2:
+        m, s = vals
+        mean, std = (m, m, m), (s, s, s)
+    elif len(vals) == 6:
+        mean, std = (vals[0], vals[1], vals[2]), (vals[3], vals[4], vals[5])
+    else:
+        raise UsageError("--normalisation takes MEAN,STD or three means and three stds")
+    if any(v <= 0 for v in std):
+        raise UsageError("--normalisation: std must be positive")
+    return mean, std

@@ -1,0 +1,618 @@
+"""The arming state machine (safeguards 1, 3, 6, 8, 9, 12, 13, 14, 15).
+
+The daemon is **disarmed** unless a valid bundle for this device is loaded and the
+current time is inside its window. :class:`DeploymentManager` owns that decision:
+
+- :meth:`~DeploymentManager.load` verifies and decrypts a bundle
+  (:func:`edge.watchlist.bundle.open_bundle`) and arms; every refusal leaves it disarmed
+  with one log line, a status reason and an
+  audit entry. A bundle whose window has not opened yet is kept pending and armed by
+  :meth:`~DeploymentManager.tick` when it opens; one whose window has already ended is
+  shredded.
+- :meth:`~DeploymentManager.tick` disarms at the end of the window;
+  :meth:`~DeploymentManager.handle_command` takes signed ``end_deployment`` and
+  ``legal_hold`` commands (:mod:`edge.watchlist.signed_commands`).
+- Ending a deployment zeroes the decrypted watchlist matrix in place, overwrites and
+  unlinks the bundle file (the only place the wrapped content key exists, so this is a
+  crypto-shred), audits each step and returns the end-of-deployment summary.
+
+Limits, stated plainly: Python cannot promise that no other copy of a decrypted byte
+remains in freed memory, and on flash storage an overwrite may not reach the original
+blocks; the bundle is only ever stored encrypted, so what remains on disk after the
+unlink is ciphertext whose wrapped key needs the device's private key.
+
+The last accepted sequence number and the ids of ended bundles are kept in
+``<state_dir>/deployment-state.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from edge.errors import BundleRefused, UsageError
+from edge.recognition.match import Watchlist, WatchlistError
+from edge.watchlist.audit import AuditLog
+from edge.watchlist.bundle import (
+    BundleHeader,
+    OpenedBundle,
+    bundle_digest,
+    format_time,
+    open_bundle,
+    read_header,
+)
+from edge.watchlist.signed_commands import CommandRefused, CommandVerifier, SignedCommand
+
+log = logging.getLogger(__name__)
+
+DECISIONS = ("confirmed", "rejected", "not_stopped")
+STATE_FILE = "deployment-state.json"
+MAX_BUNDLE_READ = 300 << 20
+MAX_COMMAND_FILE = 64 * 1024
+COMMANDS_DIR = "commands"
+"""``<state_dir>/commands/``: where signed command files are dropped for the daemon."""
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the daemon counts during a deployment (only counts leave the pipeline)."""
+
+    frames: int = 0
+    faces_processed: int = 0
+    tracks: int = 0
+    alerts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentStatus:
+    """Armed or not, and why (for ``STATUS=``, the ``status`` topic and the log)."""
+
+    armed: bool
+    code: str  # "armed", "no_bundle", "pending", "ended", or a BundleRefused reason
+    reason: str  # one human line
+    deployment_id: str | None = None
+    window_end: str | None = None
+
+    def line(self) -> str:
+        """``armed: ...``, ``disarmed, pending: ...``, ``disarmed, refused (<code>): ...``
+        or ``disarmed: ...`` (no bundle, ended)."""
+        if self.armed:
+            return f"armed: {self.reason}"
+        if self.code == "pending":
+            return f"disarmed, pending: {self.reason}"
+        if self.code in ("no_bundle", "ended"):
+            return f"disarmed: {self.reason}"
+        return f"disarmed, refused ({self.code}): {self.reason}"
+
+
+@dataclass(slots=True)
+class _Active:
+    opened: OpenedBundle
+    watchlist: Watchlist
+    path: Path
+    digest: str
+    armed_at: float
+    counters: Counters = field(default_factory=Counters)
+    adjudications: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DECISIONS, 0))
+
+
+def shred_file(path: Path) -> bool:
+    """Overwrite a file with zeros, fsync, unlink, fsync its directory. False if absent."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        chunk = bytes(min(size, 1 << 20))
+        left = size
+        while left > 0:
+            n = os.write(fd, chunk[: min(left, len(chunk))])
+            left -= n
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    path.unlink()
+    with contextlib.suppress(OSError):
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return True
+
+
+class DeploymentManager:
+    """Decides whether the device is armed, and ends deployments cleanly.
+
+    The daemon increments :attr:`counters` (frames, faces processed, tracks, alerts)
+    while armed; they are reset at each arming and reported in the summary.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        device_id: str,
+        device_key: X25519PrivateKey,
+        trusted_signers: Sequence[Ed25519PublicKey],
+        threshold_floor: float,
+        max_subjects: int,
+        expected_embedder_sha256: str,
+        audit: AuditLog,
+        clock: Callable[[], float] = time.time,
+        *,
+        on_status: Callable[[DeploymentStatus], None] | None = None,
+        on_summary: Callable[[dict[str, Any]], None] | None = None,
+        set_legal_hold: Callable[[str, bool], object] | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.device_id = device_id
+        self._key = device_key
+        self.trusted_signers = list(trusted_signers)
+        self.threshold_floor = threshold_floor
+        self.max_subjects = max_subjects
+        self.expected_embedder_sha256 = expected_embedder_sha256
+        self.audit = audit
+        self.clock = clock
+        self.on_status = on_status
+        self.on_summary = on_summary
+        self.set_legal_hold = set_legal_hold
+        self._lock = threading.RLock()
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._commands = CommandVerifier(state_dir, device_id, self.trusted_signers)
+        self._active: _Active | None = None
+        self._pending: tuple[Path, float] | None = None
+        self._idle_counters = Counters()
+        self._status = DeploymentStatus(False, "no_bundle", "no watchlist bundle loaded")
+        self._state = self._read_state()
+
+    # --- state --------------------------------------------------------------------------
+
+    @property
+    def _state_path(self) -> Path:
+        return self.state_dir / STATE_FILE
+
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            raw = json.loads(self._state_path.read_text("utf-8"))
+        except FileNotFoundError:
+            return {"last_sequence": None, "last_bundle_id": None, "ended": []}
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"deployment state {self._state_path} is unreadable: {exc}") from None
+        ok = (
+            isinstance(raw, dict)
+            and (raw.get("last_sequence") is None or type(raw.get("last_sequence")) is int)
+            and (raw.get("last_bundle_id") is None or isinstance(raw.get("last_bundle_id"), str))
+            and isinstance(raw.get("ended"), list)
+        )
+        if not ok:
+            raise UsageError(f"deployment state {self._state_path} is malformed")
+        state: dict[str, Any] = raw
+        return state
+
+    def _write_state(self) -> None:
+        tmp = self._state_path.with_name(STATE_FILE + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(self._state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(self._state_path)
+
+    # --- what the daemon reads ----------------------------------------------------------
+
+    @property
+    def status(self) -> DeploymentStatus:
+        return self._status
+
+    @property
+    def armed(self) -> bool:
+        return self._active is not None
+
+    @property
+    def watchlist(self) -> Watchlist | None:
+        active = self._active
+        return active.watchlist if active is not None else None
+
+    @property
+    def header(self) -> BundleHeader | None:
+        active = self._active
+        return active.opened.header if active is not None else None
+
+    @property
+    def threshold(self) -> float | None:
+        active = self._active
+        return active.opened.header.threshold if active is not None else None
+
+    @property
+    def counters(self) -> Counters:
+        active = self._active
+        return active.counters if active is not None else self._idle_counters
+
+    def _set_status(self, status: DeploymentStatus) -> None:
+        self._status = status
+        if self.on_status is not None:
+            try:
+                self.on_status(status)
+            except Exception:
+                log.exception("status callback failed")
+
+    # --- loading ------------------------------------------------------------------------
+
+    def load(self, bundle_path: Path, now: float | None = None) -> DeploymentStatus:
+        """Verify, decrypt and arm from ``bundle_path``; on refusal stay disarmed.
+
+        Loading while armed replaces the deployment only if the new bundle is accepted
+        (SIGHUP re-loads the same bundle without resetting the counters).
+        """
+        now = self.clock() if now is None else now
+        with self._lock:
+            try:
+                data = self._read_bundle(bundle_path)
+                if self._active is not None and bundle_digest(data) == self._active.digest:
+                    return self._status  # same bundle: nothing changes
+                opened = open_bundle(
+                    data,
+                    device_id=self.device_id,
+                    device_private_key=self._key,
+                    trusted_signers=self.trusted_signers,
+                    expected_embedder_sha256=self.expected_embedder_sha256,
+                    threshold_floor=self.threshold_floor,
+                    max_subjects=self.max_subjects,
+                    last_sequence=self._state["last_sequence"],
+                    now=now,
+                    last_bundle_id=self._state["last_bundle_id"],
+                )
+            except BundleRefused as exc:
+                return self._refused(bundle_path, exc, now)
+            h = opened.header
+            if h.bundle_id in self._state["ended"]:
+                opened.wipe()
+                ended = BundleRefused(
+                    "deployment_ended",
+                    f"deployment {h.deployment_id} (bundle {h.bundle_id[:8]}) was already ended",
+                )
+                return self._refused(bundle_path, ended, now)
+            try:
+                watchlist = Watchlist(
+                    subject_ids=[s.subject_id for s in opened.subjects],
+                    categories=[s.category for s in opened.subjects],
+                    embeddings=opened.embeddings,
+                    metric=h.embedder.metric,
+                    threshold=h.threshold,
+                    embedder_sha256=h.embedder.sha256,
+                )
+            except WatchlistError as wl_exc:
+                opened.wipe()
+                refused = BundleRefused("garbled", f"bundle is garbled: {wl_exc}")
+                return self._refused(bundle_path, refused, now)
+            if self._active is not None:
+                self._finish("replaced", now)
+            return self._arm(bundle_path, data, opened, watchlist, now)
+
+    def _read_bundle(self, path: Path) -> bytes:
+        try:
+            with path.open("rb") as fh:
+                data = fh.read(MAX_BUNDLE_READ + 1)
+        except FileNotFoundError:
+            raise BundleRefused("no_bundle", f"no watchlist bundle at {path}") from None
+        except OSError as exc:
+            msg = f"cannot read bundle {path}: {exc.strerror}"
+            raise BundleRefused("unreadable", msg) from None
+        if len(data) > MAX_BUNDLE_READ:
+            raise BundleRefused("garbled", f"bundle {path} is too large")
+        return data
+
+    def _refused(self, path: Path, exc: BundleRefused, now: float) -> DeploymentStatus:
+        if self._active is not None:
+            # A bad new bundle never disarms a valid running deployment.
+            log.warning("new bundle %s refused, staying armed: %s", path, exc)
+            self.audit.append("bundle_refused", reason=exc.reason, message=str(exc),
+                              path=str(path), kept_armed=True)
+            return self._status
+        log.warning("disarmed: %s", exc)
+        fields: dict[str, Any] = {"reason": exc.reason, "message": str(exc), "path": str(path)}
+        status = DeploymentStatus(False, exc.reason, str(exc))
+        self._pending = None
+        if exc.reason == "window_not_started":
+            with contextlib.suppress(BundleRefused, OSError):
+                h = read_header(path.read_bytes(), self.trusted_signers)
+                self._pending = (path, h.start.timestamp())
+                status = DeploymentStatus(False, "pending", str(exc), h.deployment_id)
+        self.audit.append("bundle_refused", **fields)
+        # A deployment that is over: its watchlist must not stay on the device.
+        if exc.reason in ("window_ended", "deployment_ended") and shred_file(path):
+            self.audit.append("watchlist_shredded", path=str(path), reason=exc.reason)
+            log.warning("shredded expired bundle %s", path)
+        self._set_status(status)
+        return status
+
+    def _arm(
+        self, path: Path, data: bytes, opened: OpenedBundle, watchlist: Watchlist, now: float
+    ) -> DeploymentStatus:
+        h = opened.header
+        self._active = _Active(opened, watchlist, path, bundle_digest(data), now)
+        self._pending = None
+        self._state["last_sequence"] = h.sequence
+        self._state["last_bundle_id"] = h.bundle_id
+        self._write_state()
+        self.audit.append(
+            "watchlist_loaded",
+            deployment_id=h.deployment_id,
+            bundle_id=h.bundle_id,
+            bundle_sha256=self._active.digest,
+            sequence=h.sequence,
+            watchlist_size=h.subject_count,
+            categories=dict(h.categories),
+            embedder=h.embedder.name,
+            embedder_sha256=h.embedder.sha256,
+        )
+        self.audit.append(
+            "armed",
+            deployment_id=h.deployment_id,
+            location=h.location,
+            window_start=format_time(h.start),
+            window_end=format_time(h.end),
+            authorising_officer=h.authorising_officer,
+            approved_at=format_time(h.approved_at),
+            signage_confirmed=h.signage_confirmed,
+            threshold=h.threshold,
+            threshold_floor=self.threshold_floor,
+        )
+        msg = (
+            f"deployment {h.deployment_id} at {h.location} until {format_time(h.end)}, "
+            f"{h.subject_count} subjects, threshold {h.threshold:.3f}"
+        )
+        log.warning("armed: %s", msg)
+        status = DeploymentStatus(True, "armed", msg, h.deployment_id, format_time(h.end))
+        self._set_status(status)
+        return status
+
+    # --- time ---------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> dict[str, Any] | None:
+        """Disarm at the end of the window (returns the summary); arm a pending bundle."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            active = self._active
+            if active is not None and now >= active.opened.header.end.timestamp():
+                return self._finish("window_ended", now)
+            pending = self._pending
+            if active is None and pending is not None and now >= pending[1]:
+                self.load(pending[0], now)
+        return None
+
+    # --- commands -----------------------------------------------------------------------
+
+    def handle_command(self, data: bytes, now: float | None = None) -> dict[str, Any]:
+        """Verify a signed command and act on it. Raises :class:`CommandRefused`.
+
+        Returns ``{"command": ..., ...}``: for ``end_deployment`` the summary, for
+        ``legal_hold`` the alert ids and the flag.
+        """
+        now = self.clock() if now is None else now
+        try:
+            cmd = self._commands.verify(data, now)
+        except CommandRefused as exc:
+            log.warning("command refused: %s", exc)
+            self.audit.append("command_refused", reason=exc.reason, message=str(exc))
+            raise
+        if cmd.command == "end_deployment":
+            return {"command": cmd.command, "summary": self._end(cmd, now)}
+        return {"command": cmd.command, **self._legal_hold(cmd)}
+
+    def process_command_files(self, directory: Path, now: float | None = None) -> list[str]:
+        """Handle signed command files dropped in ``directory`` (``*.json``, e.g. by
+        Ansible's end-deployment play before ``systemctl reload edge``); each file is
+        removed once handled, accepted or refused. Returns one line per file."""
+        results: list[str] = []
+        try:
+            files = sorted(p for p in directory.glob("*.json") if p.is_file())
+        except OSError:
+            return results
+        for path in files[:100]:
+            try:
+                with path.open("rb") as fh:
+                    data = fh.read(MAX_COMMAND_FILE + 1)
+                result = self.handle_command(data, now)
+                results.append(f"{path.name}: {result['command']} accepted")
+            except (CommandRefused, OSError) as exc:
+                results.append(f"{path.name}: refused: {exc}")
+            finally:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        return results
+
+    def end(self, signed_command: bytes, now: float | None = None) -> dict[str, Any]:
+        """End the deployment on a signed ``end_deployment`` command; returns the summary."""
+        result = self.handle_command(signed_command, now)
+        if result["command"] != "end_deployment":
+            raise CommandRefused("wrong_command", "not an end_deployment command")
+        summary: dict[str, Any] = result["summary"]
+        return summary
+
+    def _end(self, cmd: SignedCommand, now: float) -> dict[str, Any]:
+        with self._lock:
+            active = self._active
+            if active is None and self._pending is not None:
+                cancelled = self._cancel_pending(cmd, now)
+                if cancelled is not None:
+                    return cancelled
+            if active is None or active.opened.header.deployment_id != cmd.deployment_id:
+                current = active.opened.header.deployment_id if active else "none"
+                exc = CommandRefused(
+                    "not_current",
+                    f"end_deployment for {cmd.deployment_id}, but the current deployment is "
+                    f"{current}",
+                )
+                self.audit.append("command_refused", reason=exc.reason, message=str(exc))
+                raise exc
+            self.audit.append(
+                "command_accepted", command=cmd.command, deployment_id=cmd.deployment_id,
+                nonce=cmd.nonce, issued_at=format_time(cmd.issued_at),
+            )
+            return self._finish("end_command", now)
+
+    def _cancel_pending(self, cmd: SignedCommand, now: float) -> dict[str, Any] | None:
+        """End a deployment whose window has not opened yet: shred its pending bundle."""
+        assert self._pending is not None
+        path = self._pending[0]
+        try:
+            h = read_header(path.read_bytes(), self.trusted_signers)
+        except (BundleRefused, OSError):
+            return None
+        if h.deployment_id != cmd.deployment_id:
+            return None
+        self.audit.append(
+            "command_accepted", command=cmd.command, deployment_id=cmd.deployment_id,
+            nonce=cmd.nonce, issued_at=format_time(cmd.issued_at),
+        )
+        self._pending = None
+        removed = shred_file(path)
+        self.audit.append("watchlist_shredded", deployment_id=h.deployment_id,
+                          bundle_id=h.bundle_id, path=str(path), file_removed=removed)
+        self._state["ended"] = [*self._state["ended"], h.bundle_id][-200:]
+        self._write_state()
+        summary: dict[str, Any] = {
+            "deployment_id": h.deployment_id,
+            "bundle_id": h.bundle_id,
+            "device_id": self.device_id,
+            "location": h.location,
+            "window": {"start": format_time(h.start), "end": format_time(h.end)},
+            "armed_at": None,
+            "ended_at": _iso(now),
+            "end_reason": "cancelled_before_start",
+            "watchlist_size": h.subject_count,
+            "threshold": h.threshold,
+            "frames": 0,
+            "faces_processed": 0,
+            "tracks": 0,
+            "alerts": 0,
+            "adjudications": dict.fromkeys(DECISIONS, 0),
+        }
+        self.audit.append("deployment_summary", summary=summary)
+        log.warning("deployment %s cancelled before its window opened", h.deployment_id)
+        self._set_status(DeploymentStatus(
+            False, "ended", f"deployment {h.deployment_id} cancelled before start",
+            h.deployment_id,
+        ))
+        if self.on_summary is not None:
+            try:
+                self.on_summary(summary)
+            except Exception:
+                log.exception("summary callback failed")
+        return summary
+
+    def _legal_hold(self, cmd: SignedCommand) -> dict[str, Any]:
+        ids: list[str] = list(cmd.args["alert_ids"])
+        on: bool = cmd.args["on"]
+        if self.set_legal_hold is None:
+            exc = CommandRefused("unsupported", "legal hold is not available (no outbox)")
+            self.audit.append("command_refused", reason=exc.reason, message=str(exc))
+            raise exc
+        missing = [a for a in ids if self.set_legal_hold(a, on) is False]
+        self.audit.append(
+            "legal_hold", alert_ids=ids, on=on, not_found=missing,
+            deployment_id=cmd.deployment_id, nonce=cmd.nonce,
+        )
+        return {"alert_ids": ids, "on": on, "not_found": missing}
+
+    # --- adjudications ------------------------------------------------------------------
+
+    def record_adjudication(self, alert_id: str, decision: str, officer: str, at: str) -> None:
+        """Record an officer's decision on an alert (safeguard 8). Nothing acts on it."""
+        if decision not in DECISIONS:
+            raise UsageError(
+                f"adjudication decision {decision!r} is not one of {', '.join(DECISIONS)}"
+            )
+        for name, value, limit in (("alert_id", alert_id, 64), ("officer", officer, 100),
+                                   ("at", at, 40)):
+            if not isinstance(value, str) or not value or len(value) > limit \
+                    or not value.isprintable():
+                raise UsageError(f"adjudication {name} is missing or malformed")
+        with self._lock:
+            active = self._active
+            deployment = active.opened.header.deployment_id if active else None
+            self.audit.append(
+                "adjudication", alert_id=alert_id, decision=decision, officer=officer,
+                decided_at=at, deployment_id=deployment,
+            )
+            if active is not None:
+                active.adjudications[decision] += 1
+
+    # --- ending -------------------------------------------------------------------------
+
+    def _finish(self, reason: str, now: float) -> dict[str, Any]:
+        active = self._active
+        assert active is not None
+        h = active.opened.header
+        c = active.counters
+        summary: dict[str, Any] = {
+            "deployment_id": h.deployment_id,
+            "bundle_id": h.bundle_id,
+            "device_id": self.device_id,
+            "location": h.location,
+            "window": {"start": format_time(h.start), "end": format_time(h.end)},
+            "armed_at": _iso(active.armed_at),
+            "ended_at": _iso(now),
+            "end_reason": reason,
+            "watchlist_size": h.subject_count,
+            "threshold": h.threshold,
+            "frames": c.frames,
+            "faces_processed": c.faces_processed,
+            "tracks": c.tracks,
+            "alerts": c.alerts,
+            "adjudications": dict(active.adjudications),
+        }
+        # Wipe RAM first, then disk.
+        active.watchlist.wipe()
+        active.opened.wipe()
+        self._active = None
+        self.audit.append("watchlist_wiped", deployment_id=h.deployment_id,
+                          bundle_id=h.bundle_id)
+        # Shred the bundle file unless it has meanwhile been replaced by another bundle.
+        shredded = False
+        with contextlib.suppress(FileNotFoundError):
+            if bundle_digest(active.path.read_bytes()) == active.digest:
+                shredded = shred_file(active.path)
+        self.audit.append("watchlist_shredded", deployment_id=h.deployment_id,
+                          bundle_id=h.bundle_id, path=str(active.path), file_removed=shredded)
+        self._state["ended"] = [*self._state["ended"], h.bundle_id][-200:]
+        self._write_state()
+        self.audit.append("disarmed", deployment_id=h.deployment_id, reason=reason)
+        self.audit.append("deployment_summary", summary=summary)
+        log.warning("disarmed: deployment %s ended (%s)", h.deployment_id, reason)
+        self._set_status(
+            DeploymentStatus(False, "ended", f"deployment {h.deployment_id} ended ({reason})",
+                             h.deployment_id)
+        )
+        if self.on_summary is not None:
+            try:
+                self.on_summary(summary)
+            except Exception:
+                log.exception("summary callback failed")
+        return summary
+
+    def close(self) -> None:
+        """Drop the decrypted watchlist from RAM (daemon shutdown); the bundle stays."""
+        with self._lock:
+            if self._active is not None:
+                self._active.watchlist.wipe()
+                self._active.opened.wipe()
+                self._active = None
+
+
+def _iso(t: float) -> str:
+    return format_time(dt.datetime.fromtimestamp(t, dt.UTC))

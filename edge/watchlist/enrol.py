@@ -1,0 +1,462 @@
+"""Enrolment: subject folders -> watchlist subjects and embeddings (safeguards 2, 4).
+
+Enrolment runs the same :class:`edge.vision.faces.FaceEngine` and
+:class:`edge.vision.quality.QualityGate` as the device, so a reference embedding is made
+exactly as a live one is. Every image
+gets a verdict: ``ok``, ``no face``, ``N faces``, ``too low quality (<reason>)`` or
+``unreadable``. A subject's embedding is the mean of its good images' embeddings,
+L2-normalised for cosine families.
+
+Input layout::
+
+    SUBJECTS/
+      <subject-id>/            one folder per subject (the folder name is the id
+        subject.toml           unless subject.toml sets ``id``)
+        *.jpg|*.jpeg|*.png     reference images
+
+``subject.toml`` (unknown keys are errors)::
+
+    category = "wanted_court"      # one of edge.watchlist.bundle.CATEGORIES
+    reference = "PNC 24/123456X"   # the case / warrant reference
+    source = "custody image"       # where the images come from
+    capture_date = 2024-05-01      # when they were taken (TOML date or "YYYY-MM-DD")
+    legal_basis = "PACE Code D"    # the legal basis for holding them
+    # id = "S-0001"                # optional, default: the folder name
+
+``deployment.toml`` (unknown keys are errors; times are UTC offset date-times)::
+
+    deployment_id = "D-2026-0042"
+    location = "Example Street, Example Town"
+    start = 2026-11-22T10:00:00Z
+    end = 2026-11-22T18:00:00Z
+    authorising_officer = "Supt 1234"
+    approved_at = 2026-11-21T09:00:00Z
+    threshold = 0.45               # a SIMILARITY (higher = stricter); see design.md
+    signage_confirmed = true       # must be true (safeguard 12)
+    max_watchlist_size = 500
+    sequence = 7                   # strictly increasing per device fleet
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.errors import ConfigError, UsageError
+from edge.types import Chip, Detection, ImageU8, Metric, Quality
+from edge.watchlist.bundle import (
+    CATEGORIES,
+    ID_RE,
+    MAX_TEXT,
+    DeploymentSpec,
+    EmbedderInfo,
+    Subject,
+    format_time,
+)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+THUMB_PX = 112
+F32 = npt.NDArray[np.float32]
+
+
+class FaceResultLike(Protocol):
+    @property
+    def detection(self) -> Detection: ...
+
+    @property
+    def chip(self) -> Chip: ...
+
+
+class FaceEngineLike(Protocol):
+    def analyse(self, image_bgr: ImageU8) -> Sequence[FaceResultLike]: ...
+
+    def embed(self, chips: list[Chip]) -> F32: ...
+
+
+class QualityGateLike(Protocol):
+    def assess(self, image_bgr: ImageU8, det: Detection) -> Quality: ...
+
+
+# --- TOML files ----------------------------------------------------------------------------
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+
+
+def _text(d: dict[str, Any], key: str, problems: list[str], where: str) -> str:
+    v = d.get(key)
+    if not isinstance(v, str) or not v.strip():
+        problems.append(f"{where}: {key} must be a non-empty string")
+        return ""
+    if len(v) > MAX_TEXT or not v.isprintable():
+        problems.append(f"{where}: {key} is too long or has control characters")
+        return ""
+    return v
+
+
+def _utc(d: dict[str, Any], key: str, problems: list[str], where: str) -> dt.datetime:
+    v = d.get(key)
+    if isinstance(v, str):
+        try:
+            v = dt.datetime.fromisoformat(v)
+        except ValueError:
+            problems.append(f"{where}: {key} is not a date-time")
+            return dt.datetime.min.replace(tzinfo=dt.UTC)
+    if not isinstance(v, dt.datetime) or v.tzinfo is None or v.utcoffset() is None:
+        problems.append(f"{where}: {key} must be a date-time with a UTC offset (...T10:00:00Z)")
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+    if v.microsecond:
+        problems.append(f"{where}: {key} must be in whole seconds")
+    return v.astimezone(dt.UTC)
+
+
+def _unknown(d: dict[str, Any], allowed: Sequence[str], where: str) -> list[str]:
+    return [f"{where}: unknown key {k!r}" for k in sorted(set(d) - set(allowed))]
+
+
+DEPLOYMENT_KEYS = (
+    "deployment_id",
+    "location",
+    "start",
+    "end",
+    "authorising_officer",
+    "approved_at",
+    "threshold",
+    "signage_confirmed",
+    "max_watchlist_size",
+    "sequence",
+)
+
+
+def load_deployment(path: Path) -> DeploymentSpec:
+    """Parse and validate ``deployment.toml``; :class:`ConfigError` lists every problem."""
+    d = _read_toml(path)
+    w = str(path)
+    problems = _unknown(d, DEPLOYMENT_KEYS, w)
+    problems += [f"{w}: missing {k}" for k in DEPLOYMENT_KEYS if k not in d]
+    if problems:
+        raise ConfigError(problems)
+    dep_id = _text(d, "deployment_id", problems, w)
+    if dep_id and not ID_RE.fullmatch(dep_id):
+        problems.append(f"{w}: deployment_id must be 1-64 letters, digits, '.', '_' or '-'")
+    start, end = _utc(d, "start", problems, w), _utc(d, "end", problems, w)
+    approved = _utc(d, "approved_at", problems, w)
+    if not problems and end <= start:
+        problems.append(f"{w}: end must be after start")
+    if not problems and approved >= end:
+        problems.append(f"{w}: approved_at must be before the end of the window")
+    threshold = d["threshold"]
+    if type(threshold) not in (int, float) or not math.isfinite(threshold) \
+            or not 0.0 < threshold < 1.0:
+        problems.append(f"{w}: threshold must be a similarity between 0 and 1 (higher = stricter)")
+    if d["signage_confirmed"] is not True:
+        problems.append(
+            f"{w}: signage_confirmed must be true: a deployment is armed only when signage "
+            "is confirmed"
+        )
+    size = d["max_watchlist_size"]
+    if type(size) is not int or not 1 <= size <= 100_000:
+        problems.append(f"{w}: max_watchlist_size must be an integer 1..100000")
+    seq = d["sequence"]
+    if type(seq) is not int or not 0 <= seq <= 2**53:
+        problems.append(f"{w}: sequence must be a non-negative integer")
+    location = _text(d, "location", problems, w)
+    officer = _text(d, "authorising_officer", problems, w)
+    if problems:
+        raise ConfigError(problems)
+    return DeploymentSpec(
+        deployment_id=dep_id,
+        location=location,
+        start=start,
+        end=end,
+        authorising_officer=officer,
+        approved_at=approved,
+        threshold=float(threshold),
+        signage_confirmed=True,
+        max_watchlist_size=size,
+        sequence=seq,
+    )
+
+
+SUBJECT_KEYS = ("category", "reference", "source", "capture_date", "legal_basis")
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectMeta:
+    subject_id: str
+    category: str
+    reference: str
+    source: str
+    capture_date: str
+    legal_basis: str
+
+
+def load_subject(folder: Path) -> SubjectMeta:
+    """Parse ``folder/subject.toml``; :class:`ConfigError` lists every problem."""
+    path = folder / "subject.toml"
+    if not path.exists():
+        raise ConfigError([f"{path}: missing (every subject folder needs a subject.toml)"])
+    d = _read_toml(path)
+    w = str(path)
+    problems = _unknown(d, (*SUBJECT_KEYS, "id"), w)
+    problems += [f"{w}: missing {k}" for k in SUBJECT_KEYS if k not in d]
+    if problems:
+        raise ConfigError(problems)
+    sid = d.get("id", folder.name)
+    if not isinstance(sid, str) or not ID_RE.fullmatch(sid):
+        problems.append(f"{w}: subject id {sid!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    cat = d["category"]
+    if cat not in CATEGORIES:
+        problems.append(
+            f"{w}: category {cat!r} is not one of the permitted categories: "
+            + ", ".join(CATEGORIES)
+        )
+    cap = d["capture_date"]
+    if isinstance(cap, dt.datetime):
+        cap = cap.date()
+    if isinstance(cap, str):
+        try:
+            cap = dt.date.fromisoformat(cap)
+        except ValueError:
+            cap = None
+    if not isinstance(cap, dt.date):
+        problems.append(f"{w}: capture_date must be a date YYYY-MM-DD")
+        cap_s = ""
+    else:
+        cap_s = cap.isoformat()
+        if cap > dt.datetime.now(dt.UTC).date():
+            problems.append(f"{w}: capture_date {cap_s} is in the future")
+    ref = _text(d, "reference", problems, w)
+    src = _text(d, "source", problems, w)
+    basis = _text(d, "legal_basis", problems, w)
+    if problems:
+        raise ConfigError(problems)
+    return SubjectMeta(str(sid), str(cat), ref, src, cap_s, basis)
+
+
+# --- enrolment -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ImageVerdict:
+    subject_id: str
+    file: str
+    ok: bool
+    verdict: str  # "ok", "no face", "2 faces", "too low quality (blurred)", "unreadable"
+
+
+@dataclass(slots=True)
+class EnrolmentReport:
+    """Everything enrolment produced. ``embeddings`` rows match ``subjects``."""
+
+    subjects: list[Subject]
+    embeddings: F32
+    thumbnails: dict[str, bytes]
+    verdicts: list[ImageVerdict]
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (subject id, why)
+
+    def lines(self) -> list[str]:
+        """The human report: one line per image, then one per failed subject."""
+        out = [
+            f"{v.subject_id}/{v.file}: {'ok' if v.ok else 'rejected: ' + v.verdict}"
+            for v in self.verdicts
+        ]
+        out += [f"{sid}: FAILED: {why}" for sid, why in self.failed]
+        return out
+
+
+def subject_folders(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a directory of subject folders")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise UsageError(f"{root} has no subject folders")
+    return folders
+
+
+def images_in(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def _read_image(path: Path) -> ImageU8 | None:
+    import cv2
+
+    data = np.fromfile(path, dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if img is None or img.ndim != 3 or img.shape[2] != 3:
+        return None
+    return np.ascontiguousarray(img, dtype=np.uint8)
+
+
+def thumbnail(image_bgr: ImageU8, det: Detection, size: int = THUMB_PX) -> bytes:
+    """A small JPEG of the face (box plus a margin) for the control room's side-by-side view."""
+    import cv2
+
+    h, w = image_bgr.shape[:2]
+    x1, y1, x2, y2 = det.box
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    half = max(x2 - x1, y2 - y1) * 0.75
+    left, top = max(0, int(cx - half)), max(0, int(cy - half))
+    right, bottom = min(w, int(cx + half)), min(h, int(cy + half))
+    crop: npt.NDArray[Any] = image_bgr[top:bottom, left:right]
+    if crop.size == 0:
+        crop = image_bgr
+    scale = size / max(crop.shape[:2])
+    if scale < 1.0:
+        crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    if not ok:
+        return b""
+    return bytes(buf.tobytes())
+
+
+def enrol(
+    root: Path,
+    engine: FaceEngineLike,
+    gate: QualityGateLike,
+    metric: Metric,
+    progress: Callable[[int], None] | None = None,
+) -> EnrolmentReport:
+    """Enrol every subject folder under ``root``.
+
+    Subjects whose subject.toml is invalid raise :class:`ConfigError` (all problems at
+    once); subjects with no usable image are listed in ``failed``, not raised: the
+    caller decides (``--skip-bad``). ``progress(n)`` is called after each image.
+    """
+    folders = subject_folders(root)
+    metas: list[tuple[Path, SubjectMeta]] = []
+    problems: list[str] = []
+    for folder in folders:
+        try:
+            metas.append((folder, load_subject(folder)))
+        except ConfigError as exc:
+            problems += exc.problems
+    ids = [m.subject_id for _, m in metas]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    problems += [f"subject id {i} is used by more than one folder" for i in dupes]
+    if problems:
+        raise ConfigError(problems)
+
+    subjects: list[Subject] = []
+    rows: list[F32] = []
+    thumbs: dict[str, bytes] = {}
+    verdicts: list[ImageVerdict] = []
+    failed: list[tuple[str, str]] = []
+    for folder, meta in metas:
+        good: list[F32] = []
+        best: tuple[float, bytes] | None = None
+        files = images_in(folder)
+        if not files:
+            failed.append((meta.subject_id, "no images"))
+        for path in files:
+            verdict, emb, thumb, score = _enrol_image(path, engine, gate)
+            verdicts.append(ImageVerdict(meta.subject_id, path.name, emb is not None, verdict))
+            if emb is not None:
+                good.append(emb)
+                if best is None or score > best[0]:
+                    best = (score, thumb)
+            if progress is not None:
+                progress(1)
+        if not good:
+            if files:
+                failed.append((meta.subject_id, "no usable image"))
+            continue
+        mean = np.mean(np.stack(good), axis=0).astype(np.float32)
+        if metric == "cosine":
+            norm = float(np.linalg.norm(mean))
+            if norm <= 1e-12:
+                failed.append((meta.subject_id, "embeddings cancel out"))
+                continue
+            mean = (mean / norm).astype(np.float32)
+        rows.append(mean)
+        subjects.append(
+            Subject(
+                subject_id=meta.subject_id,
+                category=meta.category,
+                reference=meta.reference,
+                source=meta.source,
+                capture_date=meta.capture_date,
+                legal_basis=meta.legal_basis,
+                images_used=len(good),
+            )
+        )
+        if best is not None and best[1]:
+            thumbs[meta.subject_id] = best[1]
+        for g in good:
+            g.fill(0.0)
+    dim = rows[0].shape[0] if rows else 0
+    matrix = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+    return EnrolmentReport(subjects, matrix, thumbs, verdicts, failed)
+
+
+def _enrol_image(
+    path: Path, engine: FaceEngineLike, gate: QualityGateLike
+) -> tuple[str, F32 | None, bytes, float]:
+    image = _read_image(path)
+    if image is None:
+        return "unreadable", None, b"", 0.0
+    faces = engine.analyse(image)
+    if not faces:
+        return "no face", None, b"", 0.0
+    if len(faces) > 1:
+        return f"{len(faces)} faces (one face per reference image)", None, b"", 0.0
+    face = faces[0]
+    q = gate.assess(image, face.detection)
+    if not q.ok:
+        return f"too low quality ({q.reason or 'below the bar'})", None, b"", 0.0
+    emb = np.asarray(engine.embed([face.chip]), dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != 1 or not np.isfinite(emb).all():
+        return "embedding failed", None, b"", 0.0
+    return "ok", emb[0].copy(), thumbnail(image, face.detection), float(q.score)
+
+
+class _EngineInfo(Protocol):
+    @property
+    def embedder(self) -> Any: ...
+
+    @property
+    def family(self) -> Any: ...
+
+
+def embedder_info(engine: _EngineInfo, models_dir: Path | None) -> EmbedderInfo:
+    """The bundle's embedder description for a loaded FaceEngine (name, manifest sha256,
+    family, metric, dim). The daemon compares the bundle's sha256 with the same value."""
+    from edge.vision.manifest import Manifest
+
+    name = str(engine.embedder.name)
+    entry = Manifest.load(models_dir).entry(name)
+    return EmbedderInfo(
+        name=name,
+        sha256=entry.sha256,
+        family=str(engine.family.name),
+        metric=engine.family.metric,
+        dim=int(engine.family.dim),
+    )
+
+
+def describe_spec(spec: DeploymentSpec) -> str:
+    return (
+        f"deployment {spec.deployment_id} at {spec.location}, "
+        f"{format_time(spec.start)} to {format_time(spec.end)}, threshold {spec.threshold}, "
+        f"sequence {spec.sequence}"
+    )
