@@ -21,42 +21,60 @@ time the file is ``$CREDENTIALS_DIRECTORY/device.key``. Outside systemd a
 Validation here is pure (types, ranges, cross-field rules). Whether the
 referenced files exist is a separate question, answered by :func:`check_files`
 (``edge check-config`` runs both; the daemon should too before it starts).
+
+The sections themselves are declared in :mod:`edge.service.config_sections`; this module
+assembles them into :class:`Settings` and loads them. It stays one unit (about 430 lines)
+because the priority of the sources, the error formatting and the credential lookup are one
+algorithm that must be read together.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretBytes,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
-    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
 )
 
 from edge.errors import ConfigError
+from edge.service.config_sections import (
+    DEFAULT_CONFIG_PATH,
+    ENV_CONFIG,
+    ENV_NESTED,
+    ENV_NOT_SETTINGS,
+    ENV_PREFIX,
+    CredentialName,
+    CrossFieldError,
+    DetectorSettings,
+    DeviceSettings,
+    HealthSettings,
+    MqttSettings,
+    OutboxSettings,
+    QualitySettings,
+    RecognitionSettings,
+    RetentionSettings,
+    SourceSettings,
+    WatchlistSettings,
+    _raise_if,
+)
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -79,447 +97,6 @@ __all__ = [
     "config_path",
     "load_settings",
 ]
-
-DEFAULT_CONFIG_PATH = Path("/etc/edge/edge.toml")
-ENV_PREFIX = "EDGE_"
-ENV_CONFIG = "EDGE_CONFIG"
-"""Names the config file."""
-ENV_NOT_SETTINGS = frozenset({ENV_CONFIG, "EDGE_MODELS_DIR", "EDGE_VENV"})
-"""``EDGE_`` variables that are not settings (the config file, edge.vision.manifest's models
-directory for tools, run.sh's venv); every other ``EDGE_`` variable must name a setting."""
-ENV_NESTED = "__"
-
-CredentialName = Literal["device_key", "mqtt_client_key", "signer_public_key"]
-"""The secrets the daemon reads from files (systemd credentials)."""
-
-_ID_RE = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
-_CREDENTIAL_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
-_FAMILY_RE = re.compile(r"^[a-z0-9_]{1,32}$")
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*$")
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-
-
-class CrossFieldError(ValueError):
-    """Raised by cross-field validators: each item is (dotted key relative to the model, message).
-
-    The key is joined to the model's own location when errors are formatted, so a
-    rule in :class:`MqttSettings` reports ``mqtt.ca: ...``.
-    """
-
-    def __init__(self, items: list[tuple[str, str]]) -> None:
-        self.items = items
-        super().__init__("; ".join(f"{key}: {msg}" for key, msg in items))
-
-
-def _raise_if(items: list[tuple[str, str]]) -> None:
-    if items:
-        raise CrossFieldError(items)
-
-
-def _parse_size(value: object) -> object:
-    """``"1280x720"``, ``[1280, 720]`` or ``(1280, 720)`` -> ``(1280, 720)``; else as is."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        match = re.fullmatch(r"(\d{1,5})\s*[x×,]\s*(\d{1,5})", text)
-        if match is None:
-            raise ValueError("expected WIDTHxHEIGHT, e.g. 1280x720")
-        return (int(match.group(1)), int(match.group(2)))
-    if isinstance(value, list):
-        return tuple(value)
-    return value
-
-
-def _size_ok(value: tuple[int, int]) -> tuple[int, int]:
-    width, height = value
-    if not (16 <= width <= 8192 and 16 <= height <= 8192):
-        raise ValueError("width and height must each be between 16 and 8192")
-    return value
-
-
-Size = Annotated[tuple[int, int], NoDecode, BeforeValidator(_parse_size)]
-"""A (width, height) in pixels; written ``"1280x720"`` or ``[1280, 720]``."""
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-class Section(BaseModel):
-    """Base of every section: unknown keys are errors, defaults are validated too."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class DeviceSettings(Section):
-    """``[device]``: who this unit is and where it keeps things."""
-
-    id: str = Field(
-        pattern=_ID_RE,
-        description="Device id: lower-case letters, digits and '-', at most 64 characters. "
-        "Used in MQTT topics and matched against the device ids a watchlist bundle is for.",
-    )
-    state_dir: Path = Field(
-        default=Path("/var/lib/edge"),
-        description="Writable state: watchlist bundle, outbox, audit log "
-        "(systemd StateDirectory=).",
-    )
-    models_dir: Path = Field(
-        default=Path("/opt/edge/models"),
-        description="Read-only directory holding manifest.json and the .tflite models.",
-    )
-    key_credential: str = Field(
-        default="device.key",
-        pattern=_CREDENTIAL_RE,
-        description="Name of the systemd credential holding the device's X25519 private key "
-        "(read from $CREDENTIALS_DIRECTORY/<name>).",
-    )
-    key_file: Path | None = Field(
-        default=None,
-        description="Development only: the device private key file, used when "
-        "$CREDENTIALS_DIRECTORY does not hold key_credential.",
-    )
-
-
-class SourceSettings(Section):
-    """``[source]``: where frames come from."""
-
-    kind: Literal["picamera2", "opencv", "device", "file", "folder", "url"] = Field(
-        default="opencv",
-        description="picamera2 (Raspberry Pi camera, libcamera), or an OpenCV source: "
-        "'opencv' guesses from uri; 'device', 'file', 'folder' and 'url' say which.",
-    )
-    uri: str = Field(
-        default="0",
-        min_length=1,
-        description="Camera index ('0'), device path (/dev/video0), video file, folder of "
-        "images, or stream URL. For picamera2: the camera number.",
-    )
-    loop: bool = Field(
-        default=False, description="Files and image folders: start again at the end."
-    )
-    pace: Literal["native", "flat"] = Field(
-        default="native",
-        description="Files and image folders: 'native' delivers frames at the file's frame "
-        "rate (or fps), 'flat' as fast as the pipeline takes them.",
-    )
-    size: Size = Field(
-        default=(1280, 720),
-        description="Main stream size WIDTHxHEIGHT; faces are cropped from it.",
-    )
-    lores_size: Size | None = Field(
-        default=(640, 360),
-        description="Detection stream size WIDTHxHEIGHT (picamera2 'lores'; opencv resizes); "
-        "must fit inside size. Omit to detect on the main stream.",
-    )
-    fps: float = Field(
-        default=15.0, gt=0, le=120, description="Frames per second requested from the camera."
-    )
-    queue_frames: int = Field(
-        default=4,
-        ge=1,
-        le=64,
-        description="Frames buffered between capture and inference; when full the oldest "
-        "is dropped (and counted).",
-    )
-
-    @field_validator("size")
-    @classmethod
-    def _check_size(cls, value: tuple[int, int]) -> tuple[int, int]:
-        return _size_ok(value)
-
-    @field_validator("lores_size")
-    @classmethod
-    def _check_lores(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-        return None if value is None else _size_ok(value)
-
-    @property
-    def factory_kind(self) -> str:
-        """The kind for ``edge.service.sources.make_source`` ('opencv' becomes 'auto')."""
-        return "auto" if self.kind == "opencv" else self.kind
-
-    @property
-    def paced(self) -> bool:
-        """``pace == "native"``: the ``pace`` flag of ``edge.service.sources.make_source``."""
-        return self.pace == "native"
-
-    @model_validator(mode="after")
-    def _cross(self) -> SourceSettings:
-        problems: list[tuple[str, str]] = []
-        if self.lores_size is not None:
-            lw, lh = self.lores_size
-            w, h = self.size
-            if lw > w or lh > h:
-                problems.append(("lores_size", f"{lw}x{lh} does not fit inside size {w}x{h}"))
-            elif abs(lw / lh - w / h) > 0.02 * (w / h):
-                problems.append(
-                    ("lores_size", f"{lw}x{lh} has another aspect ratio than size {w}x{h}")
-                )
-        if self.kind == "picamera2" and not self.uri.isdigit():
-            problems.append(("uri", "for picamera2 give the camera number, e.g. '0'"))
-        _raise_if(problems)
-        return self
-
-
-class DetectorSettings(Section):
-    """``[detector]``: the face detector."""
-
-    model: str = Field(
-        default="blazeface_full_float32",
-        min_length=1,
-        description="Detector model name in the models manifest.",
-    )
-    score_threshold: float = Field(
-        default=0.6, gt=0.0, lt=1.0, description="Minimum detector confidence (0..1)."
-    )
-    min_face_px: int = Field(
-        default=20,
-        ge=8,
-        le=2048,
-        description="Ignore detections narrower than this, in main-stream pixels.",
-    )
-    tiles: str = Field(
-        default="1x1",
-        pattern=r"^[1-4]x[1-3]$",
-        description="Also detect on a COLSxROWS grid of overlapping tiles (e.g. 2x2) and "
-        "merge, for small faces in wide frames; 1x1 = the whole frame only. Each tile "
-        "costs one more detector call per frame.",
-    )
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        cols, rows = self.tiles.split("x")
-        return int(cols), int(rows)
-
-
-class QualitySettings(Section):
-    """``[quality]``: which faces are good enough to embed."""
-
-    min_face_px: int = Field(
-        default=40,
-        ge=8,
-        le=2048,
-        description="Minimum face width in main-stream pixels for an embedding.",
-    )
-    min_sharpness: float = Field(
-        default=40.0,
-        ge=0.0,
-        description="Minimum sharpness (variance of the Laplacian of the face crop).",
-    )
-    max_yaw: float = Field(
-        default=0.45,
-        gt=0.0,
-        le=1.0,
-        description="Maximum |yaw| estimated from keypoints, 0 = frontal, 1 = full profile.",
-    )
-
-
-class RecognitionSettings(Section):
-    """``[recognition]``: embedding and matching.
-
-    Scores are similarities (higher = more alike) for every family: cosine
-    similarity, or ``1 - distance`` for Euclidean families such as dlib150.
-    """
-
-    embedder: str = Field(
-        default="dlib_resnet_v1",
-        min_length=1,
-        description="Embedder model name; the manifest entry is <embedder>_<precision>.",
-    )
-    precision: Literal["int8", "float32"] = Field(
-        default="int8", description="Embedder variant: int8 (quantised) or float32."
-    )
-    embeds_per_track: int = Field(
-        default=3,
-        ge=1,
-        le=20,
-        description="At most this many embeddings per track (its best-quality frames).",
-    )
-    cooldown_s: float = Field(
-        default=60.0,
-        ge=0.0,
-        le=86400.0,
-        description="After an alert for a subject, no new alert for that subject for this long.",
-    )
-    threshold_floor: dict[str, float] = Field(
-        default_factory=lambda: {"dlib150": 0.5},
-        description="Per embedder family, the lowest similarity threshold a watchlist bundle "
-        "may set (safeguard 9). dlib150: 0.5 (distance 0.5); dlib's 1:1 setting 0.4 "
-        "falsely matched 86 % of strangers against an 860-subject LFW gallery.",
-    )
-
-    @field_validator("threshold_floor")
-    @classmethod
-    def _check_floors(cls, value: dict[str, float]) -> dict[str, float]:
-        if not value:
-            raise ValueError("give at least one family, e.g. dlib150 = 0.5")
-        problems: list[tuple[str, str]] = []
-        for family, floor in value.items():
-            if not _FAMILY_RE.fullmatch(family):
-                problems.append((family, "family names are [a-z0-9_], 1..32 characters"))
-            elif not 0.0 < floor < 1.0:
-                problems.append((family, "floor must be between 0 and 1 (a similarity)"))
-        _raise_if(problems)
-        return value
-
-    @property
-    def model_name(self) -> str:
-        """The manifest entry: ``<embedder>_<precision>``, e.g. ``dlib_resnet_v1_int8``."""
-        return f"{self.embedder}_{self.precision}"
-
-    def floor_for(self, family: str) -> float:
-        """The threshold floor for ``family``; a :class:`ConfigError` if none is configured."""
-        try:
-            return self.threshold_floor[family]
-        except KeyError:
-            raise ConfigError(
-                [
-                    f"recognition.threshold_floor.{family}: no floor configured for the "
-                    f"embedder's family {family!r}"
-                ]
-            ) from None
-
-
-class WatchlistSettings(Section):
-    """``[watchlist]``: the signed, encrypted per-deployment bundle."""
-
-    bundle: Path | None = Field(
-        default=None,
-        description="The watchlist bundle; default <device.state_dir>/watchlist.bundle.",
-    )
-    signer_credential: str = Field(
-        default="signer.pub",
-        pattern=_CREDENTIAL_RE,
-        description="Name of the systemd credential holding the control room's Ed25519 "
-        "signing public key (the only signer trusted).",
-    )
-    signer_file: Path | None = Field(
-        default=None,
-        description="The signer public key file, used when $CREDENTIALS_DIRECTORY does not "
-        "hold signer_credential.",
-    )
-    max_subjects: int = Field(
-        default=1000,
-        ge=1,
-        le=100_000,
-        description="A bundle with more subjects than this is refused (safeguard 3).",
-    )
-
-
-class MqttSettings(Section):
-    """``[mqtt]``: the control-room broker, the device's only network peer (safeguard 10)."""
-
-    host: str = Field(
-        min_length=1,
-        max_length=253,
-        pattern=r"^[A-Za-z0-9.:\[\]-]+$",
-        description="Broker host name or IP address.",
-    )
-    port: int = Field(default=8883, ge=1, lt=65536, description="Broker port.")
-    tls: bool = Field(
-        default=True,
-        description="Mutual TLS. May be false only for a loopback broker (development).",
-    )
-    ca: Path | None = Field(
-        default=None, description="CA certificate (PEM) that signed the broker's certificate."
-    )
-    client_cert: Path | None = Field(
-        default=None, description="This device's client certificate (PEM)."
-    )
-    client_key_credential: str = Field(
-        default="mqtt-client.key",
-        pattern=_CREDENTIAL_RE,
-        description="Name of the systemd credential holding the client certificate's "
-        "private key (PEM).",
-    )
-    client_key_file: Path | None = Field(
-        default=None,
-        description="The client private key file, used when $CREDENTIALS_DIRECTORY does not "
-        "hold client_key_credential.",
-    )
-    client_id: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9_.-]+$",
-        description="MQTT client id; default 'edge-<device.id>'.",
-    )
-    keepalive_s: int = Field(default=60, ge=5, le=3600, description="MQTT keepalive, seconds.")
-    stats_interval_s: float = Field(
-        default=60.0, ge=1.0, le=3600.0, description="Seconds between stats messages."
-    )
-    topic_prefix: str = Field(
-        default="lfr",
-        description="Topics are <topic_prefix>/<device.id>/<name>; no wildcards, no "
-        "leading or trailing '/'.",
-    )
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _check_prefix(cls, value: str) -> str:
-        if not _TOPIC_RE.fullmatch(value):
-            raise ValueError("use letters, digits, '_', '-' and '/' between levels, e.g. 'lfr'")
-        return value
-
-    @model_validator(mode="after")
-    def _cross(self) -> MqttSettings:
-        problems: list[tuple[str, str]] = []
-        if self.tls:
-            if self.ca is None:
-                problems.append(("ca", "required when tls is true"))
-            if self.client_cert is None:
-                problems.append(("client_cert", "required when tls is true (mutual TLS)"))
-        elif not _is_loopback(self.host):
-            problems.append(("tls", f"may be false only for a loopback broker, not {self.host!r}"))
-        _raise_if(problems)
-        return self
-
-
-class OutboxSettings(Section):
-    """``[outbox]``: the durable queue of alerts awaiting PUBACK."""
-
-    path: Path | None = Field(
-        default=None, description="SQLite file; default <device.state_dir>/outbox.sqlite."
-    )
-    max_items: int = Field(
-        default=10_000, ge=10, le=10_000_000, description="Most messages held at once."
-    )
-    max_bytes: int = Field(
-        default=256 * 1024 * 1024,
-        ge=1024 * 1024,
-        le=64 * 1024**3,
-        description="Most payload bytes held at once.",
-    )
-
-
-class RetentionSettings(Section):
-    """``[retention]``: how long alert data may be kept (safeguard 7)."""
-
-    days: int = Field(
-        default=31,
-        ge=1,
-        le=31,
-        description="Alert data older than this is purged unless on legal hold; at most 31.",
-    )
-    purge_interval_s: float = Field(
-        default=3600.0, ge=60.0, le=86400.0, description="Seconds between purges."
-    )
-
-
-class HealthSettings(Section):
-    """``[health]``: the watchdog's view of the loops."""
-
-    max_age_s: float = Field(
-        default=30.0,
-        ge=1.0,
-        le=3600.0,
-        description="A loop (capture, inference, publisher) that has not checked in for this "
-        "long is stalled; the systemd watchdog is then no longer pinged.",
-    )
 
 
 # The TOML file's contents for the Settings being built (see load_settings).
