@@ -1,0 +1,207 @@
+"""Signed adjudications: an officer's decision on an alert, signed by the control room.
+
+The control room (the console, on behalf of the logged-in officer, or ``edge alerts
+adjudicate --signing-key``) signs each decision with its Ed25519 signing key, the key
+whose public half the device already holds as ``signer.pub`` for signed commands. The
+payload published (QoS 1) on ``lfr/<device_id>/adjudications``::
+
+    {"format": "lfr-edge-adjudication/1",
+     "signer": "<hex key id of the control room's Ed25519 key>",
+     "body": "<canonical JSON string of the body>",
+     "signature": "<base64 Ed25519 over b'lfr-edge adjudication v1\\0' + body>"}
+
+with the body ``{"alert_id", "decision", "device_id", "officer", "at"}`` (``at``: RFC 3339
+UTC with milliseconds). The signature context differs from the commands' context
+(``lfr-edge command v1``) and the format string differs, so a signature made for one
+kind of message never verifies as the other (domain separation).
+
+:func:`verify_adjudication` checks size (:data:`MAX_ADJUDICATION_BYTES`), strict bounded
+JSON, the signer, the signature, the shape and the device; it raises
+:class:`AdjudicationRefused` with a short ``reason`` code. Whether the alert id was issued
+by this device in this deployment, and whether the same decision was already recorded,
+is the deployment's business (``DeploymentManager.record_adjudication``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from edge import boundedjson
+from edge.errors import EdgeError
+from edge.watchlist.keys import DEVICE_ID_RE, key_id
+
+FORMAT: Final = "lfr-edge-adjudication/1"
+SIG_CONTEXT: Final = b"lfr-edge adjudication v1\x00"
+DECISIONS: Final = ("confirmed", "rejected", "not_stopped")
+MAX_ADJUDICATION_BYTES: Final = 4 * 1024
+"""A signed adjudication is ~400 bytes; anything above 4 KiB is refused unread."""
+MAX_OFFICER_CHARS: Final = 64
+CLOCK_SKEW_S: Final = 300.0
+_UUID_RE: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_AT_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+_BODY_KEYS: Final = frozenset({"alert_id", "decision", "device_id", "officer", "at"})
+
+
+class AdjudicationRefused(EdgeError):  # noqa: N818 (parallels CommandRefused)
+    """An adjudication was refused; ``reason`` is a short machine-readable code."""
+
+    exit_code = 4
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Adjudication:
+    """A verified adjudication (the signature checked, the shape strict)."""
+
+    alert_id: str
+    decision: str
+    officer: str
+    at: float  # Unix seconds, millisecond precision
+    device_id: str
+    signer: str  # hex key id
+
+    @property
+    def at_text(self) -> str:
+        return _format_at(self.at)
+
+
+def _format_at(at: float) -> str:
+    t = dt.datetime.fromtimestamp(at, dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def _parse_at(text: str) -> float:
+    if not _AT_RE.fullmatch(text):
+        raise ValueError("at is not an RFC 3339 UTC time with milliseconds")
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _check_officer(officer: str) -> None:
+    if not 1 <= len(officer) <= MAX_OFFICER_CHARS or not officer.isprintable() \
+            or not officer.strip():
+        raise ValueError(f"officer must be 1..{MAX_OFFICER_CHARS} printable characters")
+
+
+def sign_adjudication(
+    key: Ed25519PrivateKey,
+    *,
+    device_id: str,
+    alert_id: str,
+    decision: str,
+    officer: str,
+    at: float,
+) -> bytes:
+    """The MQTT payload to publish (QoS 1) on lfr/<device_id>/adjudications.
+
+    ValueError (one line) for a bad device id, alert id, decision, officer or time.
+    """
+    if not isinstance(device_id, str) or not DEVICE_ID_RE.fullmatch(device_id):
+        raise ValueError(f"device id {device_id!r} is malformed")
+    if not isinstance(alert_id, str) or not _UUID_RE.fullmatch(alert_id):
+        raise ValueError(f"alert id {alert_id!r} is not a lower-case UUID")
+    if decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {', '.join(DECISIONS)}")
+    if not isinstance(officer, str):
+        raise ValueError("officer must be a string")
+    _check_officer(officer)
+    at_text = _format_at(float(at))
+    body = {
+        "alert_id": alert_id,
+        "decision": decision,
+        "device_id": device_id,
+        "officer": officer,
+        "at": at_text,
+    }
+    body_str = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    sig = key.sign(SIG_CONTEXT + body_str.encode("ascii"))
+    doc = {
+        "format": FORMAT,
+        "signer": key_id(key.public_key()).hex(),
+        "body": body_str,
+        "signature": base64.b64encode(sig).decode("ascii"),
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def verify_adjudication(
+    data: bytes, signer: Ed25519PublicKey, *, device_id: str, now: float
+) -> Adjudication:
+    """Verify a signed adjudication for ``device_id``; raises :class:`AdjudicationRefused`.
+
+    Reasons: ``too_large``, ``garbled``, ``unsigned``, ``unknown_signer``,
+    ``bad_signature``, ``not_for_device``, ``future``.
+    """
+    if not isinstance(data, bytes | bytearray) or len(data) > MAX_ADJUDICATION_BYTES:
+        raise AdjudicationRefused(
+            "too_large", f"adjudication larger than {MAX_ADJUDICATION_BYTES} bytes"
+        )
+    try:
+        doc = boundedjson.loads(bytes(data), max_bytes=MAX_ADJUDICATION_BYTES, max_depth=2)
+    except boundedjson.JSONRefused as exc:
+        raise AdjudicationRefused("garbled", f"adjudication is garbled: {exc}") from None
+    if not isinstance(doc, dict):
+        raise AdjudicationRefused("garbled", "adjudication is not a JSON object")
+    if "signature" not in doc or "signer" not in doc:
+        raise AdjudicationRefused("unsigned", "adjudication is not signed")
+    try:
+        if set(doc) != {"format", "signer", "body", "signature"}:
+            raise ValueError("not an adjudication document")
+        if doc["format"] != FORMAT:
+            raise ValueError("unknown adjudication format")
+        signer_hex, body_str, sig_b64 = doc["signer"], doc["body"], doc["signature"]
+        if not all(isinstance(x, str) for x in (signer_hex, body_str, sig_b64)):
+            raise ValueError("signer, body and signature must be strings")
+        signer_id = bytes.fromhex(signer_hex)
+        signature = base64.b64decode(sig_b64.encode("ascii"), validate=True)
+        body_bytes = body_str.encode("ascii")
+    except (ValueError, binascii.Error, UnicodeError) as exc:
+        raise AdjudicationRefused("garbled", f"adjudication is garbled: {exc}") from None
+    if signer_id != key_id(signer):
+        raise AdjudicationRefused("unknown_signer", "adjudication is signed by an unknown key")
+    try:
+        signer.verify(signature, SIG_CONTEXT + body_bytes)
+    except InvalidSignature:
+        raise AdjudicationRefused("bad_signature", "adjudication signature is invalid") from None
+    try:
+        body: Any = boundedjson.loads(body_bytes, max_bytes=MAX_ADJUDICATION_BYTES, max_depth=1)
+        if not isinstance(body, dict) or set(body) != _BODY_KEYS:
+            raise ValueError("body fields are wrong")
+        if not all(isinstance(body[k], str) for k in _BODY_KEYS):
+            raise ValueError("body fields must be strings")
+        if not _UUID_RE.fullmatch(body["alert_id"]):
+            raise ValueError("alert_id is not a UUID")
+        if body["decision"] not in DECISIONS:
+            raise ValueError("decision is not known")
+        if not DEVICE_ID_RE.fullmatch(body["device_id"]):
+            raise ValueError("device_id is malformed")
+        _check_officer(body["officer"])
+        at = _parse_at(body["at"])
+    except ValueError as exc:
+        raise AdjudicationRefused("garbled", f"adjudication is garbled: {exc}") from None
+    if body["device_id"] != device_id:
+        raise AdjudicationRefused("not_for_device", "adjudication is for another device")
+    if at > now + CLOCK_SKEW_S:
+        raise AdjudicationRefused("future", "adjudication is dated in the future")
+    return Adjudication(
+        alert_id=body["alert_id"],
+        decision=body["decision"],
+        officer=body["officer"],
+        at=at,
+        device_id=body["device_id"],
+        signer=signer_hex,
+    )
