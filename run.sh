@@ -13,8 +13,9 @@ cd "$(dirname "$0")"
 VENV=${EDGE_VENV:-.venv}
 # Runtime needs: venv + compiler for systemd-python, mosquitto for the demo.
 APT_RUNTIME=(python3-venv python3-dev gcc pkg-config libsystemd-dev mosquitto mosquitto-clients openssl)
-# Test-only needs: a systemd host to converge Ansible on, and its tools.
-APT_TEST=(systemd-container debootstrap openssh-client systemd zstd)
+# Test-only needs: a systemd host to converge Ansible on, and its tools; a browser and a
+# PostgreSQL server for the console's tests.
+APT_TEST=(systemd-container debootstrap openssh-client systemd zstd chromium postgresql)
 
 log() { printf '==> %s\n' "$*" >&2; }
 

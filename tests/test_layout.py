@@ -24,6 +24,7 @@ PACKAGES = {
     "service",
     "evaluation",
     "dev",
+    "console",
     "commands",
 }
 # What each part of edge may import, besides the core and itself.
@@ -36,7 +37,8 @@ ALLOWED: dict[str, set[str]] = {
     "watchlist": {"vision", "recognition"},
     "service": {"vision", "recognition", "watchlist", "delivery"},
     "evaluation": {"vision", "recognition", "watchlist", "delivery", "service", "dev"},
-    "commands": PACKAGES - {"commands"},
+    "console": {"delivery", "watchlist"},
+    "commands": PACKAGES - {"commands"},  # the only part that may import console
     # cli.py loads the commands by name (importlib) and sets up logging.
     "cli": {"service"},
 }

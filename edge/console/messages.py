@@ -1,0 +1,304 @@
+"""Every message from a device is untrusted: bounded, validated, then handed on.
+
+Each ``parse_*`` takes the topic's device id and the raw payload and returns a plain,
+checked dict, or raises :class:`BadMessage` with one line saying why. Nothing here
+raises anything else for any input (the ingest loop relies on it):
+
+- a payload larger than its kind's limit is refused before it is parsed;
+- JSON nesting deeper than :data:`MAX_DEPTH`, NaN/Infinity, duplicate-free objects only
+  as Python builds them, and any non-object top level are refused;
+- strings shown on a page are bounded and must not carry control characters (HTML in
+  them is harmless: Jinja2 escapes it and the page's JavaScript writes text, never
+  markup), and ids must match the topic-safe id pattern;
+- a message whose ``device_id`` differs from its topic's device is refused (the broker's
+  ACL confines a device to its own prefix; this keeps it so in the store too).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Final
+
+from edge.delivery.alert import (
+    CATEGORIES,
+    DECISIONS,
+    DEVICE_ID_RE,
+    AlertFormatError,
+    parse_alert,
+    parse_rfc3339,
+)
+
+MAX_ALERT_BYTES: Final = 512 * 1024
+MAX_OTHER_BYTES: Final = 64 * 1024
+MAX_DEPTH: Final = 8
+MAX_TEXT: Final = 500
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_HEX64: Final = re.compile(r"^[0-9a-f]{64}$")
+_EVENT: Final = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+
+class BadMessage(ValueError):  # noqa: N818 (a refusal, not an error of ours)
+    """A device message that is refused (the text says why, in one line)."""
+
+
+def _no_constants(name: str) -> Any:
+    raise BadMessage(f"{name} is not allowed in JSON")
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            if d > limit:
+                return False
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
+def load_json(payload: bytes, limit: int, what: str) -> dict[str, Any]:
+    """A JSON object from at most ``limit`` bytes of UTF-8, nested at most MAX_DEPTH."""
+    if len(payload) > limit:
+        raise BadMessage(f"{what} is {len(payload)} bytes, more than {limit}")
+    try:
+        text = payload.decode("utf-8")
+        # A cheap bound before parsing: the parser recurses once per bracket.
+        if text.count("[") + text.count("{") > 20_000:
+            raise BadMessage(f"{what} has too many nested values")
+        obj = json.loads(text, parse_constant=_no_constants)
+    except BadMessage:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadMessage(f"{what} is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise BadMessage(f"{what} is not a JSON object")
+    if not _depth_ok(obj, MAX_DEPTH):
+        raise BadMessage(f"{what} is nested more than {MAX_DEPTH} levels deep")
+    return obj
+
+
+def text(value: Any, name: str, limit: int = MAX_TEXT, *, required: bool = True) -> str:
+    """A bounded printable string (no control characters), or BadMessage."""
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise BadMessage(f"{name} is not a string")
+    if len(value) > limit:
+        raise BadMessage(f"{name} is longer than {limit} characters")
+    if _CONTROL.search(value):
+        raise BadMessage(f"{name} contains control characters")
+    return value
+
+
+def ident(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not DEVICE_ID_RE.match(value):
+        raise BadMessage(f"{name} is not a valid id")
+    return value
+
+
+def number(value: Any, name: str, lo: float, hi: float, *, required: bool = True) -> float | None:
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadMessage(f"{name} is not a number")
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise BadMessage(f"{name} is outside {lo:g}..{hi:g}")
+    return float(value)
+
+
+def when(value: Any, name: str, *, required: bool = True) -> float | None:
+    if value is None and not required:
+        return None
+    try:
+        return parse_rfc3339(value)
+    except AlertFormatError:
+        raise BadMessage(f"{name} is not an RFC 3339 UTC time") from None
+
+
+def _same_device(obj: dict[str, Any], device_id: str, what: str) -> None:
+    claimed = obj.get("device_id", device_id)
+    if claimed != device_id:
+        raise BadMessage(f"{what} on the topic of {device_id} claims another device")
+
+
+# --- one parser per topic --------------------------------------------------------------------
+
+
+def parse_alert_message(device_id: str, payload: bytes) -> dict[str, Any]:
+    """The alert schema's checks (:func:`edge.delivery.alert.parse_alert`) plus the console's."""
+    load_json(payload, MAX_ALERT_BYTES, "alert")  # size and depth first
+    try:
+        alert = parse_alert(payload)
+    except AlertFormatError as exc:
+        raise BadMessage(f"alert refused: {exc}") from None
+    _same_device(alert, device_id, "alert")
+    text(alert["subject_id"], "subject_id", 128)
+    if not alert["subject_id"]:
+        raise BadMessage("subject_id is empty")
+    number(alert["score"], "score", -1.0, 1.0)
+    number(alert["threshold"], "threshold", -1.0, 1.0)
+    if alert["track_id"] < 0 or alert["track_id"] > 2**53:
+        raise BadMessage("track_id is out of range")
+    for key, value in alert["model"].items():
+        text(key, "model key", 64)
+        if isinstance(value, dict):
+            text(value["name"], f"model {key} name", 200)
+            text(value["sha256"], f"model {key} sha256", 64)
+        else:
+            text(value, f"model {key}", 200)
+    return alert
+
+
+def parse_status(device_id: str, payload: bytes) -> dict[str, Any]:
+    obj = load_json(payload, MAX_OTHER_BYTES, "status")
+    _same_device(obj, device_id, "status")
+    state = obj.get("state")
+    if state not in ("online", "offline"):
+        raise BadMessage("status state is neither online nor offline")
+    armed = obj.get("armed", False)
+    if not isinstance(armed, bool):
+        raise BadMessage("status armed is not a boolean")
+    dep = obj.get("deployment_id")
+    return {
+        "state": state,
+        "armed": armed,
+        "reason": text(obj.get("reason", ""), "status reason"),
+        "deployment_id": None if dep is None else ident(dep, "deployment_id"),
+        "window_end": text(obj.get("window_end"), "window_end", 40, required=False) or None,
+        "status_at": when(obj.get("at"), "status at", required=False),
+    }
+
+
+def parse_stats(device_id: str, payload: bytes) -> dict[str, Any]:
+    obj = load_json(payload, MAX_OTHER_BYTES, "stats")
+    _same_device(obj, device_id, "stats")
+    return {
+        "fps": number(obj.get("fps"), "fps", 0, 10_000, required=False),
+        "camera": text(obj.get("camera"), "camera", 32, required=False) or None,
+        "outbox_pending": _int(obj.get("outbox_pending"), "outbox_pending"),
+        "faces_seen": _int(obj.get("faces_seen"), "faces_seen"),
+        "stats_at": when(obj.get("at"), "stats at", required=False),
+    }
+
+
+def _int(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
+        raise BadMessage(f"{name} is not a count")
+    return value
+
+
+def _window(obj: dict[str, Any]) -> tuple[str | None, str | None, float | None]:
+    win = obj.get("window")
+    if win is None:
+        return None, None, None
+    if not isinstance(win, dict):
+        raise BadMessage("window is not an object")
+    start = text(win.get("start"), "window start", 40)
+    end = text(win.get("end"), "window end", 40)
+    try:
+        end_ts = parse_rfc3339(end)
+    except AlertFormatError:
+        end_ts = _iso_seconds(end)
+    return start, end, end_ts
+
+
+def _iso_seconds(value: str) -> float:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise BadMessage("window end is not a time") from None
+
+
+def parse_deployment(device_id: str, payload: bytes) -> dict[str, Any]:
+    """The retained ``deployment`` message: the armed header or the end-of-deployment summary."""
+    obj = load_json(payload, MAX_OTHER_BYTES, "deployment")
+    _same_device(obj, device_id, "deployment")
+    state = obj.get("state")
+    if state not in ("armed", "ended"):
+        raise BadMessage("deployment state is neither armed nor ended")
+    start, end, end_ts = _window(obj)
+    out: dict[str, Any] = {
+        "state": state,
+        "deployment_id": ident(obj.get("deployment_id"), "deployment_id"),
+        "bundle_id": text(obj.get("bundle_id"), "bundle_id", 64, required=False) or None,
+        "location": text(obj.get("location", ""), "location", 300),
+        "window_start": start,
+        "window_end": end,
+        "window_end_ts": end_ts,
+        "watchlist_size": _int(obj.get("watchlist_size", obj.get("subject_count")),
+                               "watchlist_size"),
+        "threshold": number(obj.get("threshold"), "threshold", -1, 1, required=False),
+        "summary": None,
+    }  # fmt: skip
+    if state == "ended":
+        adj = obj.get("adjudications", {})
+        if not isinstance(adj, dict):
+            raise BadMessage("summary adjudications is not an object")
+        summary = {
+            "faces_processed": _int(obj.get("faces_processed"), "faces_processed") or 0,
+            "frames": _int(obj.get("frames"), "frames") or 0,
+            "tracks": _int(obj.get("tracks"), "tracks") or 0,
+            "alerts": _int(obj.get("alerts"), "alerts") or 0,
+            "adjudications": {d: _int(adj.get(d), d) or 0 for d in DECISIONS},
+            "armed_at": text(obj.get("armed_at"), "armed_at", 40, required=False) or None,
+            "ended_at": text(obj.get("ended_at"), "ended_at", 40, required=False) or None,
+            "end_reason": text(obj.get("end_reason", ""), "end_reason", 100),
+        }
+        out["summary"] = summary
+    return out
+
+
+def parse_audit_entry(device_id: str, payload: bytes) -> dict[str, Any]:
+    """One audit-chain entry, shape-checked (the chain itself is checked by :mod:`chain`).
+
+    Returns ``{"entry": <the object as sent>, "seq", "at", "event", "prev_hash", "hash"}``.
+    """
+    obj = load_json(payload, MAX_OTHER_BYTES, "audit entry")
+    seq = obj.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < 2**53:
+        raise BadMessage("audit seq is not a positive integer")
+    event = obj.get("event")
+    if not isinstance(event, str) or not _EVENT.match(event):
+        raise BadMessage("audit event is not a plain name")
+    for key in ("prev_hash", "hash"):
+        if not isinstance(obj.get(key), str) or not _HEX64.match(obj[key]):
+            raise BadMessage(f"audit {key} is not 64 hex digits")
+    at = when(obj.get("at"), "audit at")
+    _check_strings(obj)
+    return {"entry": obj, "seq": seq, "at": at, "event": event,
+            "prev_hash": obj["prev_hash"], "hash": obj["hash"]}  # fmt: skip
+
+
+def _check_strings(value: Any) -> None:
+    """Every key and string anywhere in ``value`` bounded and free of control characters."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            for k, x in v.items():
+                text(k, "audit field name", 64)
+                stack.append(x)
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str):
+            text(v, "audit field", 4000)
+
+
+def device_adjudication(entry: dict[str, Any]) -> dict[str, str] | None:
+    """The ``{alert_id, decision, officer}`` a device's ``adjudication`` audit entry records."""
+    if entry.get("event") != "adjudication":
+        return None
+    alert_id, decision, officer = (entry.get(k) for k in ("alert_id", "decision", "officer"))
+    if not (isinstance(alert_id, str) and len(alert_id) <= 36 and decision in DECISIONS
+            and isinstance(officer, str) and 0 < len(officer) <= 100):  # fmt: skip
+        return None
+    return {"alert_id": alert_id, "decision": str(decision), "officer": officer}
+
+
+__all__ = ["CATEGORIES", "BadMessage"]

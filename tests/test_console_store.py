@@ -1,0 +1,181 @@
+"""The console's store, the same tests against SQLite (WAL) and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from edge.console import migrate
+from edge.console.messages import parse_alert_message, parse_audit_entry
+from edge.console.store import Store
+from edge.console.tables import metadata
+from edge.delivery.alert import encode_alert, stamp_published_at
+from edge.watchlist.audit import AuditLog
+from tests.fixtures.alerts import make_record
+from tests.fixtures.postgres import pg_url, postgres_server  # noqa: F401
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'console.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    s = Store.open(url)
+    yield s
+    s.close()
+
+
+def _alert(device: str = "van-1", **kw: object) -> dict[str, object]:
+    payload = stamp_published_at(encode_alert(make_record(device, **kw)), time.time())  # type: ignore[arg-type]
+    return parse_alert_message(device, payload)
+
+
+def test_the_migrated_schema_is_the_tables_and_sqlite_runs_in_wal(store: Store) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        if store.engine.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert diff == []
+    assert migrate.current(store.engine) == migrate.head()
+    migrate.upgrade(store.engine)  # idempotent
+
+
+def test_alerts_are_deduplicated_filtered_and_newest_first(store: Store) -> None:
+    a1, a2, b1 = _alert("van-1"), _alert("van-1"), _alert("van-2")
+    assert store.add_alert(a1, b"sealed-1", 100.0)
+    assert not store.add_alert(a1, b"sealed-1", 101.0)  # a redelivery
+    assert store.add_alert(a2, b"sealed-2", 102.0)
+    assert store.add_alert(b1, b"sealed-3", 103.0)
+    assert [r["alert_id"] for r in store.alerts()] == [b1["alert_id"], a2["alert_id"],
+                                                       a1["alert_id"]]
+    assert [r["alert_id"] for r in store.alerts(device_id="van-1")] == [a2["alert_id"],
+                                                                        a1["alert_id"]]
+    assert store.alerts(deployment_id="nope") == []
+    assert store.crop(str(a1["alert_id"])) == b"sealed-1"
+    row = store.alert(str(a1["alert_id"]))
+    assert row is not None and "crop" not in row and row["has_crop"]
+
+
+def test_purge_keeps_alerts_on_legal_hold(store: Store) -> None:
+    old, held, new = _alert(), _alert(), _alert()
+    store.add_alert(old, b"x", 10.0)
+    store.add_alert(held, b"y", 10.0)
+    store.add_alert(new, b"z", 1000.0)
+    assert store.set_legal_hold(str(held["alert_id"]), True)
+    assert store.purge_alerts(older_than=500.0) == [old["alert_id"]]
+    left = {r["alert_id"] for r in store.alerts()}
+    assert left == {held["alert_id"], new["alert_id"]}
+
+
+def _chain(tmp_path: Path, n: int) -> list[bytes]:
+    sent: list[bytes] = []
+    log = AuditLog(tmp_path / "audit.log",
+                   publish=lambda e: sent.append(json.dumps(e, sort_keys=True).encode()))
+    for i in range(n):
+        log.append("adjudication" if i == 1 else "tick", alert_id=f"a{i}", decision="confirmed",
+                   officer="PC 1")
+    return sent
+
+
+def _feed(store: Store, payload: bytes, device: str = "van-1") -> tuple[str, str, list[int]]:
+    outcome, state, verified = store.add_audit_entry(
+        device, parse_audit_entry(device, payload), time.time())
+    return outcome, state.state, verified
+
+
+def test_a_real_chain_verifies_and_a_gap_closes_when_the_entry_arrives(
+    store: Store, tmp_path: Path
+) -> None:
+    e = _chain(tmp_path, 5)
+    assert _feed(store, e[0]) == ("new", "ok", [1])
+    assert _feed(store, e[0]) == ("duplicate", "ok", [])
+    assert _feed(store, e[2]) == ("new", "gap", [])
+    assert store.chains()[0]["problem"] == "entries 2 not received"
+    assert _feed(store, e[3]) == ("new", "gap", [])
+    assert _feed(store, e[1]) == ("new", "ok", [2, 3, 4])
+    assert _feed(store, e[4]) == ("new", "ok", [5])
+    row = store.chains()[0]
+    assert (row["verified_seq"], row["state"], row["received"]) == (5, "ok", 5)
+
+
+@pytest.mark.parametrize("tamper", ["field", "prev_hash", "time", "conflict"])
+def test_a_modified_reordered_or_conflicting_entry_breaks_the_chain(
+    store: Store, tmp_path: Path, tamper: str
+) -> None:
+    e = _chain(tmp_path, 3)
+    _feed(store, e[0])
+    bad = json.loads(e[1])
+    if tamper == "field":
+        bad["officer"] = "someone else"
+    elif tamper == "prev_hash":
+        bad["prev_hash"] = "1" * 64
+    elif tamper == "time":
+        from edge.watchlist.audit import entry_hash
+
+        bad["at"] = "2000-01-01T00:00:00.000Z"
+        bad["hash"] = entry_hash(bad)  # a consistent entry, but earlier than entry 1
+    if tamper == "conflict":
+        _feed(store, e[1])
+        bad["officer"] = "someone else"
+        outcome, state, _ = _feed(store, json.dumps(bad).encode())
+        assert (outcome, state) == ("conflict", "broken")
+        assert "two different entries with seq 2" in store.chains()[0]["problem"]
+        return
+    outcome, state, verified = _feed(store, json.dumps(bad).encode())
+    assert (outcome, state, verified) == ("new", "broken", [])
+    assert "entry 2" in store.chains()[0]["problem"]
+    # Final: later good entries are stored but never verified.
+    assert _feed(store, e[2])[1:] == ("broken", [])
+    assert store.chains()[0]["verified_seq"] == 1
+
+
+def test_users_sessions_and_login_failures(store: Store) -> None:
+    store.add_user("pc-1", "operator", "hash", 1.0)
+    with pytest.raises(sa.exc.IntegrityError):
+        store.add_user("pc-1", "auditor", "hash", 1.0)
+    user = store.user_by_name("pc-1")
+    assert user is not None and user["role"] == "operator"
+    store.add_session("t" * 64, user["id"], "c" * 64, now=10.0, expires_at=20.0)
+    live = store.session("t" * 64, now=15.0)
+    assert live is not None and (live["name"], live["csrf"]) == ("pc-1", "c" * 64)
+    assert store.session("t" * 64, now=21.0) is None
+    store.add_login_failure("pc-1|1.2.3.4", 5.0)
+    store.add_login_failure("pc-1|1.2.3.4", 6.0)
+    assert store.login_failures("pc-1|1.2.3.4", since=5.5) == 1
+    store.clear_login_failures("pc-1|1.2.3.4")
+    assert store.login_failures("pc-1|1.2.3.4", since=0) == 0
+
+
+def test_devices_deployments_and_references(store: Store) -> None:
+    status = {"state": "online", "armed": True, "reason": "armed", "deployment_id": "D-1",
+              "window_end": None, "status_at": 1.0}
+    store.record_status("van-1", status, 5.0, retained=False)
+    store.record_stats("van-1", {"fps": 12.5, "camera": "ok", "outbox_pending": 0,
+                                 "faces_seen": 3, "stats_at": None}, 6.0)
+    store.record_status("van-1", {**status, "state": "offline", "armed": False}, 7.0,
+                        retained=True)
+    (dev,) = store.devices()
+    assert (dev["state"], dev["fps"], dev["last_seen"]) == ("offline", 12.5, 6.0)
+    assert [h["state"] for h in store.status_history("van-1")] == ["offline", "online"]
+    dep = {"state": "armed", "deployment_id": "D-1", "bundle_id": "b", "location": "x",
+           "window_start": "s", "window_end": "e", "window_end_ts": 50.0, "watchlist_size": 2,
+           "threshold": 0.6, "summary": None}
+    store.record_deployment("van-1", dep, 8.0)
+    store.record_deployment("van-1", {**dep, "state": "ended",
+                                      "summary": {"faces_processed": 9}}, 9.0)
+    (row,) = store.deployments()
+    assert row["state"] == "ended" and row["summary"] == {"faces_processed": 9}
+    store.put_reference("D-1", "S-1", "suspect", b"sealed", 50.0)
+    assert store.reference("D-1", "S-1") == b"sealed"
+    assert store.reference_deployments() == {"D-1": (1, 50.0)}
+    assert store.delete_references("D-1") == 1
+    assert store.reference("D-1", "S-1") is None
