@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.delivery.alert import encode_alert, parse_adjudication, rfc3339
+from edge.delivery.alert import encode_alert, rfc3339
+from edge.delivery.inbound import Inbound, InboundGate
 from edge.delivery.outbox import Outbox
 from edge.delivery.publish import BrokerSettings, Publisher
 from tests.fixtures.alerts import make_record
@@ -110,43 +111,90 @@ def test_listen_human_line_and_invalid_alert(broker: Broker, publisher: Publishe
     assert "claims device dev-b" in err
 
 
-def test_adjudicate_reaches_the_device(broker: Broker, publisher: Publisher) -> None:
-    got: list[dict[str, object]] = []
+@pytest.fixture(scope="module")
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cr-keys")
+    subprocess.run([sys.executable, "-m", "edge", "keys", "init", "--out", str(d)], check=True,
+                   cwd=ROOT, capture_output=True)  # fmt: skip
+    return d / "signing.key"
+
+
+def test_adjudicate_signs_and_reaches_the_device(
+    broker: Broker, publisher: Publisher, signing_key: Path
+) -> None:
+    from edge.watchlist.adjudication import verify_adjudication
+    from edge.watchlist.keys import load_signing_key
+
+    got: list[Inbound] = []
     arrived = threading.Event()
 
-    def on_adj(adj: dict[str, object]) -> None:
-        got.append(adj)
+    def deliver(msg: Inbound) -> bool:
+        got.append(msg)
         arrived.set()
+        return True
 
-    publisher.on_adjudication = on_adj
+    publisher.gate = InboundGate(deliver)
     publisher.start()
     assert publisher.wait_connected(10)
     wait_for_subscriber(broker, "dev-a")  # the device's SUBSCRIBE to its adjudications
     aid = make_record().alert_id
     proc = edge("alerts", "adjudicate", *conn_args(broker, broker.control_room),
                 "--alert-id", aid, "--device", "dev-a", "--decision", "not_stopped",
-                "--officer", "PC 4411", "--json")  # fmt: skip
+                "--officer", "PC 4411", "--signing-key", str(signing_key), "--json")  # fmt: skip
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     sent = json.loads(out)
     assert arrived.wait(10)
-    assert got[0] == parse_adjudication(json.dumps({k: sent[k] for k in got[0]}).encode())
-    assert (got[0]["alert_id"], got[0]["decision"], got[0]["officer"]) == (
-        aid,
-        "not_stopped",
-        "PC 4411",
-    )
+    assert got[0].kind == "adjudications"
+    public = load_signing_key(signing_key).public_key()
+    adj = verify_adjudication(got[0].payload, public, device_id="dev-a", now=time.time())
+    assert (adj.alert_id, adj.decision, adj.officer, adj.at_text) == (
+        aid, "not_stopped", "PC 4411", sent["at"])  # fmt: skip
 
 
-def test_adjudicate_refused_by_acl_is_one_line_exit_5(broker: Broker) -> None:
+def test_adjudicate_needs_a_signing_key_and_is_refused_by_acl(
+    broker: Broker, signing_key: Path
+) -> None:
     dev = broker.creds("dev-a")  # a device may not write adjudications
-    proc = edge("alerts", "adjudicate", *conn_args(broker, dev), "--alert-id",
-                make_record().alert_id, "--device", "dev-b", "--decision", "confirmed",
-                "--officer", "PC1")  # fmt: skip
+    base = [*conn_args(broker, dev), "--alert-id", make_record().alert_id, "--device", "dev-b",
+            "--decision", "confirmed", "--officer", "PC1"]  # fmt: skip
+    proc = edge("alerts", "adjudicate", *base)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "--signing-key" in err
+    proc = edge("alerts", "adjudicate", *base, "--signing-key", str(signing_key))
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 5
     assert err.strip().count("\n") == 0 and "refused the adjudication" in err
     assert "Not authorized" in err
+
+
+def test_listener_survives_hostile_alerts_and_escapes_what_it_prints(
+    broker: Broker, publisher: Publisher
+) -> None:
+    """Nested JSON, a huge message, NaN, a ``captured_at`` ending in a newline, a retained
+    alert and a subject id with control characters: the listener goes on, prints one
+    escaped line for the good alert, and never a forged line."""
+    dev = broker.client("dev-a")
+    good = json.loads(encode_alert(make_record(subject_id="S-1\nX ALERT device=forged")))
+    good["published_at"] = rfc3339(time.time())
+    newline = dict(good, alert_id=make_record().alert_id, captured_at=good["captured_at"] + "\n")
+    hostile = [b"[" * 30000, b"{" * 5000, b'{"score": NaN}', b"x" * (2 << 20),
+               json.dumps(newline).encode(), b"\xff\xfe"]  # fmt: skip
+    retained = dict(good, alert_id=make_record().alert_id)
+    dev.publish("lfr/dev-a/alerts", json.dumps(retained), qos=1, retain=True).wait_for_publish(5)
+    proc = edge("alerts", *conn_args(broker, broker.control_room), "--count", "1",
+                "--timeout", "30", "--client-id", "cr-hostile")  # fmt: skip
+    wait_for_subscriber(broker, "cr-hostile")
+    for payload in hostile:
+        dev.publish("lfr/dev-a/alerts", payload, qos=1).wait_for_publish(5)
+    dev.publish("lfr/dev-a/alerts", json.dumps(good), qos=1).wait_for_publish(5)
+    out, err = proc.communicate(timeout=60)
+    dev.publish("lfr/dev-a/alerts", b"", qos=1, retain=True).wait_for_publish(5)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    alert_lines = [x for x in out.splitlines() if " ALERT " in x]
+    assert len(alert_lines) == 1 and "subject=S-1\\nX" in alert_lines[0], out
+    assert retained["alert_id"] not in out
 
 
 @pytest.mark.parametrize("case", ["closed port", "rogue certificate", "missing key"])

@@ -325,7 +325,7 @@ def test_signed_end_command_disarms_shreds_and_publishes_summary(
         edge_cmd("alerts", "adjudicate", "--host", broker.host, "--port", str(broker.port),
                  "--ca", str(cr.ca), "--cert", str(cr.cert), "--key", str(cr.key),
                  "--alert-id", alert_id, "--device", DEVICE, "--decision", "confirmed",
-                 "--officer", "PC 4242"),
+                 "--officer", "PC 4242", "--signing-key", str(keys.directory / "signing.key")),
         check=True, capture_output=True, timeout=60,
     )
     # The device records it in its audit log, which it also publishes.

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.errors import UsageError
+from edge.watchlist.adjudication import AdjudicationRefused, sign_adjudication
 from edge.watchlist.audit import AuditLog, verify
 from edge.watchlist.deployment import DeploymentManager, shred_file
 from edge.watchlist.signed_commands import CommandRefused, make_command
@@ -202,6 +204,62 @@ def _end_of_deployment_checks(env, m: DeploymentManager, summary: dict, reason: 
     assert verify(env.audit.path) == len(events)
 
 
+ALERTS = [f"01937c3e-0000-7000-8000-{i:012x}" for i in range(10)]
+
+
+def adjudication(env, alert_id: str, decision: str, **kw) -> bytes:
+    args = {"device_id": "van-01", "alert_id": alert_id, "decision": decision,
+            "officer": "PC 1", "at": NOW.timestamp() - 60, **kw}  # fmt: skip
+    return sign_adjudication(kw.pop("key", env.kit.signer), **{k: v for k, v in args.items()
+                                                                if k != "key"})
+
+
+def test_adjudications_only_for_issued_alerts_once_per_decision_and_signed(env) -> None:
+    """Issue 13 item 5 / issue 15: a forged, foreign, unknown or replayed adjudication
+    is refused and audited with its reason; a real one is recorded exactly once."""
+    env.bundle_path.write_bytes(make_bundle(env.kit, emb=embeddings(5)))
+    m = env.manager()
+    now = NOW.timestamp()
+    with pytest.raises(AdjudicationRefused, match="no deployment"):
+        m.handle_adjudication(adjudication(env, ALERTS[0], "confirmed"), now)
+    assert m.load(env.bundle_path).armed
+    m.note_alert(ALERTS[0])
+    good = adjudication(env, ALERTS[0], "confirmed")
+    refusals = {
+        "unknown_alert": adjudication(env, ALERTS[1], "confirmed"),
+        "unknown_signer": adjudication(env, ALERTS[0], "rejected",
+                                       key=Ed25519PrivateKey.generate()),
+        "not_for_device": adjudication(env, ALERTS[0], "rejected", device_id="van-02"),
+        "unsigned": json.dumps({"alert_id": ALERTS[0], "decision": "confirmed",
+                                "officer": "PC 1", "at": "2026-11-22T12:00:00.000Z"}).encode(),
+        "garbled": b"[" * 3000,
+        "too_large": b"{" + b" " * 5000 + b"}",
+    }  # fmt: skip
+    for reason, data in refusals.items():
+        with pytest.raises(AdjudicationRefused) as info:
+            m.handle_adjudication(data, now)
+        assert info.value.reason == reason
+    assert m.handle_adjudication(good, now).decision == "confirmed"
+    for _ in range(3):
+        with pytest.raises(AdjudicationRefused, match="recorded"):
+            m.handle_adjudication(good, now)
+    # The officer may revise the decision once: another decision on the same alert.
+    m.handle_adjudication(adjudication(env, ALERTS[0], "not_stopped"), now)
+    entries = _events(env.audit)
+    recorded = [e for e in entries if e["event"] == "adjudication"]
+    assert [e["decision"] for e in recorded] == ["confirmed", "not_stopped"]
+    refused = [e["reason"] for e in entries if e["event"] == "adjudication_refused"]
+    assert refused == ["not_armed", *refusals, "replayed", "replayed", "replayed"]
+    assert all(len(json.dumps(e)) < 600 for e in entries if "adjudication" in e["event"])
+    # A restart keeps what this deployment issued and recorded.
+    m.tick(now)
+    again = env.manager()
+    assert again.load(env.bundle_path).armed
+    with pytest.raises(AdjudicationRefused, match="recorded"):
+        again.handle_adjudication(good, now)
+    again.handle_adjudication(adjudication(env, ALERTS[0], "rejected"), now)
+
+
 def test_end_of_window_wipes_shreds_and_summarises(env) -> None:
     emb = embeddings(5)
     data = make_bundle(env.kit, emb=emb)
@@ -212,11 +270,9 @@ def test_end_of_window_wipes_shreds_and_summarises(env) -> None:
     m.counters.faces_processed += 1234
     m.counters.tracks += 56
     m.counters.alerts += 3
-    m.record_adjudication("0190-a1", "confirmed", "PC 1", "2026-11-22T12:01:00Z")
-    m.record_adjudication("0190-a2", "rejected", "PC 1", "2026-11-22T12:02:00Z")
-    m.record_adjudication("0190-a3", "rejected", "PC 2", "2026-11-22T12:03:00Z")
-    with pytest.raises(UsageError, match="not one of"):
-        m.record_adjudication("0190-a4", "arrest", "PC 2", "2026-11-22T12:03:00Z")
+    for i, decision in enumerate(("confirmed", "rejected", "rejected")):
+        m.note_alert(ALERTS[i])
+        m.handle_adjudication(adjudication(env, ALERTS[i], decision), NOW.timestamp())
     assert m.tick(END.timestamp() - 1) is None and m.armed
     summary = m.tick(END.timestamp())
     assert summary is not None

@@ -22,7 +22,7 @@ import pytest
 
 from edge.delivery.alert import parse_alert, parse_rfc3339, rfc3339
 from edge.delivery.outbox import Outbox
-from edge.delivery.publish import BrokerSettings, Publisher
+from edge.delivery.publish import BrokerSettings, Inbound, Publisher
 from edge.errors import BrokerError
 from tests.fixtures.alerts import make_record
 from tests.fixtures.broker import Broker, Received
@@ -188,7 +188,7 @@ def test_sigkilled_producer_alerts_are_delivered_after_restart(
         import json, time
         from pathlib import Path
         from edge.delivery.outbox import Outbox
-        from edge.delivery.publish import BrokerSettings, Publisher
+        from edge.delivery.publish import BrokerSettings, Inbound, Publisher
         from tests.fixtures.alerts import make_record
         ob = Outbox({str(db)!r}, bytes.fromhex({KEY.hex()!r}))
         s = BrokerSettings({broker.host!r}, {broker.port}, Path({str(c.ca)!r}),
@@ -287,7 +287,7 @@ def test_last_will_marks_a_killed_device_offline(broker: Broker) -> None:
         import time, tempfile, os
         from pathlib import Path
         from edge.delivery.outbox import Outbox
-        from edge.delivery.publish import BrokerSettings, Publisher
+        from edge.delivery.publish import BrokerSettings, Inbound, Publisher
         ob = Outbox(Path(tempfile.mkdtemp()) / "ob.db", os.urandom(32))
         s = BrokerSettings({broker.host!r}, {broker.port}, Path({str(c.ca)!r}),
                            Path({str(c.cert)!r}), Path({str(c.key)!r}))
@@ -338,35 +338,50 @@ def test_graceful_stop_flushes_and_says_offline(
     assert (status["state"], status["reason"]) == ("offline", "stopped")
 
 
-def test_adjudications_and_commands_reach_the_callbacks(
+def test_inbound_messages_reach_the_inbox_as_bytes_through_the_gate(
     broker: Broker, make_publisher: Callable[..., Publisher], caplog: pytest.LogCaptureFixture
 ) -> None:
-    adjs: list[dict[str, Any]] = []
-    cmds: list[dict[str, Any]] = []
-    pub = make_publisher(broker, "dev-c", on_adjudication=adjs.append, on_command=cmds.append)
+    """Size, retain and the bounded inbox are checked before anything is parsed; the
+    payload reaches the inbox as bytes (the receiver verifies it), and a refusal is one
+    line naming the reason, never the payload."""
+    got: list[Inbound] = []
+    refused: list[tuple[str, str, int]] = []
+    room = [3]
+
+    def inbox(msg: Inbound) -> bool:
+        if room[0] <= 0:
+            return False
+        room[0] -= 1
+        got.append(msg)
+        return True
+
+    cr = broker.client("control-room")
+    # A retained message reaches a subscriber as retained when it subscribes.
+    cr.publish("lfr/dev-c/commands", b"retained", qos=1, retain=True).wait_for_publish(5)
+    pub = make_publisher(broker, "dev-c", inbox=inbox,
+                         on_refused=lambda *a: refused.append(a))  # fmt: skip
     pub.start()
     assert pub.wait_connected(10)
-    # The subscription is made in on_connect; give the SUBACK a bounded moment by
-    # retrying the first publish until something arrives.
-    cr = broker.client("control-room")
-    good = {"alert_id": make_record().alert_id, "decision": "rejected", "officer": "PC42",
-            "at": rfc3339(time.time())}  # fmt: skip
     with caplog.at_level("WARNING", logger="edge.delivery.publish"):
         deadline = time.monotonic() + 10
-        while not adjs and time.monotonic() < deadline:
-            cr.publish("lfr/dev-c/adjudications", b"not json", qos=1).wait_for_publish(5)
-            cr.publish("lfr/dev-c/adjudications", json.dumps({**good, "decision": "arrest"}),
-                       qos=1).wait_for_publish(5)  # fmt: skip
-            cr.publish("lfr/dev-c/adjudications", json.dumps(good), qos=1).wait_for_publish(5)
-            wait_until(lambda: bool(adjs), 1)
-        cr.publish("lfr/dev-c/commands", b"[1, 2]", qos=1).wait_for_publish(5)
-        command = b'{"format": "lfr-edge-command/1", "body": "{}"}'
-        cr.publish("lfr/dev-c/commands", command, qos=1).wait_for_publish(5)
-        assert wait_until(lambda: bool(cmds), 5)
-    assert adjs[0] == good and all(a == good for a in adjs)
-    assert cmds == [json.loads(command)]  # the non-object command was dropped
-    bad_lines = [r.getMessage() for r in caplog.records if "ignoring a bad message" in r.message]
-    assert bad_lines and all("\n" not in line for line in bad_lines)
+        while not got and time.monotonic() < deadline:  # until the SUBACK is in place
+            cr.publish("lfr/dev-c/commands", b"[1, 2]", qos=1).wait_for_publish(5)
+            wait_until(lambda: bool(got), 1)
+        assert got and got[0] == Inbound("commands", b"[1, 2]")
+        cr.publish("lfr/dev-c/adjudications", b"x" * 5000, qos=1).wait_for_publish(5)
+        assert wait_until(lambda: len(refused) >= 2, 5)
+        while room[0] > 0:
+            cr.publish("lfr/dev-c/adjudications", b"{}", qos=1).wait_for_publish(5)
+            wait_until(lambda: room[0] == 0, 0.5)
+        cr.publish("lfr/dev-c/adjudications", b"{}", qos=1).wait_for_publish(5)
+        assert wait_until(lambda: any(r[1] == "inbox_full" for r in refused), 5)
+    cr.publish("lfr/dev-c/commands", b"", qos=1, retain=True).wait_for_publish(5)  # clear it
+    reasons = {(k, r) for k, r, _n in refused}
+    assert {("adjudications", "too_large"), ("commands", "retained"),
+            ("adjudications", "inbox_full")} <= reasons  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if "refused a message" in r.getMessage()]
+    assert lines and all("\n" not in line and "xxxx" not in line for line in lines)
+    assert pub.connected, "refusals never disturb the connection"
 
 
 def test_stats_are_best_effort(broker: Broker, make_publisher: Callable[..., Publisher]) -> None:

@@ -9,8 +9,17 @@ Listen (mutual TLS, QoS 1) to ``lfr/<device>/alerts`` (plus ``status`` and
 
 Send an officer's decision back to the device (waits for the broker's PUBACK)::
 
-    edge alerts adjudicate --alert-id ID --device ID
+    edge alerts adjudicate --alert-id ID --device ID --signing-key FILE
                 --decision confirmed|rejected|not_stopped --officer X  [connection options]
+
+The decision is signed with the control room's Ed25519 signing key
+(:func:`edge.watchlist.adjudication.sign_adjudication`); the device refuses unsigned ones.
+
+Every message is untrusted: parsed with :func:`edge.boundedjson.loads` (size and depth
+bounded), a bad one is one line on stderr and the listener goes on; retained alerts are
+ignored (a device must not plant an alert every later subscriber receives); every string
+printed from a message is escaped (:func:`safe`), so a ``subject_id`` with control
+characters cannot forge a line.
 
 ``--count`` stops after N distinct alerts (exit 0); ``--timeout`` stops after
 S seconds (exit 0, or 1 if ``--count`` was not reached). A connection problem
@@ -90,6 +99,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a.add_argument("--device", required=True, help="the device that raised the alert")
     a.add_argument("--decision", required=True, choices=("confirmed", "rejected", "not_stopped"))
     a.add_argument("--officer", required=True, help="the adjudicating officer's id")
+    a.add_argument("--signing-key", required=True, type=Path, metavar="FILE",
+                   help="the control room's Ed25519 signing key (edge keys init)")  # fmt: skip
     a.add_argument("--json", action="store_true", help="print the sent message as JSON")
     a.add_argument(
         "--timeout", type=float, default=CONNECT_TIMEOUT_S, help="seconds to wait for PUBACK"
@@ -175,12 +186,20 @@ def _save_crop(directory: Path, alert_id: str, jpeg: bytes) -> Path:
     return path
 
 
+def safe(value: object, limit: int = 120) -> str:
+    """``value`` as one printable line: control and non-printable characters escaped."""
+    text = str(value)
+    out = "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
+                  for c in text[:limit])  # fmt: skip
+    return out + ("..." if len(text) > limit else "")
+
+
 def _alert_line(alert: dict[str, Any], crop: Path | None) -> str:
     line = (
-        f"{alert['captured_at']} ALERT device={alert['device_id']} "
-        f"subject={alert['subject_id']} category={alert['category']} "
-        f"score={alert['score']:.4f} threshold={alert['threshold']:.4f} "
-        f"alert_id={alert['alert_id']}"
+        f"{safe(alert['captured_at'])} ALERT device={safe(alert['device_id'])} "
+        f"subject={safe(alert['subject_id'])} category={safe(alert['category'])} "
+        f"score={float(alert['score']):.4f} threshold={float(alert['threshold']):.4f} "
+        f"alert_id={safe(alert['alert_id'])}"
     )
     return line + (f" crop={crop}" if crop else "")
 
@@ -237,40 +256,11 @@ def run_listen(args: argparse.Namespace) -> int:
                 msg = inbox.get(timeout=wait)
             except queue.Empty:
                 continue
-            kind = msg.topic.rsplit("/", 1)[-1]
-            device = msg.topic.split("/")[1]
-            if kind == "alerts":
-                try:
-                    alert = parse_alert(bytes(msg.payload))
-                except AlertFormatError as exc:
-                    print(f"edge: ignoring an invalid alert from {device}: {exc}", file=sys.stderr)
-                    continue
-                if alert["device_id"] != device:
-                    print(
-                        f"edge: ignoring an alert on {msg.topic} that claims device "
-                        f"{alert['device_id']}",
-                        file=sys.stderr,
-                    )
-                    continue
-                if alert["alert_id"] in seen:
-                    duplicates += 1
-                    continue
-                seen.add(alert["alert_id"])
-                jpeg = base64.b64decode(alert["face_jpeg_b64"])
-                crop = (
-                    _save_crop(args.save_crops, alert["alert_id"], jpeg)
-                    if args.save_crops is not None
-                    else None
-                )
-                if args.json:
-                    out = {k: v for k, v in alert.items() if k != "face_jpeg_b64"}
-                    out.update(type="alert", face_jpeg_bytes=len(jpeg),
-                               crop=None if crop is None else str(crop))  # fmt: skip
-                    print(json.dumps(out, sort_keys=True), flush=True)
-                else:
-                    print(_alert_line(alert, crop), flush=True)
-            else:
-                _print_other(kind, device, bytes(msg.payload), msg.retain, args.json)
+            try:
+                duplicates += _handle(msg, seen, args, parse_alert, AlertFormatError)
+            except Exception as exc:  # one bad message never ends the listener
+                print(f"edge: ignoring a message on {safe(msg.topic)}: "
+                      f"{safe(type(exc).__name__)}", file=sys.stderr)  # fmt: skip
         print(
             f"edge: {len(seen)} alerts, {duplicates} duplicate deliveries ignored",
             file=sys.stderr,
@@ -281,11 +271,54 @@ def run_listen(args: argparse.Namespace) -> int:
         client.loop_stop()
 
 
-def _print_other(kind: str, device: str, payload: bytes, retained: bool, as_json: bool) -> None:
+def _handle(msg: mqtt.MQTTMessage, seen: set[str], args: argparse.Namespace,
+            parse_alert: Any, format_error: type[Exception]) -> int:
+    """Print (and save) one message; returns 1 for a duplicate alert, else 0."""
+    kind = msg.topic.rsplit("/", 1)[-1]
+    device = safe(msg.topic.split("/")[1] if msg.topic.count("/") >= 2 else "?", 64)
+    if kind != "alerts":
+        _print_other(kind, device, bytes(msg.payload), msg.retain, args.json)
+        return 0
+    if msg.retain:
+        print(f"edge: ignoring a retained alert on {safe(msg.topic)}", file=sys.stderr)
+        return 0
     try:
-        body = json.loads(payload) if payload else None
-    except ValueError:
+        alert = parse_alert(bytes(msg.payload))
+    except format_error as exc:
+        print(f"edge: ignoring an invalid alert from {device}: {safe(exc, 200)}",
+              file=sys.stderr)  # fmt: skip
+        return 0
+    if alert["device_id"] != msg.topic.split("/")[1]:
+        print(f"edge: ignoring an alert on {safe(msg.topic)} that claims device "
+              f"{safe(alert['device_id'])}", file=sys.stderr)  # fmt: skip
+        return 0
+    if alert["alert_id"] in seen:
+        return 1
+    seen.add(alert["alert_id"])
+    jpeg = base64.b64decode(alert["face_jpeg_b64"])
+    crop = (
+        _save_crop(args.save_crops, alert["alert_id"], jpeg)
+        if args.save_crops is not None
+        else None
+    )
+    if args.json:
+        out = {k: v for k, v in alert.items() if k != "face_jpeg_b64"}
+        out.update(type="alert", face_jpeg_bytes=len(jpeg),
+                   crop=None if crop is None else str(crop))  # fmt: skip
+        print(json.dumps(out, sort_keys=True), flush=True)
+    else:
+        print(_alert_line(alert, crop), flush=True)
+    return 0
+
+
+def _print_other(kind: str, device: str, payload: bytes, retained: bool, as_json: bool) -> None:
+    from edge import boundedjson
+
+    try:
+        body = boundedjson.loads(payload, max_bytes=64 * 1024) if payload else None
+    except boundedjson.JSONRefused:
         body = None
+    kind = safe(kind, 32)
     if as_json:
         print(json.dumps({"type": kind, "device_id": device, "retained": retained,
                           "payload": body}, sort_keys=True), flush=True)  # fmt: skip
@@ -293,13 +326,13 @@ def _print_other(kind: str, device: str, payload: bytes, retained: bool, as_json
     if kind == "status" and isinstance(body, dict):
         armed = "yes" if body.get("armed") else "no"
         print(
-            f"{body.get('at', '-')} STATUS device={device} state={body.get('state')} "
-            f"armed={armed} reason={json.dumps(body.get('reason', ''))}"
+            f"{safe(body.get('at', '-'))} STATUS device={device} state={safe(body.get('state'))} "
+            f"armed={armed} reason={json.dumps(safe(body.get('reason', ''), 200))}"
             + (" (retained)" if retained else ""),
             flush=True,
         )
     elif isinstance(body, dict):
-        keys = ", ".join(sorted(body)[:8])
+        keys = ", ".join(safe(k, 32) for k in sorted(body)[:8])
         print(f"- {kind.upper()} device={device} fields: {keys}", flush=True)
     elif payload:
         print(f"- {kind.upper()} device={device} ({len(payload)} bytes, not JSON)", flush=True)
@@ -309,16 +342,23 @@ def _print_other(kind: str, device: str, payload: bytes, retained: bool, as_json
 
 
 def run_adjudicate(args: argparse.Namespace) -> int:
-    from edge.delivery.alert import AlertFormatError, make_adjudication
     from edge.delivery.publish import topic
+    from edge.watchlist.adjudication import sign_adjudication
+    from edge.watchlist.keys import load_signing_key
 
-    try:
-        adj = make_adjudication(args.alert_id, args.decision, args.officer, time.time())
-        target = topic(args.device, "adjudications")
-    except (AlertFormatError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
     if args.device == "+":
         raise UsageError("--device must name one device")
+    key = load_signing_key(args.signing_key)
+    at = time.time()
+    try:
+        payload = sign_adjudication(key, device_id=args.device, alert_id=args.alert_id,
+                                    decision=args.decision, officer=args.officer, at=at)
+        target = topic(args.device, "adjudications")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    adj = {"alert_id": args.alert_id, "decision": args.decision, "officer": args.officer,
+           "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))
+           + f".{int(at * 1000) % 1000:03d}Z"}  # fmt: skip
     settings = _settings(args)
     client = _client(args, settings, "edge-adjudicate")
     acked = threading.Event()
@@ -331,7 +371,6 @@ def run_adjudicate(args: argparse.Namespace) -> int:
     client.on_publish = on_publish
     _connect(client, settings)
     try:
-        payload = json.dumps(adj, separators=(",", ":"), sort_keys=True).encode()
         client.publish(target, payload, qos=1)
         if not acked.wait(args.timeout):
             raise BrokerError(f"no PUBACK for the adjudication within {args.timeout:g} s")

@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from edge import boundedjson
 from edge.types import AlertRecord, ImageU8
 from edge.uuid7 import uuid7_str
 
@@ -57,6 +58,8 @@ MODEL_KEYS: Final = ("detector", "detector_sha256", "embedder", "embedder_sha256
 DEVICE_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 """Device and deployment ids: safe as one MQTT topic level and as a file name."""
 
+MAX_ALERT_BYTES: Final = 1 << 20
+"""Largest alert a subscriber parses (a 320 px crop in base64 is well under 100 KiB)."""
 MAX_MARGIN: Final = 0.5
 """Largest margin (fraction of the face box, per side) a crop may add around a face."""
 DEFAULT_MARGIN: Final = 0.2
@@ -88,7 +91,7 @@ def rfc3339(ts: float) -> str:
 
 def parse_rfc3339(text: str) -> float:
     """The inverse of :func:`rfc3339` (any fraction length, ``Z`` only) -> Unix seconds."""
-    if not isinstance(text, str) or not _RFC3339_RE.match(text):
+    if not isinstance(text, str) or not _RFC3339_RE.fullmatch(text):
         raise AlertFormatError(f"not an RFC 3339 UTC time ending in Z: {text!r}")
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
@@ -204,7 +207,7 @@ def _model_block(model: Mapping[str, str]) -> dict[str, Any]:
     if missing:
         raise AlertFormatError(f"alert model info lacks {', '.join(missing)}")
     for role in ("detector", "embedder"):
-        if not _SHA256_RE.match(model[f"{role}_sha256"]):
+        if not _SHA256_RE.fullmatch(model[f"{role}_sha256"]):
             raise AlertFormatError(f"model {role}_sha256 is not 64 lower-case hex digits")
     block: dict[str, Any] = {k: str(v) for k, v in model.items() if k not in MODEL_KEYS}
     for role in ("detector", "embedder"):
@@ -218,10 +221,10 @@ def build_alert(record: AlertRecord, published_at: float | None = None) -> dict[
     Raises AlertFormatError on anything the schema would refuse (and on a crop
     that is not the face only, or a score below the threshold in force).
     """
-    if not _UUID7_RE.match(record.alert_id):
+    if not _UUID7_RE.fullmatch(record.alert_id):
         raise AlertFormatError(f"alert_id is not a lower-case UUIDv7: {record.alert_id!r}")
     for name in ("device_id", "deployment_id"):
-        if not DEVICE_ID_RE.match(getattr(record, name)):
+        if not DEVICE_ID_RE.fullmatch(getattr(record, name)):
             raise AlertFormatError(f"{name} {getattr(record, name)!r} is not a valid id")
     if not record.subject_id or len(record.subject_id) > 128:
         raise AlertFormatError("subject_id must be 1..128 characters")
@@ -296,17 +299,17 @@ def _need(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> An
 def parse_alert(payload: bytes) -> dict[str, Any]:
     """Parse and check an alert message (the schema's rules, without a jsonschema dependency)."""
     try:
-        obj = json.loads(payload)
-    except ValueError as exc:
-        raise AlertFormatError(f"alert is not JSON: {exc}") from None
+        obj = boundedjson.loads(payload, max_bytes=MAX_ALERT_BYTES, max_depth=4)
+    except boundedjson.JSONRefused as exc:
+        raise AlertFormatError(f"alert refused: {exc}") from None
     if not isinstance(obj, dict):
         raise AlertFormatError("alert is not a JSON object")
     if obj.get("schema") != SCHEMA_ID:
         raise AlertFormatError(f"unknown alert schema {obj.get('schema')!r}")
-    if not _UUID7_RE.match(_need(obj, "alert_id", str)):
+    if not _UUID7_RE.fullmatch(_need(obj, "alert_id", str)):
         raise AlertFormatError("alert_id is not a UUIDv7")
     for key in ("device_id", "deployment_id"):
-        if not DEVICE_ID_RE.match(_need(obj, key, str)):
+        if not DEVICE_ID_RE.fullmatch(_need(obj, key, str)):
             raise AlertFormatError(f"{key} is not a valid id")
     parse_rfc3339(_need(obj, "captured_at", str))
     parse_rfc3339(_need(obj, "published_at", str))
@@ -354,9 +357,9 @@ def make_adjudication(alert_id: str, decision: str, officer: str, at: float) -> 
 def parse_adjudication(payload: bytes) -> dict[str, str]:
     """Parse and check an adjudication message (AlertFormatError says what is wrong)."""
     try:
-        obj = json.loads(payload)
-    except ValueError as exc:
-        raise AlertFormatError(f"adjudication is not JSON: {exc}") from None
+        obj = boundedjson.loads(payload, max_bytes=4096, max_depth=2)
+    except boundedjson.JSONRefused as exc:
+        raise AlertFormatError(f"adjudication refused: {exc}") from None
     if not isinstance(obj, dict):
         raise AlertFormatError("adjudication is not a JSON object")
     alert_id = _need(obj, "alert_id", str)

@@ -1,7 +1,8 @@
 """The MQTT publisher: drains the outbox to the control-room broker and receives its replies.
 
 paho-mqtt 2 (``CallbackAPIVersion.VERSION2``), MQTT 5, mutual TLS (TLS 1.2+),
-QoS 1. Topics are ``lfr/<device_id>/<kind>`` (see :func:`topic`).
+QoS 1. Topics are ``lfr/<device_id>/<kind>`` (see :func:`topic`, in
+:mod:`edge.delivery.link` with the client set-up).
 
 Delivery contract (what the tests prove against a real mosquitto):
 
@@ -9,159 +10,93 @@ Delivery contract (what the tests prove against a real mosquitto):
   encrypted); the publisher deletes it **only** in ``on_publish`` with a
   successful PUBACK reason code. A refused PUBACK (e.g. "Not authorized") keeps
   the row, records ``last_error`` and retries it on the next connection.
+- When the outbox cannot store a message (a full disk, an I/O error, its limits) the
+  message is held in RAM (:mod:`edge.delivery.held`, bounded), retried into the outbox
+  each turn and, while the disk refuses, published directly (QoS 1, deleted on PUBACK);
+  :attr:`Publisher.persist_error` says so for ``status``. Only when that queue is full is
+  a message refused (:class:`~edge.delivery.held.HeldFull`, which the caller audits).
 - "Connected" means a CONNACK with a success reason code, never just an open
   socket. paho's own loop reconnects with exponential backoff.
-- While disconnected nothing is dropped: rows stay in the outbox. Rows that
-  were handed to paho and not yet acknowledged are resent by paho on
-  reconnect with the DUP flag; rows from an earlier process (crash, SIGKILL)
-  are republished from the outbox by a new Publisher. Either way the payload
-  is byte-identical (same ``alert_id`` and ``published_at``: the first-publish
-  time is stored in the outbox row), so the control room deduplicates on
-  ``alert_id``.
+- While disconnected nothing is dropped. Rows handed to paho and not yet acknowledged
+  are published again from the outbox on the next connection (a new connection starts
+  from the oldest pending row). The payload is byte-identical (same ``alert_id`` and
+  ``published_at``: the first-publish time is stored in the outbox row), so the control
+  room deduplicates on ``alert_id``.
+- **The network thread is watched**: each drain turn checks that paho's thread is alive
+  and, while connected, that it has read from the socket within 2.5 keepalives (a live
+  connection answers PINGREQs); a dead or stalled thread is abandoned and the client
+  rebuilt from scratch inside the process (:attr:`Publisher.rebuilds`), before the
+  systemd watchdog would have to kill everything.
 - ``lfr/<id>/status`` is retained JSON ``{"state": "online"|"offline",
-  "armed": bool, "reason": str, "device_id": str, "at": RFC 3339, ...}``
-  (extra keys from :meth:`Publisher.publish_status`); the last will
-  (retained, QoS 1) is the offline form without ``at``, with reason
-  ``"connection lost"`` and the ``armed`` state known when the connection was
-  made (a will cannot change during a connection). :meth:`Publisher.stop`
-  publishes ``offline`` with reason ``"stopped"``. The current status is
-  republished on every (re)connect, so it is not queued in the outbox.
+  "armed": bool, "reason": str, "device_id": str, "at": RFC 3339, ...}``; the last
+  will (retained, QoS 1) is the offline form without ``at``, reason ``"connection
+  lost"``. A will cannot change during a connection, so **when ``armed`` changes the
+  publisher reconnects** (a clean DISCONNECT, which publishes no will, then a new
+  connection carrying the new will): after a crash the control room sees the armed
+  state the device really had. :meth:`Publisher.stop` publishes ``offline`` with reason
+  ``"stopped"``. The status is republished on every (re)connect.
 - ``stats`` are QoS 0 and not durable: dropped while offline.
-- ``adjudications`` and ``commands`` are subscribed at QoS 1 in a persistent
-  session (client id = device id, clean start off), so replies sent while
-  the device was offline are delivered when it returns. Adjudications are
-  parsed and checked (:func:`edge.delivery.alert.parse_adjudication`) and handed over
-  as a dict; commands are checked to be a JSON object of at most 64 KiB and
-  handed over parsed (the signature is verified by the caller). A bad
-  payload is logged as one line and ignored. Callbacks run on paho's network
-  thread (keep them short); their exceptions are logged, never propagated.
+- ``adjudications`` and ``commands`` are subscribed at QoS 1 in a persistent session
+  (client id = device id, clean start off). The CONNECT carries ``MaximumPacketSize``
+  (:data:`~edge.delivery.link.MAX_PACKET_BYTES`), so the broker drops anything larger
+  instead of sending it. Each message goes through :class:`~edge.delivery.inbound.InboundGate`
+  (size, retained, rate) into the caller's bounded inbox as bytes; the callback catches
+  everything, so the message is always PUBACKed once and never redelivered, and paho's
+  ``suppress_exceptions`` is a second net.
 
-Health: :attr:`Publisher.last_checkin` (``time.monotonic()``) is updated by the
-publisher's drain loop each turn (at least every ``drain_interval_s``) while
-paho's network thread is alive, for the watchdog; :attr:`connected`,
-:attr:`pending_count` and :attr:`last_error` describe the link.
+Health: :attr:`Publisher.last_checkin` (``time.monotonic()``) is updated by the drain
+loop each turn (at least every ``drain_interval_s``) once it has checked paho's thread
+(and rebuilt the client if needed), for the watchdog.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import json
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.delivery.alert import (
-    DEVICE_ID_RE,
-    AlertFormatError,
-    encode_alert,
-    parse_adjudication,
-    rfc3339,
-    stamp_published_at,
+from edge.delivery.alert import DEVICE_ID_RE, encode_alert, rfc3339, stamp_published_at
+from edge.delivery.held import HeldQueue
+from edge.delivery.inbound import Inbound, InboundGate
+from edge.delivery.link import (
+    IN_KINDS,
+    MAX_PACKET_BYTES,
+    OUT_KINDS,
+    BrokerSettings,
+    json_bytes,
+    new_client,
+    tls_context,
+    topic,
 )
 from edge.delivery.outbox import Outbox, OutboxError, OutboxTampered
 from edge.errors import BrokerError
 from edge.types import AlertRecord
 
+__all__ = [
+    "IN_KINDS", "OUT_KINDS", "BrokerSettings", "Inbound", "Publisher", "new_client",
+    "tls_context", "topic",
+]  # fmt: skip
+
 log = logging.getLogger(__name__)
 
-OUT_KINDS: Final = ("status", "alerts", "stats", "deployment", "audit")
-IN_KINDS: Final = ("adjudications", "commands")
-
-AdjudicationCallback = Callable[[dict[str, Any]], None]
-"""Gets a checked ``{alert_id, decision, officer, at}`` dict."""
-CommandCallback = Callable[[dict[str, Any]], None]
-"""Gets the parsed command envelope (a JSON object of at most MAX_COMMAND_BYTES); its
-signature covers the ``body`` string inside, so re-serialising the envelope is safe."""
-MAX_COMMAND_BYTES: Final = 64 * 1024
-
-
-def topic(device_id: str, kind: str, prefix: str = "lfr") -> str:
-    """``<prefix>/<device_id>/<kind>``; ValueError for an unknown kind or unsafe id.
-
-    ``device_id`` may be ``+`` (any device) for subscriptions.
-    """
-    if kind not in OUT_KINDS + IN_KINDS:
-        raise ValueError(f"unknown topic kind {kind!r}")
-    if device_id != "+" and not DEVICE_ID_RE.match(device_id):
-        raise ValueError(f"device id {device_id!r} is not a valid topic level")
-    if not prefix or any(c in prefix for c in "+#") or prefix[0] == "/" or prefix[-1] == "/":
-        raise ValueError(f"topic prefix {prefix!r} is not valid")
-    return f"{prefix}/{device_id}/{kind}"
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerSettings:
-    """Where and how to reach the broker.
-
-    Mutual TLS needs ``ca``, ``cert`` and ``key``. Leaving all three None means
-    plain MQTT, which is refused unless ``host`` is a loopback address (a local
-    test broker); the device's only peer is the control room over mutual TLS.
-    """
-
-    host: str
-    port: int
-    ca: Path | None
-    cert: Path | None
-    key: Path | None
-    keepalive: int = 30
-
-    @property
-    def tls(self) -> bool:
-        return not (self.ca is None and self.cert is None and self.key is None)
-
-
-def tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
-    """A client TLS context: verify the broker against ``ca`` (and its name), TLS 1.2+,
-    present ``cert``/``key``. BrokerError (one line) if a file is missing or unusable."""
-    for what, path in (("CA certificate", ca), ("client certificate", cert), ("key", key)):
-        if path is None:
-            raise BrokerError(f"mutual TLS needs the MQTT {what}")
-        if not Path(path).is_file():
-            raise BrokerError(f"MQTT {what} {path} does not exist")
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(str(cert), str(key))
-    except (ssl.SSLError, OSError) as exc:
-        raise BrokerError(f"cannot load the MQTT TLS files ({exc})") from None
-    return ctx
-
-
-def new_client(client_id: str, settings: BrokerSettings) -> mqtt.Client:
-    """A paho MQTT 5 client (VERSION2 callbacks) with mutual TLS set, not connected."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    if settings.tls:
-        client.tls_set_context(tls_context(settings.ca, settings.cert, settings.key))
-    else:
-        try:
-            loopback = ipaddress.ip_address(settings.host).is_loopback
-        except ValueError:
-            loopback = settings.host == "localhost"
-        if not loopback:
-            raise BrokerError(
-                f"plain MQTT without TLS is allowed only to a loopback broker, not {settings.host}"
-            )
-    return client
-
-
-def _json(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
+InboxCallback = Callable[[Inbound], bool]
+"""Takes a message let through by the gate; False if the (bounded) inbox is full."""
+RefusedCallback = Callable[[str, str, int], None]
+"""Told ``(kind, reason, size)`` for each inbound message refused by the gate."""
+STALL_KEEPALIVES = 2.5
 
 
 class Publisher:
-    """Publishes the outbox to the broker and hands incoming replies to callbacks.
+    """Publishes the outbox to the broker and hands incoming replies to the inbox.
 
     ``start()`` connects in the background and returns at once; ``stop()``
     flushes (bounded), publishes the offline status and disconnects.
@@ -173,8 +108,8 @@ class Publisher:
         broker: BrokerSettings,
         outbox: Outbox,
         *,
-        on_adjudication: AdjudicationCallback | None = None,
-        on_command: CommandCallback | None = None,
+        inbox: InboxCallback | None = None,
+        on_refused: RefusedCallback | None = None,
         client_id: str | None = None,
         inflight_max: int = 20,
         reconnect_min_s: int = 1,
@@ -184,6 +119,7 @@ class Publisher:
         stats_provider: Callable[[], Mapping[str, Any]] | None = None,
         stats_interval_s: float = 30.0,
         topic_prefix: str = "lfr",
+        held: HeldQueue | None = None,
     ) -> None:
         if not DEVICE_ID_RE.match(device_id):
             raise BrokerError(f"device id {device_id!r} is not a valid MQTT topic level")
@@ -192,18 +128,21 @@ class Publisher:
         topic(device_id, "status", topic_prefix)  # ValueError now, not in a callback
         self.broker = broker
         self.outbox = outbox
-        self.on_adjudication = on_adjudication
-        self.on_command = on_command
+        self.held = held or HeldQueue()
+        self.gate = InboundGate(inbox or (lambda _m: True), on_refused=on_refused)
         self.inflight_max = max(1, inflight_max)
         self.drain_interval_s = drain_interval_s
         self.stats_provider = stats_provider
         self.stats_interval_s = stats_interval_s
         self.last_checkin = time.monotonic()
-        self.acked = 0  # messages deleted from the outbox on PUBACK, this process
+        self.acked = 0  # messages delivered (PUBACK success), this process
         self.connect_count = 0  # successful CONNACKs, this process
+        self.rebuilds = 0  # clients rebuilt after a dead/stalled thread or a will change
+        self.persist_error: str | None = None  # the outbox refused a write, not cleared yet
 
         self._lock = threading.Lock()
         self._inflight: dict[int, str] = {}  # paho mid -> outbox msg_id, awaiting PUBACK
+        self._held_inflight: dict[int, str] = {}  # paho mid -> held msg_id
         self._early: dict[int, ReasonCode] = {}  # on_publish that beat publish()'s return
         self._other_mids: set[int] = set()  # status/stats publishes (not in the outbox)
         self._rejected: set[str] = set()  # refused by the broker on this connection
@@ -212,26 +151,33 @@ class Publisher:
         self._connected = False
         self._last_error: str | None = None
         self._status: dict[str, Any] = {"armed": False, "reason": "starting"}
+        self._will_armed = False  # the armed value in the current connection's will
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_stats = 0.0
         self._status_due = False
-
-        self._client = new_client(client_id or device_id, broker)
-        self._client.max_inflight_messages_set(self.inflight_max)
-        self._client.max_queued_messages_set(0)
-        self._client.reconnect_delay_set(max(1, reconnect_min_s), max(1, reconnect_max_s))
-        self._client.enable_logger(logging.getLogger(f"{__name__}.paho"))
-        self._client.on_pre_connect = self._on_pre_connect
-        self._client.on_connect = self._on_connect
-        self._client.on_connect_fail = self._on_connect_fail
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_publish = self._on_publish
-        self._client.on_message = self._on_message
+        self._client_id = client_id or device_id
+        self._reconnect = (max(1, reconnect_min_s), max(1, reconnect_max_s))
         self._connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         self._connect_props.SessionExpiryInterval = session_expiry_s
-        self._set_will()
+        self._connect_props.MaximumPacketSize = MAX_PACKET_BYTES
+        self._client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        client = new_client(self._client_id, self.broker)
+        client.max_inflight_messages_set(self.inflight_max)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(*self._reconnect)
+        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        client.on_pre_connect = self._on_pre_connect
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        self._set_will(client)
+        return client
 
     # -- public -----------------------------------------------------------------------------
 
@@ -253,30 +199,36 @@ class Publisher:
 
     @property
     def pending_count(self) -> int:
-        """Messages in the outbox not yet acknowledged by the broker."""
-        return self.outbox.count_pending()
+        """Messages not yet acknowledged by the broker (outbox and held in RAM)."""
+        try:
+            return self.outbox.count_pending() + len(self.held)
+        except OutboxError:
+            return len(self.held)
 
     @property
     def inflight_count(self) -> int:
         with self._lock:
-            return len(self._inflight)
+            return len(self._inflight) + len(self._held_inflight)
 
     def start(self) -> None:
         """Connect in the background (paho's loop thread) and start the drain loop."""
         if self._thread is not None:
             return
-        self._client.connect_async(
+        self._connect(self._client)
+        self._thread = threading.Thread(
+            target=self._run, name=f"publisher-{self.device_id}", daemon=True
+        )
+        self._thread.start()
+
+    def _connect(self, client: mqtt.Client) -> None:
+        client.connect_async(
             self.broker.host,
             self.broker.port,
             keepalive=self.broker.keepalive,
             clean_start=False,
             properties=self._connect_props,
         )
-        self._client.loop_start()
-        self._thread = threading.Thread(
-            target=self._run, name=f"publisher-{self.device_id}", daemon=True
-        )
-        self._thread.start()
+        client.loop_start()
 
     def wait_connected(self, timeout: float) -> bool:
         """Wait (bounded) for a successful CONNACK; returns :attr:`connected`."""
@@ -286,12 +238,19 @@ class Publisher:
         return self.connected
 
     def enqueue(self, msg_id: str, kind: str, payload: bytes, retain: bool = False) -> bool:
-        """Put a message for ``lfr/<id>/<kind>`` in the outbox and wake the drain loop.
+        """Store a message for ``lfr/<id>/<kind>`` (outbox, else RAM) and wake the drain loop.
 
-        Raises :class:`~edge.delivery.outbox.OutboxFull` (the caller audits it). Returns
-        False if ``msg_id`` was already queued.
+        Returns False if ``msg_id`` was already queued. Raises
+        :class:`~edge.delivery.held.HeldFull` (an ``OutboxFull``; the caller audits it)
+        when neither the outbox nor the in-memory queue can take it.
         """
-        added = self.outbox.put(msg_id, self.topic(kind), payload, retain)
+        target = self.topic(kind)
+        try:
+            added = self.outbox.put(msg_id, target, payload, retain)
+        except OutboxError as exc:
+            self.persist_error = str(exc)
+            log.error("outbox cannot store %s (%s); held in memory", msg_id, exc)
+            added = self.held.hold(msg_id, target, payload, retain)
         self._wake.set()
         return added
 
@@ -306,12 +265,9 @@ class Publisher:
     def publish_status(self, armed: bool, reason: str, **extra: Any) -> bool:
         """Set the retained online status; the drain loop publishes it at once if connected.
 
-        The status is remembered and republished on every reconnect; the last
-        will carries the ``armed`` value current at (re)connection. Returns
+        The status is remembered and republished on every reconnect; a change of
+        ``armed`` makes the drain loop reconnect so the last will says the same. Returns
         whether the publisher is connected now (else it goes out on connect).
-        The drain loop sends it, never a paho callback, so a status queued by
-        paho before a disconnect and resent after the reconnect can never land
-        after, and override, the current one.
         """
         with self._lock:
             self._status = {"armed": bool(armed), "reason": str(reason), **extra}
@@ -325,19 +281,19 @@ class Publisher:
         if not self.connected:
             return False
         body = {**stats, "device_id": self.device_id, "at": rfc3339(time.time())}
-        info = self._publish_other(self.topic("stats"), _json(body), qos=0, retain=False)
+        info = self._publish_other(self.topic("stats"), json_bytes(body), qos=0, retain=False)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def stop(self, flush_timeout: float = 5.0) -> bool:
         """Flush (bounded), publish the offline status, disconnect, stop the threads.
 
-        Returns True if nothing was left pending in the outbox. Undelivered
-        messages stay in the outbox for the next start.
+        Returns True if nothing was left pending. Undelivered outbox rows stay for the
+        next start (what is held in RAM only is lost, and logged).
         """
         deadline = time.monotonic() + max(0.0, flush_timeout)
         self._wake.set()
         while self._thread is not None and time.monotonic() < deadline:
-            pending = self.outbox.count_pending()
+            pending = self.pending_count
             with self._lock:
                 stuck = self._connected and not self._inflight and pending <= len(self._rejected)
             if pending == 0 or stuck:
@@ -348,6 +304,7 @@ class Publisher:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
+        client = self._client
         if self.connected:
             with self._lock:
                 self._status = {**self._status, "reason": "stopped"}
@@ -356,23 +313,24 @@ class Publisher:
             )
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=max(0.5, min(2.0, deadline - time.monotonic())))
-        self._client.disconnect()
-        self._client.loop_stop()
+        client.disconnect()
+        client.loop_stop()
         with self._lock:
             self._connected = False
-        return self.outbox.count_pending() == 0
+        if len(self.held):
+            log.error("%d message(s) held in memory were never stored or delivered",
+                      len(self.held))  # fmt: skip
+        return self.pending_count == 0
 
     # -- drain loop -------------------------------------------------------------------------
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            thread = self._client._thread
-            if thread is not None and thread.is_alive():
-                self.last_checkin = time.monotonic()
-            else:
-                self._error("the MQTT network thread is not running")
             try:
+                self._watch_client()
+                self.last_checkin = time.monotonic()
                 self._maybe_status()
+                self._drain_held()
                 self._drain_once()
                 self._maybe_stats()
             except Exception as exc:
@@ -381,13 +339,118 @@ class Publisher:
             self._wake.wait(self.drain_interval_s)
             self._wake.clear()
 
+    def _watch_client(self) -> None:
+        """Rebuild the client if paho's thread died or stalled, or the will is stale."""
+        client = self._client
+        thread = client._thread
+        if thread is None or not thread.is_alive():
+            self._rebuild("the MQTT network thread is not running", graceful=False)
+            return
+        with self._lock:
+            connected = self._connected
+            will_stale = connected and bool(self._status.get("armed")) != self._will_armed
+        if connected:
+            last_read = float(getattr(client, "_last_bytes_received", time.monotonic()))
+            limit = STALL_KEEPALIVES * max(1, self.broker.keepalive)
+            if time.monotonic() - last_read > limit:
+                self._rebuild(f"the MQTT network thread read nothing for {limit:g} s",
+                              graceful=False)  # fmt: skip
+                return
+        if will_stale:
+            self._rebuild("armed state changed: reconnecting with a new last will", graceful=True)
+
+    def _rebuild(self, why: str, graceful: bool) -> None:
+        old = self._client
+        log.warning("MQTT client rebuilt: %s", why)
+        with self._lock:
+            self._connected = False
+            self._gen += 1
+            self._inflight.clear()
+            self._held_inflight.clear()
+            self._early.clear()
+            self._other_mids.clear()
+            self._status_due = True
+        self._client = self._make_client()
+        self.rebuilds += 1
+        if not graceful:
+            self._error(why)
+        # The old thread may be stuck in a callback: never wait for it.
+        old._thread_terminate = True
+        if graceful:
+            with contextlib.suppress(Exception):
+                old.disconnect()  # a clean DISCONNECT: the broker drops the old will
+            if old._thread is not None:
+                old._thread.join(timeout=2.0)
+        with contextlib.suppress(Exception):
+            sock = old.socket()
+            if sock is not None:
+                sock.close()
+        self._connect(self._client)
+
+    def _drain_held(self) -> None:
+        """Move held messages into the outbox when it takes them; else publish directly."""
+        items = self.held.items()
+        if not items:
+            if self.persist_error is not None and self._outbox_writable():
+                self.persist_error = None
+            return
+        with self._lock:
+            busy = set(self._held_inflight.values())
+        for item in items:
+            if item.msg_id in busy:
+                continue
+            try:
+                self.outbox.put(item.msg_id, item.topic, item.payload, item.retain)
+            except OutboxError as exc:
+                self.persist_error = str(exc)
+                break
+            self.held.remove(item.msg_id)
+            log.info("held message %s stored in the outbox", item.msg_id)
+        else:
+            self.persist_error = None
+        with self._lock:
+            if not self._connected:
+                return
+            gen = self._gen
+            room = self.inflight_max - len(self._inflight) - len(self._held_inflight)
+            busy = set(self._held_inflight.values())
+        for item in self.held.items():
+            if room <= 0 or item.msg_id in busy:
+                continue
+            if item.first_published is None:
+                item.first_published = time.time()
+            payload = item.payload
+            if item.topic == self.topic("alerts"):
+                payload = stamp_published_at(payload, item.first_published)
+            info = self._client.publish(item.topic, payload, qos=1, retain=item.retain)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            with self._lock:
+                if self._gen != gen:
+                    return
+                early = self._early.pop(info.mid, None)
+                if early is None:
+                    self._held_inflight[info.mid] = item.msg_id
+            if early is not None:
+                self._settle_held(item.msg_id, early)
+            room -= 1
+
+    def _outbox_writable(self) -> bool:
+        probe = f"probe-{time.monotonic_ns()}"
+        try:
+            self.outbox.put(probe, self.topic("stats"), b"", False)
+            self.outbox.ack(probe)
+        except OutboxError:
+            return False
+        return True
+
     def _drain_once(self) -> None:
         with self._lock:
             if not self._connected:
                 return
             gen = self._gen
             cursor = self._cursor
-            room = self.inflight_max - len(self._inflight)
+            room = self.inflight_max - len(self._inflight) - len(self._held_inflight)
             busy = set(self._inflight.values()) | self._rejected
         if room <= 0:
             return
@@ -405,7 +468,11 @@ class Publisher:
             if item.msg_id in busy:
                 cursor = max(cursor, item.seq)
                 continue
-            first = self.outbox.mark_sent(item.msg_id, time.time())
+            try:
+                first = self.outbox.mark_sent(item.msg_id, time.time())
+            except OutboxError as exc:  # a full disk: publish anyway, stamp not stored
+                self.persist_error = str(exc)
+                first = item.published_at or time.time()
             if first is None:  # acked or purged meanwhile
                 cursor = max(cursor, item.seq)
                 continue
@@ -415,6 +482,8 @@ class Publisher:
                 self._error(f"paho refused to queue {item.msg_id}: {mqtt.error_string(info.rc)}")
                 break
             with self._lock:
+                if self._gen != gen:
+                    return
                 early = self._early.pop(info.mid, None)
                 if early is None:
                     self._inflight[info.mid] = item.msg_id
@@ -459,7 +528,7 @@ class Publisher:
             body["reason"] = "connection lost"  # sent by the broker, at an unknown time
         else:
             body["at"] = rfc3339(time.time())
-        return _json(body)
+        return json_bytes(body)
 
     def _send_status(self, state: str) -> bool:
         info = self._publish_other(
@@ -467,10 +536,13 @@ class Publisher:
         )
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
-    def _set_will(self) -> None:
-        self._client.will_set(
+    def _set_will(self, client: mqtt.Client) -> None:
+        with self._lock:
+            armed = bool(self._status.get("armed"))
+        client.will_set(
             self.topic("status"), self._status_payload("offline", will=True), qos=1, retain=True
         )
+        self._will_armed = armed
 
     def _error(self, message: str) -> None:
         with self._lock:
@@ -491,10 +563,22 @@ class Publisher:
             log.error("outbox ack of %s failed: %s", msg_id, exc)
         self._wake.set()
 
-    # -- paho callbacks (network thread) -----------------------------------------------------
+    def _settle_held(self, msg_id: str, rc: ReasonCode) -> None:
+        if rc.is_failure:
+            self._error(f"broker refused message {msg_id}: {rc}")
+            return
+        if self.held.remove(msg_id):
+            self.acked += 1
+            log.info("held message %s delivered", msg_id)
+        self._wake.set()
+
+    # -- paho callbacks (network thread): never raise ----------------------------------------
 
     def _on_pre_connect(self, client: mqtt.Client, _userdata: Any) -> None:
-        self._set_will()  # the will carries the latest armed state
+        try:
+            self._set_will(client)  # the will carries the latest armed state
+        except Exception:
+            log.exception("on_pre_connect failed")
 
     def _on_connect(
         self,
@@ -503,6 +587,17 @@ class Publisher:
         flags: mqtt.ConnectFlags,
         reason_code: ReasonCode,
         _properties: Properties | None,
+    ) -> None:
+        if client is not self._client:
+            return
+        try:
+            self._on_connect_inner(client, flags, reason_code)
+        except Exception as exc:
+            log.exception("on_connect failed")
+            self._error(f"on_connect failed: {exc}")
+
+    def _on_connect_inner(
+        self, client: mqtt.Client, flags: mqtt.ConnectFlags, reason_code: ReasonCode
     ) -> None:
         if reason_code.is_failure:
             with self._lock:
@@ -517,30 +612,28 @@ class Publisher:
             self._gen += 1
             self._cursor = 0
             self._rejected.clear()
+            self._status_due = True  # sent by the drain loop, after paho's resends
         log.info(
             "connected to %s:%s (session present: %s)",
             self.broker.host, self.broker.port, flags.session_present,
         )  # fmt: skip
-        with self._lock:
-            self._status_due = True  # sent by the drain loop, after paho's resends
-        try:
-            client.subscribe([(self.topic(kind), 1) for kind in IN_KINDS])
-        except Exception as exc:  # never let it escape into paho's thread
-            log.exception("on_connect failed")
-            self._error(f"on_connect failed: {exc}")
+        client.subscribe([(self.topic(kind), 1) for kind in IN_KINDS])
         self._wake.set()
 
-    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
-        self._error(f"cannot connect to the broker at {self.broker.host}:{self.broker.port}")
+    def _on_connect_fail(self, client: mqtt.Client, _userdata: Any) -> None:
+        if client is self._client:
+            self._error(f"cannot connect to the broker at {self.broker.host}:{self.broker.port}")
 
     def _on_disconnect(
         self,
-        _client: mqtt.Client,
+        client: mqtt.Client,
         _userdata: Any,
         _flags: mqtt.DisconnectFlags,
         reason_code: ReasonCode,
         _properties: Properties | None,
     ) -> None:
+        if client is not self._client:
+            return
         with self._lock:
             was = self._connected
             self._connected = False
@@ -554,14 +647,15 @@ class Publisher:
 
     def _on_publish(
         self,
-        _client: mqtt.Client,
+        client: mqtt.Client,
         _userdata: Any,
         mid: int,
         reason_code: ReasonCode,
         _properties: Properties,
     ) -> None:
-        # Called with paho's message lock held: only touch our own state here. Never
-        # raise: an exception in a paho callback would stop its network thread.
+        # Called with paho's message lock held: only touch our own state here.
+        if client is not self._client:
+            return
         try:
             self._on_publish_inner(mid, reason_code)
         except Exception:
@@ -570,41 +664,29 @@ class Publisher:
     def _on_publish_inner(self, mid: int, reason_code: ReasonCode) -> None:
         with self._lock:
             msg_id = self._inflight.pop(mid, None)
-            if msg_id is None:
+            held_id = self._held_inflight.pop(mid, None) if msg_id is None else None
+            if msg_id is None and held_id is None:
                 if mid in self._other_mids:
                     self._other_mids.discard(mid)
                 else:
                     self._early[mid] = reason_code
                 return
-        self._settle(msg_id, reason_code)
+        if msg_id is not None:
+            self._settle(msg_id, reason_code)
+        elif held_id is not None:
+            self._settle_held(held_id, reason_code)
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """Hand a control-room message to the gate; catches everything (the message is
+        PUBACKed by paho when this returns, whatever it held)."""
         try:
-            if msg.topic == self.topic("adjudications"):
-                callback = self.on_adjudication
-                body: dict[str, Any] = dict(parse_adjudication(bytes(msg.payload)))
-            elif msg.topic == self.topic("commands"):
-                raw = bytes(msg.payload)
-                if len(raw) > MAX_COMMAND_BYTES:
-                    raise AlertFormatError(f"command larger than {MAX_COMMAND_BYTES} bytes")
-                command = json.loads(raw)
-                if not isinstance(command, dict):
-                    raise AlertFormatError("command is not a JSON object")
-                if self.on_command is not None:
-                    self._call(self.on_command, command, "commands")
+            kind = next((k for k in IN_KINDS if msg.topic == self.topic(k)), None)
+            payload = bytes(msg.payload)
+            if kind is None:
+                log.warning("ignoring a message on an unexpected topic (%d bytes)", len(payload))
                 return
-            else:
-                log.warning("ignoring a message on unexpected topic %s", msg.topic)
-                return
-        except (AlertFormatError, ValueError) as exc:
-            log.warning("ignoring a bad message on %s: %s", msg.topic, exc)
-            return
-        if callback is not None:
-            self._call(callback, body, "adjudications")
-
-    @staticmethod
-    def _call(callback: Callable[[Any], None], arg: Any, what: str) -> None:
-        try:
-            callback(arg)
+            reason = self.gate.offer(kind, payload, bool(msg.retain))
+            if reason is not None:
+                log.warning("refused a message on %s: %s (%d bytes)", kind, reason, len(payload))
         except Exception:
-            log.exception("the %s callback failed", what)
+            log.exception("on_message failed (message dropped)")

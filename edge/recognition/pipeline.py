@@ -24,7 +24,7 @@ from edge.delivery.alert import face_bbox, face_crop_jpeg, new_alert_id
 from edge.recognition.decide import TrackDecider
 from edge.recognition.match import Matcher, Watchlist
 from edge.recognition.track import IoUTracker
-from edge.types import AlertRecord, Detection, Frame, Track
+from edge.types import AlertRecord, Detection, Frame, Match, Track
 from edge.vision.detect import detect_tiled
 from edge.vision.faces import FaceEngine
 from edge.vision.quality import QualityGate
@@ -43,6 +43,7 @@ class FrameOutcome:
     embedded: int
     ended_tracks: int
     timings: dict[str, float] = field(default_factory=dict)
+    alert_errors: list[str] = field(default_factory=list)  # alerts that could not be built
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +58,10 @@ class Armed:
 def scale_detection(det: Detection, sx: float, sy: float) -> Detection:
     """Map a detection from the detect image (lores) to the full frame."""
     x1, y1, x2, y2 = det.box
-    kp = (det.keypoints * np.array([sx, sy], dtype=np.float32)).astype(np.float32)
-    return Detection((x1 * sx, y1 * sy, x2 * sx, y2 * sy), kp, det.score)
+    s = np.array([sx, sy], dtype=np.float32)
+    kp = (det.keypoints * s).astype(np.float32)
+    p5 = None if det.points5 is None else (det.points5 * s).astype(np.float32)
+    return Detection((x1 * sx, y1 * sy, x2 * sx, y2 * sy), kp, det.score, p5)
 
 
 class Recognizer:
@@ -147,6 +150,7 @@ class Recognizer:
         t["quality"] = t3 - t2
 
         alerts: list[AlertRecord] = []
+        alert_errors: list[str] = []
         if chosen:
             chips = [self.engine.align(image, track.detection) for track in chosen]
             t4 = time.perf_counter()
@@ -162,22 +166,12 @@ class Recognizer:
             when = frame.captured_at if now is None else now
             for track, match in zip(chosen, matches, strict=True):
                 if self.decider.on_match(track, match, when):
-                    alerts.append(
-                        AlertRecord(
-                            alert_id=new_alert_id(),
-                            device_id=self.device_id,
-                            deployment_id=armed.deployment_id,
-                            captured_at=frame.captured_at,
-                            subject_id=match.subject_id,
-                            category=match.category,
-                            score=round(float(match.score), 4),
-                            threshold=armed.threshold,
-                            track_id=track.track_id,
-                            bbox=face_bbox(track.detection.box, frame.size),
-                            face_jpeg=face_crop_jpeg(image, track.detection.box),
-                            model=self.model_info,
-                        )
-                    )
+                    # One failing alert (a crop that cannot be encoded, ...) is reported
+                    # in the outcome and never ends the loop; the daemon audits it.
+                    try:
+                        alerts.append(self._alert(armed, frame, track, match))
+                    except Exception as exc:
+                        alert_errors.append(f"{type(exc).__name__}: {exc}"[:200])
             del matches
             t["decide"] = time.perf_counter() - t6
         return FrameOutcome(
@@ -187,4 +181,24 @@ class Recognizer:
             embedded=len(chosen),
             ended_tracks=len(ended),
             timings=t,
+            alert_errors=alert_errors,
+        )
+
+    def _alert(self, armed: Armed, frame: Frame, track: Track, match: Match) -> AlertRecord:
+        """The alert record for a decided match. The score is the value the decision was
+        taken on, unrounded: rounding it first could put it below a threshold with more
+        decimals (``edge eval calibrate`` prints five) and the alert would be refused."""
+        return AlertRecord(
+            alert_id=new_alert_id(),
+            device_id=self.device_id,
+            deployment_id=armed.deployment_id,
+            captured_at=frame.captured_at,
+            subject_id=match.subject_id,
+            category=match.category,
+            score=float(match.score),
+            threshold=armed.threshold,
+            track_id=track.track_id,
+            bbox=face_bbox(track.detection.box, frame.size),
+            face_jpeg=face_crop_jpeg(frame.image, track.detection.box),
+            model=self.model_info,
         )

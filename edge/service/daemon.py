@@ -9,13 +9,23 @@ Threads (architecture.md, "Process model"):
   every control decision (arming, commands, adjudications, purges) taken
   *between* frames, so no other thread ever touches the watchlist;
 - **publisher** (:class:`~edge.delivery.publish.Publisher`): paho's network loop and the
-  outbox drain; its callbacks only queue inbound messages for the main loop;
+  outbox drain; its callbacks only queue inbound messages (size-, retain- and
+  rate-checked bytes) in a bounded inbox for the main loop, which verifies and applies
+  them; the publisher rebuilds its own client if paho's thread dies or stalls;
 - **watchdog** (:class:`~edge.service.health.WatchdogPinger`): pings systemd only while
   capture, inference and publisher have all checked in recently.
 
 SIGTERM/SIGINT stop (flushing the outbox for a bounded time), SIGHUP reloads
 the watchlist bundle. When disarmed, frames are discarded unread: no
 detection runs without a valid deployment (safeguard 1).
+
+Nothing from the network and no full disk ends the loop: a control-room message that
+cannot be used is refused, audited (its reason, never its bytes) and acknowledged; an
+alert the outbox cannot store is held in RAM by the publisher and delivered directly;
+the audit log, the deployment state and the adjudication ledger keep what they cannot
+write and retry each tick. While anything is only in memory, ``STATUS=`` and the
+``status`` topic say ``not persisting: ...``; when the disk takes writes again a
+``disk_writable_again`` entry is audited.
 """
 
 from __future__ import annotations
@@ -25,12 +35,13 @@ import contextlib
 import json
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.delivery.inbound import Inbound
 from edge.delivery.outbox import Outbox, OutboxFull
 from edge.delivery.publish import BrokerSettings, Publisher
 from edge.errors import ConfigError, EdgeError
@@ -43,6 +54,7 @@ from edge.service.health import HealthMonitor, WatchdogPinger
 from edge.service.sdnotify import SystemdNotifier
 from edge.service.signals import Request, SignalRequests
 from edge.service.sources import make_source
+from edge.types import AlertRecord
 from edge.vision.faces import FaceEngine
 from edge.vision.quality import QualityGate
 from edge.watchlist.audit import AuditLog
@@ -61,14 +73,8 @@ LOOPS = ("capture", "inference", "publisher")
 TICK_S = 1.0
 STATUS_EVERY_S = 5.0
 AUDIT_FILE = "audit.log"
-
-
-@dataclass(slots=True)
-class Inbound:
-    """A message from the control room, handled by the main loop between frames."""
-
-    kind: str  # "adjudication" | "command"
-    body: dict[str, Any]
+INBOX_MAX = 64
+"""Control-room messages waiting for the main loop; more are refused (and counted)."""
 
 
 def read_temperature() -> float | None:
@@ -97,12 +103,16 @@ class Daemon:
         self.clock = clock
         self.notifier = notifier or SystemdNotifier()
         self.started = time.monotonic()
-        self.inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
+        self.inbox: queue.Queue[Inbound] = queue.Queue(maxsize=INBOX_MAX)
+        self._refusals: collections.Counter[str] = collections.Counter()
+        self._refusals_lock = threading.Lock()
+        self._persist_since: float | None = None
+        self._persist_problem: str | None = None
         self._fps = 0.0
         self._frames_window: collections.deque[float] = collections.deque()
         self._capture_status: CaptureStatus | None = None
         self._last_status_line = ""
-        self._published_status: DeploymentStatus | None = None
+        self._published_status: tuple[DeploymentStatus, str | None] | None = None
         state_dir = settings.device.state_dir
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         device_id = settings.device.id
@@ -119,6 +129,7 @@ class Daemon:
             embedder=settings.recognition.embedder,
             precision=settings.recognition.precision,
             detector=settings.detector.model,
+            detector_input=settings.detector.input_size,
         )
         family = self.engine.family
         embedder_sha256 = self.engine.model_info["embedder_sha256"]
@@ -143,8 +154,8 @@ class Daemon:
             device_id,
             broker,
             self.outbox,
-            on_adjudication=lambda body: self.inbox.put(Inbound("adjudication", body)),
-            on_command=lambda body: self.inbox.put(Inbound("command", body)),
+            inbox=self._offer,
+            on_refused=self._count_refused,
             client_id=settings.mqtt_client_id,
             stats_provider=self.stats,
             stats_interval_s=mqtt.stats_interval_s,
@@ -218,6 +229,24 @@ class Daemon:
                 "camera lost (%s); reopening, attempt %s", status.last_error, status.attempts
             )
 
+    def _offer(self, msg: Inbound) -> bool:
+        try:
+            self.inbox.put_nowait(msg)
+        except queue.Full:
+            return False
+        return True
+
+    def _count_refused(self, kind: str, reason: str, _size: int) -> None:
+        with self._refusals_lock:
+            self._refusals[f"{kind}:{reason}"] += 1
+
+    def _audit_refusals(self) -> None:
+        """One audit entry per tick at most for what the gate refused (counts only)."""
+        with self._refusals_lock:
+            counts, self._refusals = dict(self._refusals), collections.Counter()
+        if counts:
+            self.audit.append("inbound_refused", counts=counts)
+
     def _publish_audit(self, entry: dict[str, Any]) -> None:
         payload = json.dumps(entry, separators=(",", ":"), sort_keys=True).encode()
         with contextlib.suppress(OutboxFull):  # the entry is in the local chain regardless
@@ -260,7 +289,32 @@ class Daemon:
         cap = self._capture_status
         link = "broker connected" if self.publisher.connected else "broker offline"
         camera = cap.state if cap else "starting"
-        return f"{status.line()} | {self._fps:.1f} fps | camera {camera} | {link}"
+        line = f"{status.line()} | {self._fps:.1f} fps | camera {camera} | {link}"
+        if self._persist_problem is not None:
+            line += f" | not persisting: {self._persist_problem}"
+        return line
+
+    def _check_persistence(self) -> None:
+        """Follow the disk: say it on status while writes fail; audit when they work again."""
+        self.audit.flush()
+        problems = [p for p in (self.publisher.persist_error, self.audit.write_error,
+                                self.deployment.persist_error) if p]  # fmt: skip
+        held = len(self.publisher.held)
+        if held:
+            problems.append(f"{held} message(s) held in memory")
+        problem = "; ".join(problems)[:300] or None
+        if problem is not None and self._persist_since is None:
+            self._persist_since = self.clock()
+            log.error("state directory not writable: %s", problem)
+        elif problem is None and self._persist_since is not None:
+            log.warning("state directory writable again")
+            self.audit.append(
+                "disk_writable_again", since=_iso(self._persist_since),
+                last_problem=self._persist_problem or "", audit_entries_lost=self.audit.dropped,
+                messages_refused=self.publisher.held.refused,
+            )  # fmt: skip
+            self._persist_since = None
+        self._persist_problem = problem
 
     def _sync(self) -> None:
         """Make the recognizer follow the deployment state; publish the state on change."""
@@ -281,10 +335,12 @@ class Daemon:
         if line != self._last_status_line:
             self._last_status_line = line
             self.notifier.status(line)
-        if status != self._published_status:
+        if (status, self._persist_problem) != self._published_status:
             # The retained MQTT status changes with the deployment state, not with the fps.
-            self._published_status = status
+            self._published_status = (status, self._persist_problem)
             extra: dict[str, Any] = {"code": status.code}
+            if self._persist_problem:
+                extra["not_persisting"] = self._persist_problem
             if status.deployment_id:
                 extra["deployment_id"] = status.deployment_id
             if status.window_end:
@@ -294,25 +350,45 @@ class Daemon:
     # -- inbound --------------------------------------------------------------------------
 
     def _handle_inbound(self) -> bool:
-        """Apply queued control-room messages; True if there were any."""
+        """Apply queued control-room messages; True if there were any. Never raises."""
         handled = False
-        while True:
+        for _ in range(INBOX_MAX):
             try:
                 msg = self.inbox.get_nowait()
             except queue.Empty:
-                return handled
+                break
             handled = True
             try:
-                if msg.kind == "adjudication":
-                    b = msg.body
-                    self.deployment.record_adjudication(
-                        str(b["alert_id"]), str(b["decision"]), str(b["officer"]), str(b["at"])
-                    )
+                if msg.kind == "adjudications":
+                    self.deployment.handle_adjudication(msg.payload, self.clock())
                 else:
-                    raw = json.dumps(msg.body, sort_keys=True).encode()
-                    self.deployment.handle_command(raw, self.clock())
-            except (EdgeError, KeyError, ValueError) as exc:
-                log.warning("control-room %s refused: %s", msg.kind, exc)
+                    self.deployment.handle_command(msg.payload, self.clock())
+            except EdgeError as exc:
+                log.warning("control-room %s refused: %s", msg.kind, str(exc)[:200])
+            except Exception:
+                log.exception("control-room %s could not be handled", msg.kind)
+                with contextlib.suppress(Exception):
+                    self.audit.append("inbound_failed", kind=msg.kind, size=len(msg.payload))
+        return handled
+
+    def _queue_alerts(self, alerts: list[AlertRecord], errors: list[str]) -> None:
+        """Alerts to the outbox (or RAM); a failure is audited with the id, never fatal."""
+        for error in errors:
+            log.error("an alert could not be built: %s", error)
+            self.audit.append("alert_failed", stage="build", error=error)
+        for alert in alerts:
+            self.deployment.counters.alerts += 1
+            self.deployment.note_alert(alert.alert_id)
+            try:
+                self.publisher.enqueue_alert(alert)
+                log.info("alert %s queued (track %s)", alert.alert_id, alert.track_id)
+            except OutboxFull as exc:
+                log.error("alert %s refused: %s", alert.alert_id, exc)
+                self.audit.append("outbox_full", alert_id=alert.alert_id)
+            except Exception as exc:
+                log.exception("alert %s could not be queued", alert.alert_id)
+                self.audit.append("alert_failed", stage="queue", alert_id=alert.alert_id,
+                                  error=f"{type(exc).__name__}: {exc}"[:200])  # fmt: skip
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -353,6 +429,8 @@ class Daemon:
                     mono = time.monotonic()
                     if mono >= next_tick:
                         self.deployment.tick(self.clock())
+                        self._audit_refusals()
+                        self._check_persistence()
                         self._sync()
                         next_tick = mono + TICK_S
                     if mono >= next_status:
@@ -378,14 +456,7 @@ class Daemon:
                     counters.frames += 1
                     counters.faces_processed += outcome.faces
                     counters.tracks += outcome.new_tracks
-                    for alert in outcome.alerts:
-                        counters.alerts += 1
-                        try:
-                            self.publisher.enqueue_alert(alert)
-                            log.info("alert %s queued (track %s)", alert.alert_id, alert.track_id)
-                        except OutboxFull as exc:
-                            log.error("outbox full: alert %s refused (%s)", alert.alert_id, exc)
-                            self.audit.append("outbox_full", alert_id=alert.alert_id)
+                    self._queue_alerts(outcome.alerts, outcome.alert_errors)
                     del outcome, item
             finally:
                 self._shutdown(reason)
@@ -412,3 +483,7 @@ class Daemon:
                         self.outbox.count_pending())
         self.deployment.close()
         self.outbox.close()
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

@@ -28,8 +28,11 @@ import base64
 import binascii
 import datetime as dt
 import json
+import logging
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
@@ -41,6 +44,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from edge import boundedjson
 from edge.errors import EdgeError
 from edge.watchlist.keys import DEVICE_ID_RE, key_id
+from edge.watchlist.statefile import write_atomic
+
+log = logging.getLogger(__name__)
 
 FORMAT: Final = "lfr-edge-adjudication/1"
 SIG_CONTEXT: Final = b"lfr-edge adjudication v1\x00"
@@ -49,6 +55,8 @@ MAX_ADJUDICATION_BYTES: Final = 4 * 1024
 """A signed adjudication is ~400 bytes; anything above 4 KiB is refused unread."""
 MAX_OFFICER_CHARS: Final = 64
 CLOCK_SKEW_S: Final = 300.0
+MAX_TRACKED: Final = 20_000
+"""Alert ids (and recorded decisions) the ledger remembers per deployment."""
 _UUID_RE: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _AT_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 _BODY_KEYS: Final = frozenset({"alert_id", "decision", "device_id", "officer", "at"})
@@ -205,3 +213,85 @@ def verify_adjudication(
         device_id=body["device_id"],
         signer=signer_hex,
     )
+
+
+class AdjudicationLedger:
+    """The alert ids this device issued in the current deployment, and the decisions
+    already recorded for them (idempotency), kept in ``path`` (atomic writes).
+
+    Bounded: the newest :data:`MAX_TRACKED` alert ids and recorded decisions. Writes are
+    batched (:meth:`flush`, called once per daemon tick); a failing disk leaves the ledger
+    in memory, marked dirty, and the next flush tries again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.deployment_id: str | None = None
+        self._issued: OrderedDict[str, None] = OrderedDict()
+        self._recorded: OrderedDict[str, None] = OrderedDict()
+        self._dirty = False
+        self.write_error: str | None = None
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            raw = boundedjson.loads(self.path.read_bytes(), max_bytes=8 << 20, max_depth=2)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error("adjudication ledger %s unreadable (%s); starting empty", self.path, exc)
+            return
+        if not isinstance(raw, dict):
+            return
+        dep, issued, recorded = raw.get("deployment_id"), raw.get("issued"), raw.get("recorded")
+        if isinstance(dep, str) and isinstance(issued, list) and isinstance(recorded, list):
+            self.deployment_id = dep
+            self._issued = OrderedDict.fromkeys(a for a in issued if isinstance(a, str))
+            self._recorded = OrderedDict.fromkeys(a for a in recorded if isinstance(a, str))
+
+    def reset(self, deployment_id: str) -> None:
+        """A new deployment: no alert of the old one can be adjudicated here any more."""
+        if deployment_id != self.deployment_id:
+            self.deployment_id = deployment_id
+            self._issued.clear()
+            self._recorded.clear()
+            self._dirty = True
+
+    def issue(self, alert_id: str) -> None:
+        self._issued[alert_id] = None
+        while len(self._issued) > MAX_TRACKED:
+            self._issued.popitem(last=False)
+        self._dirty = True
+
+    def issued(self, alert_id: str) -> bool:
+        return alert_id in self._issued
+
+    def check(self, adj: Adjudication) -> None:
+        """Refuse an adjudication for an alert not issued here, or a decision already made."""
+        if adj.alert_id not in self._issued:
+            raise AdjudicationRefused(
+                "unknown_alert", "adjudication for an alert this deployment did not issue"
+            )
+        if f"{adj.alert_id}:{adj.decision}" in self._recorded:
+            raise AdjudicationRefused("replayed", "this decision on this alert is recorded")
+
+    def record(self, adj: Adjudication) -> None:
+        self._recorded[f"{adj.alert_id}:{adj.decision}"] = None
+        while len(self._recorded) > MAX_TRACKED:
+            self._recorded.popitem(last=False)
+        self._dirty = True
+
+    def flush(self) -> bool:
+        """Write the ledger if it changed; False (and :attr:`write_error`) if it cannot."""
+        if not self._dirty:
+            return True
+        doc = {"deployment_id": self.deployment_id, "issued": list(self._issued),
+               "recorded": list(self._recorded)}  # fmt: skip
+        try:
+            write_atomic(self.path, json.dumps(doc, separators=(",", ":")).encode("ascii"))
+        except OSError as exc:
+            self.write_error = f"adjudication ledger not written: {exc.strerror}"
+            return False
+        self._dirty = False
+        self.write_error = None
+        return True

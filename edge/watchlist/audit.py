@@ -11,7 +11,20 @@ without ``hash``; ``prev_hash`` is the previous entry's ``hash`` (64 zeros for t
 breaks the chain at that line, which :func:`verify` names.
 
 Every append is written with one ``write`` on an ``O_APPEND`` descriptor and fsynced
-before :meth:`AuditLog.append` returns. An optional ``publish`` callback receives each
+before :meth:`AuditLog.append` returns.
+
+A full or failing disk never stops the daemon and never leaves a torn line behind: a
+failed write is cut back (``ftruncate`` to the length before it), the entry (already
+chained) is kept in memory in order, and the next append writes the backlog first
+(bounded: :data:`MAX_BACKLOG`; beyond it entries are counted in
+:attr:`AuditLog.dropped` and an ``audit_entries_lost`` entry records how many once the
+disk takes writes again). :attr:`AuditLog.write_error` says so for ``status``.
+
+A torn last line that is nevertheless on disk (power cut mid-write, an older version) is
+recovered at open: the incomplete tail is moved aside to ``<log>.torn-<n>`` as
+evidence, cut from the log, and an ``audit_tail_torn`` entry records its length and the
+evidence file; everything before it must still verify. A damaged line that *is*
+complete is tampering, and opening fails as before. An optional ``publish`` callback receives each
 entry afterwards (the daemon sends it to ``lfr/<id>/audit`` through the outbox); a
 failing callback is logged and never loses the local entry.
 
@@ -21,6 +34,7 @@ What is recorded: events and counts. Never an embedding, a face, a frame or a ke
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -43,6 +57,7 @@ FORBIDDEN_FIELDS = frozenset(
      "crop", "thumbnail", "key", "private_key", "content_key"}
 )
 MAX_LINE = 64 * 1024
+MAX_BACKLOG = 10_000
 
 Entry = dict[str, Any]
 Publish = Callable[[Entry], None]
@@ -107,7 +122,14 @@ class AuditLog:
         self._clock = clock
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._backlog: list[bytes] = []
+        self.dropped = 0
+        self._dropped_reported = 0
+        self.write_error: str | None = None
+        torn = _recover_torn_tail(path) if path.exists() else None
         self._seq, self._last_hash = _scan(path) if path.exists() else (0, GENESIS)
+        if torn is not None:
+            self.append("audit_tail_torn", torn_bytes=torn[0], evidence=str(torn[1]))
 
     @property
     def last_seq(self) -> int:
@@ -124,6 +146,11 @@ class AuditLog:
                 raise ValueError(f"audit field {k} is not allowed in the audit log")
             _check_value(k, v)
         with self._lock:
+            if self._backlog:
+                self._flush()
+            if len(self._backlog) >= MAX_BACKLOG:
+                self.dropped += 1  # not chained: the chain stays verifiable
+                return {"event": event, "dropped": True}
             entry: Entry = {
                 "seq": self._seq + 1,
                 "at": _utc(self._clock()),
@@ -135,22 +162,98 @@ class AuditLog:
             line = canonical(entry) + b"\n"
             if len(line) > MAX_LINE:
                 raise ValueError("audit entry is too large")
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                written = os.write(fd, line)
-                if written != len(line):
-                    raise OSError(f"short write to audit log {self.path}")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             self._seq = entry["seq"]
             self._last_hash = entry["hash"]
+            self._backlog.append(line)
+            self._flush()
         if self.publish is not None:
             try:
                 self.publish(dict(entry))
             except Exception:
                 log.exception("publishing audit entry %s failed (kept locally)", entry["seq"])
         return entry
+
+    def flush(self) -> bool:
+        """Write what a failing disk held back; True when nothing is left in memory."""
+        with self._lock:
+            self._flush()
+            return not self._backlog
+
+    def _flush(self) -> None:
+        while self._backlog:
+            try:
+                _append_line(self.path, self._backlog[0])
+            except OSError as exc:
+                if self.write_error is None:
+                    log.error("audit log %s cannot be written (%s); %d entries held in memory",
+                              self.path, exc.strerror, len(self._backlog))  # fmt: skip
+                self.write_error = f"audit log not written: {exc.strerror}"
+                return
+            self._backlog.pop(0)
+        if self.write_error is not None:
+            log.warning("audit log %s writable again", self.path)
+        self.write_error = None
+        lost = self.dropped - self._dropped_reported
+        if lost:
+            self._dropped_reported = self.dropped
+            entry: Entry = {"seq": self._seq + 1, "at": _utc(self._clock()),
+                            "event": "audit_entries_lost", "count": lost,
+                            "prev_hash": self._last_hash}  # fmt: skip
+            entry["hash"] = entry_hash(entry)
+            self._seq, self._last_hash = entry["seq"], entry["hash"]
+            self._backlog.append(canonical(entry) + b"\n")
+            self._flush()
+
+
+def _append_line(path: Path, line: bytes) -> None:
+    """One write and an fsync; on failure the file is cut back to its old length."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(28, f"short write to audit log {path}")
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _suppress_oserror() -> contextlib.suppress:
+    return contextlib.suppress(OSError)
+
+
+def _recover_torn_tail(path: Path) -> tuple[int, Path] | None:
+    """Move an incomplete last line aside; returns (its length, the evidence file)."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    if not data or data.endswith(b"\n"):
+        return None
+    cut = data.rfind(b"\n") + 1
+    tail = data[cut:]
+    n = 1
+    while path.with_name(f"{path.name}.torn-{n}").exists():
+        n += 1
+    evidence = path.with_name(f"{path.name}.torn-{n}")
+    try:
+        evidence.write_bytes(tail)
+    except OSError as exc:  # a full disk: keep its head in the audit entry instead
+        log.error("cannot keep the torn audit tail aside (%s)", exc.strerror)
+        with _suppress_oserror():
+            evidence.unlink()
+        evidence = Path("(not written: " + tail[:120].decode("ascii", "backslashreplace") + ")")
+    with path.open("r+b") as fh:
+        fh.truncate(cut)
+        os.fsync(fh.fileno())
+    log.error("audit log %s: incomplete last line (%d bytes) moved to %s",
+              path, len(tail), evidence)  # fmt: skip
+    return len(tail), evidence
 
 
 def _parse_line(raw: bytes, lineno: int, path: Path) -> Entry:

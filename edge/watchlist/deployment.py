@@ -22,7 +22,14 @@ blocks; the bundle is only ever stored encrypted, so what remains on disk after 
 unlink is ciphertext whose wrapped key needs the device's private key.
 
 The last accepted sequence number and the ids of ended bundles are kept in
-``<state_dir>/deployment-state.json``.
+``<state_dir>/deployment-state.json``, replaced atomically. A disk that refuses the write
+never stops the daemon: the state stays in memory, :attr:`DeploymentManager.state_error`
+says so (``status``), and :meth:`~DeploymentManager.tick` writes it once the disk takes it.
+
+Adjudications (:meth:`~DeploymentManager.handle_adjudication`) must be signed by a trusted
+control-room key (:mod:`edge.watchlist.adjudication`), name an alert this deployment
+issued (:meth:`~DeploymentManager.note_alert`), and are recorded once per alert id and
+decision; every refusal is audited with its reason, never with the payload.
 """
 
 from __future__ import annotations
@@ -31,7 +38,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +50,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edge.errors import BundleRefused, UsageError
 from edge.recognition.match import Watchlist, WatchlistError
+from edge.watchlist.adjudication import (
+    Adjudication,
+    AdjudicationLedger,
+    AdjudicationRefused,
+    verify_adjudication,
+)
 from edge.watchlist.audit import AuditLog
 from edge.watchlist.bundle import (
     BundleHeader,
@@ -54,11 +66,13 @@ from edge.watchlist.bundle import (
     read_header,
 )
 from edge.watchlist.signed_commands import CommandRefused, CommandVerifier, SignedCommand
+from edge.watchlist.statefile import shred_file, write_atomic
 
 log = logging.getLogger(__name__)
 
 DECISIONS = ("confirmed", "rejected", "not_stopped")
 STATE_FILE = "deployment-state.json"
+LEDGER_FILE = "adjudications.json"
 MAX_BUNDLE_READ = 300 << 20
 MAX_COMMAND_FILE = 64 * 1024
 COMMANDS_DIR = "commands"
@@ -108,32 +122,6 @@ class _Active:
     adjudications: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DECISIONS, 0))
 
 
-def shred_file(path: Path) -> bool:
-    """Overwrite a file with zeros, fsync, unlink, fsync its directory. False if absent."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return False
-    try:
-        size = os.fstat(fd).st_size
-        chunk = bytes(min(size, 1 << 20))
-        left = size
-        while left > 0:
-            n = os.write(fd, chunk[: min(left, len(chunk))])
-            left -= n
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    path.unlink()
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    return True
-
-
 class DeploymentManager:
     """Decides whether the device is armed, and ends deployments cleanly.
 
@@ -177,6 +165,9 @@ class DeploymentManager:
         self._idle_counters = Counters()
         self._status = DeploymentStatus(False, "no_bundle", "no watchlist bundle loaded")
         self._state = self._read_state()
+        self.state_error: str | None = None
+        self._state_dirty = False
+        self.ledger = AdjudicationLedger(state_dir / LEDGER_FILE)
 
     # --- state --------------------------------------------------------------------------
 
@@ -203,13 +194,31 @@ class DeploymentManager:
         return state
 
     def _write_state(self) -> None:
-        tmp = self._state_path.with_name(STATE_FILE + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(self._state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(self._state_path)
+        """Persist the state atomically; on a disk error keep it dirty for :meth:`tick`."""
+        try:
+            write_atomic(self._state_path, json.dumps(self._state).encode("utf-8"))
+        except OSError as exc:
+            if self.state_error is None:
+                log.error("deployment state %s not written (%s); kept in memory, retried",
+                          self._state_path, exc.strerror)  # fmt: skip
+            self.state_error = f"deployment state not written: {exc.strerror}"
+            self._state_dirty = True
+            return
+        if self.state_error is not None:
+            log.warning("deployment state %s written again", self._state_path)
+        self.state_error = None
+        self._state_dirty = False
+
+    def flush(self) -> None:
+        """Retry what a failing disk refused (state, ledger); called by :meth:`tick`."""
+        if self._state_dirty:
+            self._write_state()
+        self.ledger.flush()
+
+    @property
+    def persist_error(self) -> str | None:
+        """Why some state is only in memory right now, or None."""
+        return self.state_error or self.ledger.write_error
 
     # --- what the daemon reads ----------------------------------------------------------
 
@@ -348,6 +357,8 @@ class DeploymentManager:
         self._state["last_sequence"] = h.sequence
         self._state["last_bundle_id"] = h.bundle_id
         self._write_state()
+        self.ledger.reset(h.deployment_id)
+        self.ledger.flush()
         self.audit.append(
             "watchlist_loaded",
             deployment_id=h.deployment_id,
@@ -386,6 +397,7 @@ class DeploymentManager:
         """Disarm at the end of the window (returns the summary); arm a pending bundle."""
         now = self.clock() if now is None else now
         with self._lock:
+            self.flush()
             active = self._active
             if active is not None and now >= active.opened.header.end.timestamp():
                 return self._finish("window_ended", now)
@@ -531,26 +543,47 @@ class DeploymentManager:
 
     # --- adjudications ------------------------------------------------------------------
 
-    def record_adjudication(self, alert_id: str, decision: str, officer: str, at: str) -> None:
-        """Record an officer's decision on an alert (safeguard 8). Nothing acts on it."""
-        if decision not in DECISIONS:
-            raise UsageError(
-                f"adjudication decision {decision!r} is not one of {', '.join(DECISIONS)}"
-            )
-        for name, value, limit in (("alert_id", alert_id, 64), ("officer", officer, 100),
-                                   ("at", at, 40)):
-            if not isinstance(value, str) or not value or len(value) > limit \
-                    or not value.isprintable():
-                raise UsageError(f"adjudication {name} is missing or malformed")
+    def note_alert(self, alert_id: str) -> None:
+        """An alert this deployment issued: the only kind that may be adjudicated."""
         with self._lock:
-            active = self._active
-            deployment = active.opened.header.deployment_id if active else None
-            self.audit.append(
-                "adjudication", alert_id=alert_id, decision=decision, officer=officer,
-                decided_at=at, deployment_id=deployment,
-            )
-            if active is not None:
-                active.adjudications[decision] += 1
+            if self._active is not None:
+                self.ledger.issue(alert_id)
+
+    def handle_adjudication(self, data: bytes, now: float | None = None) -> Adjudication:
+        """Verify, check and record a signed adjudication (safeguard 8). Nothing acts on it.
+
+        Raises :class:`AdjudicationRefused`; each refusal is audited (reason only).
+        """
+        now = self.clock() if now is None else now
+        try:
+            adj = self._verify_adjudication(data, now)
+            with self._lock:
+                active = self._active
+                if active is None:
+                    raise AdjudicationRefused("not_armed", "no deployment is armed")
+                self.ledger.check(adj)
+                self.ledger.record(adj)
+                active.adjudications[adj.decision] += 1
+                self.audit.append(
+                    "adjudication", alert_id=adj.alert_id, decision=adj.decision,
+                    officer=adj.officer, decided_at=adj.at_text, signer=adj.signer,
+                    deployment_id=active.opened.header.deployment_id,
+                )
+        except AdjudicationRefused as exc:
+            self.audit.append("adjudication_refused", reason=exc.reason, size=len(data))
+            raise
+        return adj
+
+    def _verify_adjudication(self, data: bytes, now: float) -> Adjudication:
+        refusal = AdjudicationRefused("unknown_signer", "no trusted signing key")
+        for signer in self.trusted_signers:
+            try:
+                return verify_adjudication(data, signer, device_id=self.device_id, now=now)
+            except AdjudicationRefused as exc:
+                refusal = exc
+                if exc.reason != "unknown_signer":
+                    break
+        raise refusal
 
     # --- ending -------------------------------------------------------------------------
 

@@ -19,7 +19,10 @@ args: ``{}`` (optionally ``{"reason": "..."}``).
 Replay protection (:class:`CommandVerifier`): a command is accepted only between
 ``issued_at`` (less a small clock skew) and ``expires_at``, its validity may not exceed
 :data:`MAX_VALIDITY_S`, and each nonce is accepted once; seen nonces are kept on disk
-until their command expires.
+until their command expires. Replay protection **fails closed**: a command whose nonce
+cannot be written to disk (a full disk, an I/O error) is refused (``replay_unrecorded``)
+and the caller audits it; the same command is accepted once the disk takes the write.
+The nonce file is replaced atomically (:func:`edge.watchlist.statefile.write_atomic`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import binascii
 import datetime as dt
 import json
 import logging
-import os
 import re
 import secrets
 import threading
@@ -44,9 +46,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from edge import boundedjson
 from edge.errors import EdgeError
-from edge.watchlist.bundle import ID_RE, canonical_json, format_time, parse_time, strict_json
+from edge.watchlist.bundle import ID_RE, canonical_json, format_time, parse_time
 from edge.watchlist.keys import DEVICE_ID_RE, check_device_id, key_id
+from edge.watchlist.statefile import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +155,7 @@ def parse_command(
     if len(data) > MAX_COMMAND_BYTES:
         raise CommandRefused("garbled", "command is too large")
     try:
-        doc = strict_json(data)
+        doc = boundedjson.loads(data, max_bytes=MAX_COMMAND_BYTES, max_depth=2)
         if not isinstance(doc, dict) or set(doc) != {"format", "signer", "body", "signature"}:
             raise ValueError("not a command document")
         if doc["format"] != FORMAT:
@@ -172,7 +176,7 @@ def parse_command(
     except InvalidSignature:
         raise CommandRefused("bad_signature", "command signature is invalid") from None
     try:
-        body = strict_json(body_bytes)
+        body = boundedjson.loads(body_bytes, max_bytes=MAX_COMMAND_BYTES, max_depth=4)
         keys = {"command", "device_id", "deployment_id", "issued_at", "expires_at", "nonce",
                 "args"}
         if not isinstance(body, dict) or set(body) != keys:
@@ -228,13 +232,7 @@ class CommandVerifier:
         return {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float)}
 
     def _save(self) -> None:
-        tmp = self._path.with_name(self._path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(self._seen, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(self._path)
+        write_atomic(self._path, json.dumps(self._seen).encode("utf-8"))
 
     def verify(self, data: bytes, now: float) -> SignedCommand:
         cmd = parse_command(data, self.trusted_signers)
@@ -265,5 +263,12 @@ class CommandVerifier:
             try:
                 self._save()
             except OSError as exc:
-                log.warning("cannot record command nonce in %s: %s", self._path, exc)
+                # Fail closed: a nonce that is not on disk could be replayed after a
+                # restart, so the command is refused (and may be sent again later).
+                del self._seen[cmd.nonce]
+                log.warning("cannot record command nonce in %s: %s", self._path, exc.strerror)
+                raise CommandRefused(
+                    "replay_unrecorded",
+                    f"command refused: its nonce cannot be recorded ({exc.strerror})",
+                ) from None
         return cmd
