@@ -31,6 +31,7 @@ COMMANDS: tuple[str, ...] = (
     "simulate",
     "bench",
     "alerts",
+    "console",
     "audit",
     "models",
     "demo",

@@ -4,9 +4,9 @@ Each ``parse_*`` takes the topic's device id and the raw payload and returns a p
 checked dict, or raises :class:`BadMessage` with one line saying why. Nothing here
 raises anything else for any input (the ingest loop relies on it):
 
-- a payload larger than its kind's limit is refused before it is parsed;
-- JSON nesting deeper than :data:`MAX_DEPTH`, NaN/Infinity, duplicate-free objects only
-  as Python builds them, and any non-object top level are refused;
+- a payload larger than its kind's limit is refused before it is parsed, and the JSON is
+  read by :func:`edge.boundedjson.loads` (nesting deeper than :data:`MAX_DEPTH`,
+  NaN/Infinity, duplicate keys refused); the top level must be an object;
 - strings shown on a page are bounded and must not carry control characters (HTML in
   them is harmless: Jinja2 escapes it and the page's JavaScript writes text, never
   markup), and ids must match the topic-safe id pattern;
@@ -16,11 +16,11 @@ raises anything else for any input (the ingest loop relies on it):
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any, Final
 
+from edge import boundedjson
 from edge.delivery.alert import (
     CATEGORIES,
     DECISIONS,
@@ -43,39 +43,15 @@ class BadMessage(ValueError):  # noqa: N818 (a refusal, not an error of ours)
     """A device message that is refused (the text says why, in one line)."""
 
 
-def _no_constants(name: str) -> Any:
-    raise BadMessage(f"{name} is not allowed in JSON")
-
-
-def _depth_ok(value: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, dict | list):
-            if d > limit:
-                return False
-            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
-    return True
-
-
 def load_json(payload: bytes, limit: int, what: str) -> dict[str, Any]:
-    """A JSON object from at most ``limit`` bytes of UTF-8, nested at most MAX_DEPTH."""
-    if len(payload) > limit:
-        raise BadMessage(f"{what} is {len(payload)} bytes, more than {limit}")
+    """A JSON object from at most ``limit`` bytes (:func:`edge.boundedjson.loads`: UTF-8,
+    no duplicate keys, no NaN, nested at most :data:`MAX_DEPTH`)."""
     try:
-        text = payload.decode("utf-8")
-        # A cheap bound before parsing: the parser recurses once per bracket.
-        if text.count("[") + text.count("{") > 20_000:
-            raise BadMessage(f"{what} has too many nested values")
-        obj = json.loads(text, parse_constant=_no_constants)
-    except BadMessage:
-        raise
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise BadMessage(f"{what} is not valid JSON ({type(exc).__name__})") from None
+        obj = boundedjson.loads(payload, max_bytes=limit, max_depth=MAX_DEPTH)
+    except boundedjson.JSONRefused as exc:
+        raise BadMessage(f"{what} refused: {exc}") from None
     if not isinstance(obj, dict):
         raise BadMessage(f"{what} is not a JSON object")
-    if not _depth_ok(obj, MAX_DEPTH):
-        raise BadMessage(f"{what} is nested more than {MAX_DEPTH} levels deep")
     return obj
 
 

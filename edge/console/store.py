@@ -339,10 +339,13 @@ class Store(AuthStore):
             r["received"] = int(counts.get(r["device_id"], 0))
         return rows
 
-    def audit_entries(self, device_id: str, limit: int = 500) -> list[Row]:
+    def audit_entries(self, device_id: str, limit: int = 500,
+                      seqs: list[int] | None = None) -> list[Row]:  # fmt: skip
         a = t.audit_entries
         q = (sa.select(a).where(a.c.device_id == device_id).order_by(a.c.seq.desc())
              .limit(limit))  # fmt: skip
+        if seqs is not None:
+            q = q.where(a.c.seq.in_(seqs))
         with self.engine.connect() as conn:
             rows = _rows(conn.execute(q))
         for r in rows:

@@ -1,0 +1,129 @@
+"""``edge console``: the control room's web console.
+
+- ``edge console serve --config console.toml``: the web application and its MQTT ingest;
+- ``edge console user add NAME --role operator|supervisor|auditor [--password-stdin]``;
+- ``edge console migrate --config console.toml``: bring the database to the newest schema
+  (``serve`` does this too).
+
+The configuration is described in :mod:`edge.console.config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("console", help="control room: the web console (alerts, fleet, audit)")
+    csub = p.add_subparsers(dest="console_command", metavar="ACTION")
+    csub.required = True
+    s = csub.add_parser("serve", help="run the web console and its MQTT ingest")
+    s.add_argument("--config", type=Path, required=True, help="console.toml")
+    s.set_defaults(func=run_serve)
+    m = csub.add_parser("migrate", help="bring the database to the newest schema")
+    m.add_argument("--config", type=Path, required=True, help="console.toml")
+    m.set_defaults(func=run_migrate)
+    u = csub.add_parser("user", help="manage console users")
+    usub = u.add_subparsers(dest="user_command", metavar="ACTION")
+    usub.required = True
+    a = usub.add_parser("add", help="add a user (or --replace an existing one's password)")
+    a.add_argument("name")
+    a.add_argument("--role", required=True, choices=("operator", "supervisor", "auditor"))
+    a.add_argument("--config", type=Path, required=True, help="console.toml (for the database)")
+    a.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of stdin")
+    a.add_argument("--replace", action="store_true", help="set a new password and role")
+    a.set_defaults(func=run_user_add)
+
+
+def _open_store(config: Path) -> Any:
+    from edge.console.config import load
+    from edge.console.store import Store
+    from edge.errors import UsageError
+
+    cfg = load(config)
+    try:
+        return cfg, Store.open(cfg.database)
+    except Exception as exc:  # sqlalchemy's errors are many; say it in one line
+        raise UsageError(f"cannot open the database {cfg.database}: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    from edge.console import migrate
+
+    _cfg, store = _open_store(args.config)
+    print(f"database at schema {migrate.current(store.engine)}")
+    store.close()
+    return 0
+
+
+def run_user_add(args: argparse.Namespace) -> int:
+    from edge.console.auth import add_user, check_name
+    from edge.errors import UsageError
+
+    check_name(args.name)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise UsageError("the passwords differ")
+    _cfg, store = _open_store(args.config)
+    try:
+        what = add_user(store, args.name, args.role, password, replace=args.replace)
+    finally:
+        store.close()
+    print(f"user {args.name} {what} (role {args.role})")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from edge.console.app import Context, create_app, templates
+    from edge.console.crypto import AtRest
+    from edge.console.events import Hub
+    from edge.console.handlers import Handler
+    from edge.console.ingest import Ingest
+    from edge.console.metrics import Metrics
+    from edge.console.service import Console
+    from edge.delivery.publish import BrokerSettings
+    from edge.watchlist.keys import load_device_key, load_signing_key
+
+    cfg, store = _open_store(args.config)
+    at_rest = AtRest(load_device_key(cfg.key_file))
+    signing_key = load_signing_key(cfg.signing_key)
+    hub, metrics = Hub(), Metrics()
+    handler = Handler(store, at_rest, hub, metrics)
+    broker = BrokerSettings(host=cfg.mqtt_host, port=cfg.mqtt_port, ca=cfg.mqtt_ca,
+                            cert=cfg.mqtt_cert, key=cfg.mqtt_key)  # fmt: skip
+    ingest = Ingest(broker, handler, metrics, client_id=cfg.client_id, group=cfg.share_group,
+                    session_expiry_s=cfg.session_expiry_s)  # fmt: skip
+    console = Console(store, at_rest, hub, metrics, ingest, signing_key,
+                      retention_days=cfg.retention_days, references_dir=cfg.references_dir)
+    context = Context(store=store, console=console, hub=hub, metrics=metrics,
+                      templates=templates(), session_ttl_s=cfg.session_ttl_s,
+                      secure_cookies=cfg.https, ingest_connected=lambda: ingest.connected)
+    app = create_app(context)
+    ssl: dict[str, Any] = {}
+    if cfg.https:
+        ssl = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)}
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.listen, port=cfg.port,
+                                           log_level="warning", access_log=False, **ssl))
+    scheme = "https" if cfg.https else "http"
+    ingest.start()
+    console.start()
+    print(f"console: listening on {scheme}://{cfg.listen}:{cfg.port}/", file=sys.stderr,
+          flush=True)  # fmt: skip
+    try:
+        server.run()
+    finally:
+        console.stop()
+        ingest.stop()
+        store.close()
+    return 0

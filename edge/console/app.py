@@ -1,0 +1,120 @@
+"""The FastAPI application: one context, the auth dependencies, the routers.
+
+:func:`create_app` takes the parts already built (store, service, hub, metrics); the
+routers (:mod:`edge.console.routes_pages`, :mod:`edge.console.routes_api`) only read the
+store and call the service. Every response carries a strict Content-Security-Policy (no
+inline script, no third-party origin), ``nosniff`` and ``no-referrer``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from edge.console import auth
+from edge.console.events import Hub
+from edge.console.metrics import Metrics
+from edge.console.service import Console
+from edge.console.store import Store
+
+HERE = Path(__file__).resolve().parent
+CSP = ("default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
+       "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+
+
+@dataclass
+class Context:
+    store: Store
+    console: Console
+    hub: Hub
+    metrics: Metrics
+    templates: Jinja2Templates
+    session_ttl_s: int
+    secure_cookies: bool
+    metrics_token: str | None = None
+    ingest_connected: Callable[[], bool] = lambda: False
+
+
+class NeedLogin(Exception):  # noqa: N818 (control flow)
+    pass
+
+
+def ctx(request: Request) -> Context:
+    c: Context = request.app.state.ctx
+    return c
+
+
+def current_user(request: Request) -> auth.User:
+    user = auth.session_user(ctx(request).store, request.cookies.get(auth.COOKIE))
+    if user is None:
+        raise NeedLogin()
+    return user
+
+
+def require(permission: str) -> Callable[[Request], auth.User]:
+    def dep(request: Request) -> auth.User:
+        user = current_user(request)
+        if not user.may(permission):
+            raise HTTPException(403, f"your role ({user.role}) may not see this")
+        return user
+
+    return dep
+
+
+def check_csrf(request: Request, user: auth.User, form_token: str | None = None) -> None:
+    given = form_token or request.headers.get("x-csrf-token")
+    if not auth.csrf_ok(user.csrf, given):
+        raise HTTPException(403, "missing or wrong CSRF token")
+
+
+def _fmt_time(ts: Any) -> str:
+    if ts is None:
+        return "–"
+    try:
+        return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "–"
+
+
+def templates() -> Jinja2Templates:
+    t = Jinja2Templates(directory=str(HERE / "templates"))
+    t.env.autoescape = True
+    t.env.filters["utc"] = _fmt_time
+    return t
+
+
+def create_app(context: Context) -> FastAPI:
+    from edge.console import routes_api, routes_pages
+
+    app = FastAPI(title="edge console", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.ctx = context
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.include_router(routes_pages.router)
+    app.include_router(routes_api.router)
+
+    @app.exception_handler(NeedLogin)
+    async def _need_login(request: Request, _exc: NeedLogin) -> Response:
+        if request.url.path.startswith(("/api/", "/events", "/fragments/", "/images/")):
+            return JSONResponse({"detail": "login required"}, status_code=401)
+        return RedirectResponse("/login", status_code=303)
+
+    @app.middleware("http")
+    async def _headers(request: Request,
+                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return app

@@ -1,0 +1,167 @@
+"""The console's configuration: one TOML file (``edge console serve --config F``).
+
+::
+
+    [console]
+    database = "sqlite:////var/lib/edge-console/console.db"   # or postgresql+psycopg://...
+    listen = "127.0.0.1"          # plain HTTP is allowed only on a loopback address
+    port = 8443
+    tls_cert = "/etc/edge-console/https.crt"   # HTTPS (required off loopback)
+    tls_key = "/etc/edge-console/https.key"
+    key_file = "/etc/edge-console/console.key" # X25519 (edge keys init --device console):
+                                                # crops and reference images at rest
+    signing_key = "/etc/edge-console/signing.key"  # the control room's Ed25519 key:
+                                                # each adjudication is signed with it
+    references_dir = "/var/lib/edge-console/references"  # reference files to import
+    session_ttl_s = 28800
+    retention_days = 31
+
+    [mqtt]
+    host = "broker.example"
+    port = 8883
+    ca = "/etc/edge-console/ca.crt"
+    client_cert = "/etc/edge-console/console.crt"   # the control room's certificate
+    client_key_file = "/etc/edge-console/console-mqtt.key"
+    client_id = "console-1"       # fixed: the persistent session is kept under it
+    share_group = "console"       # instances in one group share the fleet's messages
+    session_expiry_s = 604800
+
+Problems are collected and raised together as :class:`edge.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.errors import ConfigError
+
+_CONSOLE_KEYS = {"database", "listen", "port", "tls_cert", "tls_key", "key_file",
+                 "signing_key", "references_dir", "session_ttl_s", "retention_days"}
+_MQTT_KEYS = {"host", "port", "ca", "client_cert", "client_key_file", "client_id",
+              "share_group", "session_expiry_s"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    database: str
+    listen: str
+    port: int
+    tls_cert: Path | None
+    tls_key: Path | None
+    key_file: Path
+    signing_key: Path
+    references_dir: Path | None
+    session_ttl_s: int
+    retention_days: int
+    mqtt_host: str
+    mqtt_port: int
+    mqtt_ca: Path | None
+    mqtt_cert: Path | None
+    mqtt_key: Path | None
+    client_id: str
+    share_group: str
+    session_expiry_s: int
+
+    @property
+    def https(self) -> bool:
+        return self.tls_cert is not None
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def load(path: Path) -> ConsoleConfig:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    return from_dict(doc, path.parent)
+
+
+def from_dict(doc: dict[str, Any], base: Path) -> ConsoleConfig:
+    problems: list[str] = []
+    c = doc.get("console", {})
+    m = doc.get("mqtt", {})
+    for name, section, known in (("console", c, _CONSOLE_KEYS), ("mqtt", m, _MQTT_KEYS)):
+        if not isinstance(section, dict):
+            problems.append(f"[{name}] is not a table")
+            continue
+        problems += [f"[{name}] {k}: unknown key" for k in sorted(set(section) - known)]
+    for k in sorted(set(doc) - {"console", "mqtt"}):
+        problems.append(f"[{k}]: unknown section")
+    if problems:
+        raise ConfigError(problems)
+
+    def path(section: dict[str, Any], key: str, where: str, required: bool,
+             must_exist: bool = True) -> Path | None:  # fmt: skip
+        v = section.get(key)
+        if v is None:
+            if required:
+                problems.append(f"[{where}] {key}: required")
+            return None
+        if not isinstance(v, str) or not v:
+            problems.append(f"[{where}] {key}: must be a path")
+            return None
+        p = Path(v) if Path(v).is_absolute() else base / v
+        if must_exist and not p.exists():
+            problems.append(f"[{where}] {key}: {p} does not exist")
+        return p
+
+    def integer(section: dict[str, Any], key: str, where: str, default: int, lo: int,
+                hi: int) -> int:  # fmt: skip
+        v = section.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            problems.append(f"[{where}] {key}: must be an integer in {lo}..{hi}")
+            return default
+        return v
+
+    def string(section: dict[str, Any], key: str, where: str, default: str) -> str:
+        v = section.get(key, default)
+        if not isinstance(v, str) or not v:
+            problems.append(f"[{where}] {key}: must be a non-empty string")
+            return default
+        return v
+
+    listen = string(c, "listen", "console", "127.0.0.1")
+    tls_cert = path(c, "tls_cert", "console", False)
+    tls_key = path(c, "tls_key", "console", tls_cert is not None)
+    if tls_cert is None and not is_loopback(listen):
+        problems.append(f"[console] listen: plain HTTP only on loopback; {listen} needs "
+                        "tls_cert and tls_key")  # fmt: skip
+    mqtt_tls = [path(m, k, "mqtt", False) for k in ("ca", "client_cert", "client_key_file")]
+    host = string(m, "host", "mqtt", "127.0.0.1")
+    if any(p is None for p in mqtt_tls) and not is_loopback(host):
+        problems.append("[mqtt] ca, client_cert and client_key_file: mutual TLS is required")
+    cfg = ConsoleConfig(
+        database=string(c, "database", "console", f"sqlite:///{base / 'console.db'}"),
+        listen=listen,
+        port=integer(c, "port", "console", 8443, 0, 65535),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        key_file=path(c, "key_file", "console", True) or Path(),
+        signing_key=path(c, "signing_key", "console", True) or Path(),
+        references_dir=path(c, "references_dir", "console", False, must_exist=False),
+        session_ttl_s=integer(c, "session_ttl_s", "console", 8 * 3600, 60, 7 * 24 * 3600),
+        retention_days=integer(c, "retention_days", "console", 31, 1, 31),
+        mqtt_host=host,
+        mqtt_port=integer(m, "port", "mqtt", 8883, 1, 65535),
+        mqtt_ca=mqtt_tls[0],
+        mqtt_cert=mqtt_tls[1],
+        mqtt_key=mqtt_tls[2],
+        client_id=string(m, "client_id", "mqtt", "console-1"),
+        share_group=string(m, "share_group", "mqtt", "console"),
+        session_expiry_s=integer(m, "session_expiry_s", "mqtt", 7 * 24 * 3600, 0, 2**31),
+    )
+    if problems:
+        raise ConfigError(problems)
+    return cfg

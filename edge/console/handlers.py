@@ -1,0 +1,131 @@
+"""What the console does with each device message: validate, store, announce.
+
+:meth:`Handler.handle` takes a topic and a payload exactly as the broker delivered them
+and never raises: a bad message is counted (``console_messages_refused_total{kind}``),
+logged as one line (without its content) and dropped. The MQTT client
+(:mod:`edge.console.ingest`) calls it from its worker thread; tests call it directly too.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from typing import Any, Final
+
+from edge.console import messages as m
+from edge.console.crypto import AtRest
+from edge.console.events import Hub
+from edge.console.metrics import Metrics
+from edge.console.store import Store
+from edge.delivery.alert import DEVICE_ID_RE, parse_rfc3339
+
+log = logging.getLogger(__name__)
+
+KINDS: Final = ("alerts", "status", "stats", "deployment", "audit")
+
+
+def split_topic(topic: str, prefix: str = "lfr") -> tuple[str, str] | None:
+    """``lfr/<device>/<kind>`` -> (device, kind), or None for anything else."""
+    parts = topic.split("/")
+    if len(parts) != 3 or parts[0] != prefix or parts[2] not in KINDS:
+        return None
+    if not DEVICE_ID_RE.match(parts[1]):
+        return None
+    return parts[1], parts[2]
+
+
+class Handler:
+    def __init__(self, store: Store, at_rest: AtRest, hub: Hub, metrics: Metrics,
+                 prefix: str = "lfr") -> None:  # fmt: skip
+        self.store = store
+        self.at_rest = at_rest
+        self.hub = hub
+        self.metrics = metrics
+        self.prefix = prefix
+
+    def handle(self, topic: str, payload: bytes, retained: bool = False,
+               received_at: float | None = None) -> str:  # fmt: skip
+        """Process one message; returns ``stored``, ``duplicate``, ``refused``, ``failed``..."""
+        now = time.time() if received_at is None else received_at
+        where = split_topic(topic, self.prefix)
+        if where is None:
+            self.metrics.inc("console_messages_refused_total", kind="topic")
+            log.warning("ignoring a message on an unexpected topic (%d bytes)", len(payload))
+            return "refused"
+        device, kind = where
+        try:
+            result: str = getattr(self, f"_{kind}")(device, payload, retained, now)
+            return result
+        except m.BadMessage as exc:
+            self.metrics.inc("console_messages_refused_total", kind=kind)
+            log.warning("refused a %s message from %s: %s", kind, device, exc)
+            return "refused"
+        except Exception:  # a bug or the database: never stop the loop
+            self.metrics.inc("console_messages_failed_total", kind=kind)
+            log.exception("handling a %s message from %s failed", kind, device)
+            return "failed"
+
+    def _alerts(self, device: str, payload: bytes, _retained: bool, now: float) -> str:
+        alert = m.parse_alert_message(device, payload)
+        crop = base64.b64decode(alert["face_jpeg_b64"])
+        sealed = self.at_rest.seal(crop, f"crop:{alert['alert_id']}")
+        if not self.store.add_alert(alert, sealed, now):
+            self.metrics.inc("console_alerts_duplicate_total")
+            return "duplicate"
+        self.metrics.inc("console_alerts_received_total")
+        self.hub.publish("alert", alert_id=alert["alert_id"], device_id=device,
+                         deployment_id=alert["deployment_id"])  # fmt: skip
+        self.metrics.observe_latency(time.time() - parse_rfc3339(alert["published_at"]))
+        return "stored"
+
+    def _status(self, device: str, payload: bytes, retained: bool, now: float) -> str:
+        if not payload:  # a cleared retained message
+            return "ignored"
+        status = m.parse_status(device, payload)
+        self.store.record_status(device, status, now, retained)
+        self.hub.publish("device", device_id=device, state=status["state"])
+        return "stored"
+
+    def _stats(self, device: str, payload: bytes, _retained: bool, now: float) -> str:
+        self.store.record_stats(device, m.parse_stats(device, payload), now)
+        self.hub.publish("device", device_id=device)
+        return "stored"
+
+    def _deployment(self, device: str, payload: bytes, _retained: bool, now: float) -> str:
+        if not payload:
+            return "ignored"
+        dep = m.parse_deployment(device, payload)
+        self.store.record_deployment(device, dep, now)
+        if dep["state"] == "ended":
+            n = self.store.delete_references(dep["deployment_id"])
+            if n:
+                self.store.log("console", "references_deleted", deployment_id=dep["deployment_id"],
+                               count=n, reason="summary received")  # fmt: skip
+        self.hub.publish("deployment", device_id=device, deployment_id=dep["deployment_id"])
+        return "stored"
+
+    def _audit(self, device: str, payload: bytes, _retained: bool, now: float) -> str:
+        parsed = m.parse_audit_entry(device, payload)
+        outcome, state, verified = self.store.add_audit_entry(device, parsed, now)
+        if outcome == "duplicate":
+            return "duplicate"
+        if state.state == "broken" or outcome == "conflict":
+            self.metrics.inc("console_audit_breaks_total")
+            log.error("audit chain of %s: %s", device, state.problem)
+        self._apply_verified(device, verified)
+        self.hub.publish("audit", device_id=device, state=state.state)
+        return "stored" if outcome == "new" else outcome
+
+    def _apply_verified(self, device: str, seqs: list[int]) -> None:
+        """A verified ``adjudication`` entry is the device's record of an officer's decision."""
+        if not seqs:
+            return
+        for row in self.store.audit_entries(device, limit=len(seqs), seqs=seqs):
+            if row["event"] != "adjudication":
+                continue
+            rec: dict[str, Any] | None = m.device_adjudication(row["body"])
+            if rec and self.store.record_device_adjudication(
+                rec["alert_id"], rec["decision"], rec["officer"], row["seq"]
+            ):
+                self.hub.publish("alert_update", alert_id=rec["alert_id"])

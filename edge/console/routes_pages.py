@@ -1,0 +1,184 @@
+"""The pages: login, the alert queue, the fleet, deployments and their report, the audit.
+
+Server-rendered with Jinja2 (autoescaped: a device's strings are shown as text). The
+``/fragments/...`` routes render one row, which the page's script fetches when an SSE
+event says that row changed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from edge.console import auth
+from edge.console.app import Context, check_csrf, ctx, current_user, require
+from edge.console.auth import User
+from edge.delivery.alert import DEVICE_ID_RE
+
+router = APIRouter()
+Ctx = Annotated[Context, Depends(ctx)]
+
+
+def _page(c: Context, request: Request, name: str, user: User | None, **data: Any) -> Response:
+    return c.templates.TemplateResponse(request, name, {"user": user, **data})
+
+
+def _id_or_none(value: str | None) -> str | None:
+    if not value:
+        return None
+    if not DEVICE_ID_RE.match(value):
+        raise HTTPException(400, "not a valid id")
+    return value
+
+
+# -- login ----------------------------------------------------------------------------------
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, c: Ctx, error: str | None = None) -> Response:
+    token = secrets.token_urlsafe(24)
+    resp = _page(c, request, "login.html", None, login_csrf=token, error=error)
+    resp.set_cookie(auth.LOGIN_COOKIE, token, httponly=True, samesite="strict",
+                    secure=c.secure_cookies, max_age=1800)  # fmt: skip
+    return resp
+
+
+@router.post("/login")
+def login(
+    request: Request, c: Ctx, name: Annotated[str, Form()], password: Annotated[str, Form()],
+    csrf: Annotated[str, Form()] = "",
+) -> Response:
+    if not auth.csrf_ok(request.cookies.get(auth.LOGIN_COOKIE) or "", csrf):
+        raise HTTPException(403, "missing or wrong CSRF token")
+    client = request.client.host if request.client else "unknown"
+    try:
+        token, user = auth.login(c.store, name, password, client, c.session_ttl_s)
+    except auth.LoginRefused as exc:
+        c.store.log(name[:64] or "-", "login_refused", client=client, reason=str(exc))
+        resp = login_form(request, c, error=str(exc))
+        resp.status_code = 429 if exc.limited else 401
+        return resp
+    c.store.log(user.name, "login", client=client, role=user.role)
+    resp = RedirectResponse("/", status_code=303)
+    resp.set_cookie(auth.COOKIE, token, httponly=True, samesite="strict",
+                    secure=c.secure_cookies, max_age=c.session_ttl_s)  # fmt: skip
+    resp.delete_cookie(auth.LOGIN_COOKIE)
+    return resp
+
+
+@router.post("/logout")
+def logout(request: Request, c: Ctx, user: Annotated[User, Depends(current_user)],
+           csrf: Annotated[str, Form()] = "") -> Response:  # fmt: skip
+    check_csrf(request, user, csrf)
+    c.store.drop_session(user.token_hash)
+    c.store.log(user.name, "logout")
+    resp = RedirectResponse("/login", status_code=303)
+    resp.delete_cookie(auth.COOKIE)
+    return resp
+
+
+@router.get("/")
+def home(user: Annotated[User, Depends(current_user)]) -> Response:
+    for perm, url in (("alerts", "/alerts"), ("fleet", "/fleet"), ("audit", "/audit"),
+                      ("deployments", "/deployments")):  # fmt: skip
+        if user.may(perm):
+            return RedirectResponse(url, status_code=303)
+    raise HTTPException(403, "your role has no pages")
+
+
+# -- alerts ---------------------------------------------------------------------------------
+
+
+def _alert_view(c: Context, row: dict[str, Any]) -> dict[str, Any]:
+    refs = c.store.reference(row["deployment_id"], row["subject_id"]) is not None
+    return {**row, "has_reference": refs}
+
+
+@router.get("/alerts", response_class=HTMLResponse)
+def alerts_page(request: Request, c: Ctx, user: Annotated[User, Depends(require("alerts"))],
+                device: str | None = None, deployment: str | None = None) -> Response:  # fmt: skip
+    device, deployment = _id_or_none(device), _id_or_none(deployment)
+    rows = [_alert_view(c, r) for r in c.store.alerts(device_id=device, deployment_id=deployment)]
+    return _page(c, request, "alerts.html", user, alerts=rows, device=device or "",
+                 deployment=deployment or "", devices=[d["device_id"] for d in c.store.devices()])
+
+
+@router.get("/fragments/alert/{alert_id}", response_class=HTMLResponse)
+def alert_row(request: Request, alert_id: str, c: Ctx,
+              user: Annotated[User, Depends(require("alerts"))]) -> Response:  # fmt: skip
+    row = c.store.alert(alert_id)
+    if row is None:
+        raise HTTPException(404, "no such alert")
+    return _page(c, request, "_alert_row.html", user, a=_alert_view(c, row))
+
+
+# -- fleet ----------------------------------------------------------------------------------
+
+
+@router.get("/fleet", response_class=HTMLResponse)
+def fleet_page(request: Request, c: Ctx,
+               user: Annotated[User, Depends(require("fleet"))]) -> Response:  # fmt: skip
+    return _page(c, request, "fleet.html", user, devices=c.store.devices())
+
+
+@router.get("/fragments/device/{device_id}", response_class=HTMLResponse)
+def device_row(request: Request, device_id: str, c: Ctx,
+               user: Annotated[User, Depends(require("fleet"))]) -> Response:  # fmt: skip
+    rows = [d for d in c.store.devices() if d["device_id"] == device_id]
+    if not rows:
+        raise HTTPException(404, "no such device")
+    return _page(c, request, "_device_row.html", user, d=rows[0])
+
+
+# -- deployments ----------------------------------------------------------------------------
+
+
+@router.get("/deployments", response_class=HTMLResponse)
+def deployments_page(
+    request: Request, c: Ctx, user: Annotated[User, Depends(require("deployments"))]
+) -> Response:
+    deps = c.store.deployments()
+    for d in deps:
+        d["outcomes"] = c.store.alert_outcomes(d["deployment_id"])
+    return _page(c, request, "deployments.html", user, deployments=deps)
+
+
+@router.get("/deployments/{device_id}/{deployment_id}", response_class=HTMLResponse)
+def report_page(request: Request, device_id: str, deployment_id: str, c: Ctx,
+                user: Annotated[User, Depends(require("deployments"))]) -> Response:  # fmt: skip
+    match = [d for d in c.store.deployments()
+             if d["device_id"] == device_id and d["deployment_id"] == deployment_id]
+    if not match:
+        raise HTTPException(404, "no such deployment")
+    d = match[0]
+    s = d["summary"] or {}
+    adj = s.get("adjudications", {})
+    bars = [("faces seen", int(s.get("faces_processed", 0))), ("alerts", int(s.get("alerts", 0))),
+            ("confirmed", int(adj.get("confirmed", 0))), ("rejected", int(adj.get("rejected", 0))),
+            ("not stopped", int(adj.get("not_stopped", 0)))]  # fmt: skip
+    top = max([v for _, v in bars] + [1])
+    return _page(c, request, "report.html", user, d=d, s=s, bars=bars, top=top,
+                 outcomes=c.store.alert_outcomes(deployment_id))
+
+
+# -- audit ----------------------------------------------------------------------------------
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request, c: Ctx,
+               user: Annotated[User, Depends(require("audit"))]) -> Response:  # fmt: skip
+    return _page(c, request, "audit.html", user, chains=c.store.chains(),
+                 console_log=c.store.console_log(100))
+
+
+@router.get("/audit/{device_id}", response_class=HTMLResponse)
+def audit_device(request: Request, device_id: str, c: Ctx,
+                 user: Annotated[User, Depends(require("audit"))]) -> Response:  # fmt: skip
+    chain = [r for r in c.store.chains() if r["device_id"] == device_id]
+    if not chain:
+        raise HTTPException(404, "no chain for this device")
+    return _page(c, request, "audit_device.html", user, chain=chain[0],
+                 entries=c.store.audit_entries(device_id))

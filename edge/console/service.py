@@ -1,0 +1,178 @@
+"""What the web routes may ask of the console: the only way from a page to MQTT.
+
+- :meth:`Console.adjudicate`: sign the officer's decision with the control room's key
+  (:func:`edge.watchlist.adjudication.sign_adjudication`, the logged-in user as the
+  officer), publish it QoS 1 through the ingest client, record it and announce it;
+- :meth:`Console.crop` / :meth:`Console.reference`: decrypt an image for one user, each
+  view written to the console's audit trail with who and when;
+- :meth:`Console.housekeeping` (every minute, and at start): purge alerts and crops older
+  than the retention period unless on legal hold, delete reference images of deployments
+  whose window has closed, import new reference files; each purge and deletion audited.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge.console.crypto import AtRest, SealError
+from edge.console.events import Hub
+from edge.console.metrics import Metrics
+from edge.console.store import Store
+from edge.delivery.alert import DECISIONS
+from edge.delivery.publish import topic
+from edge.watchlist.adjudication import sign_adjudication
+from edge.watchlist.references import ReferencesRefused, open_references
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, payload: bytes, timeout: float = 5.0) -> None: ...
+
+
+class ActionRefused(Exception):  # noqa: N818 (a refusal, shown to the user)
+    def __init__(self, message: str, status: int = 400) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class Console:
+    def __init__(self, store: Store, at_rest: AtRest, hub: Hub, metrics: Metrics,
+                 publisher: Publisher, signing_key: Ed25519PrivateKey, *,
+                 retention_days: int = 31, references_dir: Path | None = None) -> None:  # fmt: skip
+        self.store = store
+        self.at_rest = at_rest
+        self.hub = hub
+        self.metrics = metrics
+        self.publisher = publisher
+        self.signing_key = signing_key
+        self.signer: Ed25519PublicKey = signing_key.public_key()
+        self.retention_s = retention_days * 86400.0
+        self.references_dir = references_dir
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- adjudication ---------------------------------------------------------------------
+
+    def adjudicate(self, officer: str, alert_id: str, decision: str) -> dict[str, object]:
+        if decision not in DECISIONS:
+            raise ActionRefused(f"decision must be one of {', '.join(DECISIONS)}")
+        alert = self.store.alert(alert_id)
+        if alert is None:
+            raise ActionRefused("no such alert", 404)
+        device = str(alert["device_id"])
+        at = time.time()
+        try:
+            payload = sign_adjudication(self.signing_key, device_id=device, alert_id=alert_id,
+                                        decision=decision, officer=officer, at=at)  # fmt: skip
+        except ValueError as exc:
+            raise ActionRefused(str(exc)) from None
+        from edge.console.ingest import PublishFailed
+
+        self.store.set_decision(alert_id, decision, officer, at)
+        try:
+            self.publisher.publish(topic(device, "adjudications"), payload)
+        except PublishFailed as exc:
+            self.store.set_adjudication_state(alert_id, at, "not_sent")
+            self.store.log(officer, "adjudication_not_sent", alert_id=alert_id,
+                           decision=decision, error=str(exc))  # fmt: skip
+            self.hub.publish("alert_update", alert_id=alert_id)
+            raise ActionRefused(f"not sent: {exc}", 503) from None
+        self.store.set_adjudication_state(alert_id, at, "acked")
+        self.store.log(officer, "adjudication_sent", alert_id=alert_id, decision=decision,
+                       device_id=device)  # fmt: skip
+        self.metrics.inc("console_adjudications_sent_total", decision=decision)
+        self.hub.publish("alert_update", alert_id=alert_id)
+        return {"alert_id": alert_id, "decision": decision, "officer": officer, "at": at}
+
+    # -- images (every view audited) --------------------------------------------------------
+
+    def crop(self, viewer: str, alert_id: str) -> bytes:
+        blob = self.store.crop(alert_id)
+        if blob is None:
+            raise ActionRefused("no crop for this alert (unknown or purged)", 404)
+        try:
+            jpeg = self.at_rest.open(blob, f"crop:{alert_id}")
+        except SealError as exc:
+            raise ActionRefused(str(exc), 500) from None
+        self.store.log(viewer, "crop_viewed", alert_id=alert_id)
+        return jpeg
+
+    def reference(self, viewer: str, deployment_id: str, subject_id: str) -> bytes:
+        blob = self.store.reference(deployment_id, subject_id)
+        if blob is None:
+            raise ActionRefused("no reference image (not imported, or deleted)", 404)
+        try:
+            jpeg = self.at_rest.open(blob, f"ref:{deployment_id}:{subject_id}")
+        except SealError as exc:
+            raise ActionRefused(str(exc), 500) from None
+        self.store.log(viewer, "reference_viewed", deployment_id=deployment_id,
+                       subject_id=subject_id)  # fmt: skip
+        return jpeg
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    def import_references(self, path: Path) -> int:
+        """Import one reference file (then remove it); returns the number of images."""
+        refs = open_references(path.read_bytes(), self.at_rest.private_key, self.signer)
+        if refs.window_end <= time.time():
+            path.unlink(missing_ok=True)
+            self.store.log("console", "references_refused", file=path.name,
+                           deployment_id=refs.deployment_id, reason="window closed")  # fmt: skip
+            return 0
+        for r in refs.subjects:
+            sealed = self.at_rest.seal(r.jpeg, f"ref:{refs.deployment_id}:{r.subject_id}")
+            self.store.put_reference(refs.deployment_id, r.subject_id, r.category, sealed,
+                                     refs.window_end)  # fmt: skip
+        path.unlink(missing_ok=True)
+        self.store.log("console", "references_imported", deployment_id=refs.deployment_id,
+                       bundle_id=refs.bundle_id, count=len(refs.subjects))  # fmt: skip
+        return len(refs.subjects)
+
+    def housekeeping(self, now: float | None = None) -> dict[str, int]:
+        now = time.time() if now is None else now
+        done = {"purged": 0, "references_deleted": 0, "references_imported": 0}
+        ids = self.store.purge_alerts(now - self.retention_s)
+        if ids:
+            done["purged"] = len(ids)
+            self.store.log("console", "alerts_purged", count=len(ids), alert_ids=ids[:1000],
+                           retention_days=round(self.retention_s / 86400))  # fmt: skip
+        for dep, (n, end) in self.store.reference_deployments().items():
+            if end <= now:
+                deleted = self.store.delete_references(dep)
+                done["references_deleted"] += deleted
+                self.store.log("console", "references_deleted", deployment_id=dep,
+                               count=deleted or n, reason="window closed")  # fmt: skip
+        if self.references_dir is not None and self.references_dir.is_dir():
+            for path in sorted(self.references_dir.glob("*.refs")):
+                try:
+                    done["references_imported"] += self.import_references(path)
+                except (ReferencesRefused, OSError) as exc:
+                    log.error("reference file %s refused: %s", path.name, exc)
+                    self.store.log("console", "references_refused", file=path.name,
+                                   reason=str(exc))  # fmt: skip
+                    path.rename(path.with_suffix(".refused"))
+        return done
+
+    def start(self, interval_s: float = 60.0) -> None:
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.housekeeping()
+                except Exception:
+                    log.exception("housekeeping failed")
+                self._stop.wait(interval_s)
+
+        self._thread = threading.Thread(target=loop, name="console-housekeeping", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

@@ -1,0 +1,80 @@
+// The console's only script: live updates over Server-Sent Events and the adjudication
+// buttons. Rows are rendered by the server (escaped by Jinja2) and fetched as fragments;
+// nothing a device sent is ever turned into markup here.
+"use strict";
+
+(function () {
+  const page = document.body.dataset.page;
+  const csrfMeta = document.querySelector('meta[name="csrf-token"]');
+  const csrf = csrfMeta ? csrfMeta.content : "";
+
+  async function fragment(url) {
+    const r = await fetch(url, { credentials: "same-origin" });
+    if (!r.ok) return null;
+    const tpl = document.createElement("template");
+    tpl.innerHTML = (await r.text()).trim();  // server-rendered, autoescaped HTML
+    return tpl.content.firstElementChild;
+  }
+
+  async function alertRow(id, isNew) {
+    const table = document.getElementById("alerts");
+    if (!table) return;
+    const row = await fragment("/fragments/alert/" + encodeURIComponent(id));
+    if (!row) return;
+    const dev = table.dataset.device, dep = table.dataset.deployment;
+    if ((dev && row.dataset.device !== dev) || (dep && row.dataset.deployment !== dep)) return;
+    const old = document.getElementById(row.id);
+    if (old) old.replaceWith(row);
+    else if (isNew) table.tBodies[0].prepend(row);
+    const none = document.getElementById("no-alerts");
+    if (none) none.remove();
+  }
+
+  async function deviceRow(id) {
+    const table = document.getElementById("fleet");
+    if (!table) return;
+    const row = await fragment("/fragments/device/" + encodeURIComponent(id));
+    if (!row) return;
+    const old = document.getElementById(row.id);
+    if (old) old.replaceWith(row);
+    else table.tBodies[0].append(row);
+  }
+
+  document.addEventListener("click", async (ev) => {
+    const button = ev.target.closest("button[data-decision]");
+    if (button) {
+      const row = button.closest("tr[data-alert-id]");
+      const result = row.querySelector(".result");
+      result.textContent = "sending…";
+      const r = await fetch("/api/alerts/" + encodeURIComponent(row.dataset.alertId) + "/adjudicate", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+        body: JSON.stringify({ decision: button.dataset.decision }),
+      });
+      let detail = "";
+      try { detail = (await r.json()).detail || ""; } catch (e) { detail = ""; }
+      if (r.ok) { await alertRow(row.dataset.alertId, false); }
+      else { result.textContent = "not sent: " + (detail || r.status); }
+      return;
+    }
+    if (ev.target.id === "print") window.print();
+  });
+
+  if (!csrf) return;  // not logged in: no stream
+  const live = document.getElementById("live");
+  const source = new EventSource("/events");
+  source.onopen = () => { if (live) live.classList.add("on"); document.body.dataset.live = "1"; };
+  source.onerror = () => { if (live) live.classList.remove("on"); };
+  source.onmessage = (msg) => {
+    let ev;
+    try { ev = JSON.parse(msg.data); } catch (e) { return; }
+    if (page === "alerts") {
+      if (ev.type === "alert") alertRow(ev.alert_id, true);
+      else if (ev.type === "alert_update") alertRow(ev.alert_id, false);
+      else if (ev.type === "resync") window.location.reload();
+    } else if (page === "fleet" && ev.type === "device") {
+      deviceRow(ev.device_id);
+    }
+  };
+})();

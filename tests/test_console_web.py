@@ -1,0 +1,146 @@
+"""The console over HTTP: logins, roles, CSRF, the rate limit, /metrics, adjudications.
+
+Real parts: ``edge console serve`` as a process, a real mosquitto with mutual TLS, alerts
+from the device's real publisher, adjudications verified by the device's real code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.alerts import make_record
+from tests.fixtures.broker import Broker
+from tests.fixtures.browser import ConsoleServer, Van, csrf_of
+
+
+@pytest.fixture
+def console(broker: Broker, tmp_path: Path) -> Iterator[ConsoleServer]:
+    server = ConsoleServer(broker, tmp_path / "console")
+    server.add_user("pc-ops", "operator")
+    server.add_user("sgt-sup", "supervisor")
+    server.add_user("aud-1", "auditor")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def van(broker: Broker, console: ConsoleServer, tmp_path: Path) -> Iterator[Van]:
+    v = Van(broker, tmp_path / "van", "van-7", console.signing.public)
+    v.start()
+    yield v
+    v.stop()
+
+
+def _wait(predicate: object, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_every_page_and_call_needs_a_login(console: ConsoleServer) -> None:
+    anon = httpx.Client(base_url=console.url, timeout=10)
+    for path in ("/", "/alerts", "/fleet", "/deployments", "/audit"):
+        r = anon.get(path)
+        assert r.status_code == 303 and r.headers["location"] == "/login", path
+    for path in ("/events", "/fragments/alert/x", "/images/crop/x.jpg", "/metrics"):
+        assert anon.get(path).status_code in (401, 303), path
+    assert anon.post("/api/alerts/x/adjudicate", json={"decision": "confirmed"}).status_code == 401
+    page = anon.get("/login")
+    assert page.status_code == 200 and "Content-Security-Policy" in page.headers
+
+
+def test_roles_decide_what_each_user_sees(console: ConsoleServer) -> None:
+    ops, sup, aud = (console.session(n) for n in ("pc-ops", "sgt-sup", "aud-1"))
+    assert ops.get("/alerts").status_code == 200
+    assert ops.get("/fleet").status_code == 403
+    assert ops.get("/audit").status_code == 403
+    assert sup.get("/fleet").status_code == 200 and sup.get("/deployments").status_code == 200
+    assert aud.get("/audit").status_code == 200 and aud.get("/alerts").status_code == 403
+    # Logging out ends the session on the server, not just in the browser.
+    token = csrf_of(ops)
+    cookie = ops.cookies.get("console_session")
+    assert ops.post("/logout", data={"csrf": token}).status_code == 303
+    stale = httpx.Client(base_url=console.url, cookies={"console_session": cookie or ""})
+    assert stale.get("/alerts").status_code == 303
+
+
+def test_wrong_passwords_are_refused_then_rate_limited(console: ConsoleServer) -> None:
+    client = httpx.Client(base_url=console.url, timeout=10)
+    codes = []
+    for _ in range(7):
+        token = client.get("/login").text.split('name="csrf" value="')[1].split('"')[0]
+        codes.append(client.post("/login", data={"name": "pc-ops", "password": "wrong-one!!",
+                                                 "csrf": token}).status_code)
+    assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
+    # Even the right password is refused while the limit holds.
+    token = client.get("/login").text.split('name="csrf" value="')[1].split('"')[0]
+    r = client.post("/login", data={"name": "pc-ops", "password": "correct horse battery",
+                                    "csrf": token})
+    assert r.status_code == 429
+    # A login form without its CSRF token is refused.
+    assert client.post("/login", data={"name": "sgt-sup", "password": "x"}).status_code == 403
+    forged = {"name": "sgt-sup", "password": "x", "csrf": "forged"}
+    assert client.post("/login", data=forged).status_code == 403
+
+
+def test_adjudication_is_signed_reaches_the_van_and_comes_back_through_its_audit(
+    console: ConsoleServer, van: Van
+) -> None:
+    record = make_record("van-7", subject_id="S-42")
+    van.publisher.enqueue_alert(record)
+    ops = console.session("pc-ops")
+    assert _wait(lambda: record.alert_id in ops.get("/alerts").text)
+    url = f"/api/alerts/{record.alert_id}/adjudicate"
+    # Without the CSRF token: refused, nothing sent.
+    assert ops.post(url, json={"decision": "confirmed"}).status_code == 403
+    assert ops.post(url, json={"decision": "confirmed"},
+                    headers={"X-CSRF-Token": "forged"}).status_code == 403
+    time.sleep(0.3)
+    assert van.recorded == []
+    r = ops.post(url, json={"decision": "rejected"}, headers={"X-CSRF-Token": csrf_of(ops)})
+    assert r.status_code == 200, r.text
+    assert _wait(lambda: len(van.recorded) == 1)
+    assert (van.recorded[0]["officer"], van.recorded[0]["decision"]) == ("pc-ops", "rejected")
+    # The van's audit entry comes back, verified, and shows on the alert.
+    assert _wait(lambda: "device recorded: <b>rejected</b>" in ops.get(
+        f"/fragments/alert/{record.alert_id}").text)
+    # Each crop view is audited with who.
+    assert ops.get(f"/images/crop/{record.alert_id}.jpg").content == record.face_jpeg
+    aud = console.session("aud-1")
+    trail = aud.get("/audit").text
+    assert "crop_viewed" in trail and "adjudication_sent" in trail
+    assert '<span class="badge ok">ok</span>' in trail
+
+
+def test_metrics_in_prometheus_format(console: ConsoleServer, van: Van) -> None:
+    van.publisher.enqueue_alert(make_record("van-7"))
+    sup = console.session("sgt-sup")
+    assert _wait(lambda: "console_alerts_received_total 1" in sup.get("/metrics").text)
+    text = sup.get("/metrics").text
+    assert "console_devices_online 1" in text
+    assert 'console_ingest_latency_seconds_bucket{le="+Inf"} 1' in text
+    assert console.session("pc-ops").get("/metrics").status_code == 403
+
+
+def test_user_add_refuses_a_bad_role_a_short_password_and_a_duplicate(
+    console: ConsoleServer,
+) -> None:
+    r = console.edge("console", "user", "add", "x", "--role", "admin", "--config",
+                     str(console.config), "--password-stdin", stdin="long enough pw\n")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+    r = console.edge("console", "user", "add", "newbie", "--role", "auditor", "--config",
+                     str(console.config), "--password-stdin", stdin="short\n")
+    assert r.returncode == 2 and r.stderr.strip() == \
+        "edge: the password must have at least 10 characters"
+    r = console.edge("console", "user", "add", "pc-ops", "--role", "auditor", "--config",
+                     str(console.config), "--password-stdin", stdin="long enough pw\n")
+    assert r.returncode == 2 and "exists" in r.stderr and "Traceback" not in r.stderr
