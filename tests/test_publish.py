@@ -423,3 +423,45 @@ def test_concurrent_producers_while_connected(
         t.join(30)
     assert rec.wait_for(lambda m: set(alert_ids(m, "dev-m")) == set(ids), 20)
     assert wait_until(lambda: pub.pending_count == 0 and pub.inflight_count == 0, 5)
+
+
+def test_a_certificate_cannot_take_over_another_devices_session(
+    broker: Broker, make_publisher: Callable[..., Publisher], tmp_path: Path
+) -> None:
+    """Issue 15: device B connects with device A's client id and a clean start (which
+    would take over and purge A's persistent session); A's queued command still arrives,
+    because the broker makes the certificate's CN the client id."""
+    got: list[Inbound] = []
+
+    def deliver(msg: Inbound) -> bool:
+        got.append(msg)
+        return True
+
+    a = make_publisher(broker, "dev-k", client_id="edge-dev-k", inbox=deliver)
+    a.start()
+    assert a.wait_connected(10)
+    cr = broker.client("control-room")
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:  # A's subscription is in place
+        cr.publish("lfr/dev-k/commands", b"probe", qos=1).wait_for_publish(5)
+        wait_until(lambda: bool(got), 0.5)
+    assert got
+    a.stop(flush_timeout=0)
+    got.clear()
+    cr.publish("lfr/dev-k/commands", b"queued end command", qos=1).wait_for_publish(5)
+
+    thief = broker.make_client("dev-evil", client_id="edge-dev-k")
+    connected = threading.Event()
+    thief.on_connect = lambda *_a: connected.set()
+    thief.connect(broker.host, broker.port, keepalive=10, clean_start=True)
+    thief.loop_start()
+    assert connected.wait(10)
+    thief.disconnect()
+    thief.loop_stop()
+
+    again = make_publisher(broker, "dev-k", outbox_path=tmp_path / "k2.db",
+                           client_id="edge-dev-k", inbox=deliver)  # fmt: skip
+    again.start()
+    assert wait_until(lambda: Inbound("commands", b"queued end command") in got, 10), (
+        broker.log_text()[-1500:]
+    )

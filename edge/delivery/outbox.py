@@ -224,8 +224,17 @@ class Outbox:
                     )
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
+
+    def _rollback(self) -> None:
+        """Roll back if a transaction is still open: SQLite ends it by itself when a
+        COMMIT fails on a full disk, and a second ROLLBACK would hide the real error."""
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.error("outbox rollback failed: %s", exc)
 
     def close(self) -> None:
         with self._lock:
@@ -287,7 +296,7 @@ class Outbox:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
         return True
 
@@ -361,7 +370,7 @@ class Outbox:
                 self._db.execute(f"DELETE FROM outbox WHERE {where}", (cutoff,))  # noqa: S608
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
             if ids:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -93,6 +93,7 @@ InboxCallback = Callable[[Inbound], bool]
 RefusedCallback = Callable[[str, str, int], None]
 """Told ``(kind, reason, size)`` for each inbound message refused by the gate."""
 STALL_KEEPALIVES = 2.5
+WILL_WAIT_S = 5.0
 
 
 class Publisher:
@@ -152,6 +153,7 @@ class Publisher:
         self._last_error: str | None = None
         self._status: dict[str, Any] = {"armed": False, "reason": "starting"}
         self._will_armed = False  # the armed value in the current connection's will
+        self._will_stale_since: float | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -327,37 +329,53 @@ class Publisher:
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                self._watch_client()
+                hold = self._watch_client()
                 self.last_checkin = time.monotonic()
-                self._maybe_status()
-                self._drain_held()
-                self._drain_once()
-                self._maybe_stats()
+                if not hold:
+                    self._maybe_status()
+                    self._drain_held()
+                    self._drain_once()
+                    self._maybe_stats()
             except Exception as exc:
                 log.exception("publisher drain failed")
                 self._error(f"drain failed: {exc}")
             self._wake.wait(self.drain_interval_s)
             self._wake.clear()
 
-    def _watch_client(self) -> None:
-        """Rebuild the client if paho's thread died or stalled, or the will is stale."""
+    def _watch_client(self) -> bool:
+        """Rebuild the client if paho's thread died or stalled, or the will is stale.
+
+        Returns True to hold publishing this turn: a stale will waits (up to
+        :data:`WILL_WAIT_S`) for the messages in flight to be acknowledged, so the
+        reconnect repeats none of them.
+        """
         client = self._client
         thread = client._thread
         if thread is None or not thread.is_alive():
             self._rebuild("the MQTT network thread is not running", graceful=False)
-            return
+            return False
+        now = time.monotonic()
         with self._lock:
             connected = self._connected
             will_stale = connected and bool(self._status.get("armed")) != self._will_armed
+            inflight = len(self._inflight) + len(self._held_inflight)
         if connected:
-            last_read = float(getattr(client, "_last_bytes_received", time.monotonic()))
+            last_read = float(getattr(client, "_last_bytes_received", now))
             limit = STALL_KEEPALIVES * max(1, self.broker.keepalive)
-            if time.monotonic() - last_read > limit:
+            if now - last_read > limit:
                 self._rebuild(f"the MQTT network thread read nothing for {limit:g} s",
                               graceful=False)  # fmt: skip
-                return
-        if will_stale:
-            self._rebuild("armed state changed: reconnecting with a new last will", graceful=True)
+                return False
+        if not will_stale:
+            self._will_stale_since = None
+            return False
+        if self._will_stale_since is None:
+            self._will_stale_since = now
+        if inflight and now - self._will_stale_since < WILL_WAIT_S:
+            return True
+        self._will_stale_since = None
+        self._rebuild("armed state changed: reconnecting with a new last will", graceful=True)
+        return False
 
     def _rebuild(self, why: str, graceful: bool) -> None:
         old = self._client

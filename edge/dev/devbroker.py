@@ -7,6 +7,12 @@ sessions survive a stop/start on the same port), and the same ACL the
 ``control_room_broker`` Ansible role installs: a device writes only under
 ``lfr/<its id>/`` and reads only its own inbound topics; the control room
 reads everything and writes adjudications and commands.
+
+As in the role: the certificate's CN is also the client id
+(``use_username_as_clientid``), so no certificate can take over another device's
+persistent session; packets are bounded (``max_packet_size``); the in-memory database
+is saved after every change (``autosave_on_changes``), so a SIGKILLed broker keeps the
+QoS 1 messages it had queued.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from edge.errors import BrokerError
 CONTROL_ROOM_CN = "control-room"
 DEVICE_OUT_TOPICS = ("status", "alerts", "stats", "deployment", "audit")
 DEVICE_IN_TOPICS = ("adjudications", "commands")
+MAX_PACKET_SIZE = 512 * 1024
+"""The broker's limit on any packet (an alert with its face crop is well under 100 KiB)."""
 
 
 def acl_text(control_room: str = CONTROL_ROOM_CN) -> str:
@@ -102,8 +110,10 @@ class DevBroker:
                     f"acl_file {self.acl_path}",
                     "persistence true",
                     f"persistence_location {self.data_dir}/",
-                    "autosave_interval 5",
+                    "autosave_on_changes true",
+                    "autosave_interval 1",
                     "max_queued_messages 10000",
+                    f"max_packet_size {MAX_PACKET_SIZE}",
                     f"log_dest file {self.log_path}",
                     "log_type error",
                     "log_type warning",
@@ -119,6 +129,7 @@ class DevBroker:
                     f"keyfile {self.server.key}",
                     "require_certificate true",
                     "use_identity_as_username true",
+                    "use_username_as_clientid true",
                     "tls_version tlsv1.2",
                     "",
                 ]
