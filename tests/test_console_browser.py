@@ -1,0 +1,120 @@
+"""The console in a real browser (Debian's chromium driven by Playwright).
+
+One console process, one real mosquitto with mutual TLS, one van of the device's real
+parts (:class:`tests.fixtures.browser.Van`): alerts are the real publisher's alert JSON.
+A failing test leaves ``failure.png`` in its tmp_path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.alerts import make_record
+from tests.fixtures.broker import Broker
+from tests.fixtures.browser import (
+    PASSWORD,
+    ConsoleServer,
+    Van,
+    launch_chromium,
+    screenshot_on_failure,
+)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+HOSTILE = '<img src=x onerror="document.title=1">S-<b>99</b>'
+
+
+@pytest.fixture
+def world(broker: Broker, tmp_path: Path) -> Iterator[tuple[ConsoleServer, Van]]:
+    console = ConsoleServer(broker, tmp_path / "console")
+    console.add_user("pc-ops", "operator")
+    console.add_user("sgt-sup", "supervisor")
+    console.start()
+    van = Van(broker, tmp_path / "van", "van-3", console.signing.public)
+    van.start()
+    yield console, van
+    van.stop()
+    console.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        b = launch_chromium(p)
+        yield b
+        b.close()
+
+
+def _login(page: Any, console: ConsoleServer, name: str) -> None:
+    page.goto(console.url + "/login")
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_load_state()
+
+
+def _wait(predicate: Any, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_an_alert_appears_live_is_adjudicated_and_the_van_records_the_officer(
+    world: tuple[ConsoleServer, Van], browser: Any, tmp_path: Path
+) -> None:
+    console, van = world
+    page = browser.new_page()
+    with screenshot_on_failure(page, tmp_path):
+        page.goto(console.url + "/alerts")
+        assert page.url.endswith("/login")  # refused without login
+        _login(page, console, "pc-ops")
+        assert page.url.endswith("/alerts")
+        page.wait_for_function("document.body.dataset.live === '1'")
+        page.evaluate("window.__noReload = true")
+        record = make_record("van-3", subject_id=HOSTILE, category="missing_person")
+        van.publisher.enqueue_alert(record)
+        row = page.locator(f"#alert-{record.alert_id}")
+        row.wait_for(timeout=15_000)
+        assert page.evaluate("window.__noReload") is True  # no reload happened
+        # The device's HTML is shown as text, never as markup.
+        assert row.locator(".subject").inner_text() == HOSTILE
+        assert row.locator("img[src=x]").count() == 0 and row.locator("b").count() == 0
+        assert page.title() != "1"
+        assert row.locator(".category").inner_text() == "missing_person"
+        assert row.locator("img.face").first.evaluate("i => i.naturalWidth") > 0  # the crop
+        row.locator("button[data-decision=confirmed]").click()
+        assert _wait(lambda: len(van.recorded) == 1)
+        assert van.recorded[0]["officer"] == "pc-ops"
+        assert van.recorded[0]["decision"] == "confirmed"
+        row.locator(".device-record").wait_for(timeout=15_000)
+        assert row.locator(".device-officer").inner_text() == "pc-ops"
+        assert page.evaluate("window.__noReload") is True
+
+
+def test_a_van_going_offline_shows_on_the_fleet_page(
+    world: tuple[ConsoleServer, Van], browser: Any, tmp_path: Path
+) -> None:
+    console, van = world
+    van.publisher.publish_status(True, "armed: deployment D-1", deployment_id="D-1")
+    page = browser.new_page()
+    with screenshot_on_failure(page, tmp_path):
+        _login(page, console, "sgt-sup")
+        page.goto(console.url + "/fleet")
+        page.wait_for_function("document.body.dataset.live === '1'")
+        row = page.locator("#device-van-3")
+        row.locator(".badge.online").wait_for(timeout=15_000)
+        page.evaluate("window.__noReload = true")
+        van.stop()
+        row.locator(".badge.offline").wait_for(timeout=15_000)
+        assert page.evaluate("window.__noReload") is True
+        # An operator is not shown the fleet.
+        other = browser.new_page()
+        _login(other, console, "pc-ops")
+        assert other.goto(console.url + "/fleet").status == 403

@@ -1,0 +1,152 @@
+"""Hostile device messages: refused or escaped, never a crash, never markup on a page.
+
+The handler is the one the console's MQTT worker calls; here it is called directly with
+what a broker would deliver, against a real SQLite store. The last test runs the real
+ingest client against a real mosquitto with a shared subscription.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge.console.app import templates
+from edge.console.crypto import AtRest
+from edge.console.events import Hub
+from edge.console.handlers import Handler
+from edge.console.ingest import Ingest, subscriptions
+from edge.console.metrics import Metrics
+from edge.console.store import Store
+from edge.delivery.alert import encode_alert, stamp_published_at
+from edge.delivery.publish import BrokerSettings
+from tests.fixtures.alerts import make_record
+from tests.fixtures.broker import Broker
+
+
+@pytest.fixture
+def handler(tmp_path: Path) -> Iterator[Handler]:
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    yield Handler(store, AtRest(X25519PrivateKey.generate()), Hub(), Metrics())
+    store.close()
+
+
+def _alert_bytes(device: str = "van-1", **kw: object) -> bytes:
+    return stamp_published_at(encode_alert(make_record(device, **kw)), time.time())  # type: ignore[arg-type]
+
+
+def _with(payload: bytes, **changes: object) -> bytes:
+    obj = json.loads(payload)
+    obj.update(changes)
+    return json.dumps(obj).encode()
+
+
+STATUS = json.dumps({"state": "online", "armed": False, "reason": "ok",
+                     "device_id": "van-1"}).encode()  # fmt: skip
+HOSTILE = [
+    ("alerts", b"not json"),
+    ("alerts", b"[" * 200_000),
+    ("alerts", b'{"a":' * 50 + b"1" + b"}" * 50),
+    ("alerts", b'{"score": NaN}'),
+    ("alerts", b"\xff\xfe\x00garbage"),
+    ("alerts", b"{" + b'"x":"' + b"A" * 600_000 + b'"}'),
+    ("alerts", _with(_alert_bytes(), subject_id="S-1\x1b[2J")),  # terminal escape
+    ("alerts", _with(_alert_bytes(), subject_id="x" * 129)),
+    ("alerts", _with(_alert_bytes(), device_id="van-2")),  # claims another van
+    ("alerts", _with(_alert_bytes(), score=1e308)),
+    ("alerts", _with(_alert_bytes(), face_jpeg_b64="/9j/" + "A" * 100)),
+    ("alerts", _with(_alert_bytes(), extra={"deep": [[[[[[[[[[1]]]]]]]]]]})),
+    ("status", b'{"state": "online", "armed": "yes"}'),
+    ("status", json.dumps({"state": "online", "armed": True, "reason": "a\x00b"}).encode()),
+    ("status", json.dumps({"state": "online", "device_id": "van-9"}).encode()),
+    ("status", b'{"state": "online", "state": "offline"}'),  # duplicate key
+    ("stats", b'{"fps": "fast"}'),
+    ("stats", b'{"outbox_pending": -1}'),
+    ("deployment", b'{"state": "armed", "deployment_id": "../../etc"}'),
+    ("deployment", b'{"state": "ended", "deployment_id": "D-1", "adjudications": []}'),
+    ("audit", b'{"seq": 0}'),
+    ("audit", b'{"seq": 1, "event": "<script>", "at": "x", "prev_hash": "0", "hash": "0"}'),
+]
+
+
+@pytest.mark.parametrize(("kind", "payload"), HOSTILE, ids=range(len(HOSTILE)))
+def test_each_hostile_message_is_refused_and_the_next_good_one_is_stored(
+    handler: Handler, kind: str, payload: bytes
+) -> None:
+    assert handler.handle(f"lfr/van-1/{kind}", payload) == "refused"
+    assert handler.metrics.get("console_messages_refused_total", kind=kind) == 1
+    assert handler.store.alerts() == [] and handler.store.devices() == []
+    assert handler.handle("lfr/van-1/alerts", _alert_bytes()) == "stored"
+    assert handler.handle("lfr/van-1/status", STATUS) == "stored"
+
+
+def test_odd_topics_are_refused(handler: Handler) -> None:
+    for topic in ("lfr/van-1/alerts/x", "lfr/+/alerts", "other/van-1/alerts", "lfr/van 1/alerts",
+                  "lfr/van-1/commands", "lfr//alerts"):
+        assert handler.handle(topic, _alert_bytes()) == "refused", topic
+
+
+def test_html_in_a_valid_alert_is_stored_as_is_and_rendered_as_text(handler: Handler) -> None:
+    evil = '<script>alert(1)</script>"><img src=x>'
+    assert handler.handle("lfr/van-1/alerts", _alert_bytes(subject_id=evil)) == "stored"
+    (row,) = handler.store.alerts()
+    assert row["subject_id"] == evil
+    html = templates().get_template("_alert_row.html").render(
+        a={**row, "has_reference": False}, user=None)
+    assert "<script>" not in html and "<img src=x>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&#34;&gt;&lt;img src=x&gt;" in html
+
+
+def test_a_redelivered_alert_is_stored_once(handler: Handler) -> None:
+    payload = _alert_bytes()
+    assert handler.handle("lfr/van-1/alerts", payload) == "stored"
+    assert handler.handle("lfr/van-1/alerts", payload) == "duplicate"
+    assert len(handler.store.alerts()) == 1
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.text(max_size=50) | st.integers(),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=4),
+    max_leaves=30,
+).map(lambda v: json.dumps(v).encode())
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["alerts", "status", "stats", "deployment", "audit"]),
+       payload=st.one_of(st.binary(max_size=2000), _JSON))
+def test_no_payload_raises(handler: Handler, kind: str, payload: bytes) -> None:
+    assert handler.handle(f"lfr/van-1/{kind}", payload) in ("refused", "stored", "ignored",
+                                                            "duplicate")
+
+
+def test_the_ingest_client_takes_the_fleet_through_a_shared_subscription(
+    handler: Handler, broker: Broker
+) -> None:
+    assert [t for t, _ in subscriptions("console")][:1] == ["$share/console/lfr/+/alerts"]
+    cr = broker.control_room
+    ingest = Ingest(BrokerSettings(broker.host, broker.port, cr.ca, cr.cert, cr.key), handler,
+                    handler.metrics, client_id="console-ingest-test")
+    ingest.start()
+    try:
+        assert ingest.wait_ready(10), ingest.last_error
+        van = broker.client("van-1")
+        van.publish("lfr/van-1/status", STATUS, qos=1, retain=True)
+        for garbage in (b"[" * 100_000, b"\x00\x01", b"{}"):
+            van.publish("lfr/van-1/alerts", garbage, qos=1)
+        good = _alert_bytes()
+        van.publish("lfr/van-1/alerts", good, qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not handler.store.alerts():
+            time.sleep(0.05)
+        assert [r["alert_id"] for r in handler.store.alerts()] == [json.loads(good)["alert_id"]]
+        assert handler.metrics.get("console_messages_refused_total", kind="alerts") == 3
+        assert handler.store.devices()[0]["state"] == "online"
+    finally:
+        ingest.stop()
