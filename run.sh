@@ -14,8 +14,9 @@ VENV=${EDGE_VENV:-.venv}
 # Runtime needs: venv + compiler for systemd-python, mosquitto for the demo.
 APT_RUNTIME=(python3-venv python3-dev gcc pkg-config libsystemd-dev mosquitto mosquitto-clients openssl)
 # Test-only needs: a systemd host to converge Ansible on, and its tools; a browser and a
-# PostgreSQL server for the console's tests.
-APT_TEST=(systemd-container debootstrap openssh-client systemd zstd chromium postgresql)
+# PostgreSQL server for the console's tests; libcap-dev to build python-prctl (picamera2's
+# dependency, for tests/test_picamera2_real.py).
+APT_TEST=(systemd-container debootstrap openssh-client systemd zstd chromium postgresql libcap-dev)
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -73,7 +74,7 @@ case "$cmd" in
         setup test "${APT_RUNTIME[@]}" "${APT_TEST[@]}"
         ;;
     demo)
-        setup eval "${APT_RUNTIME[@]}"
+        setup eval,console "${APT_RUNTIME[@]}"
         exec "$VENV/bin/edge" demo "$@"
         ;;
     test)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,10 +18,11 @@ from edge.service.capture import (
     EndOfStream,
     FrameQueue,
 )
+from edge.service.sources.base import SourceError
 from edge.service.sources.opencv_source import OpenCVSource
-from edge.service.sources.picamera2_source import Picamera2Source
+from edge.service.sources.picamera2_source import Picamera2Options, Picamera2Source
 from edge.types import Frame
-from tests.fakes import picamera2_fake
+from tests.fakes import picamera2_stack
 from tests.videos import frame_number, write_video
 
 WAIT = 20.0  # generous upper bound for a condition to become true (never asserted on)
@@ -214,18 +216,22 @@ def test_stop_ends_a_looping_stream(tmp_path: Path) -> None:
     assert capture.status.state == "stopped"
 
 
+# -- picamera2's own code over the stand-in libcamera (tests/fakes/picamera2_stack.py) ------
+
+
 @pytest.fixture()
-def fake_picamera2(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    picamera2_fake.reset(cameras=1)
-    monkeypatch.setitem(sys.modules, "picamera2", picamera2_fake)
-    yield
-    picamera2_fake.reset(cameras=1)
+def camera_rig() -> Iterator[Any]:
+    picamera2_stack.load()
+    sensor = picamera2_stack.sensor()
+    yield sensor.reset("imx708")
+    gc.collect()
+    sensor.reset("imx708")
 
 
-@pytest.mark.usefixtures("fake_picamera2")
-def test_lost_camera_is_reopened_and_frames_resume() -> None:
+def test_lost_camera_is_reopened_and_frames_resume(camera_rig: Any) -> None:
+    sensor = picamera2_stack.sensor()
     rec = Recorder()
-    source = Picamera2Source(main_size=(320, 240), lores_size=(160, 120))
+    source = Picamera2Source(main_size=(320, 240), lores_size=(160, 120), timeout_s=0.3)
     capture = CaptureThread(
         source,
         maxsize=2,
@@ -236,12 +242,12 @@ def test_lost_camera_is_reopened_and_frames_resume() -> None:
     capture.start()
     before = capture.get(timeout=WAIT)
     assert isinstance(before, Frame)
-    picamera2_fake.unplug(0)
+    sensor.unplug(0)  # the ribbon is pulled: frames stop, start() fails
     rec.wait_for(lambda: any(s.state == "reopening" and s.attempts >= 2 for s in rec.statuses))
     reopening = [s for s in rec.statuses if s.state == "reopening"]
-    assert "lost: RuntimeError" in reopening[0].last_error  # the read failed ...
-    assert "no such camera" in reopening[-1].last_error  # ... then the reopen did
-    picamera2_fake.plug(0)
+    assert "lost: TimeoutError" in reopening[0].last_error  # the read timed out ...
+    assert "Failed to start camera" in reopening[-1].last_error  # ... then the reopen failed
+    sensor.plug(0)
     rec.wait_for(lambda: rec.statuses[-1].state == "ok")
     capture.queue.clear()  # "ok" is reported before the first new frame is queued
     after = capture.get(timeout=WAIT)
@@ -249,5 +255,45 @@ def test_lost_camera_is_reopened_and_frames_resume() -> None:
     assert isinstance(after, Frame) and after.detect_image is not None
     assert after.index > before.index
     assert capture.status.reopens == 1
-    assert picamera2_fake.HARDWARE.acquired == set()  # the thread closed the camera
-    assert picamera2_fake.HARDWARE.opens >= 2
+    assert sensor.camera(0).owner is None  # the thread closed the camera
+
+
+class SimulatedHour(CaptureThread):
+    """A capture thread whose backoff sleeps advance a simulated clock: an hour, no waiting."""
+
+    def __init__(self, source: Picamera2Source, hours: float = 1.0) -> None:
+        super().__init__(source, backoff_initial=0.5, backoff_max=30.0)
+        self.simulated_s = 0.0
+        self.limit_s = hours * 3600
+
+    def _sleep(self, delay: float) -> None:
+        self.simulated_s += delay
+        if self.simulated_s >= self.limit_s:
+            self.stop_event.set()
+
+
+@pytest.mark.parametrize("fault", ["no camera", "busy"])
+def test_an_hour_of_failed_opens_leaves_the_descriptor_count_flat(
+    camera_rig: Any, fault: str
+) -> None:
+    sensor = picamera2_stack.sensor()
+    if fault == "no camera":
+        sensor.reset()
+    else:
+        sensor.hold(0)
+    warm = Picamera2Source(lores_size=None, options=Picamera2Options(busy_limit=10**6))
+    with pytest.raises(SourceError):
+        warm.open()  # picamera2's camera manager opens its eventfd once
+    gc.collect()
+    before = picamera2_stack.open_fds()
+    capture = SimulatedHour(Picamera2Source(options=Picamera2Options(busy_limit=10**6)))
+    capture.start()
+    capture._thread.join(120)
+    assert not capture.running
+    gc.collect()
+    assert picamera2_stack.open_fds() == before
+    assert capture.simulated_s >= 3600
+    assert capture.status.attempts > 100  # an open every 30 s once the backoff is capped
+    assert ("no such camera" if fault == "no camera" else "camera busy") in (
+        capture.status.last_error
+    )

@@ -21,7 +21,8 @@
   to ``backoff_max``); ``status.state`` is ``"reopening"`` meanwhile, with the
   attempt count and the last error. A source never crash-loops the process.
   ``max_attempts`` (default unlimited) ends the stream after that many
-  consecutive failures.
+  consecutive failures; a :class:`~edge.service.sources.base.SourceFatalError` (a broken
+  install, a camera another process keeps) ends it at once, state ``"failed"``.
 - ``on_checkin()`` is called on every iteration and at least every
   ``checkin_interval_s`` while backing off, so a health monitor can tell a
   stuck thread from a camera that is being retried.
@@ -263,7 +264,9 @@ class CaptureThread:
                 attempts += 1
                 message = _describe(exc)
                 delay = self.backoff_delay(attempts)
-                give_up = self.max_attempts is not None and attempts >= self.max_attempts
+                give_up = getattr(exc, "fatal", False) or (
+                    self.max_attempts is not None and attempts >= self.max_attempts
+                )
                 if isinstance(exc, SourceError):
                     log.warning("%s (attempt %d)", message, attempts)
                 else:

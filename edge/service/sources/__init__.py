@@ -15,10 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
-from edge.service.sources.base import FrameSource, SourceError, redact_uri
+from edge.service.sources.base import FrameSource, SourceError, SourceFatalError, redact_uri
 
 if TYPE_CHECKING:
     from edge.service.sources.opencv_source import CaptureKind
+    from edge.service.sources.picamera2_options import Picamera2Options
 
 SourceKind = Literal["auto", "device", "url", "file", "folder", "picamera2"]
 SOURCE_KINDS: tuple[str, ...] = ("auto", "device", "url", "file", "folder", "picamera2")
@@ -27,6 +28,7 @@ __all__ = [
     "SOURCE_KINDS",
     "FrameSource",
     "SourceError",
+    "SourceFatalError",
     "SourceKind",
     "make_source",
     "open_source",
@@ -44,27 +46,33 @@ def make_source(
     fps: float | None = None,
     detect_size: tuple[int, int] | None = None,
     timeout_s: float = 10.0,
+    camera: Picamera2Options | None = None,
 ) -> FrameSource:
     """An unopened source of that kind (see the module doc).
 
     ``loop`` and ``pace`` apply to files and folders (a folder is paced at
     ``fps`` when given). ``size``/``fps`` are requested from cameras; for
     picamera2, ``size`` is the main stream and ``detect_size`` the lores
-    stream (default 320x240). For the other kinds ``detect_size`` adds a
-    resized ``Frame.detect_image``. Raises :class:`SourceError` for an
+    stream, its width kept and its height fitted to main's aspect ratio
+    (``None``: no lores, detect on main), and ``camera`` the sensor mode,
+    focus, exposure, transform and colour space. For the other kinds
+    ``detect_size`` adds a resized ``Frame.detect_image``. Raises :class:`SourceError` for an
     unknown kind.
     """
     if kind == "picamera2":
+        from edge.service.sources.picamera2_options import lores_keeping_aspect
         from edge.service.sources.picamera2_source import Picamera2Source
 
         text = str(uri).strip()
         num = int(text) if text.isdigit() else 0
+        main = size or (1280, 720)
         return Picamera2Source(
             num,
-            main_size=size or (1280, 720),
-            lores_size=detect_size or (320, 240),
+            main_size=main,
+            lores_size=None if detect_size is None else lores_keeping_aspect(detect_size, main),
             fps=fps,
             timeout_s=min(timeout_s, 5.0),
+            options=camera,
         )
     if kind == "folder" or (kind == "auto" and Path(str(uri)).is_dir()):
         from edge.service.sources.opencv_source import ImageFolderSource
@@ -102,6 +110,7 @@ def open_source(
     fps: float | None = None,
     detect_size: tuple[int, int] | None = None,
     timeout_s: float = 10.0,
+    camera: Picamera2Options | None = None,
 ) -> FrameSource:
     """:func:`make_source` then ``open()``; raises :class:`SourceError` if it cannot open."""
     source = make_source(
@@ -113,6 +122,7 @@ def open_source(
         fps=fps,
         detect_size=detect_size,
         timeout_s=timeout_s,
+        camera=camera,
     )
     source.open()
     return source

@@ -33,6 +33,18 @@ class SourceError(EdgeError):
     """A frame source cannot be opened or was lost (camera unplugged, stream down)."""
 
     exit_code = 7
+    fatal = False
+    """True when retrying cannot help (see :class:`SourceFatalError`)."""
+
+
+class SourceFatalError(SourceError):
+    """A source that retrying cannot fix: a broken install, a camera another process keeps.
+
+    The capture loop gives up on it instead of retrying for ever, so the daemon exits and
+    systemd restarts it (or reports it failed) with this one line as the reason.
+    """
+
+    fatal = True
 
 
 def redact_uri(uri: str) -> str:
