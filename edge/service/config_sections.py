@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -32,6 +32,9 @@ from pydantic_settings import (
 )
 
 from edge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge.service.sources.picamera2_options import Picamera2Options
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge/edge.toml")
 ENV_PREFIX = "EDGE_"
@@ -179,11 +182,75 @@ class SourceSettings(Section):
         description="Frames buffered between capture and inference; when full the oldest "
         "is dropped (and counted).",
     )
+    # picamera2 only (ignored by the other kinds):
+    sensor_output_size: Size | None = Field(
+        default=None,
+        description="picamera2: the sensor mode's output WIDTHxHEIGHT (e.g. 2304x1296 on a "
+        "Camera Module 3 for the full field of view); omit to let picamera2 choose from "
+        "size, which may be a cropped mode.",
+    )
+    sensor_bit_depth: Literal[8, 10, 12, 16] | None = Field(
+        default=None, description="picamera2: the sensor mode's bit depth (with the output size)."
+    )
+    af_mode: Literal["continuous", "manual"] = Field(
+        default="continuous",
+        description="picamera2: 'continuous' autofocus on cameras that have it (Camera "
+        "Module 3; otherwise the lens stays at about 1 m); 'manual' leaves the lens alone.",
+    )
+    ae_exposure_mode: Literal["normal", "short", "long"] = Field(
+        default="normal",
+        description="picamera2: the auto-exposure profile; 'short' prefers short shutters "
+        "(less motion blur on walking people, more gain).",
+    )
+    exposure_time_us: int | None = Field(
+        default=None,
+        ge=50,
+        le=1_000_000,
+        description="picamera2: a fixed shutter time in microseconds (gain stays automatic), "
+        "e.g. 4000 for people walking; shorter than a frame at fps. Omit for automatic.",
+    )
+    transform: Literal["identity", "hflip", "vflip", "rot180"] = Field(
+        default="identity",
+        description="picamera2: mirror ('hflip', 'vflip') or turn the image by 180 degrees "
+        "('rot180', a camera mounted upside down).",
+    )
+    colour_space: Literal["smpte170m", "rec709", "sycc"] = Field(
+        default="smpte170m",
+        description="picamera2: the YUV colour space of the lores stream: 'smpte170m' "
+        "(BT.601, what OpenCV converts directly), 'rec709', or 'sycc' (full-range BT.601).",
+    )
+    camera_busy_limit: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="picamera2: after this many consecutive 'camera busy' failures (another "
+        "process holds the camera) capture stops, so the daemon exits and systemd restarts it.",
+    )
 
     @field_validator("size")
     @classmethod
     def _check_size(cls, value: tuple[int, int]) -> tuple[int, int]:
         return _size_ok(value)
+
+    @field_validator("sensor_output_size")
+    @classmethod
+    def _check_sensor(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        return None if value is None else _size_ok(value)
+
+    def camera_options(self) -> Picamera2Options:
+        """The picamera2 settings, for ``make_source(..., camera=...)``."""
+        from edge.service.sources.picamera2_options import Picamera2Options
+
+        return Picamera2Options(
+            sensor_output_size=self.sensor_output_size,
+            sensor_bit_depth=self.sensor_bit_depth,
+            af_mode=self.af_mode,
+            ae_exposure_mode=self.ae_exposure_mode,
+            exposure_time_us=self.exposure_time_us,
+            transform=self.transform,
+            colour_space=self.colour_space,
+            busy_limit=self.camera_busy_limit,
+        )
 
     @field_validator("lores_size")
     @classmethod
@@ -212,6 +279,26 @@ class SourceSettings(Section):
                 problems.append(
                     ("lores_size", f"{lw}x{lh} has another aspect ratio than size {w}x{h}")
                 )
+        if self.exposure_time_us is not None and self.exposure_time_us >= 1e6 / self.fps:
+            problems.append(
+                (
+                    "exposure_time_us",
+                    f"{self.exposure_time_us} us is not shorter than a frame at fps "
+                    f"{self.fps:g} ({1e6 / self.fps:.0f} us)",
+                )
+            )
+        if self.sensor_output_size is not None:
+            sw, sh = self.sensor_output_size
+            w, h = self.size
+            if sw < w or sh < h:
+                problems.append(
+                    (
+                        "sensor_output_size",
+                        f"{sw}x{sh} is smaller than size {w}x{h} (the ISP does not upscale)",
+                    )
+                )
+        if self.sensor_bit_depth is not None and self.sensor_output_size is None:
+            problems.append(("sensor_bit_depth", "set sensor_output_size too"))
         if self.kind == "picamera2" and not self.uri.isdigit():
             problems.append(("uri", "for picamera2 give the camera number, e.g. '0'"))
         _raise_if(problems)
