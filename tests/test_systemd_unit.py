@@ -65,6 +65,9 @@ REQUIRED: dict[str, str] = {
     "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
     "IPAddressDeny": "any",
     "SocketBindDeny": "any",
+    # Issue 13, item 3: no core file and no swap for this service's memory.
+    "LimitCORE": "0",
+    "MemorySwapMax": "0",
 }
 
 
@@ -182,6 +185,49 @@ def test_key_directives(which: str, rendered_unit: Path) -> None:
     # Safeguard 10: the allow list names addresses only, never "any".
     allow = " ".join(found["IPAddressAllow"]).split()
     assert allow and "any" not in allow
+
+
+@pytest.mark.parametrize("which", ["reference", "template"])
+def test_descriptor_limit_is_explicit(which: str, rendered_unit: Path) -> None:
+    """An explicit LimitNOFILE (issue 14): not the inherited soft 1024, and not unlimited."""
+    unit = UNIT if which == "reference" else rendered_unit
+    found = directives(unit.read_text())
+    assert len(found.get("LimitNOFILE", [])) == 1, "LimitNOFILE= missing"
+    value = found["LimitNOFILE"][0]
+    assert re.fullmatch(r"\d+", value), f"LimitNOFILE={value}: one number (soft = hard)"
+    assert 1024 < int(value) <= 65536
+
+
+def test_daemon_process_is_not_dumpable_and_has_no_core_limit() -> None:
+    """What the unit's LimitCORE=0 cannot cover (a core_pattern pipe, edge run by hand)."""
+    code = (
+        "import resource\n"
+        "from edge.service.hardening import dumpable, forbid_core_dumps\n"
+        "before = dumpable()\n"
+        "forbid_core_dumps()\n"
+        "print(before, dumpable(), resource.getrlimit(resource.RLIMIT_CORE))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.split("\n")[0] == "True False (0, 0)"
+
+
+def test_daemon_forbids_core_dumps_before_anything_else() -> None:
+    """``Daemon.__init__`` calls forbid_core_dumps() first, before keys or models load."""
+    import ast
+
+    tree = ast.parse((REPO / "edge" / "service" / "daemon.py").read_text())
+    init = next(
+        f
+        for c in ast.walk(tree)
+        if isinstance(c, ast.ClassDef) and c.name == "Daemon"
+        for f in c.body
+        if isinstance(f, ast.FunctionDef) and f.name == "__init__"
+    )
+    first = init.body[0]
+    assert isinstance(first, ast.Expr) and isinstance(first.value, ast.Call)
+    assert isinstance(first.value.func, ast.Name) and first.value.func.id == "forbid_core_dumps"
 
 
 def test_template_matches_reference(rendered_unit: Path) -> None:

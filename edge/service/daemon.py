@@ -50,6 +50,7 @@ from edge.recognition.pipeline import Recognizer
 from edge.recognition.track import IoUTracker
 from edge.service.capture import CaptureStatus, CaptureThread, EndOfStream
 from edge.service.config import Settings, check_files
+from edge.service.hardening import forbid_core_dumps
 from edge.service.health import HealthMonitor, WatchdogPinger
 from edge.service.sdnotify import SystemdNotifier
 from edge.service.signals import Request, SignalRequests
@@ -96,6 +97,7 @@ class Daemon:
         notifier: SystemdNotifier | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        forbid_core_dumps()  # before any key, frame or face is in memory (issue 13, item 3)
         problems = check_files(settings)
         if problems:
             raise ConfigError(problems)
