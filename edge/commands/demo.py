@@ -4,8 +4,10 @@ It plays every part with the real programs: the control room makes its keys
 and a signed, encrypted demo watchlist (``edge keys init``, ``edge watchlist
 build``); a local mosquitto runs with mutual TLS and the control room's ACL;
 the device runs ``edge run`` on ``demo/clip.gif`` (looping); and the control
-room's subscriber ``edge alerts`` prints each alert it receives. Ctrl-C (or
-``--seconds``) stops everything cleanly.
+room's subscriber ``edge alerts`` prints each alert it receives; and the control room's
+web console (``edge console serve``) runs on loopback with a demo login, showing the
+alert beside the subject's enrolled image, live, with the buttons that send a signed
+adjudication back to the van. Ctrl-C (or ``--seconds``) stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -141,6 +144,53 @@ stats_interval_s = 10.0
     )
 
 
+def write_console_config(path: Path, *, work: Path, port: int, keys: Path, host: str,
+                         broker_port: int, ca: Path, cert: Path, key: Path) -> None:
+    """A console config for the demo: SQLite under ``work``, plain HTTP on loopback."""
+    path.write_text(
+        f"""# Written by `edge demo`.
+[console]
+database = "sqlite:///{work / "console.db"}"
+listen = "127.0.0.1"
+port = {port}
+key_file = "{keys / "console.key"}"
+signing_key = "{keys / "signing.key"}"
+references_dir = "{work / "references"}"
+
+[mqtt]
+host = "{host}"
+port = {broker_port}
+ca = "{ca}"
+client_cert = "{cert}"
+client_key_file = "{key}"
+client_id = "demo-console"
+"""
+    )
+
+
+def _wait_console(port: int, proc: subprocess.Popen[bytes], log: Path,
+                  timeout: float = 30.0) -> None:  # fmt: skip
+    """Wait (bounded) until the console answers and its MQTT subscriptions are granted, so
+    it sees the van's first alert and its whole audit chain."""
+    import urllib.request
+
+    from edge.errors import EdgeError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+            raise EdgeError(f"the console stopped: {' '.join(tail) or proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if r.read() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise EdgeError(f"the console did not become ready within {timeout:g} s (see {log})")
+
+
 def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -153,7 +203,7 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.dev.devbroker import CONTROL_ROOM_CN, DevBroker
+    from edge.dev.devbroker import CONTROL_ROOM_CN, DevBroker, free_port
     from edge.errors import UsageError
 
     for what, path in (("clip", args.clip), ("subjects", args.subjects),
@@ -168,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
     broker = DevBroker(work / "broker")
     daemon: subprocess.Popen[bytes] | None = None
     alerts: subprocess.Popen[bytes] | None = None
+    console: subprocess.Popen[bytes] | None = None
     interrupted = False
     try:
         _say(f"working in {work}")
@@ -175,6 +226,9 @@ def run(args: argparse.Namespace) -> int:
         _check(_edge("keys", "init", "--out", str(work / "keys")), "edge keys init", log)
         _check(_edge("keys", "init", "--out", str(work / "keys"), "--device", DEVICE_ID),
                "edge keys init --device", log)
+        _check(_edge("keys", "init", "--out", str(work / "keys"), "--device", "console"),
+               "edge keys init --device console", log)
+        (work / "console" / "references").mkdir(parents=True, exist_ok=True)
         _say("control room: signed, encrypted demo watchlist (edge watchlist build)")
         write_deployment_toml(work / "deployment.toml", args.threshold)
         _check(
@@ -186,6 +240,8 @@ def run(args: argparse.Namespace) -> int:
                 "--recipients", str(work / "keys" / f"{DEVICE_ID}.pub"),
                 "--models", str(args.models),
                 "--out", str(work / "state" / "watchlist.bundle"),
+                "--console-pub", str(work / "keys" / "console.pub"),
+                "--references-out", str(work / "console" / "references" / "demo.refs"),
             ),
             "edge watchlist build",
             log,
@@ -207,6 +263,32 @@ def run(args: argparse.Namespace) -> int:
                   "--ca", str(broker.ca_cert), "--cert", str(cr.cert), "--key", str(cr.key),
                   "--device", "+", "--save-crops", str(work / "crops")),
         )
+        port = free_port()
+        write_console_config(
+            work / "console.toml", work=work / "console", port=port, keys=work / "keys",
+            host=broker.host, broker_port=broker.port, ca=broker.ca_cert, cert=cr.cert,
+            key=cr.key,
+        )
+        password = secrets.token_urlsafe(12)
+        with log.open("ab") as fh:
+            add = subprocess.run(
+                _edge("console", "user", "add", "demo", "--role", "supervisor", "--config",
+                      str(work / "console.toml"), "--password-stdin"),
+                input=(password + "\n").encode(), stdout=fh, stderr=subprocess.STDOUT,
+                check=False,
+            )
+        if add.returncode != 0:
+            from edge.errors import EdgeError
+
+            raise EdgeError("edge console user add failed (see demo.log)")
+        with (work / "console.log").open("ab") as clog:
+            console = subprocess.Popen(
+                _edge("console", "serve", "--config", str(work / "console.toml")),
+                stdout=clog, stderr=subprocess.STDOUT,
+            )
+        _wait_console(port, console, work / "console.log")
+        _say(f"control room web console: http://127.0.0.1:{port}/  "
+             f"(login: demo / {password}; its log: {work / 'console.log'})")
         _say(f"device: edge run on {args.clip.name} (looping); its log: {work / 'daemon.log'}")
         with (work / "daemon.log").open("ab") as dlog:
             daemon = subprocess.Popen(
@@ -224,12 +306,17 @@ def run(args: argparse.Namespace) -> int:
             if alerts.poll() is not None:
                 _say(f"the control-room subscriber stopped (exit {alerts.returncode})")
                 return 1
+            if console.poll() is not None:
+                tail = (work / "console.log").read_text(errors="replace").strip().splitlines()
+                _say("the console stopped: " + (tail[-1] if tail else f"exit {console.returncode}"))
+                return 1
             time.sleep(0.2)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         _stop(daemon)
         _stop(alerts)
+        _stop(console)
         broker.stop()
         if own_workdir:
             shutil.rmtree(work, ignore_errors=True)

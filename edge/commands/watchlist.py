@@ -43,6 +43,11 @@ def register(sub: Any) -> None:
     b.add_argument("--model", choices=("int8", "float32"), default="int8",
                    help="embedder precision; must be the one the devices run")
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    b.add_argument("--console-pub", type=Path, default=None, metavar="PUB",
+                   help="the console's public key (edge keys init --device console): also "
+                   "write the subjects' enrolled images for the console, encrypted to it")
+    b.add_argument("--references-out", type=Path, default=None, metavar="FILE",
+                   help="where the console's reference file goes (default: OUT with .refs)")
     b.set_defaults(func=run_build)
 
     i = wsub.add_parser("inspect", help="verify and summarise a bundle")
@@ -107,6 +112,9 @@ def run_build(args: argparse.Namespace) -> int:
     if len(set(ids)) != len(ids):
         raise UsageError("a recipient device is named twice")
     total = sum(len(images_in(f)) for f in subject_folders(args.subjects))
+    console_pub = load_device_public(args.console_pub)[1] if args.console_pub else None
+    if args.references_out is not None and console_pub is None:
+        raise UsageError("--references-out needs --console-pub")
     engine, gate, info = _engine(args.models, args.model)
     with Progress(total, "enrolling", enabled=not args.no_progress) as bar:
         report = enrol(args.subjects, engine, gate, info.metric, progress=bar.advance)
@@ -122,6 +130,9 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"left out (--skip-bad): {', '.join(sid for sid, _ in report.failed)}")
     if not report.subjects:
         raise UsageError("no subject could be enrolled; no bundle written")
+    import uuid
+
+    bundle_id = uuid.uuid4().hex
     data = build_bundle(
         spec,
         report.subjects,
@@ -130,9 +141,23 @@ def run_build(args: argparse.Namespace) -> int:
         signing_key,
         recipients,
         thumbnails=report.thumbnails,
+        bundle_id=bundle_id,
     )
     report.embeddings.fill(0.0)
     write_atomic(args.out, data, 0o600, force=True)
+    if console_pub is not None:
+        from edge.watchlist.references import Reference, build_references
+
+        refs_out = args.references_out or args.out.with_suffix(".refs")
+        refs = build_references(
+            signing_key, console_pub, deployment_id=spec.deployment_id, bundle_id=bundle_id,
+            window_end=spec.end.timestamp(),
+            subjects=[Reference(s.subject_id, s.category, report.thumbnails.get(s.subject_id, b""))
+                      for s in report.subjects],
+        )  # fmt: skip
+        write_atomic(refs_out, refs, 0o600, force=True)
+        print(f"wrote {refs_out}: reference images of {len(report.subjects)} subjects for the "
+              "console")
     print(
         f"wrote {args.out}: {len(report.subjects)} subjects for {', '.join(ids)}; "
         f"{describe_spec(spec)}"

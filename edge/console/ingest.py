@@ -94,6 +94,11 @@ class Ingest:
         with self._lock:
             return self._connected
 
+    @property
+    def ready(self) -> bool:
+        """Connected and the broker has granted every subscription."""
+        return self.connected and self._subscribed.is_set()
+
     def start(self) -> None:
         self._worker = threading.Thread(target=self._work, name="console-ingest", daemon=True)
         self._worker.start()
