@@ -144,3 +144,38 @@ def test_user_add_refuses_a_bad_role_a_short_password_and_a_duplicate(
     r = console.edge("console", "user", "add", "pc-ops", "--role", "auditor", "--config",
                      str(console.config), "--password-stdin", stdin="long enough pw\n")
     assert r.returncode == 2 and "exists" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_https_from_the_config_and_plain_http_only_on_loopback(
+    broker: Broker, tmp_path: Path
+) -> None:
+    from edge.console.config import from_dict
+    from edge.errors import ConfigError
+
+    key = tmp_path / "k"
+    key.write_text("x")
+    base = {"key_file": str(key), "signing_key": str(key)}
+    with pytest.raises(ConfigError, match="plain HTTP only on loopback"):
+        from_dict({"console": {**base, "listen": "0.0.0.0"}}, tmp_path)
+    with pytest.raises(ConfigError, match="mutual TLS is required"):
+        from_dict({"console": base, "mqtt": {"host": "broker.example"}}, tmp_path)
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict({"console": {**base, "passwd": "x"}}, tmp_path)
+    server = ConsoleServer(broker, tmp_path / "tls", https=True)
+    server.add_user("pc-ops", "operator")
+    server.start()
+    try:
+        assert server.url.startswith("https://")
+        client = httpx.Client(base_url=server.url, verify=server.verify, timeout=10)
+        token = client.get("/login").text.split('name="csrf" value="')[1].split('"')[0]
+        r = client.post("/login", data={"name": "pc-ops", "password": "correct horse battery",
+                                        "csrf": token})
+        assert r.status_code == 303
+        cookie = r.headers["set-cookie"]
+        assert "console_session=" in cookie and "Secure" in cookie and "HttpOnly" in cookie
+        assert "SameSite=strict" in cookie
+        assert client.get("/alerts").status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(server.url.replace("https", "http") + "/healthz", timeout=3)
+    finally:
+        server.stop()
