@@ -281,3 +281,98 @@ def test_ansible_lint_production_profile() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+def _play(tmp_path: Path, play: list[dict[str, object]]) -> subprocess.CompletedProcess[str]:
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(json.dumps(play))
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="False")
+    env["ANSIBLE_INVENTORY_UNPARSED_WARNING"] = "False"
+    return subprocess.run(
+        [
+            str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+            "-e", f"ansible_python_interpreter={sys.executable}", str(playbook),
+        ],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )
+
+
+def test_role_switches_off_disk_swap_and_keeps_zram(tmp_path: Path) -> None:
+    """tasks/swap.yml on a simulated Raspberry Pi OS: dphys swap file, a partition, zram."""
+    fstab = tmp_path / "fstab"
+    fstab.write_text(
+        "UUID=ab12 / ext4 defaults,noatime 0 1\n"
+        "/dev/sda2 none swap sw 0 0\n"
+        "/dev/zram0 none swap defaults,pri=100 0 0\n"
+        "# /dev/sdb1 none swap sw 0 0\n"
+    )
+    swaps = tmp_path / "swaps"
+    swaps.write_text(
+        "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
+        f"{tmp_path}/var-swap                               file\t\t102396\t\t0\t\t-2\n"
+        "/dev/sda2                               partition\t1048572\t\t0\t\t-3\n"
+        "/dev/zram0                              partition\t1000000\t\t0\t\t100\n"
+    )
+    swap_file = tmp_path / "var-swap"
+    swap_file.write_bytes(b"old page with a face " * 100)
+    log = tmp_path / "swapoff.log"
+    swapoff = tmp_path / "swapoff"
+    swapoff.write_text(f'#!/bin/sh\necho "$1" >> {log}\n')
+    swapoff.chmod(0o755)
+    play = [
+        {
+            "name": "swap",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
+            "tasks": [
+                {
+                    "name": "the role's swap tasks",
+                    "ansible.builtin.include_tasks": str(ROLE / "tasks" / "swap.yml"),
+                    "vars": {
+                        "_edge_device_fstab": str(fstab),
+                        "_edge_device_proc_swaps": str(swaps),
+                        "_edge_device_swapoff": str(swapoff),
+                        "_edge_device_dphys_swap_file": str(swap_file),
+                        "_edge_device_detect_container": ["false"],  # not a container
+                    },
+                }
+            ],
+            "handlers": [
+                {"name": "reload", "ansible.builtin.debug": {"msg": "reload"},
+                 "listen": "reload systemd"}
+            ],
+        }
+    ]
+    proc = _play(tmp_path, play)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert log.read_text().split() == [str(swap_file), "/dev/sda2"]  # zram stays on
+    lines = fstab.read_text().splitlines()
+    assert lines[0] == "UUID=ab12 / ext4 defaults,noatime 0 1"
+    assert lines[1].startswith("# disabled by edge_device") and "/dev/sda2" in lines[1]
+    assert lines[2] == "/dev/zram0 none swap defaults,pri=100 0 0"
+    assert lines[3] == "# /dev/sdb1 none swap sw 0 0"
+    assert not swap_file.exists()  # shredded, then removed
+
+
+def test_wipe_clears_cores_swap_and_the_journal() -> None:
+    """wipe.yml shreds core dumps, switches off and zeroes disk swap, vacuums the journal."""
+    import yaml
+
+    play = yaml.safe_load((REPO / "ansible" / "wipe.yml").read_text())[0]
+    names = [t["name"] for t in play["tasks"]]
+    tasks = {t["name"]: t for t in play["tasks"]}
+    assert play["vars"]["_wipe_core_dirs"] == ["/var/lib/systemd/coredump", "/var/crash"]
+    assert tasks["Shred core dumps"]["ansible.builtin.command"]["argv"][:4] == [
+        "shred", "--force", "--zero", "--remove"
+    ]
+    assert tasks["Switch off disk swap"]["ansible.builtin.command"]["argv"][0] == "swapoff"
+    assert "--zero" in tasks["Overwrite the disk swap areas with zeros"][
+        "ansible.builtin.command"]["argv"]
+    assert "zram" in play["vars"]["_wipe_disk_swaps"]  # RAM swap is left alone
+    assert "systemd-detect-virt" in tasks["Detect a container"]["ansible.builtin.command"]["argv"]
+    assert tasks["Delete the archived journal files"]["ansible.builtin.command"]["argv"] == [
+        "journalctl", "--vacuum-time=1s"
+    ]
+    # The daemon is stopped first, so no new core or journal line follows the wipe.
+    assert names.index("Stop and disable the daemon") < names.index("Shred core dumps")
