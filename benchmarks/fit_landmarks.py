@@ -77,7 +77,7 @@ def main() -> int:
     ap.add_argument("--pairs", type=Path, default=SHARED / "lfw" / "pairs.txt")
     ap.add_argument("--max-faces", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--out", type=Path, default=ROOT / "edge" / "landmark_fit.py")
+    ap.add_argument("--out", type=Path, default=ROOT / "edge" / "vision" / "landmark_fit.py")
     args = ap.parse_args()
 
     hog = dlib.get_frontal_face_detector()

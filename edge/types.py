@@ -54,13 +54,17 @@ class Frame:
 class Detection:
     """A face found by the detector, in pixel coordinates of ``Frame.image``.
 
-    ``keypoints`` are BlazeFace's six points in its order: right eye, left eye
-    (the subject's), nose tip, mouth centre, right ear tragion, left ear tragion.
+    ``keypoints`` are the detector's own points: BlazeFace's six in its order (right
+    eye, left eye — the subject's —, nose tip, mouth centre, right ear tragion, left
+    ear tragion), or RetinaFace's five. ``points5``, when the detector gives them, are
+    five landmarks in ArcFace's order: the subject's right eye, left eye (image left to
+    right), nose tip, right and left mouth corners.
     """
 
     box: tuple[float, float, float, float]  # x1, y1, x2, y2
-    keypoints: Points  # shape (6, 2)
+    keypoints: Points  # shape (6, 2) for BlazeFace, (5, 2) for RetinaFace
     score: float
+    points5: Points | None = None  # shape (5, 2), ArcFace order
 
     @property
     def width(self) -> float:

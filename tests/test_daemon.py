@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,10 +37,13 @@ import numpy as np
 import pytest
 
 from edge.commands.demo import write_deployment_toml, write_device_config
+from edge.dev.clips import clip_with_gap
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
-CLIP = ROOT / "demo" / "clip.gif"
+# The demo clip and an empty stretch, looped: each loop is a new passer-by (edge.dev.clips).
+CLIP = clip_with_gap(ROOT / "demo" / "clip.gif",
+                     Path(tempfile.gettempdir()) / "lfr-edge-tests" / "demo-clip-gap.avi")
 SUBJECTS = ROOT / "demo" / "subjects"
 DEVICE = "van-t1"
 ALERT_LOG = re.compile(r"alert ([0-9a-f-]{36}) queued")

@@ -89,11 +89,15 @@ def _engine(models_dir: Path, **kw: str) -> FaceEngine:
         pytest.skip(f"models incomplete: {exc}")
 
 
-@pytest.mark.parametrize("landmarks", ["mesh", "blazeface"])
+@pytest.mark.parametrize(
+    ("detector", "landmarks"),
+    [("retinaface", "mesh"), ("retinaface", "retina"), ("blazeface_full", "mesh"),
+     ("blazeface_full", "blazeface")],
+)
 def test_face_engine_same_and_different_people(
-    models_dir: Path, photos_dir: Path, landmarks: str
+    models_dir: Path, photos_dir: Path, detector: str, landmarks: str
 ) -> None:
-    engine = _engine(models_dir, landmarks=landmarks)
+    engine = _engine(models_dir, detector=detector, landmarks=landmarks)
 
     def one(rel: str) -> np.ndarray:
         faces = engine.analyse(cv2.imread(str(photos_dir / rel)))
@@ -115,5 +119,11 @@ def test_face_engine_unknown_names(models_dir: Path) -> None:
         pytest.skip("models/manifest.json not built")
     with pytest.raises(ModelError, match="unknown landmarks"):
         FaceEngine.from_models(models_dir, landmarks="nose", threads=1)
+    with pytest.raises(ModelError, match="need a BlazeFace detector"):
+        FaceEngine.from_models(models_dir, detector="retinaface", landmarks="blazeface")
+    with pytest.raises(ModelError, match="need a RetinaFace detector"):
+        FaceEngine.from_models(models_dir, detector="blazeface_full", landmarks="retina")
+    with pytest.raises(ModelError, match="multiples of 32"):
+        FaceEngine.from_models(models_dir, detector_input=(640, 360))
     with pytest.raises(ModelError):
         FaceEngine.from_models(models_dir, embedder="no_such_embedder", threads=1)

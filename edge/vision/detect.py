@@ -26,7 +26,7 @@ import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import cv2
 import numpy as np
@@ -262,6 +262,10 @@ class Detector:
         return result
 
 
+class _Detects(Protocol):
+    def detect(self, image_bgr: ImageU8, min_score: float | None = None) -> list[Detection]: ...
+
+
 def tile_rects(
     width: int, height: int, cols: int, rows: int, overlap: float = 0.25
 ) -> list[tuple[int, int, int, int]]:
@@ -281,7 +285,7 @@ def tile_rects(
 
 
 def detect_tiled(
-    detector: Detector,
+    detector: _Detects,
     image_bgr: ImageU8,
     grid: tuple[int, int],
     *,
@@ -311,13 +315,18 @@ def detect_tiled(
                 if cut:
                     continue
                 off = np.array([x1, y1], dtype=np.float32)
+                p5 = None if d.points5 is None else (d.points5 + off).astype(np.float32)
                 found.append(Detection((bx1 + x1, by1 + y1, bx2 + x1, by2 + y1),
-                                       (d.keypoints + off).astype(np.float32), d.score))
+                                       (d.keypoints + off).astype(np.float32), d.score, p5))
     if len(found) < 2:
         return found
     boxes = np.array([d.box for d in found], dtype=np.float32)
-    kps = np.stack([d.keypoints for d in found]).astype(np.float32)
     scores = np.array([d.score for d in found], dtype=np.float32)
-    merged = non_max_suppression(boxes, kps, scores, iou_threshold, "plain")
-    return [Detection((float(b[0]), float(b[1]), float(b[2]), float(b[3])), k, s)
-            for b, k, s in merged]
+    # Keep each survivor's own detection (with its points5): plain NMS keeps boxes as they are.
+    order = np.argsort(-scores, kind="stable")
+    kept: list[Detection] = []
+    for i in order:
+        if all(_iou_one(boxes[i], np.array([k.box], dtype=np.float32))[0] <= iou_threshold
+               for k in kept):
+            kept.append(found[int(i)])
+    return kept

@@ -22,10 +22,16 @@ import numpy.typing as npt
 from edge.errors import ModelError
 from edge.types import Chip, Detection, ImageU8
 from edge.vision.align import Aligner
-from edge.vision.detect import Detector
+from edge.vision.detectors import DEFAULT_DETECTOR, FaceDetector, kind_of, make_detector
 from edge.vision.embed import Embedder
 from edge.vision.families import EmbedderFamily
-from edge.vision.landmarks import BlazeFaceLandmarker, Landmarker, MeshLandmarker
+from edge.vision.landmarks import (
+    LANDMARKERS,
+    BlazeFaceLandmarker,
+    Landmarker,
+    MeshLandmarker,
+    RetinaLandmarker,
+)
 from edge.vision.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -33,6 +39,7 @@ log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 Precision = Literal["int8", "float32"]
 DEFAULT_LANDMARKS = "mesh"
+DEFAULT_LANDMARKS_BY_KIND = {"blazeface": "mesh", "retinaface": "mesh"}
 
 # Mean BlazeFace keypoints relative to the box (x, y as fractions of w, h),
 # measured on LFW deep-funneled with the full-range model; used to make a
@@ -49,12 +56,6 @@ MEAN_KEYPOINTS = np.array(
     dtype=np.float32,
 )
 
-_DETECTOR_ALIASES = {
-    "blazeface_full": ("blazeface_full", "face_detection_full", "blazeface_full_range"),
-    "blazeface_short": ("blazeface_short", "face_detection_short", "blazeface_short_range"),
-}
-
-
 @dataclass(frozen=True, slots=True)
 class FaceResult:
     detection: Detection
@@ -62,23 +63,20 @@ class FaceResult:
 
 
 def _resolve(manifest: Manifest, wanted: str, role: str) -> str:
-    """A manifest name for ``wanted``: exact, else a known alias prefix, else a prefix."""
-    names = manifest.names
-    if wanted in names:
-        return wanted
-    prefixes = _DETECTOR_ALIASES.get(wanted, (wanted,))
-    for prefix in prefixes:
-        for name in names:
-            if name.startswith(prefix) and manifest.entry(name).role == role:
-                return name
-    known = ", ".join(n for n in names if manifest.entry(n).role == role) or "none"
-    raise ModelError(f"no {role} model {wanted!r} in {manifest.directory} (known: {known})")
+    from edge.vision.detectors import resolve
+
+    return resolve(manifest, wanted, role)
+
+
+def default_landmarks(detector_kind: str) -> str:
+    """The landmarks that measured best with a detector (models/README.md)."""
+    return DEFAULT_LANDMARKS_BY_KIND.get(detector_kind, DEFAULT_LANDMARKS)
 
 
 class FaceEngine:
     def __init__(
         self,
-        detector: Detector,
+        detector: FaceDetector,
         landmarker: Landmarker,
         embedder: Embedder,
         *,
@@ -98,30 +96,50 @@ class FaceEngine:
         *,
         embedder: str = "dlib_resnet_v1",
         precision: str = "int8",
-        detector: str = "blazeface_full",
-        landmarks: str = DEFAULT_LANDMARKS,
+        detector: str = DEFAULT_DETECTOR,
+        landmarks: str | None = None,
         threads: int = 2,
+        detector_input: tuple[int, int] | None = None,
     ) -> FaceEngine:
-        """Build the engine from ``models/manifest.json`` (each file sha256-checked)."""
+        """Build the engine from ``models/manifest.json`` (each file sha256-checked).
+
+        ``landmarks`` None picks the best measured for the detector (models/README.md); ``detector_input`` is RetinaFace's input
+        (width, height), multiples of 32."""
         manifest = Manifest.load(models_dir)
         emb_name = embedder if embedder in manifest.names else f"{embedder}_{precision}"
-        if landmarks not in ("blazeface", "mesh", "mesh_raw"):
-            raise ModelError(f"unknown landmarks {landmarks!r} (use blazeface, mesh or mesh_raw)")
         if precision not in ("int8", "float32"):
             raise ModelError(f"unknown precision {precision!r} (use int8 or float32)")
+        # The embedder first: a bad embedder file is then the one line a user sees.
         emb = Embedder.from_manifest(manifest, _resolve(manifest, emb_name, "embedder"), threads)
-        det_name = _resolve(manifest, detector, "detector")
-        det = Detector(manifest.verify(det_name), threads=threads)
+        det_name, det = make_detector(
+            manifest, detector, threads=threads, input_size=detector_input
+        )
+        kind = kind_of(manifest, det_name)
+        landmarks = landmarks or default_landmarks(kind)
+        if landmarks not in LANDMARKERS:
+            raise ModelError(
+                f"unknown landmarks {landmarks!r} (use {', '.join(LANDMARKERS)})"
+            )
+        if landmarks == "retina" and kind != "retinaface":
+            raise ModelError("landmarks 'retina' need a RetinaFace detector")
+        if landmarks == "blazeface" and kind != "blazeface":
+            raise ModelError("landmarks 'blazeface' need a BlazeFace detector")
         lm: Landmarker
         if landmarks == "blazeface":
             lm = BlazeFaceLandmarker()
+        elif landmarks == "retina":
+            lm = RetinaLandmarker()
         else:
             lm_name = manifest.find("landmarks")
             lm = MeshLandmarker(
-                manifest.verify(lm_name), threads=threads, regress=landmarks == "mesh"
+                manifest.verify(lm_name), threads=threads, regress=landmarks == "mesh",
+                for_retinaface=kind == "retinaface",
             )
         info = {
             "detector": det_name,
+            "detector_input": "x".join(
+                str(v) for v in getattr(det, "input_size", (det.size, det.size))
+            ),
             "detector_sha256": manifest.entry(det_name).sha256,
             "landmarks": landmarks,
             "embedder": emb.name,

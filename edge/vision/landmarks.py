@@ -1,4 +1,4 @@
-"""The five alignment points on the device: from BlazeFace keypoints or the face mesh.
+"""The five alignment points on the device: from the detector's points or the face mesh.
 
 dlib's 5-point predictor is not available on the device, so the points an
 embedder template needs are derived from what the TFLite models give:
@@ -7,6 +7,9 @@ embedder template needs are derived from what the TFLite models give:
   tragions) mapped to dlib's five points by a linear regression fitted on
   dlib's own predictor outputs (``benchmarks/fit_landmarks.py``). Costs
   nothing beyond detection.
+* ``retina`` — RetinaFace's five landmarks: ArcFace's template takes them as they
+  are; dlib's five points come from a linear regression fitted the same way
+  (``benchmarks/fit_retinaface_landmarks.py``, :mod:`edge.vision.landmark_fit_retina`).
 * ``mesh`` — MediaPipe's 468-point face mesh (``face_landmark.tflite``),
   run on the rotated, 1.5x square crop MediaPipe derives from the detection
   (box centre, rotation from the eye keypoints), then the eye corners
@@ -37,12 +40,12 @@ import numpy.typing as npt
 
 from edge.errors import ModelError
 from edge.types import Detection, ImageU8, Points
-from edge.vision import landmark_fit
+from edge.vision import landmark_fit, landmark_fit_retina
 from edge.vision.runtime import TFLiteModel, shared_model
 
 F64 = npt.NDArray[np.float64]
 TemplateName = Literal["dlib5", "arcface5"]
-LANDMARKERS = ("blazeface", "mesh")
+LANDMARKERS = ("blazeface", "retina", "mesh", "mesh_raw")
 
 # Face-mesh indices (MediaPipe canonical topology).
 MESH_RIGHT_EYE_OUTER = 33  # subject's right eye = image left
@@ -141,6 +144,12 @@ def arcface_from_blazeface(kps: F64) -> F64:
     return np.stack([eye_l, eye_r, nose, mouth - half, mouth + half])
 
 
+def retina_features(p5: F64) -> tuple[F64, tuple[F64, F64, float]]:
+    """(11,) features (RetinaFace's 5 points in the eye frame + bias) and the frame."""
+    frame = eye_frame(p5[0], p5[1])
+    return np.concatenate([to_frame(p5, *frame).ravel(), [1.0]]), frame
+
+
 class Landmarker(Protocol):
     name: str
 
@@ -163,6 +172,28 @@ class BlazeFaceLandmarker:
         return apply_fit(feats, self.weights, frame).astype(np.float32)
 
 
+class RetinaLandmarker:
+    """dlib5 / arcface5 points from RetinaFace's five landmarks (no extra model).
+
+    A detection without them (a bare box, see ``FaceEngine.detection_from_box``) falls
+    back to the six-keypoint regression."""
+
+    name = "retina"
+
+    def __init__(self) -> None:
+        self.weights = _weights(landmark_fit_retina.RETINA_WEIGHTS, 11)
+        self._fallback = BlazeFaceLandmarker()
+
+    def points(self, image_bgr: ImageU8, det: Detection, template: TemplateName) -> Points:
+        if det.points5 is None:
+            return self._fallback.points(image_bgr, det, template)
+        p5 = np.asarray(det.points5, dtype=np.float64)
+        if template == "arcface5":
+            return p5.astype(np.float32)
+        feats, frame = retina_features(p5)
+        return apply_fit(feats, self.weights, frame).astype(np.float32)
+
+
 class MeshLandmarker:
     """dlib5 / arcface5 points from MediaPipe's 468-point face mesh."""
 
@@ -170,7 +201,14 @@ class MeshLandmarker:
     SIZE = 192
     SCALE = 1.5
 
-    def __init__(self, model_path: str | Path, threads: int = 2, regress: bool = True) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        threads: int = 2,
+        regress: bool = True,
+        *,
+        for_retinaface: bool = False,
+    ) -> None:
         self.model: TFLiteModel = shared_model(model_path, threads)
         shape = self.model.input.shape
         if shape != (1, self.SIZE, self.SIZE, 3):
@@ -180,7 +218,13 @@ class MeshLandmarker:
             raise ModelError(f"model file {model_path} has no 468x3 landmark output")
         self._out = outs[0]
         self.regress = regress
-        self.weights = _weights(landmark_fit.MESH_WEIGHTS, 2 * len(MESH_FEATURES) + 1)
+        n_in = 2 * len(MESH_FEATURES) + 1
+        # RetinaFace's boxes are larger than BlazeFace's: a 1.25x crop of them gives the
+        # mesh what a 1.5x crop of BlazeFace's does (held-out NME against dlib's points
+        # 0.0345 vs 0.0351; 0.0588 at 1.5x; a regression refitted on those crops did not
+        # do better: 0.0357). See edge/vision/landmark_fit_retina.py.
+        self.scale = float(landmark_fit_retina.MESH_SCALE) if for_retinaface else self.SCALE
+        self.weights = _weights(landmark_fit.MESH_WEIGHTS, n_in)
         self._buf = np.zeros((1, self.SIZE, self.SIZE, 3), dtype=np.float32)
         self._lock = threading.Lock()
 
@@ -190,7 +234,7 @@ class MeshLandmarker:
         cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
         k = det.keypoints
         angle = -math.atan2(-(float(k[1, 1]) - float(k[0, 1])), float(k[1, 0]) - float(k[0, 0]))
-        side = max(x2 - x1, y2 - y1) * self.SCALE
+        side = max(x2 - x1, y2 - y1) * self.scale
         c, s = math.cos(angle), math.sin(angle)
         step = side / self.SIZE
         # image = centre + R(angle) @ ((u + 0.5) * step - side / 2, (v + 0.5) * step - side / 2)

@@ -70,6 +70,7 @@ class ModelEntry(_Loose):
     input: TensorIO | None = None
     output: TensorIO | list[TensorIO] | None = None
     measured: dict[str, Any] = Field(default_factory=dict)
+    detector_kind: Literal["blazeface", "retinaface"] | None = None
 
 
 class ManifestDoc(_Loose):

