@@ -26,7 +26,7 @@ def clip_with_gap(src: Path, out: Path, gap_frames: int = GAP_FRAMES) -> Path:
     if not cap.isOpened():
         raise ValueError(f"{src}: cannot open the clip")
     fps = cap.get(cv2.CAP_PROP_FPS) or 12.5
-    frames = []
+    frames: list[np.ndarray] = []
     while len(frames) < 100_000:
         ok, frame = cap.read()
         if not ok:
@@ -38,7 +38,7 @@ def clip_with_gap(src: Path, out: Path, gap_frames: int = GAP_FRAMES) -> Path:
     h, w = frames[0].shape[:2]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part.avi")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"MJPG"), fps, (w, h))
     if not writer.isOpened():
         raise ValueError("this OpenCV build cannot write MJPG")
     try:

@@ -103,8 +103,8 @@ class FaceEngine:
     ) -> FaceEngine:
         """Build the engine from ``models/manifest.json`` (each file sha256-checked).
 
-        ``landmarks`` None picks the best measured for the detector (models/README.md); ``detector_input`` is RetinaFace's input
-        (width, height), multiples of 32."""
+        ``landmarks`` None picks the best measured for the detector (models/README.md);
+        ``detector_input`` is RetinaFace's input (width, height), multiples of 32."""
         manifest = Manifest.load(models_dir)
         emb_name = embedder if embedder in manifest.names else f"{embedder}_{precision}"
         if precision not in ("int8", "float32"):
