@@ -228,6 +228,7 @@ def camera_rig() -> Iterator[Any]:
     sensor.reset("imx708")
 
 
+@pytest.mark.filterwarnings("ignore:setDaemon:DeprecationWarning")
 def test_lost_camera_is_reopened_and_frames_resume(camera_rig: Any) -> None:
     sensor = picamera2_stack.sensor()
     rec = Recorder()
@@ -272,6 +273,7 @@ class SimulatedHour(CaptureThread):
             self.stop_event.set()
 
 
+@pytest.mark.filterwarnings("ignore:setDaemon:DeprecationWarning")
 @pytest.mark.parametrize("fault", ["no camera", "busy"])
 def test_an_hour_of_failed_opens_leaves_the_descriptor_count_flat(
     camera_rig: Any, fault: str

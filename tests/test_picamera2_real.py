@@ -27,6 +27,8 @@ from tests.fakes import picamera2_stack
 
 picamera2 = picamera2_stack.load()
 sensor = picamera2_stack.sensor()
+# picamera2 0.3.36's NullPreview still calls Thread.setDaemon().
+pytestmark = pytest.mark.filterwarnings("ignore:setDaemon:DeprecationWarning")
 
 
 @pytest.fixture(autouse=True)
