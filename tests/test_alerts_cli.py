@@ -61,7 +61,7 @@ def test_listen_prints_dedups_and_saves_crops(
     proc = edge("alerts", *conn_args(broker, broker.control_room), "--client-id", "cr-listen",
                 "--device", "dev-a", "--save-crops", str(crops), "--count", "3",
                 "--timeout", "30", "--json")  # fmt: skip
-    wait_for_subscriber(broker, "cr-listen")
+    wait_for_subscriber(broker, "control-room")  # CN = client id
     records = [make_record("dev-a", track_id=i, subject_id=f"S-{i}") for i in range(3)]
     publisher.start()
     assert publisher.wait_connected(10)
@@ -92,7 +92,7 @@ def test_listen_prints_dedups_and_saves_crops(
 def test_listen_human_line_and_invalid_alert(broker: Broker, publisher: Publisher) -> None:
     proc = edge("alerts", *conn_args(broker, broker.control_room), "--client-id", "cr-human",
                 "--count", "1", "--timeout", "30")  # fmt: skip
-    wait_for_subscriber(broker, "cr-human")
+    wait_for_subscriber(broker, "control-room")
     dev = broker.client("dev-a")
     dev.publish("lfr/dev-a/alerts", b'{"schema": "lfr.alert/1"}', qos=1).wait_for_publish(5)
     spoof = encode_alert(make_record("dev-b"), published_at=time.time())  # claims dev-b
@@ -178,13 +178,13 @@ def test_listener_survives_hostile_alerts_and_escapes_what_it_prints(
     good = json.loads(encode_alert(make_record(subject_id="S-1\nX ALERT device=forged")))
     good["published_at"] = rfc3339(time.time())
     newline = dict(good, alert_id=make_record().alert_id, captured_at=good["captured_at"] + "\n")
-    hostile = [b"[" * 30000, b"{" * 5000, b'{"score": NaN}', b"x" * (2 << 20),
+    hostile = [b"[" * 30000, b"{" * 5000, b'{"score": NaN}', b"x" * 400_000,
                json.dumps(newline).encode(), b"\xff\xfe"]  # fmt: skip
     retained = dict(good, alert_id=make_record().alert_id)
     dev.publish("lfr/dev-a/alerts", json.dumps(retained), qos=1, retain=True).wait_for_publish(5)
     proc = edge("alerts", *conn_args(broker, broker.control_room), "--count", "1",
                 "--timeout", "30", "--client-id", "cr-hostile")  # fmt: skip
-    wait_for_subscriber(broker, "cr-hostile")
+    wait_for_subscriber(broker, "control-room")
     for payload in hostile:
         dev.publish("lfr/dev-a/alerts", payload, qos=1).wait_for_publish(5)
     dev.publish("lfr/dev-a/alerts", json.dumps(good), qos=1).wait_for_publish(5)

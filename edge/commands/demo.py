@@ -202,6 +202,16 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
         proc.wait(timeout)
 
 
+
+def _looping(clip: Path, work: Path) -> Path:
+    """A file clip with an empty stretch after it, so each loop is a new passer-by
+    (edge.dev.clips); an image folder plays as it is."""
+    from edge.dev.clips import clip_with_gap
+
+    if clip.is_dir():
+        return clip.resolve()
+    return clip_with_gap(clip.resolve(), work / "clip-loop.avi")
+
 def run(args: argparse.Namespace) -> int:
     from edge.dev.devbroker import CONTROL_ROOM_CN, DevBroker, free_port
     from edge.errors import UsageError
@@ -253,14 +263,15 @@ def run(args: argparse.Namespace) -> int:
         write_device_config(
             work / "edge.toml", device_id=DEVICE_ID, state_dir=work / "state",
             models=args.models.resolve(), key_file=work / "keys" / f"{DEVICE_ID}.key",
-            signer_file=work / "keys" / "signing.pub", source=args.clip.resolve(), loop=True,
+            signer_file=work / "keys" / "signing.pub", source=_looping(args.clip, work), loop=True,
             host=broker.host, port=broker.port, ca=broker.ca_cert, cert=dev.cert, key=dev.key,
             extra="\n[recognition]\ncooldown_s = 20.0\nembeds_per_track = 6\n",
         )
         _say(f"control room subscriber (edge alerts); crops go to {work / 'crops'}")
+        sub = broker.client("control-room-alerts")  # one certificate per client (CN = id)
         alerts = subprocess.Popen(
             _edge("alerts", "--host", broker.host, "--port", str(broker.port),
-                  "--ca", str(broker.ca_cert), "--cert", str(cr.cert), "--key", str(cr.key),
+                  "--ca", str(broker.ca_cert), "--cert", str(sub.cert), "--key", str(sub.key),
                   "--device", "+", "--save-crops", str(work / "crops")),
         )
         port = free_port()

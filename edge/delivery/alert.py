@@ -58,7 +58,7 @@ MODEL_KEYS: Final = ("detector", "detector_sha256", "embedder", "embedder_sha256
 DEVICE_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 """Device and deployment ids: safe as one MQTT topic level and as a file name."""
 
-MAX_ALERT_BYTES: Final = 1 << 20
+MAX_ALERT_BYTES: Final = 256 * 1024
 """Largest alert a subscriber parses (a 320 px crop in base64 is well under 100 KiB)."""
 MAX_MARGIN: Final = 0.5
 """Largest margin (fraction of the face box, per side) a crop may add around a face."""

@@ -10,7 +10,9 @@ reads everything and writes adjudications and commands.
 
 As in the role: the certificate's CN is also the client id
 (``use_username_as_clientid``), so no certificate can take over another device's
-persistent session; packets are bounded (``max_packet_size``); the in-memory database
+persistent session (and two clients with one certificate take over each other: every
+control-room client connected at the same time has its own CN, :data:`CONTROL_ROOM_CNS`);
+packets are bounded (``max_packet_size``); the in-memory database
 is saved after every change (``autosave_on_changes``), so a SIGKILLed broker keeps the
 QoS 1 messages it had queued.
 """
@@ -31,23 +33,24 @@ from edge.dev.devpki import CertFiles, DevCA
 from edge.errors import BrokerError
 
 CONTROL_ROOM_CN = "control-room"
+CONTROL_ROOM_CNS = (CONTROL_ROOM_CN, "control-room-alerts", "control-room-console",
+                    "control-room-tools", "control-room-recorder", "control-room-recorder-2",
+                    "control-room-recorder-3", "control-room-recorder-4")  # fmt: skip
+"""The control room's clients: with ``use_username_as_clientid`` the CN is the client id,
+so each client connected at the same time needs its own certificate (and ACL entry)."""
 DEVICE_OUT_TOPICS = ("status", "alerts", "stats", "deployment", "audit")
 DEVICE_IN_TOPICS = ("adjudications", "commands")
 MAX_PACKET_SIZE = 512 * 1024
 """The broker's limit on any packet (an alert with its face crop is well under 100 KiB)."""
 
 
-def acl_text(control_room: str = CONTROL_ROOM_CN) -> str:
+def acl_text(control_rooms: tuple[str, ...] = CONTROL_ROOM_CNS) -> str:
     """The broker ACL: devices (CN = device id) confined to their own prefix."""
-    lines = [
-        "# The control room reads everything and writes adjudications and commands.",
-        f"user {control_room}",
-        "topic read lfr/#",
-        "topic write lfr/+/adjudications",
-        "topic write lfr/+/commands",
-        "",
-        "# Devices: write only under their own prefix, read only their inbound topics.",
-    ]
+    lines = ["# The control room reads everything and writes adjudications and commands."]
+    for user in control_rooms:
+        lines += [f"user {user}", "topic read lfr/#", "topic write lfr/+/adjudications",
+                  "topic write lfr/+/commands"]  # fmt: skip
+    lines += ["", "# Devices: write only under their own prefix, read only their inbound topics."]
     lines += [f"pattern write lfr/%u/{t}" for t in DEVICE_OUT_TOPICS]
     lines += [f"pattern read lfr/%u/{t}" for t in DEVICE_IN_TOPICS]
     return "\n".join(lines) + "\n"
