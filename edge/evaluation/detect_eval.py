@@ -80,6 +80,7 @@ class DetectReport:
     by_width: dict[str, list[int]] = field(
         default_factory=lambda: {name: [0, 0] for name, _, _ in BUCKETS}
     )  # bucket -> [found, total]
+    band_40_60: list[int] = field(default_factory=lambda: [0, 0])  # the 40-60 px target
 
     def add(self, widths: Sequence[float], hit: Sequence[bool], false: int, dt: float) -> None:
         self.frames += 1
@@ -91,6 +92,16 @@ class DetectReport:
             b = self.by_width[bucket_of(w)]
             b[0] += int(h)
             b[1] += 1
+            if 40.0 <= w < 60.0:
+                self.band_40_60[0] += int(h)
+                self.band_40_60[1] += 1
+
+    def _recall_from(self, lo: float) -> float | None:
+        found = sum(f for (name, b_lo, _), (f, _n) in zip(BUCKETS, self.by_width.values(),
+                                                          strict=True) if b_lo >= lo)
+        total = sum(n for (name, b_lo, _), (_f, n) in zip(BUCKETS, self.by_width.values(),
+                                                          strict=True) if b_lo >= lo)
+        return round(found / total, 4) if total else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +109,9 @@ class DetectReport:
             "recall": round(self.found / self.faces, 4) if self.faces else None,
             "by_width": {k: (round(f / n, 4) if n else None) for k, (f, n) in
                          self.by_width.items()},
+            "recall_40_60": (round(self.band_40_60[0] / self.band_40_60[1], 4)
+                             if self.band_40_60[1] else None),
+            "recall_ge_60": self._recall_from(60.0),
             "false_per_1000_frames": round(1000.0 * self.false / max(self.frames, 1), 3),
             "ms_per_frame": round(1000.0 * self.seconds / max(self.frames, 1), 2),
             "frames": self.frames,
