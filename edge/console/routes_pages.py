@@ -121,7 +121,8 @@ def alert_row(request: Request, alert_id: str, c: Ctx,
 @router.get("/fleet", response_class=HTMLResponse)
 def fleet_page(request: Request, c: Ctx,
                user: Annotated[User, Depends(require("fleet"))]) -> Response:  # fmt: skip
-    return _page(c, request, "fleet.html", user, devices=c.store.devices())
+    devices = sorted(c.store.devices(), key=lambda d: (d["state"] == "online", d["device_id"]))
+    return _page(c, request, "fleet.html", user, devices=devices)
 
 
 @router.get("/fragments/device/{device_id}", response_class=HTMLResponse)
@@ -156,8 +157,8 @@ def report_page(request: Request, device_id: str, deployment_id: str, c: Ctx,
     d = match[0]
     s = d["summary"] or {}
     adj = s.get("adjudications", {})
-    bars = [("faces seen", int(s.get("faces_processed", 0))), ("alerts", int(s.get("alerts", 0))),
-            ("confirmed", int(adj.get("confirmed", 0))), ("rejected", int(adj.get("rejected", 0))),
+    bars = [("alerts", int(s.get("alerts", 0))), ("confirmed", int(adj.get("confirmed", 0))),
+            ("rejected", int(adj.get("rejected", 0))),
             ("not stopped", int(adj.get("not_stopped", 0)))]  # fmt: skip
     top = max([v for _, v in bars] + [1])
     return _page(c, request, "report.html", user, d=d, s=s, bars=bars, top=top,
