@@ -78,6 +78,29 @@ INBOX_MAX = 64
 """Control-room messages waiting for the main loop; more are refused (and counted)."""
 
 
+def apply_inbound(deployment: DeploymentManager, audit: AuditLog, msg: Inbound,
+                  now: float) -> str:  # fmt: skip
+    """Apply one control-room message (the main loop's handler; the fuzz test's target).
+
+    Returns ``"accepted"``, ``"refused"`` (a reason was audited by the deployment) or
+    ``"failed"`` (a bug, audited as ``inbound_failed``); never raises.
+    """
+    try:
+        if msg.kind == "adjudications":
+            deployment.handle_adjudication(msg.payload, now)
+        else:
+            deployment.handle_command(msg.payload, now)
+    except EdgeError as exc:
+        log.warning("control-room %s refused: %s", msg.kind, str(exc)[:200])
+        return "refused"
+    except Exception:
+        log.exception("control-room %s could not be handled", msg.kind)
+        with contextlib.suppress(Exception):
+            audit.append("inbound_failed", kind=msg.kind, size=len(msg.payload))
+        return "failed"
+    return "accepted"
+
+
 def read_temperature() -> float | None:
     """The SoC temperature in °C where the kernel exposes it (Raspberry Pi, Jetson)."""
     try:
@@ -360,17 +383,7 @@ class Daemon:
             except queue.Empty:
                 break
             handled = True
-            try:
-                if msg.kind == "adjudications":
-                    self.deployment.handle_adjudication(msg.payload, self.clock())
-                else:
-                    self.deployment.handle_command(msg.payload, self.clock())
-            except EdgeError as exc:
-                log.warning("control-room %s refused: %s", msg.kind, str(exc)[:200])
-            except Exception:
-                log.exception("control-room %s could not be handled", msg.kind)
-                with contextlib.suppress(Exception):
-                    self.audit.append("inbound_failed", kind=msg.kind, size=len(msg.payload))
+            apply_inbound(self.deployment, self.audit, msg, self.clock())
         return handled
 
     def _queue_alerts(self, alerts: list[AlertRecord], errors: list[str]) -> None:
