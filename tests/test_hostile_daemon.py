@@ -187,3 +187,24 @@ def test_a_full_state_disk_degrades_and_recovers_without_losing_an_alert(
             if daemon.proc is not None and daemon.proc.poll() is None:
                 daemon.kill()
             notify.close()
+
+
+def test_after_a_sigkill_the_last_will_says_the_armed_state_the_device_had(
+    device: Callable[..., td.DaemonProc], broker: Any, tmp_path: Path
+) -> None:
+    """The will is set at connect time, before the watchlist loads; the device reconnects
+    with a new will when it arms, so a crash shows ``offline, armed=true``."""
+    recorder = broker.recorder()
+    daemon = device(td.blinking_folder(tmp_path / "frames"), loop=True, fps=25.0).start()
+    assert recorder.wait_for(lambda ms: any(
+        m.topic.endswith("/status") and json.loads(m.payload).get("armed") is True
+        for m in ms), 120), daemon.text()[-3000:]  # fmt: skip
+    assert daemon.wait_log(lambda t: "new last will" in t, 30)
+    assert daemon.wait_log(lambda t: t.count("connected to") >= 2, 30)
+    daemon.kill()
+    assert recorder.wait_for(lambda ms: any(
+        m.topic.endswith("/status") and json.loads(m.payload).get("state") == "offline"
+        for m in ms), 60)  # fmt: skip
+    will = next(json.loads(m.payload) for m in reversed(recorder.messages)
+                if m.topic.endswith("/status") and b'"offline"' in m.payload)
+    assert (will["state"], will["reason"], will["armed"]) == ("offline", "connection lost", True)

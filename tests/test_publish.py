@@ -5,6 +5,7 @@ Every wait is bounded; nothing asserts on speed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -465,3 +466,42 @@ def test_a_certificate_cannot_take_over_another_devices_session(
     assert wait_until(lambda: Inbound("commands", b"queued end command") in got, 10), (
         broker.log_text()[-1500:]
     )
+
+
+@pytest.mark.parametrize("fault", ["dead", "stalled"])
+def test_a_dead_or_stalled_network_thread_is_rebuilt_in_process(
+    broker: Broker, make_publisher: Callable[..., Publisher], fault: str
+) -> None:
+    """Issue 15: paho's thread dies (it was killed by an exception in a callback before
+    the gate caught everything) or hangs in a callback; the publisher notices, builds a
+    new client and keeps delivering, while its own check-in (the watchdog's view) goes on."""
+    rec = broker.recorder(topics=["lfr/dev-z/alerts"])
+    release = threading.Event()
+    calls = []
+
+    def inbox(_msg: Inbound) -> bool:  # the first message hangs paho's thread
+        calls.append(1)
+        if len(calls) == 1:
+            release.wait(60)
+        return True
+
+    pub = make_publisher(broker, "dev-z", inbox=inbox)
+    pub.broker = dataclasses.replace(pub.broker, keepalive=2)  # stalled after 5 s
+    pub.start()
+    assert pub.wait_connected(10)
+    first = make_record("dev-z", track_id=1)
+    pub.enqueue_alert(first)
+    assert rec.wait_for(lambda m: alert_ids(m, "dev-z") == [first.alert_id], 10)
+    old = pub._client
+    if fault == "dead":
+        old.loop_stop()  # the network thread ends, as an escaped exception would end it
+    else:
+        cr = broker.client("control-room")
+        cr.publish("lfr/dev-z/commands", b"{}", qos=1).wait_for_publish(5)  # blocks the thread
+    assert wait_until(lambda: pub.rebuilds >= 1 and pub._client is not old, 60), pub.last_error
+    checkin = pub.last_checkin
+    second = make_record("dev-z", track_id=2)
+    pub.enqueue_alert(second)
+    assert rec.wait_for(lambda m: second.alert_id in alert_ids(m, "dev-z"), 30)
+    assert pub.last_checkin > checkin
+    release.set()
