@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
+from edge.dev.devbroker import find_mosquitto
+from edge.errors import BrokerError
 from tests.fixtures.alerts import make_record
-from tests.fixtures.broker import Broker
+from tests.fixtures.broker import Broker, Pki
 from tests.fixtures.browser import (
     PASSWORD,
     ConsoleServer,
@@ -28,20 +30,41 @@ sync_api = pytest.importorskip("playwright.sync_api")
 HOSTILE = '<img src=x onerror="document.title=1">S-<b>99</b>'
 
 
+@pytest.fixture(scope="module")
+def shared_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    try:
+        find_mosquitto()
+    except BrokerError as exc:
+        pytest.skip(str(exc))
+    b = Broker(pki, tmp_path_factory.mktemp("browser-broker"))
+    b.start()
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def console(shared_broker: Broker,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:  # fmt: skip
+    server = ConsoleServer(shared_broker, tmp_path_factory.mktemp("console"), "console-ui")
+    server.add_user("pc-ops", "operator")
+    server.add_user("sgt-sup", "supervisor")
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def world(broker: Broker, tmp_path: Path) -> Iterator[tuple[ConsoleServer, Van]]:
-    console = ConsoleServer(broker, tmp_path / "console")
-    console.add_user("pc-ops", "operator")
-    console.add_user("sgt-sup", "supervisor")
-    console.start()
-    van = Van(broker, tmp_path / "van", "van-3", console.signing.public)
+def world(shared_broker: Broker, console: ConsoleServer, tmp_path: Path,
+          request: pytest.FixtureRequest) -> Iterator[tuple[ConsoleServer, Van]]:  # fmt: skip
+    """The module's console and a fresh van for this test."""
+    van = Van(shared_broker, tmp_path / "van", f"van-{len(request.node.name)}",
+              console.signing.public)
     van.start()
     yield console, van
     van.stop()
-    console.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as p:
         b = launch_chromium(p)
@@ -78,7 +101,7 @@ def test_an_alert_appears_live_is_adjudicated_and_the_van_records_the_officer(
         assert page.url.endswith("/alerts")
         page.wait_for_function("document.body.dataset.live === '1'")
         page.evaluate("window.__noReload = true")
-        record = make_record("van-3", subject_id=HOSTILE, category="missing_person")
+        record = make_record(van.device_id, subject_id=HOSTILE, category="missing_person")
         van.publisher.enqueue_alert(record)
         row = page.locator(f"#alert-{record.alert_id}")
         row.wait_for(timeout=15_000)
@@ -89,6 +112,13 @@ def test_an_alert_appears_live_is_adjudicated_and_the_van_records_the_officer(
         assert page.title() != "1"
         assert row.locator(".category").inner_text() == "missing_person"
         assert row.locator("img.face").first.evaluate("i => i.naturalWidth") > 0  # the crop
+        # A state change without the page's CSRF token is refused, and nothing is sent.
+        status = page.evaluate(
+            """id => fetch('/api/alerts/' + id + '/adjudicate', {method: 'POST',
+                 headers: {'Content-Type': 'application/json'},
+                 body: JSON.stringify({decision: 'rejected'})}).then(r => r.status)""",
+            record.alert_id)
+        assert status == 403
         row.locator("button[data-decision=confirmed]").click()
         assert _wait(lambda: len(van.recorded) == 1)
         assert van.recorded[0]["officer"] == "pc-ops"
@@ -108,7 +138,7 @@ def test_a_van_going_offline_shows_on_the_fleet_page(
         _login(page, console, "sgt-sup")
         page.goto(console.url + "/fleet")
         page.wait_for_function("document.body.dataset.live === '1'")
-        row = page.locator("#device-van-3")
+        row = page.locator(f"#device-{van.device_id}")
         row.locator(".badge.online").wait_for(timeout=15_000)
         page.evaluate("window.__noReload = true")
         van.stop()

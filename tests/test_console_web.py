@@ -13,25 +13,44 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edge.dev.devbroker import find_mosquitto
+from edge.errors import BrokerError
 from tests.fixtures.alerts import make_record
-from tests.fixtures.broker import Broker
+from tests.fixtures.broker import Broker, Pki
 from tests.fixtures.browser import ConsoleServer, Van, csrf_of
 
 
-@pytest.fixture
-def console(broker: Broker, tmp_path: Path) -> Iterator[ConsoleServer]:
-    server = ConsoleServer(broker, tmp_path / "console")
-    server.add_user("pc-ops", "operator")
-    server.add_user("sgt-sup", "supervisor")
-    server.add_user("aud-1", "auditor")
+@pytest.fixture(scope="module")
+def shared_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    try:
+        find_mosquitto()
+    except BrokerError as exc:
+        pytest.skip(str(exc))
+    b = Broker(pki, tmp_path_factory.mktemp("console-broker"))
+    b.start()
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def console(shared_broker: Broker,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:  # fmt: skip
+    """One console for the module (each test uses its own users and vans)."""
+    server = ConsoleServer(shared_broker, tmp_path_factory.mktemp("console"))
+    server.add_user("pc-ops", "operator", cli=True)
+    for name, role in (("sgt-sup", "supervisor"), ("aud-1", "auditor"),
+                       ("pc-locked", "operator"), ("pc-out", "operator")):
+        server.add_user(name, role)
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def van(broker: Broker, console: ConsoleServer, tmp_path: Path) -> Iterator[Van]:
-    v = Van(broker, tmp_path / "van", "van-7", console.signing.public)
+def van(shared_broker: Broker, console: ConsoleServer, tmp_path: Path,
+        request: pytest.FixtureRequest) -> Iterator[Van]:  # fmt: skip
+    v = Van(shared_broker, tmp_path / "van", f"van-{request.node.name[5:25].replace('_', '-')}",
+            console.signing.public)
     v.start()
     yield v
     v.stop()
@@ -59,7 +78,7 @@ def test_every_page_and_call_needs_a_login(console: ConsoleServer) -> None:
 
 
 def test_roles_decide_what_each_user_sees(console: ConsoleServer) -> None:
-    ops, sup, aud = (console.session(n) for n in ("pc-ops", "sgt-sup", "aud-1"))
+    ops, sup, aud = (console.session(n) for n in ("pc-out", "sgt-sup", "aud-1"))
     assert ops.get("/alerts").status_code == 200
     assert ops.get("/fleet").status_code == 403
     assert ops.get("/audit").status_code == 403
@@ -78,12 +97,12 @@ def test_wrong_passwords_are_refused_then_rate_limited(console: ConsoleServer) -
     codes = []
     for _ in range(7):
         token = client.get("/login").text.split('name="csrf" value="')[1].split('"')[0]
-        codes.append(client.post("/login", data={"name": "pc-ops", "password": "wrong-one!!",
+        codes.append(client.post("/login", data={"name": "pc-locked", "password": "wrong-one!!",
                                                  "csrf": token}).status_code)
     assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
     # Even the right password is refused while the limit holds.
     token = client.get("/login").text.split('name="csrf" value="')[1].split('"')[0]
-    r = client.post("/login", data={"name": "pc-ops", "password": "correct horse battery",
+    r = client.post("/login", data={"name": "pc-locked", "password": "correct horse battery",
                                     "csrf": token})
     assert r.status_code == 429
     # A login form without its CSRF token is refused.
@@ -95,7 +114,7 @@ def test_wrong_passwords_are_refused_then_rate_limited(console: ConsoleServer) -
 def test_adjudication_is_signed_reaches_the_van_and_comes_back_through_its_audit(
     console: ConsoleServer, van: Van
 ) -> None:
-    record = make_record("van-7", subject_id="S-42")
+    record = make_record(van.device_id, subject_id="S-42")
     van.publisher.enqueue_alert(record)
     ops = console.session("pc-ops")
     assert _wait(lambda: record.alert_id in ops.get("/alerts").text)
@@ -122,12 +141,19 @@ def test_adjudication_is_signed_reaches_the_van_and_comes_back_through_its_audit
 
 
 def test_metrics_in_prometheus_format(console: ConsoleServer, van: Van) -> None:
-    van.publisher.enqueue_alert(make_record("van-7"))
     sup = console.session("sgt-sup")
-    assert _wait(lambda: "console_alerts_received_total 1" in sup.get("/metrics").text)
-    text = sup.get("/metrics").text
-    assert "console_devices_online 1" in text
-    assert 'console_ingest_latency_seconds_bucket{le="+Inf"} 1' in text
+
+    def value(name: str) -> float:
+        for line in sup.get("/metrics").text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"{name} missing")
+
+    before = value("console_alerts_received_total")
+    van.publisher.enqueue_alert(make_record(van.device_id))
+    assert _wait(lambda: value("console_alerts_received_total") == before + 1)
+    assert value("console_devices_online") >= 1
+    assert value("console_ingest_latency_seconds_count") == before + 1
     assert console.session("pc-ops").get("/metrics").status_code == 403
 
 
@@ -147,7 +173,7 @@ def test_user_add_refuses_a_bad_role_a_short_password_and_a_duplicate(
 
 
 def test_https_from_the_config_and_plain_http_only_on_loopback(
-    broker: Broker, tmp_path: Path
+    shared_broker: Broker, tmp_path: Path
 ) -> None:
     from edge.console.config import from_dict
     from edge.errors import ConfigError
@@ -161,7 +187,7 @@ def test_https_from_the_config_and_plain_http_only_on_loopback(
         from_dict({"console": base, "mqtt": {"host": "broker.example"}}, tmp_path)
     with pytest.raises(ConfigError, match="unknown key"):
         from_dict({"console": {**base, "passwd": "x"}}, tmp_path)
-    server = ConsoleServer(broker, tmp_path / "tls", https=True)
+    server = ConsoleServer(shared_broker, tmp_path / "tls", client_id="console-tls", https=True)
     server.add_user("pc-ops", "operator")
     server.start()
     try:

@@ -9,7 +9,7 @@
   ``csrf`` or the ``X-CSRF-Token`` header); the login form carries a double-submit token.
 - Failed logins are counted per user name and per client address in the database (so
   all instances share them): :data:`MAX_FAILURES` within :data:`WINDOW_S` refuses further
-  attempts until the window passes.
+  attempts until the window passes (:data:`MAX_FAILURES_PER_ADDRESS` per address).
 - Roles: operators see the alert queue and adjudicate; supervisors also see the fleet
   and the deployments; auditors read the audit trail and the deployment reports.
 """
@@ -38,6 +38,9 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "audit": frozenset({"auditor", "supervisor"}),
 }
 MAX_FAILURES: Final = 5
+"""Failed logins per user name within :data:`WINDOW_S` before further attempts are refused."""
+MAX_FAILURES_PER_ADDRESS: Final = 20
+"""Per client address: higher, since a control room's officers may share one address."""
 WINDOW_S: Final = 15 * 60
 COOKIE: Final = "console_session"
 LOGIN_COOKIE: Final = "console_login"
@@ -97,7 +100,8 @@ def login(store: Store, name: str, password: str, client: str, ttl_s: int) -> tu
     """Check the password (rate-limited) and open a session; returns (cookie token, user)."""
     now = time.time()
     keys = (f"user:{name[:64]}", f"addr:{client}")
-    if any(store.login_failures(k, now - WINDOW_S) >= MAX_FAILURES for k in keys):
+    limits = (MAX_FAILURES, MAX_FAILURES_PER_ADDRESS)
+    if any(store.login_failures(k, now - WINDOW_S) >= n for k, n in zip(keys, limits, strict=True)):
         raise LoginRefused("too many failed attempts; wait 15 minutes", limited=True)
     user = store.user_by_name(name) if len(name) <= 64 else None
     ok = False
