@@ -148,12 +148,14 @@ def test_a_full_state_disk_degrades_and_recovers_without_losing_an_alert(
         recorder = broker.recorder()
         source = td.blinking_folder(tmp_path / "frames")
         daemon = device(source, loop=True, fps=25.0, extra=COOLDOWN,
-                        env={"NOTIFY_SOCKET": str(notify.path)}).start()  # fmt: skip
+                        env={"NOTIFY_SOCKET": str(notify.path),
+                             "WATCHDOG_USEC": "2000000"}).start()  # fmt: skip
         try:
             assert daemon.wait_log(lambda t: len(td.ALERT_LOG.findall(t)) >= 2, 180), (
                 daemon.text()[-3000:]
             )
             disk.fill()
+            full_since = time.monotonic()
             filled_at = len(daemon.alert_ids())
             assert notify.wait("STATUS=", 5)
             assert daemon.wait_log(lambda t: len(td.ALERT_LOG.findall(t)) >= filled_at + 3, 120)
@@ -163,6 +165,8 @@ def test_a_full_state_disk_degrades_and_recovers_without_losing_an_alert(
             assert recorder.wait_for(lambda ms: any(
                 m.topic.endswith("/status") and b"not_persisting" in m.payload for m in ms), 30)
             assert daemon.proc is not None and daemon.proc.poll() is None, "the daemon exited"
+            # The loops are alive, so the watchdog is still fed while the disk is full.
+            assert notify.wait("WATCHDOG=1", 10, after=full_since + 3.0)
 
             disk.free()
             assert daemon.wait_log(lambda t: "writable again" in t, 60), daemon.text()[-3000:]
@@ -180,7 +184,8 @@ def test_a_full_state_disk_degrades_and_recovers_without_losing_an_alert(
             audit = subprocess.run(td.edge_cmd("audit", "verify", str(state / "audit.log")),
                                    capture_output=True, text=True, check=False)  # fmt: skip
             assert audit.returncode == 0, audit.stderr
-            print(f"full disk: {len(produced)} alerts produced, "
+            print(f"full disk: {len(produced)} alerts produced ({freed_at - filled_at} while "
+                  "the disk was full), "
                   f"{len(produced - set(received))} lost, "
                   f"{len(received) - len(set(received))} duplicate deliveries")
         finally:

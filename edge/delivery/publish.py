@@ -47,6 +47,14 @@ Delivery contract (what the tests prove against a real mosquitto):
 Health: :attr:`Publisher.last_checkin` (``time.monotonic()``) is updated by the drain
 loop each turn (at least every ``drain_interval_s``) once it has checked paho's thread
 (and rebuilt the client if needed), for the watchdog.
+
+Why one module of ~700 lines: the connection generation, the in-flight maps (outbox and
+held), the cursor and the status/will state are shared by the drain loop and paho's
+callbacks on two threads under one lock; their invariants (what a PUBACK settles, what a
+new connection republishes, when a rebuild may drop in-flight state) are only readable
+in one place. What does not touch that state lives beside it: the client and topics
+(:mod:`~edge.delivery.link`), the inbound gate (:mod:`~edge.delivery.inbound`) and the
+RAM queue (:mod:`~edge.delivery.held`).
 """
 
 from __future__ import annotations

@@ -30,6 +30,12 @@ Adjudications (:meth:`~DeploymentManager.handle_adjudication`) must be signed by
 control-room key (:mod:`edge.watchlist.adjudication`), name an alert this deployment
 issued (:meth:`~DeploymentManager.note_alert`), and are recorded once per alert id and
 decision; every refusal is audited with its reason, never with the payload.
+
+Why one module of ~650 lines: arming, the window, commands, adjudications and the end of
+a deployment are one state machine under one lock, and the order of its side effects
+(wipe RAM, shred, persist, audit, summarise) is the safeguard; the parts without that
+state are beside it (:mod:`~edge.watchlist.adjudication`, :mod:`~edge.watchlist.statefile`,
+:mod:`~edge.watchlist.signed_commands`).
 """
 
 from __future__ import annotations
