@@ -99,3 +99,51 @@ def test_check_config_names_a_bad_camera_key_and_exits_78(tmp_path: Path) -> Non
     assert proc.returncode == 78, proc.stdout + proc.stderr
     assert "source.transform" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_role_writes_the_camera_keys_into_source(tmp_path: Path) -> None:
+    """edge_device_source_camera lands in edge.toml's [source] and passes check-config."""
+    import json
+    import os
+
+    role = REPO / "ansible" / "roles" / "edge_device"
+    out = tmp_path / "edge.toml"
+    play = [
+        {
+            "name": "render edge.toml",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars_files": [str(role / "defaults" / "main.yml"), str(role / "vars" / "main.yml")],
+            "tasks": [
+                {
+                    "name": "render",
+                    "ansible.builtin.template": {
+                        "src": str(role / "templates" / "edge.toml.j2"),
+                        "dest": str(out),
+                        "mode": "0644",
+                    },
+                }
+            ],
+        }
+    ]
+    playbook = tmp_path / "render.yml"
+    playbook.write_text(json.dumps(play))
+    camera = {"sensor_output_size": "2304x1296", "transform": "rot180", "exposure_time_us": 4000}
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,",
+            "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}",
+            "-e", json.dumps({"edge_device_source_camera": camera, "edge_device_id": "cam-01",
+                              "edge_device_broker_host": "127.0.0.1"}),
+            str(playbook),
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+        env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="False"),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import tomllib
+
+    source = tomllib.loads(out.read_text())["source"]
+    assert {k: source[k] for k in camera} == camera
+    options = load_settings(out).source.camera_options()
+    assert options.sensor_output_size == (2304, 1296) and options.transform == "rot180"
