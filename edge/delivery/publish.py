@@ -102,6 +102,7 @@ RefusedCallback = Callable[[str, str, int], None]
 """Told ``(kind, reason, size)`` for each inbound message refused by the gate."""
 STALL_KEEPALIVES = 2.5
 WILL_WAIT_S = 5.0
+REFUSAL_LOG_S = 10.0
 
 
 class Publisher:
@@ -162,6 +163,7 @@ class Publisher:
         self._status: dict[str, Any] = {"armed": False, "reason": "starting"}
         self._will_armed = False  # the armed value in the current connection's will
         self._will_stale_since: float | None = None
+        self._refusal_logged: dict[str, float] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -702,6 +704,14 @@ class Publisher:
         elif held_id is not None:
             self._settle_held(held_id, reason_code)
 
+    def _log_refusal(self, key: str) -> bool:
+        """A flood of refusals is one log line per reason per :data:`REFUSAL_LOG_S`."""
+        now = time.monotonic()
+        if now - self._refusal_logged.get(key, -REFUSAL_LOG_S) < REFUSAL_LOG_S:
+            return False
+        self._refusal_logged[key] = now
+        return True
+
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         """Hand a control-room message to the gate; catches everything (the message is
         PUBACKed by paho when this returns, whatever it held)."""
@@ -712,7 +722,8 @@ class Publisher:
                 log.warning("ignoring a message on an unexpected topic (%d bytes)", len(payload))
                 return
             reason = self.gate.offer(kind, payload, bool(msg.retain))
-            if reason is not None:
-                log.warning("refused a message on %s: %s (%d bytes)", kind, reason, len(payload))
+            if reason is not None and self._log_refusal(f"{kind}:{reason}"):
+                log.warning("refused a message on %s: %s (%d bytes; counted, logged at most "
+                            "every %g s)", kind, reason, len(payload), REFUSAL_LOG_S)  # fmt: skip
         except Exception:
             log.exception("on_message failed (message dropped)")
