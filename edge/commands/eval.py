@@ -129,6 +129,13 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fallback", action="store_true", help="with --lfw: an image without a "
                    "detection has no template (default: retry at a lower score, then a fixed "
                    "central box, as `eval verify` does)")
+    p.add_argument("--probe-images", default=None, metavar="K[,K...]",
+                   help="fuse K images of a probe identity into one template per search, as "
+                   "the daemon fuses a track (default 1; identify takes several K, e.g. 1,2,3, "
+                   "embedding each image once)")
+    p.add_argument("--holdout", type=float, default=None, metavar="SHARE",
+                   help="with --lfw: share of the multi-image identities kept out of the "
+                   "gallery as non-mated (default 0.5 with --probe-images, else 0)")
 
 
 def _search_set(args: argparse.Namespace) -> Any:
@@ -138,7 +145,10 @@ def _search_set(args: argparse.Namespace) -> Any:
     if args.lfw is not None:
         if args.gallery is not None or args.probes is not None:
             raise UsageError("use either --lfw or --gallery with --probes, not both")
-        sets = lfw_sets(args.lfw)
+        holdout = args.holdout
+        if holdout is None:
+            holdout = 0.5 if args.probe_images is not None else 0.0
+        sets = lfw_sets(args.lfw, holdout)
     elif args.gallery is not None and args.probes is not None:
         sets = folder_sets(args.gallery, args.probes)
     else:
@@ -148,20 +158,35 @@ def _search_set(args: argparse.Namespace) -> Any:
     return sets
 
 
-def _score_search(args: argparse.Namespace, fpirs: list[float]) -> tuple[Any, dict[str, Any]]:
-    from edge.evaluation.identify import run_identify
+def _probe_images(args: argparse.Namespace, several: bool) -> list[int]:
+    from edge.errors import UsageError
+    from edge.evaluation.identify import parse_probe_images
+
+    ks = parse_probe_images(args.probe_images or "1")
+    if len(ks) > 1 and not several:
+        raise UsageError(f"--probe-images {args.probe_images}: calibrate takes one K")
+    return ks
+
+
+def _score_searches(
+    args: argparse.Namespace, fpirs: list[float], ks: list[int]
+) -> list[tuple[Any, dict[str, Any]]]:
+    from edge.evaluation.identify import group_probes, run_identify_many
 
     sets = _search_set(args)  # fail on bad input before loading any model
+    for k in ks:
+        group_probes(sets, k)
     engine, precision = _engine_from_args(args)
     label = getattr(args, "label", None) or f"{args.embedder} {precision}"
-    ss, rep = run_identify(
+    runs = run_identify_many(
         engine, sets, fpirs, label=label,
         choose=args.face or ("centre" if args.lfw is not None else "largest"),
         fallback=args.lfw is not None and not args.no_fallback,
-        progress=not args.no_progress,
+        progress=not args.no_progress, probe_images=ks,
     )
-    rep["precision"] = precision
-    return ss, rep
+    for _, rep in runs:
+        rep["precision"] = precision
+    return runs
 
 
 def register_identify(evsub: Any) -> None:
@@ -190,27 +215,35 @@ def run_identify(args: argparse.Namespace) -> int:
     from edge.evaluation.identify import ScoreSet, det_curve, format_text, parse_fpirs, report
 
     fpirs = parse_fpirs(args.fpir)
+    ks = _probe_images(args, several=True)
     extra = [ScoreSet.load(p) for p in args.plot_scores]
     if extra and args.plot is None:
         raise UsageError("--plot-scores needs --plot")
+    if args.save_scores is not None and len(ks) > 1:
+        raise UsageError("--save-scores takes one --probe-images K")
     if args.scores is not None:
         if args.lfw is not None or args.gallery is not None:
             raise UsageError("use either --scores or --lfw/--gallery, not both")
         ss = ScoreSet.load(args.scores)
-        rep = report(ss, fpirs)
+        runs = [(ss, report(ss, fpirs))]
     else:
-        ss, rep = _score_search(args, fpirs)
+        runs = _score_searches(args, fpirs, ks)
+    ss, rep = runs[0]
     if args.save_scores is not None:
         ss.save(args.save_scores)
         rep["scores_file"] = str(args.save_scores)
     if args.plot is not None:
         from edge.evaluation.det_plot import plot_det
 
-        runs = [ss, *extra]
-        plot_det([det_curve(r, fpirs) for r in runs], args.plot,
-                 counts=[(r.n_mated, r.n_non_mated) for r in runs])
+        curves = [r for r, _ in runs] + extra
+        plot_det([det_curve(r, fpirs) for r in curves], args.plot,
+                 counts=[(r.n_mated, r.n_non_mated) for r in curves])
         rep["plot"] = str(args.plot)
-    print(json.dumps(rep, indent=2) if args.json else "\n".join(format_text(rep)))
+    reps = [r for _, r in runs]
+    if args.json:
+        print(json.dumps(reps[0] if len(reps) == 1 else reps, indent=2))
+    else:
+        print("\n".join(line for r in reps for line in format_text(r)))
     sys.stdout.flush()
     return 0
 
@@ -247,7 +280,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             raise UsageError("use either --scores or --lfw/--gallery, not both")
         ss = ScoreSet.load(args.scores)
     else:
-        ss, _ = _score_search(args, [args.fpir])
+        ss = _score_searches(args, [args.fpir], _probe_images(args, several=False))[0][0]
     cals = [calibrate(ss, args.fpir, n, reps=args.reps, seed=args.seed) for n in sizes]
     if args.json:
         print(json.dumps({"label": ss.label, "calibrations": [c.to_dict() for c in cals]},
