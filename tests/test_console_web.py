@@ -71,7 +71,7 @@ def test_every_page_and_call_needs_a_login(console: ConsoleServer) -> None:
         r = anon.get(path)
         assert r.status_code == 303 and r.headers["location"] == "/login", path
     for path in ("/events", "/fragments/alert/x", "/images/crop/x.jpg", "/metrics"):
-        assert anon.get(path).status_code in (401, 303), path
+        assert anon.get(path).status_code == 401, path
     assert anon.post("/api/alerts/x/adjudicate", json={"decision": "confirmed"}).status_code == 401
     page = anon.get("/login")
     assert page.status_code == 200 and "Content-Security-Policy" in page.headers
@@ -155,6 +155,13 @@ def test_metrics_in_prometheus_format(console: ConsoleServer, van: Van) -> None:
     assert value("console_devices_online") >= 1
     assert value("console_ingest_latency_seconds_count") == before + 1
     assert console.session("pc-ops").get("/metrics").status_code == 403
+    # Prometheus scrapes with the configured bearer token, without a login.
+    anon = httpx.Client(base_url=console.url, timeout=10)
+    ok = anon.get("/metrics", headers={"Authorization": f"Bearer {console.metrics_token}"})
+    assert ok.status_code == 200 and "console_alerts_received_total" in ok.text
+    assert ok.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert anon.get("/metrics", headers={"Authorization": "Bearer wrong-token-0000000"}
+                    ).status_code == 401
 
 
 def test_user_add_refuses_a_bad_role_a_short_password_and_a_duplicate(

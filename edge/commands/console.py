@@ -108,7 +108,8 @@ def run_serve(args: argparse.Namespace) -> int:
                       retention_days=cfg.retention_days, references_dir=cfg.references_dir)
     context = Context(store=store, console=console, hub=hub, metrics=metrics,
                       templates=templates(), session_ttl_s=cfg.session_ttl_s,
-                      secure_cookies=cfg.https, ingest_connected=lambda: ingest.ready)
+                      secure_cookies=cfg.https, metrics_token=cfg.metrics_token,
+                      ingest_connected=lambda: ingest.ready)
     app = create_app(context)
     ssl: dict[str, Any] = {}
     if cfg.https:

@@ -102,7 +102,7 @@ def create_app(context: Context) -> FastAPI:
 
     @app.exception_handler(NeedLogin)
     async def _need_login(request: Request, _exc: NeedLogin) -> Response:
-        if request.url.path.startswith(("/api/", "/events", "/fragments/", "/images/")):
+        if request.url.path.startswith(("/api/", "/events", "/fragments/", "/images/", "/metrics")):
             return JSONResponse({"detail": "login required"}, status_code=401)
         return RedirectResponse("/login", status_code=303)
 

@@ -15,6 +15,8 @@
     references_dir = "/var/lib/edge-console/references"  # reference files to import
     session_ttl_s = 28800
     retention_days = 31
+    metrics_token_file = "/etc/edge-console/metrics.token"  # optional: Prometheus may
+                                                # scrape /metrics with "Bearer <token>"
 
     [mqtt]
     host = "broker.example"
@@ -40,7 +42,8 @@ from typing import Any
 from edge.errors import ConfigError
 
 _CONSOLE_KEYS = {"database", "listen", "port", "tls_cert", "tls_key", "key_file",
-                 "signing_key", "references_dir", "session_ttl_s", "retention_days"}
+                 "signing_key", "references_dir", "session_ttl_s", "retention_days",
+                 "metrics_token_file"}
 _MQTT_KEYS = {"host", "port", "ca", "client_cert", "client_key_file", "client_id",
               "share_group", "session_expiry_s"}  # fmt: skip
 
@@ -65,6 +68,7 @@ class ConsoleConfig:
     client_id: str
     share_group: str
     session_expiry_s: int
+    metrics_token: str | None = None
 
     @property
     def https(self) -> bool:
@@ -76,6 +80,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def _token(path: Path | None, problems: list[str]) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        problems.append(f"[console] metrics_token_file: cannot read {path}: {exc.strerror}")
+        return None
+    if len(token) < 16 or not token.isascii() or not token.isprintable():
+        problems.append("[console] metrics_token_file: the token must be 16+ printable ASCII")
+        return None
+    return token
 
 
 def load(path: Path) -> ConsoleConfig:
@@ -161,6 +179,7 @@ def from_dict(doc: dict[str, Any], base: Path) -> ConsoleConfig:
         client_id=string(m, "client_id", "mqtt", "console-1"),
         share_group=string(m, "share_group", "mqtt", "console"),
         session_expiry_s=integer(m, "session_expiry_s", "mqtt", 7 * 24 * 3600, 0, 2**31),
+        metrics_token=_token(path(c, "metrics_token_file", "console", False), problems),
     )
     if problems:
         raise ConfigError(problems)
