@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -134,12 +135,29 @@ def main() -> int:
     ap.add_argument("--screenshots", type=Path, default=None, metavar="DIR")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    from playwright.sync_api import sync_playwright
 
     work = Path(tempfile.mkdtemp(prefix="console-bench-"))
     broker = DevBroker(work / "broker")
     broker.start()
-    proc, url, _signing = _console(work, broker, args.screenshots is not None)
+    try:
+        proc, url, _signing = _console(work, broker, args.screenshots is not None)
+    except BaseException:
+        broker.stop()
+        raise
+    try:
+        return _run(args, work, broker, proc, url)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(15)
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, work: Path, broker: DevBroker, proc: subprocess.Popen[bytes],
+         url: str) -> int:  # fmt: skip
+    from playwright.sync_api import sync_playwright
+
     ids = [f"van-{i:02d}" for i in range(args.devices)]
     devices = {d: _device(broker, d) for d in ids}
     audits: dict[str, AuditLog] = {}
@@ -217,9 +235,6 @@ def main() -> int:
         browser.close()
     for c in devices.values():
         c.loop_stop()
-    proc.terminate()
-    proc.wait(15)
-    broker.stop()
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
