@@ -121,6 +121,10 @@ class Track:
     embeds: int = 0
     best_quality: float = -1.0
     alerted_subjects: set[str] = field(default_factory=set)
+    # Track template (RAM only, wiped when the track ends): the embeddings of its best
+    # frames and their weights, fused into one template by the decider.
+    frame_embeddings: list[npt.NDArray[np.float32]] = field(default_factory=list, repr=False)
+    frame_weights: list[float] = field(default_factory=list, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,11 @@ def register(subparsers: Any) -> None:
                         help="detect on a copy of each frame at this size, as the daemon's "
                         "lores stream (default: source.lores_size's default, 640x360); "
                         "'full' detects on the frame itself")
+    parser.add_argument("--decision", choices=("template", "embedding"), default=None,
+                        help="decide on track templates or single embeddings (default: the "
+                        "daemon's, template)")
+    parser.add_argument("--template-weight", choices=("quality", "size"), default=None,
+                        help="a frame's weight in its track's template (default quality)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     parser.add_argument("--peer", action="store_true",
                         help="also run the face_recognition peer on the same clip and truth")
@@ -116,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         subjects=args.subjects, truth=args.truth, threshold=args.threshold,
         realtime=args.realtime, max_frames=args.max_frames, tiles=_grid(args.tiles),
         detector=args.detector, detector_input=_wxh(args.detector_input, "--detector-input"),
-        detect_size=detect_size,
+        detect_size=detect_size, decision=args.decision, template_weight=args.template_weight,
     )
     if args.peer:
         peer = run_peer_subprocess(args.video, args.subjects, args.truth, args.max_frames,

@@ -77,6 +77,8 @@ def run_bench(
     detector: str | None = None,
     detector_input: tuple[int, int] | None = None,
     detect_size: tuple[int, int] | str | None = "default",
+    decision: str | None = None,
+    template_weight: str | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline over ``video`` and return the figures (see the module doc)."""
     from edge.delivery.outbox import Outbox
@@ -131,8 +133,16 @@ def run_bench(
             threshold=family.threshold if threshold is None else threshold,
             embedder_sha256=sha,
         )
+    from edge.service.config import RecognitionSettings
+
+    rec = RecognitionSettings.model_validate(
+        {k: v for k, v in (("decision", decision), ("template_weight", template_weight))
+         if v is not None})
+    decider = TrackDecider(threshold=1.0, max_embeds_per_track=rec.embeds_per_track,
+                           cooldown_s=rec.cooldown_s, decision=rec.decision,
+                           weight=rec.template_weight)
     recognizer = Recognizer(
-        engine, IoUTracker(), gate, TrackDecider(threshold=1.0), device_id=DEVICE_ID,
+        engine, IoUTracker(), gate, decider, device_id=DEVICE_ID,
         min_score=defaults.score_threshold, min_face_px=defaults.min_face_px, tiles=tiles,
     )
     if watchlist is not None:
@@ -236,6 +246,8 @@ def run_bench(
         "fps": round(frames / elapsed, 2) if elapsed > 0 else None,
         "realtime": realtime,
         "tiles": f"{tiles[0]}x{tiles[1]}",
+        "decision": rec.decision,
+        "template_weight": rec.template_weight,
         "models": engine.model_info,
         "precision": precision,
         "watchlist_size": len(watchlist) if watchlist is not None else 0,

@@ -20,13 +20,32 @@ alert that started the cooldown: measured on simulated streams, a weak false
 alert for subject X on a stranger otherwise hid the real X who walked past
 seconds later. A cooled-down match still marks the track, so the same track
 does not alert later either.
+
+Track templates (``decision="template"``, the default): each embedding of a track is
+kept, in RAM and on the track only, with a weight (its quality score, or its face
+width with ``weight="size"``); the track is matched on the fusion of its best
+``max_embeds_per_track`` embeddings (:func:`edge.recognition.fusion.fuse`), so a
+stranger's lucky single frame counts for less and a sharp frame for more than a blurred
+one. The first embedding is a template of one (the fast path: an alert is not delayed).
+:meth:`TrackDecider.forget` wipes a track's embeddings when it ends; nothing of a
+template is logged or kept anywhere else. ``decision="embedding"`` decides on each
+embedding alone, as before.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
-from edge.types import Match, Quality, Track
+import numpy as np
+import numpy.typing as npt
+
+from edge.recognition.fusion import fuse
+from edge.types import Match, Metric, Quality, Track
+
+Decision = Literal["template", "embedding"]
+Weight = Literal["quality", "size"]
+F32 = npt.NDArray[np.float32]
 
 
 class TrackDecider:
@@ -41,6 +60,9 @@ class TrackDecider:
         min_quality_gain: float = 0.05,
         min_hits: int = 1,
         max_remembered: int = 10_000,
+        decision: Decision = "template",
+        weight: Weight = "quality",
+        metric: Metric = "euclidean",
     ) -> None:
         if not math.isfinite(threshold):
             raise ValueError("threshold must be a finite similarity")
@@ -54,6 +76,11 @@ class TrackDecider:
         self.min_quality_gain = min_quality_gain
         self.min_hits = min_hits
         self.max_remembered = max_remembered
+        if decision not in ("template", "embedding") or weight not in ("quality", "size"):
+            raise ValueError("decision is 'template' or 'embedding'; weight 'quality' or 'size'")
+        self.decision: Decision = decision
+        self.weight: Weight = weight
+        self.metric: Metric = metric  # set from the watchlist when the recognizer arms
         # subject id -> (time, score) of the alert that started its cooldown
         self._last_alert: dict[str, tuple[float, float]] = {}
         self.alerts = 0
@@ -72,6 +99,31 @@ class TrackDecider:
         track.embeds += 1
         track.best_quality = max(track.best_quality, quality.score)
         return True
+
+    # -- track templates -------------------------------------------------------
+
+    def probe(self, track: Track, embedding: F32, quality: Quality) -> F32:
+        """What to match for ``track`` after this new ``embedding``: the embedding itself
+        (``decision="embedding"``) or the track's fused template."""
+        if self.decision == "embedding":
+            return embedding
+        w = max(float(quality.score), 1e-6) if self.weight == "quality" else max(
+            float(track.detection.width), 1.0)
+        track.frame_embeddings.append(np.array(embedding, dtype=np.float32, copy=True))
+        track.frame_weights.append(w)
+        if len(track.frame_embeddings) > self.max_embeds_per_track:
+            worst = int(np.argmin(track.frame_weights))
+            track.frame_embeddings.pop(worst).fill(0.0)
+            track.frame_weights.pop(worst)
+        return fuse(np.stack(track.frame_embeddings), self.metric, track.frame_weights)
+
+    @staticmethod
+    def forget(track: Track) -> None:
+        """Wipe a track's embeddings (zeros in place) and drop them: the track has ended."""
+        for e in track.frame_embeddings:
+            e.fill(0.0)
+        track.frame_embeddings.clear()
+        track.frame_weights.clear()
 
     # -- alerting --------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from edge.delivery.alert import face_bbox, face_crop_jpeg, new_alert_id
 from edge.recognition.decide import TrackDecider
 from edge.recognition.match import Matcher, Watchlist
 from edge.recognition.track import IoUTracker
-from edge.types import AlertRecord, Detection, Frame, Match, Track
+from edge.types import AlertRecord, Detection, Frame, Match, Quality, Track
 from edge.vision.detect import detect_tiled
 from edge.vision.faces import FaceEngine
 from edge.vision.quality import QualityGate
@@ -102,11 +102,13 @@ class Recognizer:
         """Start matching against ``watchlist`` (built once; the matcher never copies it)."""
         self._armed = Armed(deployment_id, Matcher(watchlist), watchlist.threshold)
         self.decider.threshold = watchlist.threshold
+        self.decider.metric = watchlist.metric
 
     def disarm(self) -> None:
         """Stop matching and forget every track (the caller wipes the watchlist)."""
         self._armed = None
-        self.tracker.clear()
+        for track in self.tracker.clear():
+            self.decider.forget(track)
         self.decider.reset()
 
     def _detect(self, frame: Frame) -> list[Detection]:
@@ -141,11 +143,15 @@ class Recognizer:
         t2 = time.perf_counter()
         t["track"] = t2 - t1
 
+        for gone in ended:  # a track's template never outlives it
+            self.decider.forget(gone)
         chosen: list[Track] = []
+        qualities: list[Quality] = []
         for track in tracks:
             quality = self.gate.assess(image, track.detection)
             if self.decider.wants_embedding(track, quality):
                 chosen.append(track)
+                qualities.append(quality)
         t3 = time.perf_counter()
         t["quality"] = t3 - t2
 
@@ -159,8 +165,13 @@ class Recognizer:
             del chips
             t5 = time.perf_counter()
             t["embed"] = t5 - t4
-            matches = armed.matcher.best(embeddings)
+            probes = np.stack([self.decider.probe(track, emb, q) for track, emb, q in
+                               zip(chosen, embeddings, qualities, strict=True)])
+            embeddings.fill(0.0)
             del embeddings
+            matches = armed.matcher.best(probes)
+            probes.fill(0.0)
+            del probes
             t6 = time.perf_counter()
             t["match"] = t6 - t5
             when = frame.captured_at if now is None else now

@@ -395,6 +395,16 @@ class RecognitionSettings(Section):
         le=20,
         description="At most this many embeddings per track (its best-quality frames).",
     )
+    decision: Literal["template", "embedding"] = Field(
+        default="template",
+        description="'template': match each track on the fusion of its best embeddings "
+        "(RAM only, wiped when the track ends); 'embedding': on each embedding alone.",
+    )
+    template_weight: Literal["quality", "size"] = Field(
+        default="quality",
+        description="Weight of a frame in its track's template: its quality score, or its "
+        "face width.",
+    )
     cooldown_s: float = Field(
         default=60.0,
         ge=0.0,

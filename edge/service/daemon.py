@@ -218,6 +218,8 @@ class Daemon:
                 threshold=1.0,  # replaced by the bundle's threshold when armed
                 max_embeds_per_track=settings.recognition.embeds_per_track,
                 cooldown_s=settings.recognition.cooldown_s,
+                decision=settings.recognition.decision,
+                weight=settings.recognition.template_weight,
             ),
             device_id=device_id,
             min_score=settings.detector.score_threshold,
