@@ -29,7 +29,10 @@ def load() -> ModuleType:
     if libcamera is not None and not str(getattr(libcamera, "__file__", "")).startswith(
         str(STANDINS)
     ):
-        pytest.skip("the real libcamera is loaded (a Raspberry Pi): stand-in tests skipped")
+        pytest.skip(
+            "the real libcamera is loaded (a Raspberry Pi): stand-in tests skipped",
+            allow_module_level=True,
+        )
     if str(STANDINS) not in sys.path:
         sys.path.insert(0, str(STANDINS))
     picamera2 = pytest.importorskip("picamera2", reason="pip install -e .[test] (picamera2)")
