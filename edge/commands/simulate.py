@@ -2,12 +2,15 @@
 
     edge simulate --images ../shared/data/lfw/images --out clip.mp4 --truth truth.json \\
         [--size 1280x720] [--fps 25] [--seconds 60] [--faces-per-frame 1-5] \\
-        [--watchlisted 0.1] [--watchlist-size 20] [--seed N] [--subjects-out DIR]
+        [--watchlisted 0.1] [--watchlist-size 20] [--seed N] [--subjects-out DIR] \\
+        [--degrade] [--motion-blur] [--defocus] [--sensor-noise] [--exposure-drift] \\
+        [--wobble] [--jpeg-quality Q] [--views N]
 
 Writes the MP4 (mp4v), the truth JSON (every passer-by: identity, watchlisted
 or not, frames, face box per frame; the watchlist and the images to enrol) and,
 with ``--subjects-out``, one folder per subject in the layout
-``edge watchlist build`` reads. Same seed, same clip.
+``edge watchlist build`` reads. Same seed, same clip. ``--degrade`` turns on every
+camera effect (see :mod:`edge.evaluation.simulate_camera`); each has its own flag.
 """
 
 from __future__ import annotations
@@ -59,6 +62,29 @@ def register(subparsers: Any) -> None:
                    "--check-enrolment)")
     p.add_argument("--model", choices=("int8", "float32"), default="int8",
                    help="embedder precision for --check-enrolment (default int8)")
+    g = p.add_argument_group("camera effects (all off unless --degrade or given; "
+                             "--no-X turns one off under --degrade)")
+    g.add_argument("--degrade", action="store_true",
+                   help="a street that looks like one: every effect below on, --views 3, "
+                   "--jpeg-quality 30")
+    bool_opt = argparse.BooleanOptionalAction
+    g.add_argument("--motion-blur", action=bool_opt, default=None,
+                   help="blur each face along its motion (shutter 1/50 s)")
+    g.add_argument("--defocus", action=bool_opt, default=None,
+                   help="disc blur of the whole frame, focus drifting")
+    g.add_argument("--sensor-noise", action=bool_opt, default=None,
+                   help="shot and read noise, brightness-dependent")
+    g.add_argument("--exposure-drift", action=bool_opt, default=None,
+                   help="brightness and gamma drift (auto-exposure)")
+    g.add_argument("--wobble", action=bool_opt, default=None,
+                   help="slight in-plane rotation and scale wobble of each head")
+    g.add_argument("--jpeg-quality", type=int, default=None, metavar="Q",
+                   help="JPEG-encode/decode each frame at quality Q (1-100; 0 = off; "
+                   "--degrade: 30, about what a 2 Mbit/s H.264 stream keeps), before "
+                   "the MP4 writer's own compression")
+    g.add_argument("--views", type=int, default=None,
+                   help="distinct images of its identity a passer-by shows along the walk, "
+                   "never an enrolled one (default 1; --degrade: 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -66,6 +92,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from edge.errors import UsageError
     from edge.evaluation.simulate import (
+        CameraConfig,
         SimConfig,
         enrolment_checker,
         frames_with_faces,
@@ -88,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         watchlist_size=args.watchlist_size,
         max_enrol=args.max_enrol,
         mask=args.mask,
+        views=args.views if args.views is not None else (3 if args.degrade else 1),
+        camera=camera_config(args, CameraConfig),
     )
     cfg.check()
     enrol_ok = enrolment_checker(args.models, args.model) if args.check_enrolment else None
@@ -110,6 +139,23 @@ def run(args: argparse.Namespace) -> int:
         "faces_per_frame": {"min": min(counts), "max": max(counts),
                             "mean": round(sum(counts) / len(counts), 2)},
         "seed": truth.seed,
+        "views": cfg.views,
+        "camera": cfg.camera.to_dict(),
     }
     print(json.dumps(summary))
     return 0
+
+
+def camera_config(args: argparse.Namespace, cls: Any) -> Any:
+    """The CameraConfig the flags ask for: --degrade's defaults, each flag overriding."""
+    on = bool(args.degrade)
+
+    def pick(v: bool | None) -> bool:
+        return on if v is None else bool(v)
+
+    jpeg = args.jpeg_quality if args.jpeg_quality is not None else (30 if on else 0)
+    return cls(
+        motion_blur=pick(args.motion_blur), defocus=pick(args.defocus),
+        noise=pick(args.sensor_noise), jpeg_quality=jpeg,
+        exposure=pick(args.exposure_drift), wobble=pick(args.wobble),
+    )
