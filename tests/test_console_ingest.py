@@ -150,3 +150,88 @@ def test_the_ingest_client_takes_the_fleet_through_a_shared_subscription(
         assert handler.store.devices()[0]["state"] == "online"
     finally:
         ingest.stop()
+
+
+def _ingest(handler: Handler, broker: Broker, client_id: str) -> Ingest:
+    cr = broker.control_room
+    ingest = Ingest(BrokerSettings(broker.host, broker.port, cr.ca, cr.cert, cr.key), handler,
+                    handler.metrics, client_id=client_id)
+    ingest.start()
+    assert ingest.wait_ready(10), ingest.last_error
+    return ingest
+
+
+def test_two_consoles_share_the_fleet_and_each_alert_is_stored_once(
+    tmp_path: Path, broker: Broker
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    stores = [Store.open(url), Store.open(url)]
+    key = X25519PrivateKey.generate()
+    handlers = [Handler(s, AtRest(key), Hub(), Metrics()) for s in stores]
+    ingests = [_ingest(h, broker, f"console-{i}") for i, h in enumerate(handlers)]
+    try:
+        van = broker.client("van-1")
+        sent = []
+        for _ in range(30):
+            payload = _alert_bytes()
+            sent.append(json.loads(payload)["alert_id"])
+            van.publish("lfr/van-1/alerts", payload, qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and len(stores[0].alerts(limit=100)) < 30:
+            time.sleep(0.05)
+        assert sorted(r["alert_id"] for r in stores[0].alerts(limit=100)) == sorted(sent)
+        taken = [h.metrics.get("console_alerts_received_total") for h in handlers]
+        assert sum(taken) == 30 and min(taken) > 0, taken  # shared, not duplicated
+    finally:
+        for i in ingests:
+            i.stop()
+        for s in stores:
+            s.close()
+
+
+def test_a_van_that_dies_goes_offline_through_its_last_will(
+    handler: Handler, broker: Broker
+) -> None:
+    import subprocess
+    import sys
+
+    ingest = _ingest(handler, broker, "console-will")
+    creds = broker.creds("van-9")
+    script = f"""
+import json, time
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="van-9", protocol=mqtt.MQTTv5)
+c.tls_set(ca_certs={str(creds.ca)!r}, certfile={str(creds.cert)!r}, keyfile={str(creds.key)!r})
+c.will_set("lfr/van-9/status", json.dumps({{"state": "offline", "armed": True,
+           "reason": "connection lost", "device_id": "van-9"}}), qos=1, retain=True)
+c.connect({broker.host!r}, {broker.port}, keepalive=2)
+c.loop_start()
+c.publish("lfr/van-9/status", json.dumps({{"state": "online", "armed": True,
+          "reason": "armed", "device_id": "van-9"}}), qos=1, retain=True).wait_for_publish(5)
+print("up", flush=True)
+time.sleep(60)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+
+        def state() -> str | None:
+            devs = [d for d in handler.store.devices() if d["device_id"] == "van-9"]
+            return devs[0]["state"] if devs else None
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and state() != "online":
+            time.sleep(0.05)
+        assert state() == "online"
+        proc.kill()  # no DISCONNECT: the broker publishes the will after the keepalive
+        proc.wait(5)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and state() != "offline":
+            time.sleep(0.05)
+        (dev,) = [d for d in handler.store.devices() if d["device_id"] == "van-9"]
+        assert (dev["state"], dev["reason"]) == ("offline", "connection lost")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ingest.stop()

@@ -177,6 +177,15 @@ def test_user_add_refuses_a_bad_role_a_short_password_and_a_duplicate(
     r = console.edge("console", "user", "add", "pc-ops", "--role", "auditor", "--config",
                      str(console.config), "--password-stdin", stdin="long enough pw\n")
     assert r.returncode == 2 and "exists" in r.stderr and "Traceback" not in r.stderr
+    bad = console.dir / "bad.toml"
+    bad.write_text('[console]\nport = "x"\nkey_file = "/nonexistent/console.key"\n')
+    r = console.edge("console", "serve", "--config", str(bad))
+    assert r.returncode == 78 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines() == [
+        "edge: [console] port: must be an integer in 0..65535",
+        "edge: [console] key_file: /nonexistent/console.key does not exist",
+        "edge: [console] signing_key: required",
+    ]
 
 
 def test_https_from_the_config_and_plain_http_only_on_loopback(
@@ -212,3 +221,47 @@ def test_https_from_the_config_and_plain_http_only_on_loopback(
             httpx.get(server.url.replace("https", "http") + "/healthz", timeout=3)
     finally:
         server.stop()
+
+
+def test_deployments_and_the_report_page_from_the_vans_own_messages(
+    console: ConsoleServer, van: Van
+) -> None:
+    import json
+
+    armed = {"state": "armed", "deployment_id": "DEP-7", "bundle_id": "b" * 32,
+             "location": "Market <Square>", "subject_count": 12, "threshold": 0.6,
+             "window": {"start": "2026-11-22T09:00:00Z", "end": "2026-11-22T17:00:00Z"}}
+    van.publisher.enqueue("dep-armed", "deployment", json.dumps(armed).encode(), retain=True)
+    sup = console.session("sgt-sup")
+    assert _wait(lambda: "DEP-7" in sup.get("/deployments").text)
+    page = sup.get("/deployments").text
+    assert "Market &lt;Square&gt;" in page and "Market <Square>" not in page
+    report = f"/deployments/{van.device_id}/DEP-7"
+    assert "has not ended" in sup.get(report).text
+    ended = {**armed, "state": "ended", "faces_processed": 4321, "alerts": 5, "frames": 9,
+             "tracks": 8, "adjudications": {"confirmed": 2, "rejected": 3, "not_stopped": 0},
+             "end_reason": "end_command"}
+    van.publisher.enqueue("dep-end", "deployment", json.dumps(ended).encode(), retain=True)
+    assert _wait(lambda: "4321" in sup.get(report).text)
+    text = sup.get(report).text
+    assert "rejected (false alerts): 60 %" in text and "<svg" in text
+    assert console.session("aud-1").get(report).status_code == 200  # auditors read reports
+    assert console.session("pc-ops").get(report).status_code == 403
+
+
+def test_filter_by_device_and_legal_hold(console: ConsoleServer, van: Van) -> None:
+    record = make_record(van.device_id)
+    van.publisher.enqueue_alert(record)
+    ops, sup = console.session("pc-ops"), console.session("sgt-sup")
+    assert _wait(lambda: record.alert_id in ops.get("/alerts").text)
+    assert record.alert_id in ops.get(f"/alerts?device={van.device_id}").text
+    assert record.alert_id not in ops.get("/alerts?device=some-other-van").text
+    assert record.alert_id not in ops.get("/alerts?deployment=another-deployment").text
+    assert ops.get("/alerts?device=../etc").status_code == 400
+    url = f"/api/alerts/{record.alert_id}/hold"
+    assert sup.post(url, json={"on": True}).status_code == 403  # no CSRF token
+    assert ops.post(url, json={"on": True},
+                    headers={"X-CSRF-Token": csrf_of(ops)}).status_code == 403  # operator
+    r = sup.post(url, json={"on": True}, headers={"X-CSRF-Token": csrf_of(sup)})
+    assert r.status_code == 200 and r.json()["legal_hold"] is True
+    assert "on legal hold" in sup.get(f"/fragments/alert/{record.alert_id}").text

@@ -45,6 +45,26 @@ async def adjudicate(
     return JSONResponse(result)
 
 
+@router.post("/api/alerts/{alert_id}/hold")
+async def legal_hold(
+    request: Request, alert_id: str, c: Ctx, user: Annotated[User, Depends(require("fleet"))]
+) -> Response:
+    """A supervisor puts an alert (and its crop) on legal hold, or lifts it: kept past 31 days."""
+    check_csrf(request, user)
+    try:
+        body = json.loads(await request.body())
+        on = body["on"] if isinstance(body, dict) else None
+    except (ValueError, KeyError):
+        on = None
+    if not isinstance(on, bool):
+        raise HTTPException(400, 'body must be {"on": true|false}')
+    if not await asyncio.to_thread(c.store.set_legal_hold, alert_id, on):
+        raise HTTPException(404, "no such alert")
+    await asyncio.to_thread(c.store.log, user.name, "legal_hold", alert_id=alert_id, on=on)
+    c.hub.publish("alert_update", alert_id=alert_id)
+    return JSONResponse({"alert_id": alert_id, "legal_hold": on})
+
+
 def _jpeg(data: bytes) -> Response:
     return Response(data, media_type="image/jpeg",
                     headers={"Cache-Control": "no-store, private"})  # fmt: skip
@@ -105,7 +125,10 @@ def metrics(request: Request, c: Ctx) -> Response:
         if not (user.may("fleet") or user.may("audit")):
             raise HTTPException(403, "your role may not see the metrics")
     devices = c.store.devices()
+    chains = c.store.chains()
     gauges = {
+        "console_audit_chains_broken": float(sum(1 for ch in chains if ch["state"] == "broken")),
+        "console_audit_chains_with_gaps": float(sum(1 for ch in chains if ch["state"] == "gap")),
         "console_devices_online": float(sum(1 for d in devices if d["state"] == "online")),
         "console_devices_known": float(len(devices)),
         "console_devices_armed": float(sum(1 for d in devices if d["armed"])),
