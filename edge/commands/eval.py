@@ -52,6 +52,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector-input", type=_size, default=None, metavar="WxH",
                    help="RetinaFace input size, multiples of 32 (default 640x384)")
     p.add_argument("--threads", type=int, default=2, help="TFLite threads (default 2)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip-averaged embeddings, each chip and its mirror image "
+                   "(default: the embedder family's setting)")
 
 
 def register_verify(evsub: Any) -> None:
@@ -83,6 +86,7 @@ def run_verify(args: argparse.Namespace) -> int:
         landmarks=args.landmarks,
         threads=args.threads,
         detector_input=args.detector_input,
+        flip=args.flip,
     )
     report = verify(engine, pairs, progress=not args.no_progress)
     report["precision"] = precision
@@ -111,7 +115,7 @@ def _engine_from_args(args: argparse.Namespace) -> tuple[Any, str]:
     engine = FaceEngine.from_models(
         args.models_dir, embedder=args.embedder, precision=precision,
         detector=args.detector, landmarks=args.landmarks, threads=args.threads,
-        detector_input=args.detector_input,
+        detector_input=args.detector_input, flip=args.flip,
     )
     return engine, precision
 

@@ -16,6 +16,7 @@ result, tested in tests/test_mobilefacenet.py).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +32,14 @@ from edge.vision.runtime import TFLiteModel, shared_model
 F32 = npt.NDArray[np.float32]
 
 
+def embedder_identity(file_sha256: str, flip: bool) -> str:
+    """What a bundle and the device compare: the model file's sha256, or, for
+    flip-averaged embeddings (another function of the same file), sha256 of it + "+flip"."""
+    if not flip:
+        return file_sha256
+    return hashlib.sha256(f"{file_sha256}+flip".encode()).hexdigest()
+
+
 class Embedder:
     """One embedder model of one family."""
 
@@ -42,8 +51,13 @@ class Embedder:
         normalisation_in_model: bool = True,
         threads: int = 2,
         name: str = "",
+        flip: bool = False,
     ) -> None:
         self.family = family
+        # Flip-averaging: each chip and its mirror image are embedded and fused
+        # (edge.recognition.fusion's rule, done here so vision imports nothing of
+        # recognition); enrolment and the device must agree, so the bundle records it.
+        self.flip = flip
         self.name = name or Path(model_path).stem
         self.model: TFLiteModel = shared_model(model_path, threads)
         self.normalisation_in_model = normalisation_in_model
@@ -63,7 +77,10 @@ class Embedder:
             )
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, name: str, threads: int = 2) -> Embedder:
+    def from_manifest(
+        cls, manifest: Manifest, name: str, threads: int = 2, *, flip: bool | None = None
+    ) -> Embedder:
+        """``flip`` None: the family's default."""
         entry: ModelEntry = manifest.entry(name)
         if entry.role != "embedder":
             raise ModelError(f"model {name} is a {entry.role}, not an embedder")
@@ -76,7 +93,8 @@ class Embedder:
             raise ModelError(f"model {name} has no known embedder family ({fam_name!r})")
         in_model = bool(entry.input.normalisation_in_model) if entry.input else True
         path = manifest.verify(name)
-        return cls(path, family, normalisation_in_model=in_model, threads=threads, name=name)
+        return cls(path, family, normalisation_in_model=in_model, threads=threads, name=name,
+                   flip=family.flip if flip is None else flip)
 
     def _prepare(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.generic]:
         s = self.family.input_size
@@ -93,6 +111,21 @@ class Embedder:
 
     def embed(self, chips: Sequence[Chip | npt.NDArray[np.uint8]]) -> F32:
         """(N, D) float32 embeddings for N chips (``Chip`` or raw RGB arrays)."""
+        if not self.flip:
+            return self._embed(chips)
+        rgbs = [c.rgb if isinstance(c, Chip) else c for c in chips]
+        both = self._embed([*rgbs, *(np.ascontiguousarray(r[:, ::-1]) for r in rgbs)])
+        n = len(rgbs)
+        a, b = both[:n].astype(np.float64), both[n:].astype(np.float64)
+        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        mean = a / np.maximum(na, 1e-12)[:, None] + b / np.maximum(nb, 1e-12)[:, None]
+        mean /= np.maximum(np.linalg.norm(mean, axis=1), 1e-12)[:, None]
+        scale = 1.0 if self.family.metric == "cosine" else (na + nb) / 2.0
+        out: F32 = (mean * np.reshape(scale, (-1, 1))).astype(np.float32)
+        both.fill(0.0)
+        return out
+
+    def _embed(self, chips: Sequence[Chip | npt.NDArray[np.uint8]]) -> F32:
         out = np.zeros((len(chips), self.family.dim), dtype=np.float32)
         b = self.batch
         for i in range(0, len(chips), b):

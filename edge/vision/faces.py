@@ -23,7 +23,7 @@ from edge.errors import ModelError
 from edge.types import Chip, Detection, ImageU8
 from edge.vision.align import Aligner
 from edge.vision.detectors import DEFAULT_DETECTOR, FaceDetector, kind_of, make_detector
-from edge.vision.embed import Embedder
+from edge.vision.embed import Embedder, embedder_identity
 from edge.vision.families import EmbedderFamily
 from edge.vision.landmarks import (
     LANDMARKERS,
@@ -68,8 +68,11 @@ def _resolve(manifest: Manifest, wanted: str, role: str) -> str:
     return resolve(manifest, wanted, role)
 
 
-def default_landmarks(detector_kind: str) -> str:
-    """The landmarks that measured best with a detector (models/README.md)."""
+def default_landmarks(detector_kind: str, template: str) -> str:
+    """The landmarks that measured best with a detector and template (models/README.md):
+    the mesh for dlib's template; with RetinaFace, its own five points for ArcFace's."""
+    if detector_kind == "retinaface" and template == "arcface5":
+        return "retina"
     return DEFAULT_LANDMARKS_BY_KIND.get(detector_kind, DEFAULT_LANDMARKS)
 
 
@@ -100,6 +103,7 @@ class FaceEngine:
         landmarks: str | None = None,
         threads: int = 2,
         detector_input: tuple[int, int] | None = None,
+        flip: bool | None = None,
     ) -> FaceEngine:
         """Build the engine from ``models/manifest.json`` (each file sha256-checked).
 
@@ -110,12 +114,14 @@ class FaceEngine:
         if precision not in ("int8", "float32"):
             raise ModelError(f"unknown precision {precision!r} (use int8 or float32)")
         # The embedder first: a bad embedder file is then the one line a user sees.
-        emb = Embedder.from_manifest(manifest, _resolve(manifest, emb_name, "embedder"), threads)
+        emb = Embedder.from_manifest(
+            manifest, _resolve(manifest, emb_name, "embedder"), threads, flip=flip
+        )
         det_name, det = make_detector(
             manifest, detector, threads=threads, input_size=detector_input
         )
         kind = kind_of(manifest, det_name)
-        landmarks = landmarks or default_landmarks(kind)
+        landmarks = landmarks or default_landmarks(kind, emb.family.template)
         if landmarks not in LANDMARKERS:
             raise ModelError(
                 f"unknown landmarks {landmarks!r} (use {', '.join(LANDMARKERS)})"
@@ -143,8 +149,11 @@ class FaceEngine:
             "detector_sha256": manifest.entry(det_name).sha256,
             "landmarks": landmarks,
             "embedder": emb.name,
-            "embedder_sha256": manifest.entry(emb.name).sha256,
+            # the embedder as run (file sha256, or its flip-averaged identity): what a
+            # bundle must have been made with
+            "embedder_sha256": embedder_identity(manifest.entry(emb.name).sha256, emb.flip),
             "family": emb.family.name,
+            "flip": "on" if emb.flip else "off",
         }
         return cls(det, lm, emb, model_info=info)
 

@@ -32,6 +32,7 @@ class EmbedderFamily:
     dim: int
     metric: Metric
     threshold: float  # recommended similarity
+    flip: bool = False  # flip-averaged embeddings by default (see models/README.md)
 
     @classmethod
     def from_spec(cls, name: str, spec: FamilySpec) -> EmbedderFamily:
@@ -46,6 +47,7 @@ class EmbedderFamily:
             dim=spec.embedding_size,
             metric=spec.metric,
             threshold=spec.threshold,
+            flip=spec.flip,
         )
 
     def normalise(self, chips_rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:

@@ -41,6 +41,7 @@ class FamilySpec(_Loose):
     embedding_size: int = Field(gt=0)
     metric: Literal["euclidean", "cosine"]
     threshold: float
+    flip: bool = False
 
 
 class SourceSpec(_Loose):

@@ -441,13 +441,14 @@ class _EngineInfo(Protocol):
 def embedder_info(engine: _EngineInfo, models_dir: Path | None) -> EmbedderInfo:
     """The bundle's embedder description for a loaded FaceEngine (name, manifest sha256,
     family, metric, dim). The daemon compares the bundle's sha256 with the same value."""
+    from edge.vision.embed import embedder_identity
     from edge.vision.manifest import Manifest
 
     name = str(engine.embedder.name)
     entry = Manifest.load(models_dir).entry(name)
     return EmbedderInfo(
         name=name,
-        sha256=entry.sha256,
+        sha256=embedder_identity(entry.sha256, bool(getattr(engine.embedder, "flip", False))),
         family=str(engine.family.name),
         metric=engine.family.metric,
         dim=int(engine.family.dim),
