@@ -18,6 +18,7 @@ from edge.evaluation.identify import (
     lfw_sets,
     parse_probe_images,
     probe_templates,
+    ungroup,
 )
 from edge.recognition.fusion import fuse
 
@@ -45,6 +46,10 @@ def test_group_probes_disjoint_groups_of_k(tmp_path: Path) -> None:
     ]  # A_0006 does not fill a group; D has one probe image; B is single
     assert g2.gallery == s.gallery and g2.probe_images == 2
     assert (g2.mated, g2.non_mated) == (3, 0)
+    flat = ungroup(g2)  # the same images, one probe each
+    assert sorted((p.identity, p.path.name) for p in flat.probes) == sorted(
+        (n, x) for n, xs in _names(g2) for x in xs)
+    assert flat.probe_images == 1 and flat.gallery == s.gallery
     g3 = group_probes(s, 3)
     assert _names(g3) == [("A", ["A_0002.png", "A_0003.png", "A_0004.png"])]
     with pytest.raises(UsageError, match="no mated identity has 9 probe images"):
@@ -147,3 +152,11 @@ def test_lfw_fused_probes_end_to_end(
     assert one["images_embedded"] == two["images_embedded"] == 30  # each image once
     assert two["rank1"] >= 5 / 6
     assert "2 images fused per probe" in two["protocol"]
+    base = two["same_images_one_by_one"]  # the fused probes' own images, one by one
+    assert base["counts"]["mated_probes"] == 12 and base["counts"]["non_mated_probes"] == 12
+    assert "same_images_one_by_one" not in one
+    code = main(["eval", "identify", "--gallery", str(tmp_path / "g"), "--probes",
+                 str(tmp_path / "p"), "--probe-images", "2", "--fpir", "0.2", "--threads",
+                 "1", "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 0 and "of 2 images each (fused)" in text and "one by one" in text

@@ -83,6 +83,7 @@ from edge.evaluation.identify_sets import (
     folder_sets,
     group_probes,
     lfw_sets,
+    ungroup,
 )
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ __all__ = [
     "mated_wrong_top", "nonmated_top", "operating_points", "parse_fpirs", "parse_probe_images",
     "pick_detection", "point_at", "probe_templates", "rank1_rate", "read_image", "report",
     "run_identify", "run_identify_many", "score_search", "score_searches", "subject_scores",
-    "threshold_for_fpir", "top_scores",
+    "threshold_for_fpir", "top_scores", "ungroup",
 ]
 
 
@@ -131,14 +132,23 @@ def run_identify_many(
     """One (score set, report) per K in ``probe_images``, every image embedded once."""
     grouped = [group_probes(sets, k) for k in probe_images]
     labels = [label if k == 1 else f"{label}, {k} images" for k in probe_images]
+    # For K > 1, the same images searched one by one: the gain of fusing, population alike.
+    singles = [ungroup(g) for g, k in zip(grouped, probe_images, strict=True) if k > 1]
     stats = EmbedStats()
     scored = score_searches(
-        engine, grouped, labels=labels, choose=choose, fallback=fallback, progress=progress,
-        stats=stats,
+        engine, [*grouped, *singles], labels=[*labels, *(f"{label}, single" for _ in singles)],
+        choose=choose, fallback=fallback, progress=progress, stats=stats,
     )
+    baselines = iter(scored[len(grouped):])
     out: list[tuple[ScoreSet, dict[str, Any]]] = []
-    for ss, g in zip(scored, grouped, strict=True):
+    for ss, g, k in zip(scored[: len(grouped)], grouped, probe_images, strict=True):
         rep = report(ss, fpirs, family_threshold=engine.family.threshold)
+        if k > 1:
+            base = report(next(baselines), fpirs)
+            rep["same_images_one_by_one"] = {
+                key: base[key] for key in ("counts", "rank1", "fpir_resolution",
+                                           "operating_points")
+            }
         rep["protocol"] = g.protocol
         rep["face_choice"] = choose
         rep["detection"] = {

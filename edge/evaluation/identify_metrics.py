@@ -223,6 +223,13 @@ def format_text(rep: dict[str, Any]) -> list[str]:
             f"FNIR {p['fnir']}, measured FPIR {p['fpir']} ({p['false_positives']} false "
             f"positives){note}"
         )
+    base = rep.get("same_images_one_by_one")
+    if base:
+        pts = ", ".join(f"TPIR {p['tpir']} at FPIR {p['fpir_target']:.6g}"
+                        for p in base["operating_points"])
+        lines.append(f"  the same images one by one ({base['counts']['mated_probes']} mated, "
+                     f"{base['counts']['non_mated_probes']} non-mated): rank-1 {base['rank1']}"
+                     f"{', ' + pts if pts else ''}")
     fam = rep.get("at_family_threshold")
     if fam:
         lines.append(

@@ -134,3 +134,10 @@ def group_probes(sets: SearchSet, k: int) -> SearchSet:
     if out.mated == 0:
         raise UsageError(f"--probe-images {k}: no mated identity has {k} probe images")
     return out
+
+
+def ungroup(sets: SearchSet) -> SearchSet:
+    """Every image of a K-image search set as a one-image probe: the single-image baseline on
+    exactly the images the fused probes use."""
+    probes = [Probe(x, p.identity) for p in sets.probes for x in p.paths]
+    return SearchSet(sets.gallery, probes, f"{sets.protocol}; its images one by one")
