@@ -109,6 +109,8 @@ def test_parse_probe_images() -> None:
         (["eval", "calibrate", "--lfw", "{t}/g", "--probe-images", "1,2", "--watchlist-size",
           "5"], "calibrate takes one K"),
         (["eval", "identify", "--lfw", "{t}/g", "--holdout", "1.5"], "--holdout"),
+        (["eval", "identify", "--gallery", "{t}/g", "--probes", "{t}/g", "--holdout", "0.5"],
+         "--holdout is for --lfw"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -154,6 +154,9 @@ def _search_set(args: argparse.Namespace) -> Any:
             holdout = 0.5 if args.probe_images is not None else 0.0
         sets = lfw_sets(args.lfw, holdout)
     elif args.gallery is not None and args.probes is not None:
+        if args.holdout is not None:
+            raise UsageError("--holdout is for --lfw (with folders, the probes folder says "
+                             "who is non-mated)")
         sets = folder_sets(args.gallery, args.probes)
     else:
         raise UsageError("say where the faces are: --lfw DIR, or --gallery DIR --probes DIR")
