@@ -213,3 +213,43 @@ def test_after_a_sigkill_the_last_will_says_the_armed_state_the_device_had(
     will = next(json.loads(m.payload) for m in reversed(recorder.messages)
                 if m.topic.endswith("/status") and b'"offline"' in m.payload)
     assert (will["state"], will["reason"], will["armed"]) == ("offline", "connection lost", True)
+
+
+def test_a_restart_on_a_full_state_disk_comes_up_and_delivers(
+    device: Callable[..., td.DaemonProc], broker: Any, keys: td.Keys, tmp_path: Path
+) -> None:
+    """What crash-looped before: SIGKILLed mid-run, restarted while the state disk is
+    full (deployment state, audit and outbox cannot be written). It starts, arms, and its
+    alerts reach the control room from RAM; once the disk is freed it persists again."""
+    state = tmp_path / "state"
+    with mounted(state, "8m") as disk:
+        shutil.copy(keys.bundle, state / "watchlist.bundle")
+        recorder = broker.recorder()
+        daemon = device(td.blinking_folder(tmp_path / "frames"), loop=True, fps=25.0,
+                        extra=COOLDOWN)  # fmt: skip
+        daemon.start()
+        try:
+            assert daemon.wait_log(lambda t: len(td.ALERT_LOG.findall(t)) >= 1, 180)
+            daemon.kill()
+            disk.fill()
+            before = set(daemon.alert_ids())
+            daemon.start()
+            assert daemon.wait_log(
+                lambda t: len(set(td.ALERT_LOG.findall(t)) - before) >= 3, 180
+            ), daemon.text()[-3000:]
+            assert daemon.proc is not None and daemon.proc.poll() is None, "it exited"
+            new = set(daemon.alert_ids()) - before
+            assert recorder.wait_for(lambda ms: new <= {
+                a["alert_id"] for a in td.alert_payloads(recorder)}, 60), daemon.text()[-3000:]
+            disk.free()
+            assert daemon.wait_log(lambda t: "writable again" in t, 60), daemon.text()[-3000:]
+            assert daemon.terminate() == 0
+            produced = set(daemon.alert_ids())
+            assert recorder.wait_for(lambda ms: produced <= {
+                a["alert_id"] for a in td.alert_payloads(recorder)}, 60)
+            audit = subprocess.run(td.edge_cmd("audit", "verify", str(state / "audit.log")),
+                                   capture_output=True, text=True, check=False)  # fmt: skip
+            assert audit.returncode == 0, audit.stderr
+        finally:
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.kill()
