@@ -2,7 +2,7 @@
 
 Faces come from an LFW-style folder (one sub-folder per identity, aligned
 crops with the face in the middle, like LFW deep-funneled's 250x250 images).
-Each passer-by is one picture of one identity, cut out with a soft elliptical
+Each passer-by is one picture of one identity (or, with ``views``, several), cut out with a soft elliptical
 head mask (or shown as the whole tile), scaled so that its face is 60-160 px
 wide, and moved across a procedural background (gradients, shop fronts,
 texture; no external images) with its own lighting, colour cast, blur and a
@@ -24,7 +24,9 @@ A street that looks like one (``edge simulate --degrade``, or each effect on its
 the camera's per-frame effects of :mod:`edge.evaluation.simulate_camera` (motion blur
 along the walk, defocus, sensor noise, JPEG compression, brightness and gamma drift, a
 head's roll and scale wobble), and ``views``: a passer-by shows several of its
-identity's images along the walk (as a head turns), never an enrolled one.
+identity's images along the walk (as a head turns), never an enrolled one; the truth's
+``image`` names the first. The scale wobble moves the truth boxes with the face; the
+truth file's format is the same with or without effects (``params`` records them).
 
 The code is split by seam: :mod:`simulate_config` (settings), :mod:`simulate_plan`
 (the plan and its truth), :mod:`simulate_render` (pixels and the MP4),
