@@ -3,8 +3,8 @@
 Faces come from an LFW-style folder (one sub-folder per identity, aligned
 crops with the face in the middle, like LFW deep-funneled's 250x250 images).
 Each passer-by is one picture of one identity (or, with ``views``, several), cut
-out with a soft elliptical head mask (or shown as the whole tile), scaled so that its face is 60-160 px
-wide, and moved across a procedural background (gradients, shop fronts,
+out with a soft elliptical head mask (or shown as the whole tile), scaled so that
+its face is 60-160 px wide, and moved across a procedural background (gradients, shop fronts,
 texture; no external images) with its own lighting, colour cast, blur and a
 small roll; the frame gets slow global lighting changes and sensor noise.
 Passers-by further away are smaller and higher in the frame; some cross the
