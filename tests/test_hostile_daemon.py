@@ -68,6 +68,7 @@ POISON = [
     b'{"a": 1e999}',
     b"x" * 100_000,
     ('{"a":' * 500 + "1" + "}" * 500).encode(),
+    b"y" * 300_000,  # over the device's MaximumPacketSize: the broker never sends it
 ]
 
 
