@@ -470,6 +470,30 @@ def test_runs_as_dedicated_user_with_hardening(fleet: Fleet) -> None:
         assert props == {"ProtectSystem": "strict", "PrivateTmp": "yes", "DevicePolicy": "closed"}
 
 
+def test_no_core_dump_no_swap_and_a_descriptor_limit(fleet: Fleet) -> None:
+    """Issue 13 item 3, issue 14: the running daemon cannot be dumped or swapped to flash."""
+    with journal_on_failure(fleet):
+        props = fleet.host.show(
+            "edge.service", "LimitCORE", "LimitNOFILE", "MemorySwapMax", "MainPID"
+        )
+        assert props["LimitCORE"] == "0" and props["MemorySwapMax"] == "0", props
+        assert props["LimitNOFILE"] == "4096", props
+        pid = props["MainPID"]
+        limits = fleet.host.run(f"cat /proc/{pid}/limits", check=True).stdout.splitlines()
+        core = next(ln for ln in limits if ln.startswith("Max core file size")).split()
+        assert core[4:6] == ["0", "0"]
+        files = next(ln for ln in limits if ln.startswith("Max open files")).split()
+        assert files[3:5] == ["4096", "4096"]
+        # PR_SET_DUMPABLE 0 (edge.service.hardening): the kernel gives the process's /proc
+        # files to root although it runs as edge.
+        owner = fleet.host.run(f"stat -c %u /proc/{pid}/status", check=True).stdout.strip()
+        assert owner == "0"
+        # The role left no disk swap configured (zram would be allowed).
+        fstab = fleet.host.run("cat /etc/fstab", check=False).stdout.splitlines()
+        active = [ln for ln in fstab if ln.split()[2:3] == ["swap"] and not ln.startswith("#")]
+        assert [ln for ln in active if not ln.startswith("/dev/zram")] == []
+
+
 def test_publishes_online_over_mutual_tls(fleet: Fleet) -> None:
     with journal_on_failure(fleet):
         room = MqttClient(fleet.pki, CONTROL_ROOM, fleet.broker_port)
