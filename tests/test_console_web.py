@@ -35,8 +35,8 @@ def shared_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 @pytest.fixture(scope="module")
 def console(shared_broker: Broker,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:  # fmt: skip
-    """One console for the module (each test uses its own users and vans)."""
-    server = ConsoleServer(shared_broker, tmp_path_factory.mktemp("console"))
+    """One console for the module, over HTTPS (each test uses its own users and vans)."""
+    server = ConsoleServer(shared_broker, tmp_path_factory.mktemp("console"), https=True)
     server.add_user("pc-ops", "operator", cli=True)
     for name, role in (("sgt-sup", "supervisor"), ("aud-1", "auditor"),
                        ("pc-locked", "operator"), ("pc-out", "operator")):
@@ -66,7 +66,7 @@ def _wait(predicate: object, timeout: float = 15.0) -> bool:
 
 
 def test_every_page_and_call_needs_a_login(console: ConsoleServer) -> None:
-    anon = httpx.Client(base_url=console.url, timeout=10)
+    anon = httpx.Client(base_url=console.url, timeout=10, verify=console.verify)
     for path in ("/", "/alerts", "/fleet", "/deployments", "/audit"):
         r = anon.get(path)
         assert r.status_code == 303 and r.headers["location"] == "/login", path
@@ -88,12 +88,13 @@ def test_roles_decide_what_each_user_sees(console: ConsoleServer) -> None:
     token = csrf_of(ops)
     cookie = ops.cookies.get("console_session")
     assert ops.post("/logout", data={"csrf": token}).status_code == 303
-    stale = httpx.Client(base_url=console.url, cookies={"console_session": cookie or ""})
+    stale = httpx.Client(base_url=console.url, cookies={"console_session": cookie or ""},
+                         verify=console.verify)
     assert stale.get("/alerts").status_code == 303
 
 
 def test_wrong_passwords_are_refused_then_rate_limited(console: ConsoleServer) -> None:
-    client = httpx.Client(base_url=console.url, timeout=10)
+    client = httpx.Client(base_url=console.url, timeout=10, verify=console.verify)
     codes = []
     for _ in range(7):
         token = client.get("/login").text.split('name="csrf" value="')[1].split('"')[0]
@@ -156,7 +157,7 @@ def test_metrics_in_prometheus_format(console: ConsoleServer, van: Van) -> None:
     assert value("console_ingest_latency_seconds_count") == before + 1
     assert console.session("pc-ops").get("/metrics").status_code == 403
     # Prometheus scrapes with the configured bearer token, without a login.
-    anon = httpx.Client(base_url=console.url, timeout=10)
+    anon = httpx.Client(base_url=console.url, timeout=10, verify=console.verify)
     ok = anon.get("/metrics", headers={"Authorization": f"Bearer {console.metrics_token}"})
     assert ok.status_code == 200 and "console_alerts_received_total" in ok.text
     assert ok.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -165,23 +166,34 @@ def test_metrics_in_prometheus_format(console: ConsoleServer, van: Van) -> None:
 
 
 def test_user_add_refuses_a_bad_role_a_short_password_and_a_duplicate(
-    console: ConsoleServer,
+    console: ConsoleServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    r = console.edge("console", "user", "add", "x", "--role", "admin", "--config",
-                     str(console.config), "--password-stdin", stdin="long enough pw\n")
-    assert r.returncode == 2 and "invalid choice" in r.stderr
-    r = console.edge("console", "user", "add", "newbie", "--role", "auditor", "--config",
-                     str(console.config), "--password-stdin", stdin="short\n")
-    assert r.returncode == 2 and r.stderr.strip() == \
-        "edge: the password must have at least 10 characters"
-    r = console.edge("console", "user", "add", "pc-ops", "--role", "auditor", "--config",
-                     str(console.config), "--password-stdin", stdin="long enough pw\n")
-    assert r.returncode == 2 and "exists" in r.stderr and "Traceback" not in r.stderr
+    import io
+
+    from edge.cli import main
+
+    def edge(*args: str, stdin: str = "") -> tuple[int, str]:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse
+            code = int(exc.code or 0)
+        return code, capsys.readouterr().err
+
+    add = ("console", "user", "add")
+    cfg = ("--config", str(console.config), "--password-stdin")
+    code, err = edge(*add, "x", "--role", "admin", *cfg, stdin="long enough pw\n")
+    assert code == 2 and "invalid choice" in err
+    code, err = edge(*add, "newbie", "--role", "auditor", *cfg, stdin="short\n")
+    assert (code, err.strip()) == (2, "edge: the password must have at least 10 characters")
+    code, err = edge(*add, "pc-ops", "--role", "auditor", *cfg, stdin="long enough pw\n")
+    assert code == 2 and "exists" in err and "Traceback" not in err
+    code, err = edge(*add, "bad name!", "--role", "auditor", *cfg, stdin="long enough pw\n")
+    assert code == 2 and "user name" in err
     bad = console.dir / "bad.toml"
     bad.write_text('[console]\nport = "x"\nkey_file = "/nonexistent/console.key"\n')
-    r = console.edge("console", "serve", "--config", str(bad))
-    assert r.returncode == 78 and "Traceback" not in r.stderr
-    assert r.stderr.splitlines() == [
+    code, err = edge("console", "serve", "--config", str(bad))
+    assert code == 78 and err.splitlines() == [
         "edge: [console] port: must be an integer in 0..65535",
         "edge: [console] key_file: /nonexistent/console.key does not exist",
         "edge: [console] signing_key: required",
@@ -189,7 +201,7 @@ def test_user_add_refuses_a_bad_role_a_short_password_and_a_duplicate(
 
 
 def test_https_from_the_config_and_plain_http_only_on_loopback(
-    shared_broker: Broker, tmp_path: Path
+    console: ConsoleServer, tmp_path: Path
 ) -> None:
     from edge.console.config import from_dict
     from edge.errors import ConfigError
@@ -203,24 +215,21 @@ def test_https_from_the_config_and_plain_http_only_on_loopback(
         from_dict({"console": base, "mqtt": {"host": "broker.example"}}, tmp_path)
     with pytest.raises(ConfigError, match="unknown key"):
         from_dict({"console": {**base, "passwd": "x"}}, tmp_path)
-    server = ConsoleServer(shared_broker, tmp_path / "tls", client_id="console-tls", https=True)
-    server.add_user("pc-ops", "operator")
-    server.start()
-    try:
-        assert server.url.startswith("https://")
-        client = httpx.Client(base_url=server.url, verify=server.verify, timeout=10)
-        token = client.get("/login").text.split('name="csrf" value="')[1].split('"')[0]
-        r = client.post("/login", data={"name": "pc-ops", "password": "correct horse battery",
-                                        "csrf": token})
-        assert r.status_code == 303
-        cookie = r.headers["set-cookie"]
-        assert "console_session=" in cookie and "Secure" in cookie and "HttpOnly" in cookie
-        assert "SameSite=strict" in cookie
-        assert client.get("/alerts").status_code == 200
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(server.url.replace("https", "http") + "/healthz", timeout=3)
-    finally:
-        server.stop()
+    # This module's console runs with the certificate from its config.
+    assert console.url.startswith("https://")
+    client = httpx.Client(base_url=console.url, verify=console.verify, timeout=10)
+    token = client.get("/login").text.split('name="csrf" value="')[1].split('"')[0]
+    r = client.post("/login", data={"name": "sgt-sup", "password": "correct horse battery",
+                                    "csrf": token})
+    assert r.status_code == 303
+    cookie = r.headers["set-cookie"]
+    assert "console_session=" in cookie and "Secure" in cookie and "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    assert client.get("/fleet").status_code == 200
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(console.url.replace("https", "http") + "/healthz", timeout=3)
+    with pytest.raises(httpx.HTTPError):  # a client that does not trust the CA
+        httpx.get(console.url + "/healthz", timeout=3)
 
 
 def test_deployments_and_the_report_page_from_the_vans_own_messages(

@@ -114,8 +114,10 @@ def run_serve(args: argparse.Namespace) -> int:
     ssl: dict[str, Any] = {}
     if cfg.https:
         ssl = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)}
+    # Open SSE streams and idle keep-alive connections do not hold up a stop for long.
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.listen, port=cfg.port,
-                                           log_level="warning", access_log=False, **ssl))
+                                           log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=3, **ssl))
     scheme = "https" if cfg.https else "http"
     ingest.start()
     console.start()

@@ -3,7 +3,7 @@
 :meth:`Hub.publish` may be called from any thread; each subscriber is an
 :class:`asyncio.Queue` on the web server's event loop, fed with
 ``loop.call_soon_threadsafe``. A subscriber that falls :data:`MAX_QUEUE` events behind
-loses the oldest (a page reloads its lists when it sees a ``resync`` event).
+loses the oldest and is sent ``resync`` (the page then fetches its rows again).
 """
 
 from __future__ import annotations

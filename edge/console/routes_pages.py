@@ -106,6 +106,15 @@ def alerts_page(request: Request, c: Ctx, user: Annotated[User, Depends(require(
                  deployment=deployment or "", devices=[d["device_id"] for d in c.store.devices()])
 
 
+@router.get("/fragments/alerts", response_class=HTMLResponse)
+def alert_rows(request: Request, c: Ctx, user: Annotated[User, Depends(require("alerts"))],
+               device: str | None = None, deployment: str | None = None) -> Response:  # fmt: skip
+    """The queue's rows, for a page whose live stream (re)connects: nothing is missed."""
+    device, deployment = _id_or_none(device), _id_or_none(deployment)
+    rows = [_alert_view(c, r) for r in c.store.alerts(device_id=device, deployment_id=deployment)]
+    return _page(c, request, "_alert_rows.html", user, alerts=rows)
+
+
 @router.get("/fragments/alert/{alert_id}", response_class=HTMLResponse)
 def alert_row(request: Request, alert_id: str, c: Ctx,
               user: Annotated[User, Depends(require("alerts"))]) -> Response:  # fmt: skip
@@ -123,6 +132,13 @@ def fleet_page(request: Request, c: Ctx,
                user: Annotated[User, Depends(require("fleet"))]) -> Response:  # fmt: skip
     devices = sorted(c.store.devices(), key=lambda d: (d["state"] == "online", d["device_id"]))
     return _page(c, request, "fleet.html", user, devices=devices)
+
+
+@router.get("/fragments/fleet", response_class=HTMLResponse)
+def fleet_rows(request: Request, c: Ctx,
+               user: Annotated[User, Depends(require("fleet"))]) -> Response:  # fmt: skip
+    devices = sorted(c.store.devices(), key=lambda d: (d["state"] == "online", d["device_id"]))
+    return _page(c, request, "_device_rows.html", user, devices=devices)
 
 
 @router.get("/fragments/device/{device_id}", response_class=HTMLResponse)

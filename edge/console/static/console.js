@@ -61,10 +61,38 @@
     if (ev.target.id === "print") window.print();
   });
 
+  // Whenever the stream (re)connects, fetch the current rows: anything that changed
+  // between the page's render and the stream's start (or while it was down) is shown.
+  async function resync() {
+    let url = null, table = null;
+    if (page === "alerts") {
+      table = document.getElementById("alerts");
+      const q = new URLSearchParams({ device: table.dataset.device, deployment: table.dataset.deployment });
+      url = "/fragments/alerts?" + q.toString();
+    } else if (page === "fleet") {
+      table = document.getElementById("fleet");
+      url = "/fragments/fleet";
+    }
+    if (!url || !table) return;
+    const r = await fetch(url, { credentials: "same-origin" });
+    if (!r.ok) return;
+    const tpl = document.createElement("template");
+    tpl.innerHTML = await r.text();  // server-rendered, autoescaped HTML
+    table.tBodies[0].replaceChildren(tpl.content);
+    if (table.tBodies[0].rows.length) {
+      const none = document.getElementById("no-alerts");
+      if (none) none.remove();
+    }
+  }
+
   if (!csrf) return;  // not logged in: no stream
   const live = document.getElementById("live");
   const source = new EventSource("/events");
-  source.onopen = () => { if (live) live.classList.add("on"); document.body.dataset.live = "1"; };
+  source.onopen = async () => {
+    await resync();
+    if (live) live.classList.add("on");
+    document.body.dataset.live = "1";
+  };
   source.onerror = () => { if (live) live.classList.remove("on"); };
   source.onmessage = (msg) => {
     let ev;
@@ -72,9 +100,9 @@
     if (page === "alerts") {
       if (ev.type === "alert") alertRow(ev.alert_id, true);
       else if (ev.type === "alert_update") alertRow(ev.alert_id, false);
-      else if (ev.type === "resync") window.location.reload();
     } else if (page === "fleet" && ev.type === "device") {
       deviceRow(ev.device_id);
     }
+    if (ev.type === "resync") resync();  // this page fell behind the stream
   };
 })();
