@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace, work: Path, broker: DevBroker, proc: subproce
         # The observer is injected by Playwright: allow it past the page's CSP (only here).
         page = browser.new_page(viewport={"width": 1400, "height": 900}, bypass_csp=True)
         _login(page, url, "sgt-bench")
-        page.wait_for_function("document.body.dataset.live === '1'")
+        page.locator("body[data-live='1']").wait_for()
         page.evaluate(OBSERVER)
         interval = 60.0 / args.per_minute
         start = time.monotonic()

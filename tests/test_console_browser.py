@@ -99,7 +99,7 @@ def test_an_alert_appears_live_is_adjudicated_and_the_van_records_the_officer(
         assert page.url.endswith("/login")  # refused without login
         _login(page, console, "pc-ops")
         assert page.url.endswith("/alerts")
-        page.wait_for_function("document.body.dataset.live === '1'")
+        page.locator("body[data-live='1']").wait_for()
         page.evaluate("window.__noReload = true")
         record = make_record(van.device_id, subject_id=HOSTILE, category="missing_person")
         van.publisher.enqueue_alert(record)
@@ -137,7 +137,7 @@ def test_a_van_going_offline_shows_on_the_fleet_page(
     with screenshot_on_failure(page, tmp_path):
         _login(page, console, "sgt-sup")
         page.goto(console.url + "/fleet")
-        page.wait_for_function("document.body.dataset.live === '1'")
+        page.locator("body[data-live='1']").wait_for()
         row = page.locator(f"#device-{van.device_id}")
         row.locator(".badge.online").wait_for(timeout=15_000)
         page.evaluate("window.__noReload = true")
