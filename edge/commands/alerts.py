@@ -356,9 +356,8 @@ def run_adjudicate(args: argparse.Namespace) -> int:
         target = topic(args.device, "adjudications")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    adj = {"alert_id": args.alert_id, "decision": args.decision, "officer": args.officer,
-           "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))
-           + f".{int(at * 1000) % 1000:03d}Z"}  # fmt: skip
+    body = json.loads(json.loads(payload)["body"])  # what was signed, exactly
+    adj = {k: body[k] for k in ("alert_id", "decision", "officer", "at")}
     settings = _settings(args)
     client = _client(args, settings, "edge-adjudicate")
     acked = threading.Event()
