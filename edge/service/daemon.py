@@ -26,6 +26,10 @@ the audit log, the deployment state and the adjudication ledger keep what they c
 write and retry each tick. While anything is only in memory, ``STATUS=`` and the
 ``status`` topic say ``not persisting: ...``; when the disk takes writes again a
 ``disk_writable_again`` entry is audited.
+
+Why one module of ~500 lines: it is the composition root (every component is built
+here, once, from the settings) and the one main loop that orders control decisions
+between frames; the parts with logic of their own live in their packages.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from edge.service.hardening import forbid_core_dumps
 from edge.service.health import HealthMonitor, WatchdogPinger
 from edge.service.sdnotify import SystemdNotifier
 from edge.service.signals import Request, SignalRequests
-from edge.service.sources import make_source
+from edge.service.sources import SourceError, make_source
 from edge.types import AlertRecord
 from edge.vision.faces import FaceEngine
 from edge.vision.quality import QualityGate
@@ -237,6 +241,7 @@ class Daemon:
                 size=src.size,
                 fps=src.fps,
                 detect_size=src.lores_size,
+                camera=src.camera_options(),
             ),
             maxsize=src.queue_frames,
             on_checkin=lambda: self.health.checkin("capture"),
@@ -426,6 +431,7 @@ class Daemon:
             log.info("edge run: %s", self._last_status_line)
             next_tick = next_status = 0.0
             reason = "stopped"
+            failed = False
             try:
                 while True:
                     request = signals.poll()
@@ -464,6 +470,11 @@ class Daemon:
                         continue
                     if isinstance(item, EndOfStream):
                         reason = "end of stream"
+                        if self.capture.status.state == "failed":
+                            # A source retrying cannot fix: exit non-zero so that systemd
+                            # (Restart=on-failure) restarts or reports the unit.
+                            reason = "camera failed"
+                            failed = True
                         break
                     self._count_fps(time.monotonic())
                     if not self.recognizer.armed:
@@ -477,7 +488,7 @@ class Daemon:
                     del outcome, item
             finally:
                 self._shutdown(reason)
-        return 0
+        return SourceError.exit_code if failed else 0
 
     def _count_fps(self, now: float) -> None:
         window = self._frames_window
