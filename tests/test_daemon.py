@@ -484,3 +484,13 @@ def test_corrupt_model_is_one_clear_line(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "dlib_resnet_v1_int8.tflite" in lines[0]
+
+
+def test_a_camera_that_cannot_work_exits_non_zero(device: Callable[..., DaemonProc]) -> None:
+    """A fatal source error (here: picamera2 without libcamera) ends the run with the
+    source's exit code, so systemd's Restart=on-failure restarts or reports the unit."""
+    env = {"EDGE_SOURCE__KIND": "picamera2", "EDGE_SOURCE__URI": "0"}
+    daemon = device(CLIP, env=env).start()
+    code = daemon.wait(120)
+    assert code == 7, daemon.text()[-3000:]
+    assert "camera failed" in daemon.text()
