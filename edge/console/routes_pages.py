@@ -92,16 +92,16 @@ def home(user: Annotated[User, Depends(current_user)]) -> Response:
 # -- alerts ---------------------------------------------------------------------------------
 
 
-def _alert_view(c: Context, row: dict[str, Any]) -> dict[str, Any]:
-    refs = c.store.reference(row["deployment_id"], row["subject_id"]) is not None
-    return {**row, "has_reference": refs}
+def _alert_views(c: Context, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    refs = c.store.reference_keys({r["deployment_id"] for r in rows})
+    return [{**r, "has_reference": (r["deployment_id"], r["subject_id"]) in refs} for r in rows]
 
 
 @router.get("/alerts", response_class=HTMLResponse)
 def alerts_page(request: Request, c: Ctx, user: Annotated[User, Depends(require("alerts"))],
                 device: str | None = None, deployment: str | None = None) -> Response:  # fmt: skip
     device, deployment = _id_or_none(device), _id_or_none(deployment)
-    rows = [_alert_view(c, r) for r in c.store.alerts(device_id=device, deployment_id=deployment)]
+    rows = _alert_views(c, c.store.alerts(device_id=device, deployment_id=deployment))
     return _page(c, request, "alerts.html", user, alerts=rows, device=device or "",
                  deployment=deployment or "", devices=[d["device_id"] for d in c.store.devices()])
 
@@ -111,7 +111,7 @@ def alert_rows(request: Request, c: Ctx, user: Annotated[User, Depends(require("
                device: str | None = None, deployment: str | None = None) -> Response:  # fmt: skip
     """The queue's rows, for a page whose live stream (re)connects: nothing is missed."""
     device, deployment = _id_or_none(device), _id_or_none(deployment)
-    rows = [_alert_view(c, r) for r in c.store.alerts(device_id=device, deployment_id=deployment)]
+    rows = _alert_views(c, c.store.alerts(device_id=device, deployment_id=deployment))
     return _page(c, request, "_alert_rows.html", user, alerts=rows)
 
 
@@ -121,7 +121,7 @@ def alert_row(request: Request, alert_id: str, c: Ctx,
     row = c.store.alert(alert_id)
     if row is None:
         raise HTTPException(404, "no such alert")
-    return _page(c, request, "_alert_row.html", user, a=_alert_view(c, row))
+    return _page(c, request, "_alert_row.html", user, a=_alert_views(c, [row])[0])
 
 
 # -- fleet ----------------------------------------------------------------------------------

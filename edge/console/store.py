@@ -267,6 +267,16 @@ class Store(AuthStore):
             row = conn.execute(q).first()
             return None if row is None else bytes(row[0])
 
+    def reference_keys(self, deployment_ids: set[str]) -> set[tuple[str, str]]:
+        """Which (deployment, subject) pairs have a reference image (no image read)."""
+        r = t.reference_images
+        if not deployment_ids:
+            return set()
+        q = sa.select(r.c.deployment_id, r.c.subject_id).where(
+            r.c.deployment_id.in_(sorted(deployment_ids)))
+        with self.engine.connect() as conn:
+            return {(str(d), str(sid)) for d, sid in conn.execute(q)}
+
     def reference_deployments(self) -> dict[str, tuple[int, float]]:
         r = t.reference_images
         q = sa.select(r.c.deployment_id, sa.func.count(), sa.func.max(r.c.window_end_ts)
@@ -305,6 +315,11 @@ class Store(AuthStore):
             verified: list[int] = []
             if outcome == "conflict" and not state.broken:
                 new = conflict(state, parsed["seq"])
+            elif outcome == "new" and not state.broken and parsed["seq"] > state.verified_seq + 1:
+                # Only the next entry can extend the chain: record the gap cheaply.
+                first = conn.execute(sa.select(sa.func.min(a.c.seq)).where(
+                    a.c.device_id == device_id, a.c.seq > state.verified_seq)).scalar_one()
+                new, _ = advance(state, {int(first): Received({}, 0.0)})
             elif outcome == "new":
                 q2 = (sa.select(a.c.seq, a.c.body, a.c.at)
                       .where(a.c.device_id == device_id, a.c.seq > state.verified_seq)
