@@ -255,6 +255,9 @@ def test_deployments_and_the_report_page_from_the_vans_own_messages(
     text = sup.get(report).text
     assert "rejected (false alerts): 60 %" in text and "<svg" in text
     assert console.session("aud-1").get(report).status_code == 200  # auditors read reports
+    history = sup.get(f"/fleet/{van.device_id}")
+    assert history.status_code == 200 and "Status history" in history.text
+    assert sup.get("/fleet/no-such-van").status_code == 404
     assert console.session("pc-ops").get(report).status_code == 403
 
 

@@ -134,6 +134,16 @@ def fleet_page(request: Request, c: Ctx,
     return _page(c, request, "fleet.html", user, devices=devices)
 
 
+@router.get("/fleet/{device_id}", response_class=HTMLResponse)
+def device_page(request: Request, device_id: str, c: Ctx,
+                user: Annotated[User, Depends(require("fleet"))]) -> Response:  # fmt: skip
+    rows = [d for d in c.store.devices() if d["device_id"] == device_id]
+    if not rows:
+        raise HTTPException(404, "no such device")
+    return _page(c, request, "device.html", user, d=rows[0],
+                 history=c.store.status_history(device_id, limit=100))
+
+
 @router.get("/fragments/fleet", response_class=HTMLResponse)
 def fleet_rows(request: Request, c: Ctx,
                user: Annotated[User, Depends(require("fleet"))]) -> Response:  # fmt: skip
