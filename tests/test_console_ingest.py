@@ -235,3 +235,22 @@ time.sleep(60)
         if proc.poll() is None:
             proc.kill()
         ingest.stop()
+
+
+def test_alerts_sent_while_the_console_is_away_arrive_when_it_returns(
+    handler: Handler, broker: Broker
+) -> None:
+    """The persistent session (fixed client id, clean start off) keeps the shared
+    subscription and its queued QoS 1 messages while the console is down."""
+    _ingest(handler, broker, "console-away").stop()
+    van = broker.client("van-1")
+    payload = _alert_bytes()
+    van.publish("lfr/van-1/alerts", payload, qos=1).wait_for_publish(5)
+    ingest = _ingest(handler, broker, "console-away")
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not handler.store.alerts():
+            time.sleep(0.05)
+        assert [r["alert_id"] for r in handler.store.alerts()] == [json.loads(payload)["alert_id"]]
+    finally:
+        ingest.stop()
