@@ -277,3 +277,26 @@ def test_filter_by_device_and_legal_hold(console: ConsoleServer, van: Van) -> No
     r = sup.post(url, json={"on": True}, headers={"X-CSRF-Token": csrf_of(sup)})
     assert r.status_code == 200 and r.json()["legal_hold"] is True
     assert "on legal hold" in sup.get(f"/fragments/alert/{record.alert_id}").text
+
+
+def test_a_broken_audit_chain_is_raised_on_every_page_for_auditors(
+    console: ConsoleServer, van: Van
+) -> None:
+    import json
+
+    entry = van.audit.append("armed", deployment_id="D-9")
+    forged = {**entry, "seq": entry["seq"] + 1, "event": "watchlist_shredded"}  # no real link
+    van.publisher.enqueue("forged", "audit", json.dumps(forged).encode())
+    aud, ops = console.session("aud-1"), console.session("pc-ops")
+    def banner(client: httpx.Client, path: str) -> str:
+        text = client.get(path).text
+        if 'id="chain-alarm"' not in text:
+            return ""
+        return text.split('id="chain-alarm"')[1].split("</p>")[0]
+
+    assert _wait(lambda: van.device_id in banner(aud, "/deployments"))
+    page = aud.get("/audit").text
+    assert f'id="chain-{van.device_id}"' in page and "prev_hash does not match" in page
+    assert banner(ops, "/alerts") == ""  # operators are not auditors
+    text = aud.get("/metrics").text
+    assert "console_audit_chains_broken 1" in text.splitlines()

@@ -23,7 +23,11 @@ Ctx = Annotated[Context, Depends(ctx)]
 
 
 def _page(c: Context, request: Request, name: str, user: User | None, **data: Any) -> Response:
-    return c.templates.TemplateResponse(request, name, {"user": user, **data})
+    broken: list[str] = []
+    if user is not None and user.may("audit") and not name.startswith("_"):
+        broken = [ch["device_id"] for ch in c.store.chains() if ch["state"] == "broken"]
+    return c.templates.TemplateResponse(request, name,
+                                        {"user": user, "broken_chains": broken, **data})
 
 
 def _id_or_none(value: str | None) -> str | None:
