@@ -219,3 +219,96 @@ def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(OutboxError, match="not a usable outbox"):
         Outbox(path, KEY)
+
+
+def _raw_files(path: Path) -> bytes:
+    """The raw bytes of the database and its -wal and -shm files, as a seized card holds them."""
+    return b"".join(
+        p.read_bytes() for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()
+    )
+
+
+def _chunks(blob: bytes, size: int = 24) -> list[bytes]:
+    """Pieces of a ciphertext: a row larger than a page is split over overflow pages."""
+    return [blob[i : i + size] for i in range(0, len(blob) - size + 1, size)]
+
+
+def test_deleted_rows_are_unrecoverable(tmp_path: Path) -> None:
+    """Issue 13 item 6: nothing acknowledged or purged survives in the db, -wal or -shm,
+    and a copy of a deleted row's ciphertext taken earlier no longer decrypts."""
+    path = tmp_path / "outbox.db"
+    now = 1_800_000_000.0
+    old = now - 40 * DAY  # another day: its data key is destroyed with its last row
+    marker = b"FACE-CROP-" + os.urandom(8).hex().encode()
+    ob = Outbox(path, KEY)
+    for i in range(6):
+        ob.put(f"old{i}", "lfr/dev-a/alerts", marker * 40 + b"%d" % i, now=old)
+    for i in range(6):
+        ob.put(f"new{i}", "lfr/dev-a/alerts", marker * 40 + b"%d" % i, now=now)
+    raw = sqlite3.connect(path)
+    copies = dict(raw.execute("SELECT msg_id, ciphertext FROM outbox").fetchall())
+    wrapped_old = [bytes(r[0]) for r in raw.execute("SELECT wrapped FROM data_keys")]
+    raw.close()
+    assert len(wrapped_old) == 2  # one data key per day
+    # Acknowledge two of today's rows and one old one, then purge the rest of the old day.
+    for mid in ("new0", "new1", "old0"):
+        assert ob.ack(mid)
+    blobs = _raw_files(path)  # an acknowledged row is gone at once, not at the next purge
+    for mid in ("new0", "new1", "old0"):
+        assert not [c for c in _chunks(copies[mid]) if c in blobs], mid
+    assert ob.purge(now=now).msg_ids == tuple(f"old{i}" for i in range(1, 6))
+    deleted = ["new0", "new1"] + [f"old{i}" for i in range(6)]
+    kept = [f"new{i}" for i in range(2, 6)]
+    for when in ("open", "closed"):
+        blobs = _raw_files(path)
+        assert marker not in blobs and marker[:12] not in blobs, when
+        for mid in kept:  # sanity: the scan sees the rows that remain
+            assert copies[mid][-24:] in blobs, (when, mid)
+        for mid in deleted:
+            found = [c for c in _chunks(copies[mid]) if c in blobs]
+            assert not found, (when, mid, len(found))
+        if when == "open":
+            ob.close()
+    # The crypto-shred: the old day's key is gone from the files, so a copy of its rows'
+    # ciphertext kept elsewhere (a stale flash block, a backup) decrypts with nothing left.
+    raw = sqlite3.connect(path)
+    remaining = [bytes(r[0]) for r in raw.execute("SELECT wrapped FROM data_keys")]
+    raw.close()
+    assert len(remaining) == 1
+    shredded = [w for w in wrapped_old if w not in remaining]
+    assert len(shredded) == 1 and not [c for c in _chunks(shredded[0], 16) if c in _raw_files(path)]
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    blob = copies["old3"]
+    with pytest.raises(InvalidTag):  # not under the outbox key itself
+        AESGCM(KEY).decrypt(blob[:12], blob[12:], b"lfr-outbox/1\x00old3\x00lfr/dev-a/alerts\x000")
+    with Outbox(path, KEY) as ob:  # what is kept still opens
+        assert [i.msg_id for i in ob.pending(10)] == kept
+        assert ob.get("new3") is not None and ob.get("new3").payload == marker * 40 + b"3"  # type: ignore[union-attr]
+
+
+def test_a_format_1_file_is_migrated_and_its_rows_still_open(tmp_path: Path) -> None:
+    """A file written before data keys (rows under the outbox key) keeps working."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    path = tmp_path / "outbox.db"
+    with Outbox(path, KEY) as ob:
+        ob.put("m", "t/a", b"x")
+    raw = sqlite3.connect(path)  # rewrite it as format 1 wrote it
+    raw.execute("DROP INDEX outbox_key_period")
+    raw.execute("ALTER TABLE outbox DROP COLUMN key_period")
+    raw.execute("DELETE FROM outbox")
+    nonce = os.urandom(12)
+    blob = nonce + AESGCM(KEY).encrypt(nonce, b"legacy", b"lfr-outbox/1\x00L\x00t/a\x000")
+    raw.execute(
+        "INSERT INTO outbox (msg_id, topic, retain, created_at, ciphertext) "
+        "VALUES ('L', 't/a', 0, 1.0, ?)", (blob,),
+    )  # fmt: skip
+    raw.commit()
+    raw.close()
+    with Outbox(path, KEY) as ob:
+        assert [i.payload for i in ob.pending(10)] == [b"legacy"]
+        ob.put("n", "t/a", b"new")
+        assert [i.payload for i in ob.pending(10)] == [b"legacy", b"new"]
+        assert ob.ack("L")

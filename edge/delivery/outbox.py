@@ -6,15 +6,22 @@ SQLite in WAL mode, one table, payloads encrypted at rest with AES-256-GCM.
   ``NORMAL`` survives a crash of the process but may lose the last commits on
   power loss; a unit in a van loses power abruptly, an alert must survive that,
   and alerts are rare (matches only), so one fsync per put/ack costs nothing
-  that matters. ``secure_delete=ON`` overwrites deleted rows, and a purge
-  checkpoints and truncates the WAL.
-- **Encryption.** The caller passes a 32-byte key (from a systemd credential,
-  never the config). Each row is ``nonce(12) || AESGCM(key).encrypt(nonce,
-  payload, aad)`` with a random nonce and ``aad = "lfr-outbox/1" | msg_id |
-  topic | retain``: a row cannot be swapped to another id or topic. The file
-  holds a key-check record, so a wrong key fails at open (:class:`OutboxKeyError`);
-  a tampered row fails when read (:class:`OutboxTampered`); neither ever yields
-  garbage plaintext.
+  that matters.
+- **Nothing deleted stays in the files (item 6 of issue 13).** ``secure_delete=ON``
+  zeroes deleted cells and freed pages; every ack and purge that deleted something
+  then checkpoints with ``wal_checkpoint(TRUNCATE)``, and ``journal_size_limit=0``
+  truncates the WAL after automatic checkpoints too, so the WAL never keeps an old
+  copy of a deleted row. Retention is also a crypto-shred: rows are encrypted with a
+  random data key per period (a UTC day), wrapped under the outbox key
+  (:mod:`edge.delivery.outbox_keys`), and a period's key is destroyed as soon as none
+  of its rows is left. ``test_outbox.py::test_deleted_rows_are_unrecoverable`` scans
+  the raw db, ``-wal`` and ``-shm`` bytes.
+- **Encryption.** The caller passes a 32-byte outbox key (derived from a systemd
+  credential, never the config); it wraps the data keys. Each row is ``nonce(12) ||
+  AESGCM(data key of its period).encrypt(nonce, payload, aad)`` with a random
+  nonce and ``aad = "lfr-outbox/1" | msg_id | topic | retain``: a row cannot be
+  swapped to another id or topic. A key-check record makes a wrong key fail at open
+  (:class:`OutboxKeyError`), a tampered row when read (:class:`OutboxTampered`).
 - **Bounded.** ``put`` beyond ``max_items`` rows or ``max_bytes`` of ciphertext
   raises :class:`OutboxFull`: never a silent drop; the caller audits it.
 - **Retention (safeguard 7).** :meth:`Outbox.purge` deletes rows older than the
@@ -28,40 +35,68 @@ SQLite in WAL mode, one table, payloads encrypted at rest with AES-256-GCM.
 
 Any message kind can go through it (alerts, retained deployment records, audit
 entries): rows are ``(seq, msg_id, topic, retain, created_at, ciphertext,
-attempts, legal_hold, published_at, delivered, bad)`` and come out in ``seq``
-(insertion) order.
+attempts, legal_hold, published_at, delivered, bad, key_period)`` and come out in
+``seq`` (insertion) order. A file of format 1 (no data keys) is migrated at open: its
+rows stay under the outbox key until they are acknowledged or purged.
+
+Over 400 lines: one class around one connection and its lock; the data keys
+(:mod:`~edge.delivery.outbox_keys`) and the errors and records
+(:mod:`~edge.delivery.outbox_types`) are split out.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Concatenate, Final, ParamSpec, TypeVar
+from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edge.errors import EdgeError
+from edge.delivery.outbox_keys import DEFAULT_KEY_PERIOD_S, DataKeyError, PeriodKeys, migrate
+from edge.delivery.outbox_types import (
+    OutboxError,
+    OutboxFull,
+    OutboxItem,
+    OutboxKeyError,
+    OutboxStats,
+    OutboxTampered,
+    PurgeResult,
+    db_errors,
+)
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "RETENTION_S",
+    "Outbox",
+    "OutboxError",
+    "OutboxFull",
+    "OutboxItem",
+    "OutboxKeyError",
+    "OutboxStats",
+    "OutboxTampered",
+    "PurgeResult",
+]
 
 RETENTION_S: Final = 31 * 24 * 3600
 """Default retention: 31 days (MPS APD), safeguard 7."""
 DEFAULT_MAX_ITEMS: Final = 10_000
 DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
-_FORMAT: Final = b"1"
+_FORMAT: Final = b"2"
 _AAD_PREFIX: Final = b"lfr-outbox/1\x00"
 _KEY_CHECK_AAD: Final = b"lfr-outbox/1 key-check"
 _KEY_CHECK_PLAIN: Final = b"lfr-outbox key check"
 _NONCE: Final = 12
+_COLUMNS: Final = (
+    "seq, msg_id, topic, retain, created_at, ciphertext, attempts, legal_hold, "
+    "published_at, key_period"
+)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -80,75 +115,6 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_created ON outbox (created_at);
 """
-
-
-class OutboxError(EdgeError):
-    """The outbox cannot be used (corrupt file, I/O error)."""
-
-
-class OutboxKeyError(OutboxError):
-    """The key does not open this outbox (wrong key, or written with another key)."""
-
-
-class OutboxTampered(OutboxError):  # noqa: N818 (the name the daemon uses)
-    """A row failed authentication: it was modified, truncated or moved."""
-
-    def __init__(self, msg_id: str) -> None:
-        self.msg_id = msg_id
-        super().__init__(f"outbox row {msg_id} failed authentication (tampered or corrupt)")
-
-
-class OutboxFull(OutboxError):  # noqa: N818 (the name the daemon uses)
-    """``put`` would exceed ``max_items`` or ``max_bytes``; the message was NOT stored."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxItem:
-    """One decrypted pending message."""
-
-    seq: int
-    msg_id: str
-    topic: str
-    retain: bool
-    created_at: float
-    payload: bytes
-    attempts: int
-    legal_hold: bool
-    published_at: float | None  # first time it was handed to MQTT, None if never
-
-
-@dataclass(frozen=True, slots=True)
-class PurgeResult:
-    """What :meth:`Outbox.purge` deleted, for the audit log."""
-
-    count: int
-    msg_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStats:
-    items: int  # rows of any state
-    bytes: int  # ciphertext bytes of all rows
-    pending: int  # waiting for delivery
-    held: int  # on legal hold (pending or delivered)
-    bad: int  # failed authentication, kept for inspection, never sent
-
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _db_errors(fn: Callable[Concatenate[Outbox, _P], _R]) -> Callable[Concatenate[Outbox, _P], _R]:
-    """Turn SQLite failures (disk full, I/O error, locked) into :class:`OutboxError`."""
-
-    @functools.wraps(fn)
-    def wrapper(self: Outbox, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return fn(self, *args, **kwargs)
-        except sqlite3.Error as exc:
-            raise OutboxError(f"{self.path}: {exc}") from exc
-
-    return wrapper
 
 
 def _aad(msg_id: str, topic: str, retain: bool) -> bytes:
@@ -170,6 +136,7 @@ class Outbox:
         *,
         max_items: int = DEFAULT_MAX_ITEMS,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        key_period_s: float = DEFAULT_KEY_PERIOD_S,
     ) -> None:
         if not isinstance(key, bytes | bytearray) or len(key) != 32:
             raise OutboxKeyError("outbox key must be 32 bytes (AES-256)")
@@ -192,8 +159,11 @@ class Outbox:
                 raise OutboxError(f"{self.path}: cannot switch to WAL mode (got {mode})")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA secure_delete=ON")
+            self._db.execute("PRAGMA journal_size_limit=0")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            migrate(self._db)
+            self._keys = PeriodKeys(self._db, self._aes, key_period_s)
             self._check_key()
         except sqlite3.DatabaseError as exc:
             raise OutboxError(f"{self.path}: not a usable outbox database ({exc})") from None
@@ -222,6 +192,7 @@ class Outbox:
                         f"{self.path}: the outbox key does not open this file "
                         "(wrong key, or the file was written with another key)"
                     )
+                self._db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (_FORMAT,))
             self._db.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -230,11 +201,24 @@ class Outbox:
     def _rollback(self) -> None:
         """Roll back if a transaction is still open: SQLite ends it by itself when a
         COMMIT fails on a full disk, and a second ROLLBACK would hide the real error."""
+        self._keys.forget()  # a data key made in this transaction is not stored
         if self._db.in_transaction:
             try:
                 self._db.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 log.error("outbox rollback failed: %s", exc)
+
+    def _scrub(self) -> None:
+        """After a delete (caller holds the lock): copy the WAL into the file and truncate
+        it, so no frame keeps a deleted row. Not fatal if it fails (a full disk, another
+        process reading): the delete is committed and the next ack or purge retries."""
+        try:
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.warning("outbox checkpoint failed (retried at the next delete): %s", exc)
+            return
+        if busy:
+            log.info("outbox checkpoint blocked by a reader (retried at the next delete)")
 
     def close(self) -> None:
         with self._lock:
@@ -253,7 +237,7 @@ class Outbox:
 
     # -- writing ----------------------------------------------------------------------------
 
-    @_db_errors
+    @db_errors
     def put(
         self,
         msg_id: str,
@@ -271,15 +255,17 @@ class Outbox:
         """
         if not msg_id or not topic:
             raise ValueError("msg_id and topic must be non-empty")
-        nonce = os.urandom(_NONCE)
-        blob = nonce + self._aes.encrypt(nonce, bytes(payload), _aad(msg_id, topic, retain))
         created = time.time() if now is None else now
+        period = self._keys.period_of(created)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 if self._db.execute("SELECT 1 FROM outbox WHERE msg_id = ?", (msg_id,)).fetchone():
                     self._db.execute("ROLLBACK")
                     return False
+                nonce = os.urandom(_NONCE)
+                aes = self._keys.get_or_create(period)
+                blob = nonce + aes.encrypt(nonce, bytes(payload), _aad(msg_id, topic, retain))
                 items, size = self._db.execute(
                     "SELECT COUNT(*), COALESCE(SUM(LENGTH(ciphertext)), 0) FROM outbox"
                 ).fetchone()
@@ -290,9 +276,9 @@ class Outbox:
                         f"message {msg_id} not stored"
                     )
                 self._db.execute(
-                    "INSERT INTO outbox (msg_id, topic, retain, created_at, ciphertext) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (msg_id, topic, int(retain), created, blob),
+                    "INSERT INTO outbox (msg_id, topic, retain, created_at, ciphertext, "
+                    "key_period) VALUES (?, ?, ?, ?, ?, ?)",
+                    (msg_id, topic, int(retain), created, blob, period),
                 )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -300,7 +286,7 @@ class Outbox:
                 raise
         return True
 
-    @_db_errors
+    @db_errors
     def mark_sent(self, msg_id: str, now: float | None = None) -> float | None:
         """Record an attempt to publish ``msg_id``; returns its first-publish time.
 
@@ -320,29 +306,40 @@ class Outbox:
             ).fetchone()
         return None if row is None else float(row[0])
 
-    @_db_errors
+    @db_errors
     def ack(self, msg_id: str) -> bool:
         """The broker acknowledged ``msg_id`` (PUBACK success): delete it.
 
         A row on legal hold is kept, marked delivered (no longer pending). Returns
-        True if the row existed.
+        True if the row existed. A deletion destroys its period's data key if it was
+        the last row of a past period, then scrubs the WAL.
         """
         with self._lock:
-            cur = self._db.execute(
-                "DELETE FROM outbox WHERE msg_id = ? AND legal_hold = 0", (msg_id,)
-            )
-            if cur.rowcount:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute(
+                    "DELETE FROM outbox WHERE msg_id = ? AND legal_hold = 0", (msg_id,)
+                )
+                deleted = cur.rowcount > 0
+                if deleted:
+                    self._keys.shred_unused(self._keys.period_of(time.time()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            if deleted:
+                self._scrub()
                 return True
             cur = self._db.execute("UPDATE outbox SET delivered = 1 WHERE msg_id = ?", (msg_id,))
             return cur.rowcount > 0
 
-    @_db_errors
+    @db_errors
     def mark_bad(self, msg_id: str) -> None:
         """Take a row that failed authentication out of the queue (kept until purged)."""
         with self._lock:
             self._db.execute("UPDATE outbox SET bad = 1 WHERE msg_id = ?", (msg_id,))
 
-    @_db_errors
+    @db_errors
     def set_legal_hold(self, msg_id: str, on: bool) -> bool:
         """Put ``msg_id`` on (or take it off) legal hold; False if no such row."""
         with self._lock:
@@ -351,11 +348,12 @@ class Outbox:
             )
             return cur.rowcount > 0
 
-    @_db_errors
+    @db_errors
     def purge(self, older_than_s: float = RETENTION_S, now: float | None = None) -> PurgeResult:
         """Delete rows created more than ``older_than_s`` ago, and delivered rows whose
         legal hold was lifted; rows on legal hold are kept. Returns what was deleted."""
-        cutoff = (time.time() if now is None else now) - older_than_s
+        at = time.time() if now is None else now
+        cutoff = at - older_than_s
         where = "legal_hold = 0 AND (created_at < ? OR delivered = 1)"
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -368,27 +366,40 @@ class Outbox:
                     )
                 )
                 self._db.execute(f"DELETE FROM outbox WHERE {where}", (cutoff,))  # noqa: S608
+                shredded = self._keys.shred_unused(self._keys.period_of(at))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
-            if ids:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if ids or shredded:
+                self._scrub()
         if ids:
             log.info("outbox purge deleted %s messages", len(ids))
         return PurgeResult(len(ids), ids)
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _decrypt(self, msg_id: str, topic: str, retain: bool, blob: bytes) -> bytes:
-        if len(blob) < _NONCE + 16:
-            raise OutboxTampered(msg_id)
+    def _item(self, row: Any) -> OutboxItem:
+        """Decrypt one row (caller holds the lock: a data key may be read)."""
+        seq, msg_id, topic, retain, created, blob, attempts, hold, published, period = row
+        mid, tpc, ret, raw = str(msg_id), str(topic), bool(retain), bytes(blob)
         try:
-            return self._aes.decrypt(blob[:_NONCE], blob[_NONCE:], _aad(msg_id, topic, retain))
+            aes = self._aes if period is None else self._keys.get(int(period))
+        except DataKeyError:
+            raise OutboxTampered(mid) from None
+        if aes is None or len(raw) < _NONCE + 16:
+            raise OutboxTampered(mid)
+        try:
+            payload = aes.decrypt(raw[:_NONCE], raw[_NONCE:], _aad(mid, tpc, ret))
         except InvalidTag:
-            raise OutboxTampered(msg_id) from None
+            raise OutboxTampered(mid) from None
+        published_at = None if published is None else float(published)
+        return OutboxItem(
+            int(seq), mid, tpc, ret, float(created), payload, int(attempts), bool(hold),
+            published_at,
+        )
 
-    @_db_errors
+    @db_errors
     def pending(self, limit: int = 100, after_seq: int = 0) -> list[OutboxItem]:
         """Up to ``limit`` undelivered messages with ``seq > after_seq``, oldest first.
 
@@ -397,53 +408,22 @@ class Outbox:
         """
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, msg_id, topic, retain, created_at, ciphertext, attempts, "
-                "legal_hold, published_at FROM outbox "
+                f"SELECT {_COLUMNS} FROM outbox "  # noqa: S608
                 "WHERE delivered = 0 AND bad = 0 AND seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
-        out = []
-        for seq, msg_id, topic, retain, created, blob, attempts, hold, published in rows:
-            out.append(
-                OutboxItem(
-                    seq=int(seq),
-                    msg_id=str(msg_id),
-                    topic=str(topic),
-                    retain=bool(retain),
-                    created_at=float(created),
-                    payload=self._decrypt(msg_id, topic, bool(retain), bytes(blob)),
-                    attempts=int(attempts),
-                    legal_hold=bool(hold),
-                    published_at=None if published is None else float(published),
-                )
-            )
-        return out
+            return [self._item(row) for row in rows]
 
-    @_db_errors
+    @db_errors
     def get(self, msg_id: str) -> OutboxItem | None:
         """One row (pending or delivered-and-held) by id, decrypted; None if absent."""
         with self._lock:
             row = self._db.execute(
-                "SELECT seq, msg_id, topic, retain, created_at, ciphertext, attempts, "
-                "legal_hold, published_at FROM outbox WHERE msg_id = ?",
-                (msg_id,),
+                f"SELECT {_COLUMNS} FROM outbox WHERE msg_id = ?", (msg_id,)  # noqa: S608
             ).fetchone()
-        if row is None:
-            return None
-        seq, mid, topic, retain, created, blob, attempts, hold, published = row
-        return OutboxItem(
-            seq=int(seq),
-            msg_id=str(mid),
-            topic=str(topic),
-            retain=bool(retain),
-            created_at=float(created),
-            payload=self._decrypt(mid, topic, bool(retain), bytes(blob)),
-            attempts=int(attempts),
-            legal_hold=bool(hold),
-            published_at=None if published is None else float(published),
-        )
+            return None if row is None else self._item(row)
 
-    @_db_errors
+    @db_errors
     def count_pending(self) -> int:
         with self._lock:
             return int(
@@ -452,7 +432,7 @@ class Outbox:
                 ).fetchone()[0]
             )
 
-    @_db_errors
+    @db_errors
     def stats(self) -> OutboxStats:
         with self._lock:
             row = self._db.execute(
