@@ -29,7 +29,8 @@ def _embedder(manifest: Manifest, precision: str) -> Embedder:
         name = manifest.find("embedder", family="dlib150", precision=precision)
     except ModelError:
         pytest.skip(f"no {precision} dlib150 embedder in the manifest")
-    return Embedder.from_manifest(manifest, name, threads=1)
+    # the model itself (its fidelity to dlib), not the flip-averaged pipeline
+    return Embedder.from_manifest(manifest, name, threads=1, flip=False)
 
 
 @pytest.fixture(scope="module")

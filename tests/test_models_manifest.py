@@ -35,7 +35,7 @@ def test_schema_and_families(manifest: dict[str, Any]) -> None:
         "input_size": 150, "colour": "RGB",
         "normalisation": {"mean": [122.782, 117.001, 104.298], "std": [256, 256, 256]},
         "template": "dlib5", "padding": 0.25, "embedding_size": 128,
-        "metric": "euclidean", "threshold": 0.6,
+        "metric": "euclidean", "threshold": 0.6, "flip": True,
     }
 
 

@@ -726,8 +726,11 @@ def make_bundle(fleet: Fleet, out: Path, device_pub: Path | None = None) -> Path
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(2, family.embedding_size)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    info = EmbedderInfo(
-        embedder, entry.sha256, str(entry.family), family.metric, family.embedding_size
+    from edge.vision.embed import embedder_identity
+
+    info = EmbedderInfo(  # the embedder as the device runs it (flip-averaged or not)
+        embedder, embedder_identity(entry.sha256, bool(family.flip)), str(entry.family),
+        family.metric, family.embedding_size,
     )
     device_id, device_pub = load_device_public(device_pub or fleet.device_pub)
     data = build_bundle(
