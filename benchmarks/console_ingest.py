@@ -10,7 +10,7 @@ and a MutationObserver stamps the moment each alert's row appears. Latency per a
 row-on-the-page time minus publish time (one host, one clock).
 
     nice .venv/bin/python benchmarks/console_ingest.py --devices 50 --per-minute 1000 \\
-        --seconds 60 [--screenshots docs/] [--json]
+        --seconds 60 [--postgres] [--screenshots docs/] [--json]
 
 ``--screenshots DIR`` also adjudicates a few alerts, ends two deployments (summaries),
 imports reference images and breaks one device's audit chain, then saves the four pages
@@ -67,8 +67,8 @@ def _device(broker: DevBroker, device_id: str) -> mqtt.Client:
     return c
 
 
-def _console(work: Path, broker: DevBroker,
-             references: bool) -> tuple[subprocess.Popen[bytes], str, Path]:  # fmt: skip
+def _console(work: Path, broker: DevBroker, references: bool,
+             database: str) -> tuple[subprocess.Popen[bytes], str, Path]:  # fmt: skip
     keys = work / "keys"
     signing = init_signing_key(keys)
     key = init_device_key(keys, "console")
@@ -78,7 +78,7 @@ def _console(work: Path, broker: DevBroker,
     port = free_port()
     cfg = work / "console.toml"
     cfg.write_text(f"""[console]
-database = "sqlite:///{work / 'console.db'}"
+database = "{database}"
 port = {port}
 key_file = "{key.private}"
 signing_key = "{signing.private}"
@@ -133,14 +133,27 @@ def main() -> int:
     ap.add_argument("--per-minute", type=int, default=1000, help="alerts per minute in total")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--screenshots", type=Path, default=None, metavar="DIR")
+    ap.add_argument("--postgres", action="store_true",
+                    help="store in a PostgreSQL server started for the run (default SQLite)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.postgres:
+        from tests.fixtures.postgres import running_postgres
+
+        with running_postgres() as pg:
+            pg.admin("CREATE DATABASE bench")
+            return _bench(args, pg.url("bench"))
+    return _bench(args, None)
+
+
+def _bench(args: argparse.Namespace, database: str | None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="console-bench-"))
     broker = DevBroker(work / "broker")
     broker.start()
     try:
-        proc, url, _signing = _console(work, broker, args.screenshots is not None)
+        proc, url, _signing = _console(work, broker, args.screenshots is not None,
+                                       database or f"sqlite:///{work / 'console.db'}")
     except BaseException:
         broker.stop()
         raise
@@ -220,6 +233,7 @@ def _run(args: argparse.Namespace, work: Path, broker: DevBroker, proc: subproce
                    if line.startswith("console_ingest_latency_seconds_bucket")}
         total = buckets.get("+Inf", 0.0) or 1.0
         result = {
+            "database": "postgresql" if args.postgres else "sqlite",
             "devices": args.devices, "alerts_published": len(published),
             "alerts_stored": int(received), "alerts_on_page": len(lat),
             "seconds": args.seconds, "per_minute": args.per_minute,
