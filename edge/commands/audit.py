@@ -1,4 +1,5 @@
-"""``edge audit verify FILE``: check the audit log's hash chain."""
+"""``edge audit verify FILE``: check the audit log's hash chain and that its times
+never go backwards."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ def register(sub: Any) -> None:
     v = asub.add_parser(
         "verify",
         help="verify the hash chain of an audit log",
-        description="Exit 0 and print the entry count if the chain is intact; otherwise "
-        "print the first bad line and exit 6.",
+        description="Exit 0 and print the entry count if the chain is intact and its times "
+        "never go backwards; otherwise print the first bad line and exit 6.",
     )
     v.add_argument("file", type=Path, help="audit log (JSON lines)")
     v.set_defaults(func=run)
@@ -25,5 +26,5 @@ def run(args: argparse.Namespace) -> int:
     from edge.watchlist.audit import verify
 
     count = verify(args.file)
-    print(f"{args.file}: {count} entries, hash chain intact")
+    print(f"{args.file}: {count} entries, hash chain intact, times non-decreasing")
     return 0

@@ -7,7 +7,11 @@ Each line is one entry::
 
 ``hash`` is SHA-256 over the canonical JSON (sorted keys, no spaces, ASCII) of the entry
 without ``hash``; ``prev_hash`` is the previous entry's ``hash`` (64 zeros for the first).
-``seq`` counts from 1 with no gaps. Changing, removing, reordering or inserting a line
+``seq`` counts from 1 with no gaps and ``at`` never decreases: an entry is stamped
+``max(clock, previous at)`` (a clock set back never makes history run backwards; the
+deployment manager's high-water mark, :mod:`edge.watchlist.timeguard`, refuses to act on
+it), and :func:`verify` (``edge audit verify``) rejects a log whose times go back.
+Changing, removing, reordering or inserting a line
 breaks the chain at that line, which :func:`verify` names.
 
 Every append is written with one ``write`` on an ``O_APPEND`` descriptor and fsynced
@@ -127,7 +131,9 @@ class AuditLog:
         self._dropped_reported = 0
         self.write_error: str | None = None
         torn = _recover_torn_tail(path) if path.exists() else None
-        self._seq, self._last_hash = _scan(path) if path.exists() else (0, GENESIS)
+        self._seq, self._last_hash, self._last_at = (
+            _scan(path) if path.exists() else (0, GENESIS, 0.0)
+        )
         if torn is not None:
             self.append("audit_tail_torn", torn_bytes=torn[0], evidence=str(torn[1]))
 
@@ -153,7 +159,7 @@ class AuditLog:
                 return {"event": event, "dropped": True}
             entry: Entry = {
                 "seq": self._seq + 1,
-                "at": _utc(self._clock()),
+                "at": self._stamp(),
                 "event": event,
                 **fields,
                 "prev_hash": self._last_hash,
@@ -172,6 +178,14 @@ class AuditLog:
             except Exception:
                 log.exception("publishing audit entry %s failed (kept locally)", entry["seq"])
         return entry
+
+    def _stamp(self) -> str:
+        """The time of a new entry: never before the previous one (caller holds the lock)."""
+        t = self._clock()
+        if not t >= self._last_at:  # also NaN
+            t = self._last_at
+        self._last_at = t
+        return _utc(t)
 
     def flush(self) -> bool:
         """Write what a failing disk held back; True when nothing is left in memory."""
@@ -196,7 +210,7 @@ class AuditLog:
         lost = self.dropped - self._dropped_reported
         if lost:
             self._dropped_reported = self.dropped
-            entry: Entry = {"seq": self._seq + 1, "at": _utc(self._clock()),
+            entry: Entry = {"seq": self._seq + 1, "at": self._stamp(),
                             "event": "audit_entries_lost", "count": lost,
                             "prev_hash": self._last_hash}  # fmt: skip
             entry["hash"] = entry_hash(entry)
@@ -272,9 +286,18 @@ def _parse_line(raw: bytes, lineno: int, path: Path) -> Entry:
     return entry
 
 
-def _scan(path: Path) -> tuple[int, str]:
-    """Verify ``path``; return (last seq, last hash)."""
-    seq, prev = 0, GENESIS
+def _parse_at(value: Any, where: str) -> float:
+    try:
+        if not isinstance(value, str) or not value.endswith("Z"):
+            raise ValueError(value)
+        return dt.datetime.fromisoformat(value[:-1] + "+00:00").timestamp()
+    except ValueError:
+        raise AuditError(f"audit log {where}: bad time {value!r}") from None
+
+
+def _scan(path: Path) -> tuple[int, str, float]:
+    """Verify ``path``; return (last seq, last hash, last time)."""
+    seq, prev, last_at = 0, GENESIS, 0.0
     try:
         fh = path.open("rb")
     except OSError as exc:
@@ -297,8 +320,14 @@ def _scan(path: Path) -> tuple[int, str]:
                 raise AuditError(f"audit log {where}: not canonical JSON") from None
             if entry["hash"] != digest:
                 raise AuditError(f"audit log {where}: hash does not match (entry modified)")
-            seq, prev = entry["seq"], digest
-    return seq, prev
+            at = _parse_at(entry["at"], where)
+            if at < last_at:
+                raise AuditError(
+                    f"audit log {where}: time goes backwards ({entry['at']} after "
+                    f"{_utc(last_at)})"
+                )
+            seq, prev, last_at = entry["seq"], digest, at
+    return seq, prev, last_at
 
 
 def verify(path: Path) -> int:

@@ -73,6 +73,7 @@ from edge.watchlist.bundle import (
 )
 from edge.watchlist.signed_commands import CommandRefused, CommandVerifier, SignedCommand
 from edge.watchlist.statefile import shred_file, write_atomic
+from edge.watchlist.timeguard import TOLERANCE_S, TimeGuard, boottime
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ class _Active:
     path: Path
     digest: str
     armed_at: float
+    armed_boot: float  # CLOCK_BOOTTIME at arming
+    length_s: float  # the rest of the window at arming, measured on CLOCK_BOOTTIME
     counters: Counters = field(default_factory=Counters)
     adjudications: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DECISIONS, 0))
 
@@ -150,6 +153,7 @@ class DeploymentManager:
         on_status: Callable[[DeploymentStatus], None] | None = None,
         on_summary: Callable[[dict[str, Any]], None] | None = None,
         set_legal_hold: Callable[[str, bool], object] | None = None,
+        boottime_clock: Callable[[], float] = boottime,
     ) -> None:
         self.state_dir = state_dir
         self.device_id = device_id
@@ -166,6 +170,7 @@ class DeploymentManager:
         self._lock = threading.RLock()
         state_dir.mkdir(parents=True, exist_ok=True)
         self._commands = CommandVerifier(state_dir, device_id, self.trusted_signers)
+        self.time = TimeGuard(state_dir, boottime_clock)
         self._active: _Active | None = None
         self._pending: tuple[Path, float] | None = None
         self._idle_counters = Counters()
@@ -216,15 +221,17 @@ class DeploymentManager:
         self._state_dirty = False
 
     def flush(self) -> None:
-        """Retry what a failing disk refused (state, ledger); called by :meth:`tick`."""
+        """Retry what a failing disk refused (state, ledger, clock); called by :meth:`tick`."""
         if self._state_dirty:
             self._write_state()
         self.ledger.flush()
+        if self.time.error is not None:
+            self.time.flush()
 
     @property
     def persist_error(self) -> str | None:
         """Why some state is only in memory right now, or None."""
-        return self.state_error or self.ledger.write_error
+        return self.state_error or self.ledger.write_error or self.time.error
 
     # --- what the daemon reads ----------------------------------------------------------
 
@@ -274,6 +281,10 @@ class DeploymentManager:
         """
         now = self.clock() if now is None else now
         with self._lock:
+            self.time.observe(now)
+            # The window's end is judged on max(now, high-water mark): a unit that was
+            # off past its window shreds its bundle even on a clock that is behind.
+            judged = self.time.effective(now)
             try:
                 data = self._read_bundle(bundle_path)
                 if self._active is not None and bundle_digest(data) == self._active.digest:
@@ -287,12 +298,20 @@ class DeploymentManager:
                     threshold_floor=self.threshold_floor,
                     max_subjects=self.max_subjects,
                     last_sequence=self._state["last_sequence"],
-                    now=now,
+                    now=judged,
                     last_bundle_id=self._state["last_bundle_id"],
                 )
             except BundleRefused as exc:
                 return self._refused(bundle_path, exc, now)
             h = opened.header
+            behind = self.time.behind(now) or now < h.created_at.timestamp() - TOLERANCE_S
+            if behind:
+                opened.wipe()
+                what = (self.time.behind_message(now) if self.time.behind(now) else
+                        f"the clock ({_iso(now)}) is before the bundle was created "
+                        f"({format_time(h.created_at)})")  # fmt: skip
+                refused = BundleRefused("clock_behind", f"{what}; not arming")
+                return self._refused(bundle_path, refused, now)
             if h.bundle_id in self._state["ended"]:
                 opened.wipe()
                 ended = BundleRefused(
@@ -358,7 +377,11 @@ class DeploymentManager:
         self, path: Path, data: bytes, opened: OpenedBundle, watchlist: Watchlist, now: float
     ) -> DeploymentStatus:
         h = opened.header
-        self._active = _Active(opened, watchlist, path, bundle_digest(data), now)
+        self._active = _Active(
+            opened, watchlist, path, bundle_digest(data), now, self.time.boottime(),
+            h.end.timestamp() - now,
+        )
+        self.time.observe(now, persist=True)
         self._pending = None
         self._state["last_sequence"] = h.sequence
         self._state["last_bundle_id"] = h.bundle_id
@@ -403,10 +426,15 @@ class DeploymentManager:
         """Disarm at the end of the window (returns the summary); arm a pending bundle."""
         now = self.clock() if now is None else now
         with self._lock:
+            self.time.observe(now)
             self.flush()
             active = self._active
-            if active is not None and now >= active.opened.header.end.timestamp():
+            judged = self.time.effective(now)
+            if active is not None and judged >= active.opened.header.end.timestamp():
                 return self._finish("window_ended", now)
+            if active is not None and self.time.boottime() - active.armed_boot >= active.length_s:
+                # The wall clock was set back while armed: the monotonic clock ends it.
+                return self._finish("window_elapsed_on_boottime", now)
             pending = self._pending
             if active is None and pending is not None and now >= pending[1]:
                 self.load(pending[0], now)
@@ -422,7 +450,10 @@ class DeploymentManager:
         """
         now = self.clock() if now is None else now
         try:
-            cmd = self._commands.verify(data, now)
+            if self.time.behind(now):
+                raise CommandRefused("clock_behind", self.time.behind_message(now))
+            cmd = self._commands.verify(data, now, self.time.hwm - TOLERANCE_S)
+            self.time.observe(now, persist=True)
         except CommandRefused as exc:
             log.warning("command refused: %s", exc)
             self.audit.append("command_refused", reason=exc.reason, message=str(exc))

@@ -19,9 +19,12 @@ args: ``{}`` (optionally ``{"reason": "..."}``).
 Replay protection (:class:`CommandVerifier`): a command is accepted only between
 ``issued_at`` (less a small clock skew) and ``expires_at``, its validity may not exceed
 :data:`MAX_VALIDITY_S`, and each nonce is accepted once; seen nonces are kept on disk
-until their command expires. Replay protection **fails closed**: a command whose nonce
-cannot be written to disk (a full disk, an I/O error) is refused (``replay_unrecorded``)
-and the caller audits it; the same command is accepted once the disk takes the write.
+until the device's time high-water mark (:mod:`edge.watchlist.timeguard`) has passed
+their command's expiry, so setting the clock back never makes a used command new again
+(the deployment manager also refuses commands on a clock behind that mark). Replay
+protection **fails closed**: a command whose nonce cannot be written to disk (a full
+disk, an I/O error) is refused (``replay_unrecorded``) and the caller audits it; the
+same command is accepted once the disk takes the write.
 The nonce file is replaced atomically (:func:`edge.watchlist.statefile.write_atomic`).
 """
 
@@ -234,7 +237,13 @@ class CommandVerifier:
     def _save(self) -> None:
         write_atomic(self._path, json.dumps(self._seen).encode("utf-8"))
 
-    def verify(self, data: bytes, now: float) -> SignedCommand:
+    def verify(
+        self, data: bytes, now: float, forget_before: float | None = None
+    ) -> SignedCommand:
+        """Check a command at ``now``. A seen nonce is forgotten only when its expiry is
+        before ``forget_before`` (``now`` if None; the deployment manager passes its
+        high-water mark less the tolerance), so a clock set back cannot make an old
+        command new again."""
         cmd = parse_command(data, self.trusted_signers)
         if cmd.device_id != self.device_id:
             raise CommandRefused(
@@ -256,7 +265,8 @@ class CommandVerifier:
                 raise CommandRefused(
                     "replay_state", f"replay record {self._path} is damaged; refusing commands"
                 )
-            self._seen = {n: t for n, t in self._seen.items() if t > now}
+            horizon = now if forget_before is None else forget_before
+            self._seen = {n: t for n, t in self._seen.items() if t > horizon}
             if cmd.nonce in self._seen:
                 raise CommandRefused("replayed", "command was already used (same nonce)")
             self._seen[cmd.nonce] = expires
