@@ -97,6 +97,8 @@ ARCFACE112 = EmbedderFamily(
     dim=512,
     metric="cosine",
     threshold=0.35,
+    # Flip-averaged: MobileFaceNet on LFW 1:N, TPIR at FPIR 0.001 0.794 against 0.760.
+    flip=True,
 )
 BUILTIN: dict[str, EmbedderFamily] = {f.name: f for f in (DLIB150, ARCFACE112)}
 

@@ -213,6 +213,7 @@ def _family_dict(f: EmbedderFamily) -> dict[str, Any]:
         "embedding_size": f.dim,
         "metric": f.metric,
         "threshold": f.threshold,
+        "flip": f.flip,
     }
 
 
