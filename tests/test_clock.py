@@ -167,3 +167,38 @@ def test_audit_times_never_go_backwards(tmp_path: Path, capsys: pytest.CaptureFi
         verify(log.path)
     assert main(["audit", "verify", str(log.path)]) == 6
     assert "audit.jsonl:2: time goes backwards" in capsys.readouterr().err
+
+
+def test_no_arming_until_the_clock_is_synchronised(env) -> None:
+    synced = [False]
+    m = env.manager()
+    m.clock_synced = lambda: synced[0]  # the daemon passes timeguard.clock_synchronised
+    st = m.load(env.bundle)
+    assert not st.armed and st.code == "clock_not_synchronised"
+    assert st.line().startswith("disarmed, refused (clock_not_synchronised): the system clock")
+    assert m.tick() is None and not m.armed  # still waiting, nothing audited again
+    refusals = [e for e in _events(env.state) if e["event"] == "bundle_refused"]
+    assert len(refusals) == 1 and env.bundle.exists()
+    synced[0] = True
+    m.tick()
+    assert m.armed and m.status.code == "armed"
+
+
+def test_the_kernel_clock_state_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """adjtimex(2) answers here; where it is refused, timesyncd's flag file decides."""
+    import ctypes
+
+    from edge.watchlist import timeguard
+
+    assert isinstance(timeguard.clock_synchronised(), bool)
+
+    class Refused:
+        def adjtimex(self, buf: object) -> int:
+            return -1  # EPERM under ProtectClock=yes
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: Refused())
+    flag = tmp_path / "synchronized"
+    monkeypatch.setattr(timeguard, "TIMESYNCD_FLAG", flag)
+    assert timeguard.clock_synchronised() is False
+    flag.touch()
+    assert timeguard.clock_synchronised() is True

@@ -139,6 +139,12 @@ class DeviceSettings(Section):
         description="Development only: the device private key file, used when "
         "$CREDENTIALS_DIRECTORY does not hold key_credential.",
     )
+    require_clock_sync: bool = Field(
+        default=False,
+        description="Arm only while the system clock is synchronised by NTP (chrony or "
+        "systemd-timesyncd; the kernel's adjtimex state, as timedatectl reports it); "
+        "status says why while it waits. Set it on a unit without an RTC.",
+    )
 
 
 class SourceSettings(Section):

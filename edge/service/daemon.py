@@ -71,6 +71,7 @@ from edge.watchlist.keys import (
     raw_private_bytes,
 )
 from edge.watchlist.retention import RetentionPolicy
+from edge.watchlist.timeguard import clock_synchronised
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ class Daemon:
             clock=clock,
             on_summary=self._publish_summary,
             set_legal_hold=self.outbox.set_legal_hold,
+            clock_synced=clock_synchronised if settings.device.require_clock_sync else None,
         )
 
         self.retention = RetentionPolicy(

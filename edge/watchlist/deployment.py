@@ -154,6 +154,7 @@ class DeploymentManager:
         on_summary: Callable[[dict[str, Any]], None] | None = None,
         set_legal_hold: Callable[[str, bool], object] | None = None,
         boottime_clock: Callable[[], float] = boottime,
+        clock_synced: Callable[[], bool] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.device_id = device_id
@@ -171,6 +172,9 @@ class DeploymentManager:
         state_dir.mkdir(parents=True, exist_ok=True)
         self._commands = CommandVerifier(state_dir, device_id, self.trusted_signers)
         self.time = TimeGuard(state_dir, boottime_clock)
+        self.clock_synced = clock_synced  # None: not required ([device] require_clock_sync)
+        # A bundle refused on the clock, and the time before which retrying is pointless.
+        self._clock_wait: tuple[Path, float] | None = None
         self._active: _Active | None = None
         self._pending: tuple[Path, float] | None = None
         self._idle_counters = Counters()
@@ -304,6 +308,13 @@ class DeploymentManager:
             except BundleRefused as exc:
                 return self._refused(bundle_path, exc, now)
             h = opened.header
+            if self.clock_synced is not None and not self.clock_synced():
+                opened.wipe()
+                refused = BundleRefused(
+                    "clock_not_synchronised",
+                    "the system clock is not synchronised (NTP); not arming until it is",
+                )
+                return self._wait_for_clock(bundle_path, refused, now, h)
             behind = self.time.behind(now) or now < h.created_at.timestamp() - TOLERANCE_S
             if behind:
                 opened.wipe()
@@ -311,7 +322,7 @@ class DeploymentManager:
                         f"the clock ({_iso(now)}) is before the bundle was created "
                         f"({format_time(h.created_at)})")  # fmt: skip
                 refused = BundleRefused("clock_behind", f"{what}; not arming")
-                return self._refused(bundle_path, refused, now)
+                return self._wait_for_clock(bundle_path, refused, now, h)
             if h.bundle_id in self._state["ended"]:
                 opened.wipe()
                 ended = BundleRefused(
@@ -360,6 +371,7 @@ class DeploymentManager:
         fields: dict[str, Any] = {"reason": exc.reason, "message": str(exc), "path": str(path)}
         status = DeploymentStatus(False, exc.reason, str(exc))
         self._pending = None
+        self._clock_wait = None
         if exc.reason == "window_not_started":
             with contextlib.suppress(BundleRefused, OSError):
                 h = read_header(path.read_bytes(), self.trusted_signers)
@@ -373,6 +385,16 @@ class DeploymentManager:
         self._set_status(status)
         return status
 
+    def _wait_for_clock(
+        self, path: Path, exc: BundleRefused, now: float, h: BundleHeader
+    ) -> DeploymentStatus:
+        """Refuse on the clock; :meth:`tick` loads again once the clock is fine."""
+        status = self._refused(path, exc, now)
+        if self._active is None:
+            not_before = max(self.time.hwm, h.created_at.timestamp()) - TOLERANCE_S
+            self._clock_wait = (path, not_before)
+        return status
+
     def _arm(
         self, path: Path, data: bytes, opened: OpenedBundle, watchlist: Watchlist, now: float
     ) -> DeploymentStatus:
@@ -381,6 +403,7 @@ class DeploymentManager:
             opened, watchlist, path, bundle_digest(data), now, self.time.boottime(),
             h.end.timestamp() - now,
         )
+        self._clock_wait = None
         self.time.observe(now, persist=True)
         self._pending = None
         self._state["last_sequence"] = h.sequence
@@ -438,7 +461,14 @@ class DeploymentManager:
             pending = self._pending
             if active is None and pending is not None and now >= pending[1]:
                 self.load(pending[0], now)
+            elif active is None and self._clock_wait is not None and self._clock_fine(now):
+                self.load(self._clock_wait[0], now)  # the clock that stopped arming is right
         return None
+
+    def _clock_fine(self, now: float) -> bool:
+        assert self._clock_wait is not None
+        synced = self.clock_synced is None or self.clock_synced()
+        return synced and now >= self._clock_wait[1]
 
     # --- commands -----------------------------------------------------------------------
 

@@ -14,6 +14,12 @@ whatever an attacker sets. So the wall clock alone never decides:
   counts suspend and cannot be set): a deployment also ends when the rest of its window
   at arming has elapsed on it, whatever the wall clock says afterwards.
 
+- **Synchronised before arming (optional).** With ``[device] require_clock_sync``, the
+  deployment manager arms only while :func:`clock_synchronised` says the kernel clock is
+  disciplined by NTP (chrony or systemd-timesyncd clear the kernel's ``STA_UNSYNC``;
+  it is what ``timedatectl show -p NTPSynchronized`` reports), and says why on
+  ``status`` while it waits.
+
 A high-water mark that cannot be written (a full disk) stays in memory and
 :attr:`TimeGuard.error` says so; a damaged file is a clear error at start (an operator
 looks), never a silently reset mark. Injected ``boottime`` callables make this testable
@@ -22,6 +28,7 @@ without waiting.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import json
 import math
@@ -42,6 +49,26 @@ PERSIST_STEP_S: Final = 60.0
 def boottime() -> float:
     """Seconds on ``CLOCK_BOOTTIME`` (monotonic across suspend, not settable)."""
     return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+_TIME_ERROR: Final = 5  # adjtimex(2): the clock is not synchronised (STA_UNSYNC)
+TIMESYNCD_FLAG: Final = Path("/run/systemd/timesync/synchronized")
+
+
+def clock_synchronised() -> bool:
+    """True if the kernel clock is synchronised: ``adjtimex(2)`` with no change (modes 0)
+    returns a state other than ``TIME_ERROR``. Where the call is refused (the unit's
+    ``ProtectClock=yes`` filters it with EPERM), the file systemd-timesyncd touches once
+    it has synchronised (:data:`TIMESYNCD_FLAG`) is the answer. Unknown means False."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        timex = ctypes.create_string_buffer(512)  # struct timex (208 bytes), all zero
+        state = int(libc.adjtimex(timex))
+    except (OSError, AttributeError):
+        state = -1
+    if state >= 0:
+        return state != _TIME_ERROR
+    return TIMESYNCD_FLAG.exists()
 
 
 def iso(t: float) -> str:
