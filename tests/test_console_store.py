@@ -179,3 +179,46 @@ def test_devices_deployments_and_references(store: Store) -> None:
     assert store.reference_deployments() == {"D-1": (1, 50.0)}
     assert store.delete_references("D-1") == 1
     assert store.reference("D-1", "S-1") is None
+
+
+def test_the_console_trail_is_hash_chained_and_cannot_fork(store: Store) -> None:
+    import threading
+
+    def write(who: str) -> None:
+        for i in range(15):
+            store.log(who, "crop_viewed", alert_id=f"a-{i}")
+
+    threads = [threading.Thread(target=write, args=(f"pc-{n}",)) for n in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert store.verify_log() == (45, None)
+    with store.tx() as conn:
+        conn.execute(sa.text("UPDATE console_audit SET actor = 'nobody' WHERE id = 7"))
+    assert store.verify_log() == (6, "console trail broken at row 7: its hash does not match "
+                                     "(modified)")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_migration_0002_chains_the_rows_written_before_it(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str
+) -> None:
+    from edge.console.store import make_engine
+
+    url = (f"sqlite:///{tmp_path / 'old.db'}" if kind == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    engine = make_engine(url)
+    migrate.upgrade(engine, "0001")
+    with engine.begin() as conn:
+        for i in range(3):
+            conn.execute(sa.text(
+                "INSERT INTO console_audit (at, actor, event, detail) VALUES (:at, 'pc', "
+                "'login', '{}')"), {"at": 1000.0 + i})  # fmt: skip
+    migrate.upgrade(engine)
+    store = Store(engine)
+    assert migrate.current(engine) == migrate.head()
+    assert store.verify_log() == (3, None)
+    store.log("pc", "logout")
+    assert store.verify_log() == (4, None)
+    store.close()

@@ -138,6 +138,7 @@ def test_adjudication_is_signed_reaches_the_van_and_comes_back_through_its_audit
     aud = console.session("aud-1")
     trail = aud.get("/audit").text
     assert "crop_viewed" in trail and "adjudication_sent" in trail
+    assert "entries, hash-chained, verified" in trail
     assert '<span class="badge ok">ok</span>' in trail
 
 

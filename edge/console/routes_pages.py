@@ -201,8 +201,10 @@ def report_page(request: Request, device_id: str, deployment_id: str, c: Ctx,
 @router.get("/audit", response_class=HTMLResponse)
 def audit_page(request: Request, c: Ctx,
                user: Annotated[User, Depends(require("audit"))]) -> Response:  # fmt: skip
+    verified, problem = c.store.verify_log()
     return _page(c, request, "audit.html", user, chains=c.store.chains(),
-                 console_log=c.store.console_log(100))
+                 console_log=c.store.console_log(100), trail_verified=verified,
+                 trail_problem=problem)
 
 
 @router.get("/audit/{device_id}", response_class=HTMLResponse)

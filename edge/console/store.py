@@ -12,14 +12,13 @@ Users, sessions and login failures: :mod:`edge.console.store_auth` (mixed in her
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
 
-from edge.console import migrate
+from edge.console import migrate, trail
 from edge.console import tables as t
 from edge.console.chain import ChainState, Received, advance, conflict
 from edge.console.store_auth import AuthStore
@@ -77,10 +76,11 @@ class Store(AuthStore):
     # -- the console's own audit trail ----------------------------------------------------
 
     def log(self, actor: str, event: str, **detail: Any) -> None:
-        with self.tx() as conn:
-            conn.execute(sa.insert(t.console_audit).values(
-                at=time.time(), actor=actor[:64], event=event[:64],
-                detail=json.dumps(detail, sort_keys=True, default=str)))  # fmt: skip
+        """Append to the console's hash-chained trail (:mod:`edge.console.trail`)."""
+        trail.append(self.engine, actor, event, detail)
+
+    def verify_log(self) -> tuple[int, str | None]:
+        return trail.verify(self.engine)
 
     def console_log(self, limit: int = 200) -> list[Row]:
         with self.engine.connect() as conn:

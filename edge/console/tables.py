@@ -168,4 +168,7 @@ console_audit = sa.Table(
     sa.Column("actor", sa.String(64), nullable=False),
     sa.Column("event", sa.String(64), nullable=False),
     sa.Column("detail", sa.Text, nullable=False),
+    # Hash-chained (edge.console.trail); a unique prev_hash means the chain cannot fork.
+    sa.Column("prev_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("hash", sa.String(64), nullable=False),
 )  # fmt: skip
