@@ -683,7 +683,9 @@ DEPLOYMENT_ID = "op-test-1"
 BUNDLE_ON_DEVICE = "/var/lib/edge/watchlist.bundle"
 
 
-def make_bundle(fleet: Fleet, out: Path, device_pub: Path | None = None) -> Path:
+def make_bundle(
+    fleet: Fleet, out: Path, device_pub: Path | None = None, sequence: int = 1
+) -> Path:
     """A signed bundle for this device, window open now, with two synthetic subjects.
 
     The embeddings are random unit vectors (no real person's data); the daemon only
@@ -715,7 +717,7 @@ def make_bundle(fleet: Fleet, out: Path, device_pub: Path | None = None) -> Path
         threshold=family.threshold,  # the recommended setting, above every floor
         signage_confirmed=True,
         max_watchlist_size=10,
-        sequence=1,
+        sequence=sequence,
     )
     subjects = [
         Subject(
@@ -794,6 +796,32 @@ def test_end_deployment_leaves_no_bundle(fleet: Fleet) -> None:
         assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
         left = fleet.host.run(
             "find /var/lib/edge -name '*.bundle*' -o -name 'watchlist*'", check=True
+        ).stdout.split()
+        assert left == []
+        status = fleet.host.show("edge.service", "StatusText", "ActiveState")
+        assert status["StatusText"].startswith("disarmed"), status
+        assert status["ActiveState"] == "active"
+
+
+def test_end_deployment_falls_back_to_the_command_file_over_ssh(fleet: Fleet) -> None:
+    """Issue 13 item 7: the broker path fails (a port nothing listens on), so the play
+    drops the signed command file over SSH; the daemon reads it on SIGHUP and shreds,
+    and the play checks the shred as root."""
+    bundle = make_bundle(fleet, fleet.workdir / "op-test-2.bundle", sequence=2)
+    with journal_on_failure(fleet):
+        proc = ansible_playbook(
+            fleet.inventory, "deploy-watchlist.yml", "-e", f"edge_device_bundle_src={bundle}"
+        )
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+        proc = ansible_playbook(
+            fleet.inventory, "end-deployment.yml", "-e", f"end_deployment_id={DEPLOYMENT_ID}",
+            "-e", "lfr_broker_port=1", "-e", "end_deployment_wait_s=20",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+        assert "ended by the command file over SSH" in proc.stdout, proc.stdout[-4000:]
+        left = fleet.host.run(
+            "find /var/lib/edge -name '*.bundle*' -o -name 'watchlist*' -o -name 'end-*.json'",
+            check=True,
         ).stdout.split()
         assert left == []
         status = fleet.host.show("edge.service", "StatusText", "ActiveState")
