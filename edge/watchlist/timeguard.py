@@ -20,6 +20,12 @@ whatever an attacker sets. So the wall clock alone never decides:
   it is what ``timedatectl show -p NTPSynchronized`` reports), and says why on
   ``status`` while it waits.
 
+Not handled: a clock that jumps *forward* (set ahead by hand, or a bad NTP answer)
+raises the mark with it; that ends a deployment early (the safe side) and makes the
+device refuse to arm until the real time catches up. An operator who knows the mark is
+wrong removes ``clock.json`` with the daemon stopped. Only a trusted time source
+(``require_clock_sync`` with authenticated NTP, or an RTC) closes that.
+
 A high-water mark that cannot be written (a full disk) stays in memory and
 :attr:`TimeGuard.error` says so; a damaged file is a clear error at start (an operator
 looks), never a silently reset mark. Injected ``boottime`` callables make this testable
