@@ -167,6 +167,10 @@ def test_audit_times_never_go_backwards(tmp_path: Path, capsys: pytest.CaptureFi
         verify(log.path)
     assert main(["audit", "verify", str(log.path)]) == 6
     assert "audit.jsonl:2: time goes backwards" in capsys.readouterr().err
+    # The daemon still opens such a log (one from before this rule) and stamps on from
+    # its latest time.
+    wall.t = T0 - 2 * HOUR
+    assert AuditLog(log.path, clock=wall).append("daemon_start")["at"] == ats[0]
 
 
 def test_no_arming_until_the_clock_is_synchronised(env) -> None:

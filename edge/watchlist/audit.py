@@ -10,7 +10,8 @@ without ``hash``; ``prev_hash`` is the previous entry's ``hash`` (64 zeros for t
 ``seq`` counts from 1 with no gaps and ``at`` never decreases: an entry is stamped
 ``max(clock, previous at)`` (a clock set back never makes history run backwards; the
 deployment manager's high-water mark, :mod:`edge.watchlist.timeguard`, refuses to act on
-it), and :func:`verify` (``edge audit verify``) rejects a log whose times go back.
+it), and :func:`verify` (``edge audit verify``) rejects a log whose times go back
+(opening does not: a log from before this rule may step back and must still open).
 Changing, removing, reordering or inserting a line
 breaks the chain at that line, which :func:`verify` names.
 
@@ -295,8 +296,10 @@ def _parse_at(value: Any, where: str) -> float:
         raise AuditError(f"audit log {where}: bad time {value!r}") from None
 
 
-def _scan(path: Path) -> tuple[int, str, float]:
-    """Verify ``path``; return (last seq, last hash, last time)."""
+def _scan(path: Path, check_times: bool = False) -> tuple[int, str, float]:
+    """Verify ``path``; return (last seq, last hash, latest time). Times are checked only
+    when asked (:func:`verify`): a log written before times were kept non-decreasing may
+    step back where a clock was set back, and must still open."""
     seq, prev, last_at = 0, GENESIS, 0.0
     try:
         fh = path.open("rb")
@@ -321,12 +324,12 @@ def _scan(path: Path) -> tuple[int, str, float]:
             if entry["hash"] != digest:
                 raise AuditError(f"audit log {where}: hash does not match (entry modified)")
             at = _parse_at(entry["at"], where)
-            if at < last_at:
+            if check_times and at < last_at:
                 raise AuditError(
                     f"audit log {where}: time goes backwards ({entry['at']} after "
                     f"{_utc(last_at)})"
                 )
-            seq, prev, last_at = entry["seq"], digest, at
+            seq, prev, last_at = entry["seq"], digest, max(last_at, at)
     return seq, prev, last_at
 
 
@@ -334,4 +337,4 @@ def verify(path: Path) -> int:
     """Verify the whole chain; return the number of entries or raise :class:`AuditError`."""
     if not path.exists():
         raise AuditError(f"audit log {path} does not exist")
-    return _scan(path)[0]
+    return _scan(path, check_times=True)[0]
