@@ -69,6 +69,26 @@ def ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
     return np.linalg.solve(x.T @ x + reg, x.T @ y)
 
 
+def nme(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Mean and per-face p95 of the point error / dlib's inter-ocular distance."""
+    p, t = pred.reshape(-1, 5, 2), y.reshape(-1, 5, 2)
+    iod = np.linalg.norm((t[:, 0] + t[:, 1]) / 2 - (t[:, 2] + t[:, 3]) / 2, axis=1)
+    e = np.linalg.norm(p - t, axis=2) / iod[:, None]
+    return float(e.mean()), float(np.percentile(e.mean(axis=1), 95))
+
+
+def weight_rows(w: np.ndarray) -> str:
+    """A weight matrix as the Python tuple literal the generated modules hold."""
+    out = "(\n"
+    for r in w:
+        vals = [f"{v:.9g}" for v in r]
+        out += "    (\n"
+        for k in range(0, len(vals), 4):
+            out += "        " + ", ".join(vals[k : k + 4]) + ",\n"
+        out += "    ),\n"
+    return out + ")"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--detector", type=Path, required=True)
@@ -125,17 +145,11 @@ def main() -> int:
     wb = ridge(xb_[tr], yb_[tr], 1e-3)
     wm = ridge(xm_[tr], ym_[tr], 1e-3)
 
-    def err(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        p, t = pred.reshape(-1, 5, 2), y.reshape(-1, 5, 2)
-        iod = np.linalg.norm((t[:, 0] + t[:, 1]) / 2 - (t[:, 2] + t[:, 3]) / 2, axis=1)
-        e = np.linalg.norm(p - t, axis=2) / iod[:, None]
-        return float(e.mean()), float(np.percentile(e.mean(axis=1), 95))
-
-    eb = err(xb_[te] @ wb, yb_[te])
-    em = err(xm_[te] @ wm, ym_[te])
+    eb = nme(xb_[te] @ wb, yb_[te])
+    em = nme(xm_[te] @ wm, ym_[te])
     # the raw mesh picks (no regression), in the same frame, for comparison
     raw = np.array([to_frame(fmraw[k], *frames_m[k]).ravel() for k in te])
-    er = err(raw, ym_[te])
+    er = nme(raw, ym_[te])
     figures = {
         "faces": n,
         "train": int(ntr),
@@ -151,16 +165,6 @@ def main() -> int:
     }
     print(json.dumps(figures, indent=2))
 
-    def rows(w: np.ndarray) -> str:
-        out = "(\n"
-        for r in w:
-            vals = [f"{v:.9g}" for v in r]
-            out += "    (\n"
-            for k in range(0, len(vals), 4):
-                out += "        " + ", ".join(vals[k : k + 4]) + ",\n"
-            out += "    ),\n"
-        return out + ")"
-
     args.out.write_text(
         '"""Fitted landmark regressions (written by benchmarks/fit_landmarks.py; do not edit).\n\n'
         "Maps BlazeFace keypoints / face-mesh points, in the eye-aligned frame, to dlib's\n"
@@ -171,8 +175,8 @@ def main() -> int:
         + "FIGURES: dict[str, float] = {\n"
         + "".join(f"    {json.dumps(k)}: {v},\n" for k, v in figures.items())
         + "}\n\n"
-        + f"BLAZEFACE_WEIGHTS: tuple[tuple[float, ...], ...] = {rows(wb)}\n\n"
-        + f"MESH_WEIGHTS: tuple[tuple[float, ...], ...] = {rows(wm)}\n"
+        + f"BLAZEFACE_WEIGHTS: tuple[tuple[float, ...], ...] = {weight_rows(wb)}\n\n"
+        + f"MESH_WEIGHTS: tuple[tuple[float, ...], ...] = {weight_rows(wm)}\n"
     )
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

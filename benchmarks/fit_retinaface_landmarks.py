@@ -27,7 +27,7 @@ import dlib
 import face_recognition_models
 import numpy as np
 
-from benchmarks.fit_landmarks import SHARED, iou, ridge, training_images
+from benchmarks.fit_landmarks import SHARED, iou, nme, ridge, training_images, weight_rows
 from edge.vision import landmark_fit
 from edge.vision.landmarks import (
     MeshLandmarker,
@@ -104,17 +104,11 @@ def main() -> int:
     x_, y_ = np.array(fr), np.array(tr_)
     w = ridge(x_[tr], y_[tr], 1e-3)
 
-    def err(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        p, t = pred.reshape(-1, 5, 2), y.reshape(-1, 5, 2)
-        iod = np.linalg.norm((t[:, 0] + t[:, 1]) / 2 - (t[:, 2] + t[:, 3]) / 2, axis=1)
-        e = np.linalg.norm(p - t, axis=2) / iod[:, None]
-        return float(e.mean()), float(np.percentile(e.mean(axis=1), 95))
-
-    er = err(x_[te] @ w, y_[te])
-    em = err(np.array(mesh_pred)[te], y_[te])
+    er = nme(x_[te] @ w, y_[te])
+    em = nme(np.array(mesh_pred)[te], y_[te])
     xm_, ym_ = np.array(fm), np.array(tm)
     wm = ridge(xm_[tr], ym_[tr], 1e-3)
-    emr = err(xm_[te] @ wm, ym_[te])
+    emr = nme(xm_[te] @ wm, ym_[te])
     figures = {
         "faces": n, "train": int(ntr), "test": int(n - ntr), "seed": args.seed,
         "input": args.input,
@@ -129,16 +123,6 @@ def main() -> int:
     }
     print(json.dumps(figures, indent=2))
 
-    def rows(wt: np.ndarray) -> str:
-        out = "(\n"
-        for r in wt:
-            vals = [f"{v:.9g}" for v in r]
-            out += "    (\n"
-            for k in range(0, len(vals), 4):
-                out += "        " + ", ".join(vals[k : k + 4]) + ",\n"
-            out += "    ),\n"
-        return out + ")"
-
     args.out.write_text(
         '"""Fitted regression from RetinaFace\'s five points to dlib\'s five (written by\n'
         "benchmarks/fit_retinaface_landmarks.py; do not edit). Figures (normalised mean error,\n"
@@ -148,9 +132,9 @@ def main() -> int:
         + "FIGURES: dict[str, float | str] = {\n"
         + "".join(f"    {json.dumps(k)}: {json.dumps(v)},\n" for k, v in figures.items())
         + "}\n\n"
-        + f"RETINA_WEIGHTS: tuple[tuple[float, ...], ...] = {rows(w)}\n\n"
+        + f"RETINA_WEIGHTS: tuple[tuple[float, ...], ...] = {weight_rows(w)}\n\n"
         + f"MESH_SCALE = {args.mesh_scale}\n\n"
-        + f"MESH_ON_RETINA_WEIGHTS: tuple[tuple[float, ...], ...] = {rows(wm)}\n"
+        + f"MESH_ON_RETINA_WEIGHTS: tuple[tuple[float, ...], ...] = {weight_rows(wm)}\n"
     )
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -166,7 +166,11 @@ def rebuild_float(model_bytes: bytes) -> bytes:
 
 def quantise_int8(model_bytes: bytes, representative: list[np.ndarray]) -> bytes:
     """Full-integer int8 (per-channel weights); float32 input and outputs (drop-in)."""
-    conv = _converter(model_bytes)
+    return full_int8(_converter(model_bytes), representative)
+
+
+def full_int8(conv: Any, representative: list[np.ndarray]) -> bytes:
+    """Convert with full-integer int8 kernels, float32 input and outputs (drop-in)."""
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
 
     def rep() -> Any:

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from edge.vision import retinaface as rf
-from models.build import detector_eval, sources
+from models.build import detector, detector_eval, sources
 
 SIZES = ((640, 384), (1280, 736))
 INT8_CALIB_SIZE = (640, 384)
@@ -167,19 +167,7 @@ def convert_float(onnx_bytes: bytes) -> bytes:
 
 def convert_int8(onnx_bytes: bytes, representative: list[np.ndarray]) -> bytes:
     """Full-integer int8 (per-channel weights); float32 input and outputs (drop-in)."""
-    conv = _converter(onnx_bytes)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-
-    def rep() -> Any:
-        for s in representative:
-            yield [s[None].astype(np.float32)]
-
-    conv.representative_dataset = rep
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.float32
-    conv.inference_output_type = tf.float32
-    out: bytes = conv.convert()
-    return out
+    return detector.full_int8(_converter(onnx_bytes), representative)
 
 
 def prepare(img_bgr: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float]:
