@@ -195,9 +195,14 @@ def test_the_console_trail_is_hash_chained_and_cannot_fork(store: Store) -> None
         th.join()
     assert store.verify_log() == (45, None)
     with store.tx() as conn:
-        conn.execute(sa.text("UPDATE console_audit SET actor = 'nobody' WHERE id = 7"))
-    assert store.verify_log() == (6, "console trail broken at row 7: its hash does not match "
-                                     "(modified)")
+        # the 7th row by id: ids need not be 1..45 (a PostgreSQL sequence keeps the values
+        # of inserts that lost a race and retried)
+        seventh = conn.execute(sa.text(
+            "SELECT id FROM console_audit ORDER BY id LIMIT 1 OFFSET 6")).scalar_one()
+        conn.execute(sa.text("UPDATE console_audit SET actor = 'nobody' WHERE id = :i"),
+                     {"i": seventh})
+    assert store.verify_log() == (6, f"console trail broken at row {seventh}: its hash does "
+                                     "not match (modified)")
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
