@@ -7,9 +7,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.recognition.fusion import fuse
 from edge.vision.embed import embedder_identity
 from edge.vision.faces import FaceEngine
+from edge.vision.fusion import fuse
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAME = ROOT / "demo" / "subjects" / "DEMO-0001" / "frame30.jpg"

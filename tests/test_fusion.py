@@ -1,11 +1,11 @@
-"""edge.recognition.fusion: the one way several embeddings become a template."""
+"""edge.vision.fusion: the one way several embeddings become a template."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edge.recognition.fusion import fuse
+from edge.vision.fusion import fuse
 
 
 def test_one_embedding_is_itself() -> None:

@@ -20,7 +20,7 @@ from edge.evaluation.identify import (
     probe_templates,
     ungroup,
 )
-from edge.recognition.fusion import fuse
+from edge.vision.fusion import fuse
 
 
 def _tree(root: Path, spec: dict[str, int]) -> Path:

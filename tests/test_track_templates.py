@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from edge.recognition.decide import TrackDecider
-from edge.recognition.fusion import fuse
 from edge.recognition.match import Matcher, Watchlist
 from edge.types import Detection, Frame, Quality, Track
+from edge.vision.fusion import fuse
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = sorted((ROOT / "demo" / "subjects" / "DEMO-0001").glob("*.jpg"))

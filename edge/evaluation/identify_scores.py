@@ -3,7 +3,7 @@
 :class:`ScoreSet` holds probe x gallery-subject similarities only (never an embedding),
 and saves to / loads from a compressed ``.npz`` for ``edge eval calibrate`` and plots.
 A gallery subject with several images scores the best of them; a K-image probe is one
-template fused from its images' embeddings (:func:`edge.recognition.fusion.fuse`), from
+template fused from its images' embeddings (:func:`edge.vision.fusion.fuse`), from
 those of its images in which a face was found.
 """
 
@@ -21,7 +21,7 @@ import numpy.typing as npt
 from edge.errors import UsageError
 from edge.evaluation.identify_sets import SearchSet
 from edge.progress import Progress
-from edge.recognition.fusion import fuse
+from edge.vision.fusion import fuse
 
 if TYPE_CHECKING:
     from edge.types import Detection, ImageU8, Metric

@@ -8,7 +8,7 @@ non-mated identities with several images (which multi-image probes need).
 
 Multi-image probes (:func:`group_probes`): the probe images of each identity, in sorted
 order, are cut into disjoint groups of K, each group one search whose embeddings are fused
-into one template (:func:`edge.recognition.fusion.fuse`, the daemon's track templates'
+into one template (:func:`edge.vision.fusion.fuse`, the daemon's track templates'
 fusion); an identity's last images that do not fill a group, and identities with fewer
 than K probe images, are left out.
 """

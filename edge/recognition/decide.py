@@ -24,7 +24,7 @@ does not alert later either.
 Track templates (``decision="template"``, the default): each embedding of a track is
 kept, in RAM and on the track only, with a weight (its quality score, or its face
 width with ``weight="size"``); the track is matched on the fusion of its best
-``max_embeds_per_track`` embeddings (:func:`edge.recognition.fusion.fuse`), so a
+``max_embeds_per_track`` embeddings (:func:`edge.vision.fusion.fuse`), so a
 stranger's lucky single frame counts for less and a sharp frame for more than a blurred
 one. The first embedding is a template of one (the fast path: an alert is not delayed).
 :meth:`TrackDecider.forget` wipes a track's embeddings when it ends; nothing of a
@@ -40,8 +40,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from edge.recognition.fusion import fuse
 from edge.types import Match, Metric, Quality, Track
+from edge.vision.fusion import fuse
 
 Decision = Literal["template", "embedding"]
 Weight = Literal["quality", "size"]

@@ -26,6 +26,7 @@ import numpy.typing as npt
 from edge.errors import ModelError
 from edge.types import Chip
 from edge.vision.families import BUILTIN, EmbedderFamily
+from edge.vision.fusion import fuse
 from edge.vision.manifest import Manifest, ModelEntry
 from edge.vision.runtime import TFLiteModel, shared_model
 
@@ -55,8 +56,8 @@ class Embedder:
     ) -> None:
         self.family = family
         # Flip-averaging: each chip and its mirror image are embedded and fused
-        # (edge.recognition.fusion's rule, done here so vision imports nothing of
-        # recognition); enrolment and the device must agree, so the bundle records it.
+        # (edge.vision.fusion, as a track's frames are); enrolment and the device must
+        # agree, so the bundle records it.
         self.flip = flip
         self.name = name or Path(model_path).stem
         self.model: TFLiteModel = shared_model(model_path, threads)
@@ -116,12 +117,9 @@ class Embedder:
         rgbs = [c.rgb if isinstance(c, Chip) else c for c in chips]
         both = self._embed([*rgbs, *(np.ascontiguousarray(r[:, ::-1]) for r in rgbs)])
         n = len(rgbs)
-        a, b = both[:n].astype(np.float64), both[n:].astype(np.float64)
-        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-        mean = a / np.maximum(na, 1e-12)[:, None] + b / np.maximum(nb, 1e-12)[:, None]
-        mean /= np.maximum(np.linalg.norm(mean, axis=1), 1e-12)[:, None]
-        scale = 1.0 if self.family.metric == "cosine" else (na + nb) / 2.0
-        out: F32 = (mean * np.reshape(scale, (-1, 1))).astype(np.float32)
+        out = np.zeros((n, self.family.dim), dtype=np.float32)
+        for i in range(n):
+            out[i] = fuse(both[[i, n + i]], self.family.metric)
         both.fill(0.0)
         return out
 

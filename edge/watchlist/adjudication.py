@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from edge import boundedjson
 from edge.errors import EdgeError
+from edge.watchlist.bundle_format import canonical_json
 from edge.watchlist.keys import DEVICE_ID_RE, key_id
 from edge.watchlist.statefile import write_atomic
 
@@ -135,7 +136,7 @@ def sign_adjudication(
         "officer": officer,
         "at": at_text,
     }
-    body_str = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    body_str = canonical_json(body).decode("ascii")
     sig = key.sign(SIG_CONTEXT + body_str.encode("ascii"))
     doc = {
         "format": FORMAT,
@@ -143,7 +144,7 @@ def sign_adjudication(
         "body": body_str,
         "signature": base64.b64encode(sig).decode("ascii"),
     }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")
+    return canonical_json(doc)
 
 
 def verify_adjudication(

@@ -1,7 +1,7 @@
 """Fusing several embeddings of one face into one template.
 
-The daemon's track templates, enrolment with several images per subject and the
-multi-image probes of ``edge eval identify --probe-images K`` all fuse the same way:
+The daemon's track templates, flip-averaged embeddings (a chip and its mirror image)
+and the multi-image probes of ``edge eval identify --probe-images K`` all fuse the same way:
 each embedding is L2-normalised, the normalised vectors are averaged (weighted when
 weights are given: a quality score or a face size), and the mean is brought back to the
 family's scale: unit length for cosine families, the inputs' mean norm for Euclidean ones
