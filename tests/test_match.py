@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.recognition.match import Matcher, Watchlist, WatchlistError
+from edge.recognition.match import MAX_REFERENCES, Matcher, Reference, Watchlist, WatchlistError
 from edge.types import Metric
+from edge.vision.fusion import fuse
 
 
 def make_watchlist(
@@ -119,8 +120,10 @@ def test_empty_inputs_and_bad_probes() -> None:
 
 def test_invalid_watchlists_are_refused() -> None:
     emb = np.zeros((2, 4), np.float32)
-    with pytest.raises(WatchlistError, match="2 embeddings but 1 ids"):
+    with pytest.raises(WatchlistError, match="1 ids but 2 categories"):
         Watchlist(["a"], ["x", "x"], emb, "euclidean", 0.4, "")
+    with pytest.raises(WatchlistError, match="2 embeddings but 1 subjects"):
+        Watchlist(["a"], ["x"], emb, "euclidean", 0.4, "")
     with pytest.raises(WatchlistError, match="unique"):
         Watchlist(["a", "a"], ["x", "x"], emb, "euclidean", 0.4, "")
     with pytest.raises(WatchlistError, match="2-D"):
@@ -213,3 +216,112 @@ def test_real_dlib_embeddings_identify_the_right_person(photos_dir: Path) -> Non
     matches = Matcher(wl).best(probes)
     assert [m.subject_id for m in matches] == ["obama", "biden", "alex"]
     assert all(m.score >= 0.4 for m in matches)  # dlib distance <= 0.6
+
+
+# --- several references per subject ------------------------------------------------------
+
+
+def brute_force_subjects(
+    rows: np.ndarray, counts: list[int], probes: np.ndarray, metric: Metric, reference: Reference
+) -> np.ndarray:
+    """(probes, subjects) scores, computed the slow way from first principles."""
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    per_subject = np.empty((len(probes), len(counts)))
+    for j, (a, c) in enumerate(zip(starts, counts, strict=True)):
+        refs = rows[a : a + c].astype(np.float64)
+        if reference == "fused":
+            refs = fuse(refs, metric)[None].astype(np.float64)
+        for i, p in enumerate(probes.astype(np.float64)):
+            if metric == "cosine":
+                sims = [p @ r / np.linalg.norm(p) / np.linalg.norm(r) for r in refs]
+            else:
+                sims = [1.0 - np.linalg.norm(p - r) for r in refs]
+            per_subject[i, j] = max(sims)
+    return per_subject
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    counts=st.lists(st.integers(1, 5), min_size=1, max_size=12),
+    m=st.integers(1, 5),
+    dim=st.integers(2, 12),
+    metric=st.sampled_from(["euclidean", "cosine"]),
+    reference=st.sampled_from(["fused", "best"]),
+    seed=st.integers(0, 10_000),
+)
+def test_several_references_equal_brute_force(
+    counts: list[int], m: int, dim: int, metric: Metric, reference: Reference, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((sum(counts), dim)).astype(np.float32)
+    original = rows.copy()
+    probes = rng.standard_normal((m, dim)).astype(np.float32)
+    n = len(counts)
+    wl = Watchlist([f"S{i}" for i in range(n)], ["x"] * n, rows, metric, 0.4, "",
+                   reference_counts=counts, reference=reference)
+    assert len(wl) == n and wl.rows == (n if reference == "fused" else sum(counts))
+    expected = brute_force_subjects(original, counts, probes, metric, reference)
+    matches = Matcher(wl).best(probes)
+    assert [x.score for x in matches] == pytest.approx(expected.max(axis=1).tolist(), abs=1e-4)
+    for x, row in zip(matches, expected, strict=True):
+        assert row[x.subject_index] == pytest.approx(row.max(), abs=1e-4)  # a tie may pick either
+        assert x.subject_id == f"S{x.subject_index}"
+
+
+def test_best_and_fused_references_differ_where_they_should() -> None:
+    # Subject A: two references at right angles (a frontal and a profile, say);
+    # subject B: one reference between them, a little off. A probe equal to A's first
+    # reference is A's by its best reference (score 1) but B's by the fused one: A's
+    # fused reference points half-way, and B is nearer the probe than that.
+    a1, a2 = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
+    b = [0.9, 0.3, 0.3]
+    rows = np.array([a1, a2, b], np.float32)
+    probe = np.array([1.0, 0.0, 0.0], np.float32)
+    found = {}
+    for reference in ("best", "fused"):
+        wl = Watchlist(["A", "B"], ["x", "x"], rows.copy(), "cosine", 0.5, "",
+                       reference_counts=[2, 1], reference=reference)  # type: ignore[arg-type]
+        (match,) = Matcher(wl).best(probe)
+        found[reference] = (match.subject_id, round(match.score, 4))
+    assert found["best"] == ("A", 1.0)
+    fused_a = float(np.dot(probe, fuse(np.array([a1, a2]), "cosine")))  # 0.7071
+    score_b = float(np.dot(probe, b) / np.linalg.norm(b))  # 0.9045
+    assert fused_a < score_b
+    assert found["fused"] == ("B", round(score_b, 4))
+
+
+@pytest.mark.parametrize("reference", ["fused", "best"])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_wipe_zeroes_every_reference_row_and_the_fused_matrix(
+    metric: Metric, reference: Reference
+) -> None:
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((7, 16)).astype(np.float32)
+    wl = Watchlist(["a", "b", "c"], ["x"] * 3, rows, metric, 0.4, "",
+                   reference_counts=[3, 1, 3], reference=reference)
+    refs, searched, norms = wl.references, wl.embeddings, wl.sq_norms
+    assert refs is rows and refs.shape == (7, 16)  # the bundle's matrix, not a copy
+    assert searched.shape == ((3, 16) if reference == "fused" else (7, 16))
+    matcher = Matcher(wl)
+    assert len(matcher.best(rows[:2])) == 2
+    wl.wipe()
+    assert not rows.any() and not searched.any() and not norms.any()
+    assert len(wl) == 0 and wl.references.shape == (0, 16) and wl.embeddings.shape == (0, 16)
+    assert matcher.best(np.ones((2, 16), np.float32)) == []
+    matcher.release()
+
+
+def test_reference_counts_are_checked() -> None:
+    rows = np.ones((MAX_REFERENCES + 1, 4), np.float32)
+    with pytest.raises(WatchlistError, match=f"more than {MAX_REFERENCES}"):
+        Watchlist(["a"], ["x"], rows, "euclidean", 0.4, "", reference_counts=[MAX_REFERENCES + 1])
+    with pytest.raises(WatchlistError, match="no reference"):
+        Watchlist(["a", "b"], ["x"] * 2, rows[:2], "euclidean", 0.4, "", reference_counts=[2, 0])
+    with pytest.raises(WatchlistError, match="3 embeddings but 2 subjects with 4 references"):
+        Watchlist(["a", "b"], ["x"] * 2, rows[:3], "euclidean", 0.4, "", reference_counts=[2, 2])
+    with pytest.raises(WatchlistError, match="reference mode"):
+        Watchlist(["a"], ["x"], rows[:1], "euclidean", 0.4, "", reference="mean")  # type: ignore[arg-type]
+    opposite = np.array([[1.0, 0.0], [-1.0, 0.0]], np.float32)
+    with pytest.raises(WatchlistError, match="cancel out"):
+        Watchlist(["a"], ["x"], opposite, "cosine", 0.4, "", reference_counts=[2],
+                  reference="fused")
