@@ -154,13 +154,32 @@ def test_enrol_gives_every_image_a_verdict(tmp_path: Path, photos_dir: Path,
     assert verdicts["e_broken.jpg"].verdict == "unreadable"
     assert len(seen) == 5
     (subject,) = report.subjects
-    assert subject.images_used == 2
-    assert report.embeddings.shape == (1, engine.family.dim)
-    # the subject embedding is the mean of the good images' embeddings
+    assert subject.images_used == 2 and subject.references == 2
+    assert report.embeddings.shape == (2, engine.family.dim)
+    # each good image's embedding is one reference, in file order, made as the device makes it
     used = [cv2.imread(str(folder / name)) for name in ("a_good.jpg", "b_second.jpg")]
     chips = [engine.analyse(img)[0].chip for img in used]
-    expected = engine.embed(chips).mean(axis=0)
-    if engine.family.metric == "cosine":
-        expected = expected / np.linalg.norm(expected)
-    np.testing.assert_allclose(report.embeddings[0], expected, atol=1e-4)
+    np.testing.assert_allclose(report.embeddings, engine.embed(chips), atol=1e-4)
     assert report.thumbnails["S-0001"][:2] == b"\xff\xd8"
+
+
+def test_more_images_than_references_is_refused_before_any_model_runs(tmp_path: Path) -> None:
+    from edge.recognition.match import MAX_REFERENCES
+    from edge.watchlist.enrol import enrol
+
+    folder = _subject(tmp_path / "subjects", SUBJECT, "S-0001")
+    for i in range(MAX_REFERENCES + 1):
+        (folder / f"img{i:02d}.jpg").write_bytes(b"never read")
+    ok = _subject(tmp_path / "subjects", SUBJECT.replace("PNC", "PNC 2"), "S-0002")
+    (ok / "one.jpg").write_bytes(b"never read")
+
+    class NoModel:  # enrolment must refuse before touching the engine or the gate
+        def __getattr__(self, name: str) -> None:
+            raise AssertionError(f"model used: {name}")
+
+    with pytest.raises(ConfigError) as info:
+        enrol(tmp_path / "subjects", NoModel(), NoModel(), "euclidean")  # type: ignore[arg-type]
+    assert info.value.problems == [
+        f"{folder}: {MAX_REFERENCES + 1} images, more than the {MAX_REFERENCES} references a "
+        f"subject may have (keep the best {MAX_REFERENCES})"
+    ]

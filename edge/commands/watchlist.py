@@ -48,6 +48,10 @@ def register(sub: Any) -> None:
                    "write the subjects' enrolled images for the console, encrypted to it")
     b.add_argument("--references-out", type=Path, default=None, metavar="FILE",
                    help="where the console's reference file goes (default: OUT with .refs)")
+    b.add_argument("--reference", choices=("fused", "best"), default=None,
+                   help="how the device scores a subject with several images: its best "
+                   "image or their fusion, as a track template (default: the measured "
+                   "better, docs/design.md); calibrate the threshold for the same mode")
     b.set_defaults(func=run_build)
 
     i = wsub.add_parser("inspect", help="verify and summarise a bundle")
@@ -95,6 +99,7 @@ def _engine(models: Path | None, precision: str) -> tuple[Any, Any, Any]:
 def run_build(args: argparse.Namespace) -> int:
     from edge.errors import UsageError
     from edge.progress import Progress
+    from edge.recognition.match import DEFAULT_REFERENCE
     from edge.watchlist.bundle import build_bundle
     from edge.watchlist.enrol import (
         describe_spec,
@@ -142,6 +147,7 @@ def run_build(args: argparse.Namespace) -> int:
         recipients,
         thumbnails=report.thumbnails,
         bundle_id=bundle_id,
+        reference=args.reference or DEFAULT_REFERENCE,
     )
     report.embeddings.fill(0.0)
     write_atomic(args.out, data, 0o600, force=True)
@@ -196,7 +202,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     }
     if ins.subjects is not None:
         doc["subjects"] = [
-            {"id": s.subject_id, "category": s.category, "images_used": s.images_used}
+            {"id": s.subject_id, "category": s.category, "images_used": s.images_used,
+             "references": s.references}
             for s in ins.subjects
         ]
     if args.json:

@@ -132,6 +132,7 @@ def run_bench(
             metric=family.metric,
             threshold=family.threshold if threshold is None else threshold,
             embedder_sha256=sha,
+            reference_counts=[s.references for s in report.subjects],
         )
     from edge.service.config import RecognitionSettings
 

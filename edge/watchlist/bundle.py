@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.errors import UsageError
+from edge.recognition.match import DEFAULT_REFERENCE, MAX_REFERENCES, REFERENCES, Reference
 from edge.watchlist.bundle_format import (
     _NONCE,
     BUNDLE_SUFFIX,
@@ -134,17 +135,30 @@ def build_bundle(
     thumbnails: Mapping[str, bytes] | None = None,
     bundle_id: str | None = None,
     created_at: dt.datetime | None = None,
+    reference: Reference = DEFAULT_REFERENCE,
 ) -> bytes:
     """Encrypt, wrap and sign a watchlist. Raises :class:`UsageError` on bad input.
 
+    ``embeddings`` holds each subject's ``references`` rows, consecutive, in subject
+    order; ``reference`` is how the device scores several rows (see bundle_format).
     This does not refuse a spec the device would refuse (e.g. signage not confirmed);
     :func:`edge.watchlist.enrol.load_deployment` does that at build time.
     """
     thumbnails = thumbnails or {}
+    if reference not in REFERENCES:
+        raise UsageError(f"reference {reference!r} is not one of {', '.join(REFERENCES)}")
+    for s in subjects:
+        if type(s.references) is not int or not 1 <= s.references <= MAX_REFERENCES:
+            raise UsageError(
+                f"subject {s.subject_id} has {s.references} references; a subject has "
+                f"1 to {MAX_REFERENCES}"
+            )
+    rows = sum(s.references for s in subjects)
     emb = np.ascontiguousarray(embeddings, dtype="<f4")
-    if emb.ndim != 2 or emb.shape[0] != len(subjects) or emb.shape[1] != embedder.dim:
+    if emb.ndim != 2 or emb.shape[0] != rows or emb.shape[1] != embedder.dim:
         raise UsageError(
-            f"embeddings shape {emb.shape} does not match {len(subjects)} subjects x {embedder.dim}"
+            f"embeddings shape {emb.shape} does not match {len(subjects)} subjects with "
+            f"{rows} references x {embedder.dim}"
         )
     if not np.isfinite(emb).all():
         raise UsageError("embeddings contain NaN or infinity")
@@ -199,7 +213,7 @@ def build_bundle(
         d = s.to_json()
         d["thumbnail"] = _b64(thumbnails.get(s.subject_id, b""))
         subj_json.append(d)
-    meta = canonical_json({"subjects": subj_json})
+    meta = canonical_json({"subjects": subj_json, "reference": reference})
     plaintext = struct.pack(">I", len(meta)) + meta + emb.tobytes()
     signer_id = key_id(signing_key.public_key())
     prefix = MAGIC + struct.pack(">H", FORMAT_VERSION) + signer_id

@@ -24,7 +24,14 @@ a crypto-shred.
 
 Decrypted plaintext::
 
-    4  M = meta length | M  meta JSON {"subjects": [...]} | N*D*4  float32 little-endian
+    4  M = meta length | M  meta JSON {"subjects": [...], "reference": "best"|"fused"}
+    | R*D*4  float32 little-endian: R = the sum of the subjects' ``references`` (at most
+    MAX_REFERENCES each), each subject's rows consecutive, in subject order
+
+A bundle from before several references has neither ``references`` (one row each) nor
+``reference`` (then :data:`edge.recognition.match.DEFAULT_REFERENCE`, which one row makes
+moot). ``reference`` says how the device scores a subject with several rows (its best
+row or their fusion); it is signed with the threshold calibrated for it.
 
 Built by :mod:`edge.watchlist.bundle`, opened and verified by
 :mod:`edge.watchlist.bundle_open`. About 490 lines, kept as one unit: the layout, the
@@ -53,6 +60,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from edge.recognition.match import DEFAULT_REFERENCE, MAX_REFERENCES, Reference
 from edge.types import Metric
 from edge.watchlist.keys import DEVICE_ID_RE
 
@@ -411,6 +419,7 @@ class Subject:
     capture_date: str  # YYYY-MM-DD
     legal_basis: str
     images_used: int = 1
+    references: int = 1  # embedding rows in the payload (one per usable image)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -421,6 +430,7 @@ class Subject:
             "capture_date": self.capture_date,
             "legal_basis": self.legal_basis,
             "images_used": self.images_used,
+            "references": self.references,
         }
 
     @classmethod
@@ -431,6 +441,7 @@ class Subject:
             n,
             ("id", "category", "reference", "source", "capture_date", "legal_basis",
              "images_used", "thumbnail"),
+            ("references",),
         )
         cap = _Shape.text(o["capture_date"], f"{n}.capture_date", 10, _DATE_RE)
         return cls(
@@ -441,6 +452,9 @@ class Subject:
             capture_date=cap,
             legal_basis=_Shape.text(o["legal_basis"], f"{n}.legal_basis"),
             images_used=_Shape.integer(o["images_used"], f"{n}.images_used", 1, 10_000),
+            references=_Shape.integer(
+                o.get("references", 1), f"{n}.references", 1, MAX_REFERENCES
+            ),
         )
 
 
@@ -466,8 +480,14 @@ class OpenedBundle:
 
     header: BundleHeader
     subjects: tuple[Subject, ...]
-    embeddings: F32  # (N, D), the only decrypted copy; zeroed by wipe()
+    embeddings: F32  # (R, D), the only decrypted copy; zeroed by wipe()
     thumbnails: dict[str, bytes] = field(default_factory=dict)
+    reference: Reference = DEFAULT_REFERENCE  # how a subject's rows are scored
+
+    @property
+    def reference_counts(self) -> list[int]:
+        """Rows of ``embeddings`` per subject, in subject order."""
+        return [s.references for s in self.subjects]
 
     def wipe(self) -> None:
         """Zero the embedding matrix in place and drop the thumbnails."""

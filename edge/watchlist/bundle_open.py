@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.errors import BundleRefused
+from edge.recognition.match import DEFAULT_REFERENCE, REFERENCES
 from edge.watchlist.bundle_format import (
     _FIXED,
     _NONCE,
@@ -360,13 +361,17 @@ def _parse_payload(plain: bytearray, h: BundleHeader) -> OpenedBundle:
         raise garbled("is too short")
     (mlen,) = struct.unpack_from(">I", plain, 0)
     dim, count = h.embedder.dim, h.subject_count
-    if 4 + mlen + count * dim * 4 != len(plain):
+    if 4 + mlen + count * dim * 4 > len(plain):
         raise garbled("lengths do not match the header")
     try:
-        meta = _Shape.obj(strict_json(bytes(plain[4 : 4 + mlen])), "payload", ("subjects",))
+        meta = _Shape.obj(strict_json(bytes(plain[4 : 4 + mlen])), "payload", ("subjects",),
+                          ("reference",))
         raw = meta["subjects"]
         if not isinstance(raw, list) or len(raw) != count:
             raise ValueError("subjects do not match subject_count")
+        reference = meta.get("reference", DEFAULT_REFERENCE)
+        if reference not in REFERENCES:
+            raise ValueError("reference is neither " + " nor ".join(REFERENCES))
         subjects = tuple(Subject.from_json(s, i) for i, s in enumerate(raw))
         thumbs = {
             s.subject_id: _Shape.b64(r["thumbnail"], f"subjects[{i}].thumbnail", MAX_THUMB)
@@ -374,6 +379,9 @@ def _parse_payload(plain: bytearray, h: BundleHeader) -> OpenedBundle:
         }
     except ValueError as exc:
         raise garbled(str(exc)) from None
+    rows = sum(s.references for s in subjects)
+    if 4 + mlen + rows * dim * 4 != len(plain):
+        raise garbled("lengths do not match the subjects' references")
     if len({s.subject_id for s in subjects}) != count:
         raise garbled("repeats a subject id")
     for s in subjects:
@@ -387,14 +395,15 @@ def _parse_payload(plain: bytearray, h: BundleHeader) -> OpenedBundle:
         cats[s.category] = cats.get(s.category, 0) + 1
     if cats != dict(h.categories):
         raise garbled("categories do not match the header")
-    emb = np.empty((count, dim), dtype=np.float32)
-    view = np.frombuffer(plain, dtype="<f4", count=count * dim, offset=4 + mlen)
+    emb = np.empty((rows, dim), dtype=np.float32)
+    view = np.frombuffer(plain, dtype="<f4", count=rows * dim, offset=4 + mlen)
     emb.reshape(-1)[:] = view
     del view
     if not np.isfinite(emb).all():
         emb.fill(0.0)
         raise garbled("has non-finite embeddings")
-    return OpenedBundle(header=h, subjects=subjects, embeddings=emb, thumbnails=thumbs)
+    return OpenedBundle(header=h, subjects=subjects, embeddings=emb, thumbnails=thumbs,
+                        reference=reference)
 
 
 def bundle_digest(data: bytes) -> str:

@@ -338,6 +338,8 @@ class DeploymentManager:
                     metric=h.embedder.metric,
                     threshold=h.threshold,
                     embedder_sha256=h.embedder.sha256,
+                    reference_counts=opened.reference_counts,
+                    reference=opened.reference,
                 )
             except WatchlistError as wl_exc:
                 opened.wipe()

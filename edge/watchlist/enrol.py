@@ -4,8 +4,10 @@ Enrolment runs the same :class:`edge.vision.faces.FaceEngine` and
 :class:`edge.vision.quality.QualityGate` as the device, so a reference embedding is made
 exactly as a live one is. Every image
 gets a verdict: ``ok``, ``no face``, ``N faces``, ``too low quality (<reason>)`` or
-``unreadable``. A subject's embedding is the mean of its good images' embeddings,
-L2-normalised for cosine families.
+``unreadable``. Every good image's embedding is one of the subject's references (at
+most :data:`edge.recognition.match.MAX_REFERENCES` images per subject folder: more is
+refused before any model runs); the device scores a subject by its best reference or by
+their fusion, as the bundle says (``docs/design.md``).
 
 Input layout::
 
@@ -51,6 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import ConfigError, UsageError
+from edge.recognition.match import MAX_REFERENCES
 from edge.types import Chip, Detection, ImageU8, Metric, Quality
 from edge.watchlist.bundle import (
     CATEGORIES,
@@ -264,7 +267,8 @@ class ImageVerdict:
 
 @dataclass(slots=True)
 class EnrolmentReport:
-    """Everything enrolment produced. ``embeddings`` rows match ``subjects``."""
+    """Everything enrolment produced. ``embeddings`` holds each subject's ``references``
+    rows, consecutive, in the order of ``subjects``."""
 
     subjects: list[Subject]
     embeddings: F32
@@ -354,6 +358,13 @@ def enrol(
     ids = [m.subject_id for _, m in metas]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     problems += [f"subject id {i} is used by more than one folder" for i in dupes]
+    for folder, _ in metas:
+        n_images = len(images_in(folder))
+        if n_images > MAX_REFERENCES:
+            problems.append(
+                f"{folder}: {n_images} images, more than the {MAX_REFERENCES} references a "
+                f"subject may have (keep the best {MAX_REFERENCES})"
+            )
     if problems:
         raise ConfigError(problems)
 
@@ -381,14 +392,7 @@ def enrol(
             if files:
                 failed.append((meta.subject_id, "no usable image"))
             continue
-        mean = np.mean(np.stack(good), axis=0).astype(np.float32)
-        if metric == "cosine":
-            norm = float(np.linalg.norm(mean))
-            if norm <= 1e-12:
-                failed.append((meta.subject_id, "embeddings cancel out"))
-                continue
-            mean = (mean / norm).astype(np.float32)
-        rows.append(mean)
+        rows.extend(g.copy() for g in good)
         subjects.append(
             Subject(
                 subject_id=meta.subject_id,
@@ -398,6 +402,7 @@ def enrol(
                 capture_date=meta.capture_date,
                 legal_basis=meta.legal_basis,
                 images_used=len(good),
+                references=len(good),
             )
         )
         if best is not None and best[1]:
@@ -406,6 +411,8 @@ def enrol(
             g.fill(0.0)
     dim = rows[0].shape[0] if rows else 0
     matrix = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+    for r in rows:
+        r.fill(0.0)
     return EnrolmentReport(subjects, matrix, thumbs, verdicts, failed)
 
 
