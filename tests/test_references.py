@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,15 @@ def _subjects(counts: list[int]) -> list[B.Subject]:
             for s, c in zip(subjects(len(counts)), counts, strict=True)]
 
 
+def _device_key(kit: Any) -> Any:
+    """The key bundles are wrapped to: the deployment's key where the kit has one."""
+    return getattr(kit, "deployment", kit.device)
+
+
 def _build(kit: Any, subj: list[B.Subject], emb: np.ndarray, **kw: Any) -> bytes:
     return B.build_bundle(
         spec(), subj, emb, EMBEDDER, kit.signer,
-        [(kit.device_id, kit.device.public_key())],
+        [(kit.device_id, _device_key(kit).public_key())],
         thumbnails={s.subject_id: b"\xff\xd8" + s.subject_id.encode() for s in subj},
         created_at=NOW - dt.timedelta(hours=2), **kw,
     )
@@ -133,10 +139,13 @@ def test_the_end_of_a_deployment_wipes_every_reference_row(
     state.mkdir()
     path = state / "watchlist.bundle"
     path.write_bytes(data)
+    keys: dict[str, Any] = {}
+    if "deployment_keys_dir" in inspect.signature(DeploymentManager).parameters:
+        keys["deployment_keys_dir"] = kit.install(tmp_path / "keys")
     m = DeploymentManager(
         state, kit.device_id, kit.device, kit.trusted, threshold_floor=0.4, max_subjects=100,
         expected_embedder_sha256=EMBEDDER_SHA, audit=AuditLog(state / "audit.jsonl"),
-        clock=lambda: NOW.timestamp(),
+        clock=lambda: NOW.timestamp(), **keys,
     )
     assert m.load(path).armed
     wl = m.watchlist
