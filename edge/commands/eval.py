@@ -137,6 +137,14 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
                    help="fuse K images of a probe identity into one template per search, as "
                    "the daemon fuses a track (default 1; identify takes several K, e.g. 1,2,3, "
                    "embedding each image once)")
+    p.add_argument("--gallery-images", default=None, metavar="K[,K...]",
+                   help="up to K images per gallery subject, as a watchlist holds several "
+                   "references (default 1; with --lfw an identity's first min(K, n-1) images, "
+                   "the probes cut at the largest K so that every K searches the same probes)")
+    p.add_argument("--reference", default=None, metavar="fused|best",
+                   help="score a subject with several gallery images by the best of them or "
+                   "by their fused template, as the device does (default: the device's "
+                   "default; identify takes both, fused,best)")
     p.add_argument("--holdout", type=float, default=None, metavar="SHARE",
                    help="with --lfw: share of the multi-image identities kept out of the "
                    "gallery as non-mated (default 0.5 with --probe-images, else 0)")
@@ -152,7 +160,7 @@ def _search_set(args: argparse.Namespace) -> Any:
         holdout = args.holdout
         if holdout is None:
             holdout = 0.5 if args.probe_images is not None else 0.0
-        sets = lfw_sets(args.lfw, holdout)
+        sets = lfw_sets(args.lfw, holdout, max(_gallery_images(args, several=True)))
     elif args.gallery is not None and args.probes is not None:
         if args.holdout is not None:
             raise UsageError("--holdout is for --lfw (with folders, the probes folder says "
@@ -175,21 +183,45 @@ def _probe_images(args: argparse.Namespace, several: bool) -> list[int]:
     return ks
 
 
-def _score_searches(
-    args: argparse.Namespace, fpirs: list[float], ks: list[int]
-) -> list[tuple[Any, dict[str, Any]]]:
-    from edge.evaluation.identify import group_probes, run_identify_many
+def _gallery_images(args: argparse.Namespace, several: bool) -> list[int]:
+    from edge.errors import UsageError
+    from edge.evaluation.identify import parse_gallery_images
 
+    ks = parse_gallery_images(args.gallery_images or "1")
+    if len(ks) > 1 and not several:
+        raise UsageError(f"--gallery-images {args.gallery_images}: calibrate takes one K")
+    return ks
+
+
+def _references(args: argparse.Namespace, several: bool) -> list[str]:
+    from edge.errors import UsageError
+    from edge.evaluation.identify import parse_references
+    from edge.recognition.match import DEFAULT_REFERENCE
+
+    refs = parse_references(args.reference or DEFAULT_REFERENCE)
+    if len(refs) > 1 and not several:
+        raise UsageError(f"--reference {args.reference}: calibrate takes one mode")
+    return refs
+
+
+def _score_searches(
+    args: argparse.Namespace, fpirs: list[float], ks: list[int], several: bool = True
+) -> list[tuple[Any, dict[str, Any]]]:
+    from edge.evaluation.identify import group_probes, limit_gallery, run_identify_many
+
+    gks = _gallery_images(args, several)
+    refs = _references(args, several)
     sets = _search_set(args)  # fail on bad input before loading any model
     for k in ks:
-        group_probes(sets, k)
+        for gk in gks:
+            group_probes(limit_gallery(sets, gk), k)
     engine, precision = _engine_from_args(args)
     label = getattr(args, "label", None) or f"{args.embedder} {precision}"
     runs = run_identify_many(
         engine, sets, fpirs, label=label,
         choose=args.face or ("centre" if args.lfw is not None else "largest"),
         fallback=args.lfw is not None and not args.no_fallback,
-        progress=not args.no_progress, probe_images=ks,
+        progress=not args.no_progress, probe_images=ks, gallery_images=gks, references=refs,
     )
     for _, rep in runs:
         rep["precision"] = precision
@@ -226,8 +258,11 @@ def run_identify(args: argparse.Namespace) -> int:
     extra = [ScoreSet.load(p) for p in args.plot_scores]
     if extra and args.plot is None:
         raise UsageError("--plot-scores needs --plot")
-    if args.save_scores is not None and len(ks) > 1:
-        raise UsageError("--save-scores takes one --probe-images K")
+    several = (len(ks) > 1 or len(_gallery_images(args, True)) > 1
+               or len(_references(args, True)) > 1)
+    if args.save_scores is not None and several:
+        raise UsageError("--save-scores takes one --probe-images K, --gallery-images K and "
+                         "--reference")
     if args.scores is not None:
         if args.lfw is not None or args.gallery is not None:
             raise UsageError("use either --scores or --lfw/--gallery, not both")
@@ -287,7 +322,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
             raise UsageError("use either --scores or --lfw/--gallery, not both")
         ss = ScoreSet.load(args.scores)
     else:
-        ss = _score_searches(args, [args.fpir], _probe_images(args, several=False))[0][0]
+        ss = _score_searches(args, [args.fpir], _probe_images(args, several=False),
+                             several=False)[0][0]
     cals = [calibrate(ss, args.fpir, n, reps=args.reps, seed=args.seed) for n in sizes]
     if args.json:
         print(json.dumps({"label": ss.label, "calibrations": [c.to_dict() for c in cals]},

@@ -83,8 +83,10 @@ from edge.evaluation.identify_sets import (
     folder_sets,
     group_probes,
     lfw_sets,
+    limit_gallery,
     ungroup,
 )
+from edge.recognition.match import DEFAULT_REFERENCE, REFERENCES
 
 if TYPE_CHECKING:
     from edge.vision.faces import FaceEngine
@@ -92,8 +94,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_FPIRS", "IMAGE_SUFFIXES", "Choice", "DetCurve", "EmbedStats", "OperatingPoint",
     "Probe", "ScoreSet", "SearchSet", "check_paths", "det_curve", "embed_images", "fnir_at",
-    "folder_sets", "format_text", "fpir_at", "group_probes", "lfw_sets", "mated_rank1",
-    "mated_wrong_top", "nonmated_top", "operating_points", "parse_fpirs", "parse_probe_images",
+    "folder_sets", "format_text", "fpir_at", "group_probes", "lfw_sets", "limit_gallery",
+    "mated_rank1", "mated_wrong_top", "nonmated_top", "operating_points", "parse_fpirs",
+    "parse_gallery_images", "parse_probe_images", "parse_references",
     "pick_detection", "point_at", "probe_templates", "rank1_rate", "read_image", "report",
     "run_identify", "run_identify_many", "score_search", "score_searches", "subject_scores",
     "threshold_for_fpir", "top_scores", "ungroup",
@@ -110,11 +113,13 @@ def run_identify(
     fallback: bool = False,
     progress: bool = True,
     probe_images: int = 1,
+    gallery_images: int = 1,
+    reference: str = DEFAULT_REFERENCE,
 ) -> tuple[ScoreSet, dict[str, Any]]:
     """Score the search set and report (the CLI's body)."""
     return run_identify_many(
         engine, sets, fpirs, label=label, choose=choose, fallback=fallback, progress=progress,
-        probe_images=[probe_images],
+        probe_images=[probe_images], gallery_images=[gallery_images], references=[reference],
     )[0]
 
 
@@ -128,21 +133,37 @@ def run_identify_many(
     fallback: bool = False,
     progress: bool = True,
     probe_images: Sequence[int] = (1,),
+    gallery_images: Sequence[int] = (1,),
+    references: Sequence[str] = (DEFAULT_REFERENCE,),
 ) -> list[tuple[ScoreSet, dict[str, Any]]]:
-    """One (score set, report) per K in ``probe_images``, every image embedded once."""
-    grouped = [group_probes(sets, k) for k in probe_images]
-    labels = [label if k == 1 else f"{label}, {k} images" for k in probe_images]
+    """One (score set, report) per gallery K, reference mode and probe K (in that nesting),
+    every image embedded once. ``sets`` must hold the largest gallery K
+    (:func:`lfw_sets` ``gallery_images``); smaller ones take each subject's first K."""
+    combos = [(gk, ref, pk) for gk in gallery_images for ref in references
+              for pk in probe_images]
+    grouped = [group_probes(limit_gallery(sets, gk), pk) for gk, _, pk in combos]
+    several = len(gallery_images) > 1 or max(gallery_images) > 1 or len(references) > 1
+
+    def name(gk: int, ref: str, pk: int) -> str:
+        parts = [label] + ([f"{gk} gallery images, {ref}"] if several else [])
+        return ", ".join(parts + ([f"{pk} images"] if pk > 1 else []))
+
+    labels = [name(*c) for c in combos]
     # For K > 1, the same images searched one by one: the gain of fusing, population alike.
-    singles = [ungroup(g) for g, k in zip(grouped, probe_images, strict=True) if k > 1]
+    singles = [(ungroup(g), c) for g, c in zip(grouped, combos, strict=True) if c[2] > 1]
     stats = EmbedStats()
     scored = score_searches(
-        engine, [*grouped, *singles], labels=[*labels, *(f"{label}, single" for _ in singles)],
+        engine, [*grouped, *(g for g, _ in singles)],
+        labels=[*labels, *(f"{name(*c)}, single" for _, c in singles)],
         choose=choose, fallback=fallback, progress=progress, stats=stats,
+        references=[*(c[1] for c in combos), *(c[1] for _, c in singles)],
     )
     baselines = iter(scored[len(grouped):])
     out: list[tuple[ScoreSet, dict[str, Any]]] = []
-    for ss, g, k in zip(scored[: len(grouped)], grouped, probe_images, strict=True):
+    for ss, g, (gk, ref, k) in zip(scored[: len(grouped)], grouped, combos, strict=True):
         rep = report(ss, fpirs, family_threshold=engine.family.threshold)
+        rep["gallery_images"] = gk
+        rep["reference"] = ref
         if k > 1:
             base = report(next(baselines), fpirs)
             rep["same_images_one_by_one"] = {
@@ -182,4 +203,25 @@ def parse_probe_images(text: str) -> list[int]:
         raise UsageError(f"--probe-images {text!r}: expected K or K,K,... like 1,2,3") from None
     if not vals or any(not (1 <= v <= 50) for v in vals) or len(set(vals)) != len(vals):
         raise UsageError(f"--probe-images {text!r}: each K must be 1-50, each once")
+    return vals
+
+
+def parse_gallery_images(text: str) -> list[int]:
+    """``--gallery-images K[,K...]``: distinct K from 1 to MAX_REFERENCES, in the order given."""
+    from edge.recognition.match import MAX_REFERENCES
+
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--gallery-images {text!r}: expected K or K,K,... like 1,2,3") from None
+    if not vals or any(not (1 <= v <= MAX_REFERENCES) for v in vals) or len(set(vals)) != len(vals):
+        raise UsageError(f"--gallery-images {text!r}: each K must be 1-{MAX_REFERENCES}, each once")
+    return vals
+
+
+def parse_references(text: str) -> list[str]:
+    """``--reference fused|best[,...]``."""
+    vals = [v.strip() for v in text.split(",") if v.strip()]
+    if not vals or any(v not in REFERENCES for v in vals) or len(set(vals)) != len(vals):
+        raise UsageError(f"--reference {text!r}: fused, best or both (fused,best)")
     return vals

@@ -2,9 +2,11 @@
 
 :class:`ScoreSet` holds probe x gallery-subject similarities only (never an embedding),
 and saves to / loads from a compressed ``.npz`` for ``edge eval calibrate`` and plots.
-A gallery subject with several images scores the best of them; a K-image probe is one
-template fused from its images' embeddings (:func:`edge.vision.fusion.fuse`), from
-those of its images in which a face was found.
+A gallery subject with several images is scored as the device scores a subject with several
+references (``reference``): by the best of its images (``"best"``) or by one template fused
+from them (``"fused"``, :func:`edge.vision.fusion.fuse`, as the watchlist fuses them); a
+K-image probe is one template fused from its images' embeddings, from those of its images in
+which a face was found.
 """
 
 from __future__ import annotations
@@ -253,9 +255,11 @@ def score_searches(
     fallback: bool = False,
     progress: bool = True,
     stats: EmbedStats | None = None,
+    references: Sequence[str] | None = None,
 ) -> list[ScoreSet]:
     """:func:`score_search` for several search sets (e.g. K = 1, 2, 3 of one gallery), each
-    image of any of them embedded once."""
+    image of any of them embedded once; ``references[i]`` scores set ``i``'s subjects by
+    their ``"best"`` image (default) or their ``"fused"`` one."""
     paths = [x for sets in sets_list for x in _all_paths(sets)]
     unique = list(dict.fromkeys(p.resolve() for p in paths))
     where = {p: k for k, p in enumerate(unique)}
@@ -263,8 +267,9 @@ def score_searches(
     emb, ok = embed_images(
         engine, unique, choose=choose, fallback=fallback, progress=progress, stats=stats
     )
-    out = [_scores(engine, sets, emb, ok, where, label)
-           for sets, label in zip(sets_list, labels, strict=True)]
+    refs = list(references) if references is not None else ["best"] * len(sets_list)
+    out = [_scores(engine, sets, emb, ok, where, label, ref)
+           for sets, label, ref in zip(sets_list, labels, refs, strict=True)]
     del emb
     return out
 
@@ -276,18 +281,28 @@ def _all_paths(sets: SearchSet) -> list[Path]:
 
 def _scores(
     engine: FaceEngine, sets: SearchSet, emb: F32, ok: npt.NDArray[np.bool_],
-    where: dict[Path, int], label: str,
+    where: dict[Path, int], label: str, reference: str = "best",
 ) -> ScoreSet:
+    if reference not in ("best", "fused"):
+        raise UsageError(f"--reference {reference!r}: fused or best")
     gallery_ids = tuple(sets.gallery)
     index = {s: j for j, s in enumerate(gallery_ids)}
     tpl_paths = [p for s in gallery_ids for p in sets.gallery[s]]
-    tpl_subject = np.array([index[s] for s in gallery_ids for _ in sets.gallery[s]], dtype=np.int64)
-    t_rows = np.array([where[p.resolve()] for p in tpl_paths], dtype=np.int64)
-    t_ok = ok[t_rows]
+    metric = engine.family.metric
+    if reference == "fused":  # one fused template per subject, as the watchlist fuses them
+        tpl, t_ok = probe_templates(
+            emb, ok, [[where[p.resolve()] for p in sets.gallery[s]] for s in gallery_ids], metric
+        )
+        tpl_subject = np.arange(len(gallery_ids), dtype=np.int64)
+    else:
+        tpl_subject = np.array([index[s] for s in gallery_ids for _ in sets.gallery[s]],
+                               dtype=np.int64)
+        t_rows = np.array([where[p.resolve()] for p in tpl_paths], dtype=np.int64)
+        tpl, t_ok = emb[t_rows], ok[t_rows]
     groups = [[where[x.resolve()] for x in p.paths] for p in sets.probes]
-    probes, p_ok = probe_templates(emb, ok, groups, engine.family.metric)
-    sims = np.asarray(engine.scores(probes, emb[t_rows]), dtype=np.float32)
-    del probes
+    probes, p_ok = probe_templates(emb, ok, groups, metric)
+    sims = np.asarray(engine.scores(probes, tpl), dtype=np.float32)
+    del probes, tpl
     sims[~p_ok, :] = -np.inf
     sims[:, ~t_ok] = -np.inf
     subj = subject_scores(sims, tpl_subject, len(gallery_ids))
@@ -296,6 +311,8 @@ def _scores(
     has_template[tpl_subject[t_ok]] = True
     info = {**engine.model_info, "family_threshold": repr(engine.family.threshold)}
     info["probe_images"] = str(sets.probe_images)
+    info["gallery_images"] = str(max((len(v) for v in sets.gallery.values()), default=0))
+    info["reference"] = reference
     return ScoreSet(
         scores=subj,
         mate=mate,

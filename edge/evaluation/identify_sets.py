@@ -6,6 +6,11 @@ the other identities is a non-mated probe. With ``holdout`` a seeded share of th
 identities with two or more images is kept out of the gallery instead, so that there are
 non-mated identities with several images (which multi-image probes need).
 
+Several gallery images (``gallery_images`` K, :func:`limit_gallery`): an identity's first
+``min(K, n - 1)`` images are its gallery entry and the rest its probes; with several K
+(``--gallery-images 1,2,3``) the probes are cut at the largest, so that every K searches
+exactly the same probes, and each K keeps the first K of those gallery images.
+
 Multi-image probes (:func:`group_probes`): the probe images of each identity, in sorted
 order, are cut into disjoint groups of K, each group one search whose embeddings are fused
 into one template (:func:`edge.vision.fusion.fuse`, the daemon's track templates'
@@ -77,14 +82,17 @@ def _identity_folders(root: Path, option: str) -> dict[str, list[Path]]:
     return out
 
 
-def lfw_sets(lfw_dir: Path, holdout: float = 0.0) -> SearchSet:
-    """LFW protocol: first image of each identity with >= 2 images is its gallery entry.
+def lfw_sets(lfw_dir: Path, holdout: float = 0.0, gallery_images: int = 1) -> SearchSet:
+    """LFW protocol: the first ``min(gallery_images, n - 1)`` images of each identity with
+    n >= 2 images are its gallery entry, the others its mated probes.
 
     ``holdout`` (0 <= h < 1): that share of the identities with >= 2 images (drawn with
     :data:`HOLDOUT_SEED`) is non-mated instead, all their images probes.
     """
     if not (0.0 <= holdout < 1.0):
         raise UsageError(f"--holdout {holdout}: must be in [0, 1)")
+    if gallery_images < 1:
+        raise UsageError(f"--gallery-images {gallery_images}: must be >= 1")
     ids = _identity_folders(lfw_dir, "--lfw")
     multi = [name for name, files in ids.items() if len(files) >= 2]
     n_out = round(holdout * len(multi))
@@ -94,14 +102,29 @@ def lfw_sets(lfw_dir: Path, holdout: float = 0.0) -> SearchSet:
     probes: list[Probe] = []
     for name, files in ids.items():
         if len(files) >= 2 and name not in held:
-            gallery[name] = files[:1]
-            probes.extend(Probe(f, name) for f in files[1:])
+            cut = min(gallery_images, len(files) - 1)
+            gallery[name] = files[:cut]
+            probes.extend(Probe(f, name) for f in files[cut:])
         else:
             probes.extend(Probe(f, name) for f in files)
     if not gallery:
         raise UsageError(f"--lfw {lfw_dir}: no identity has two images, so nothing is mated")
     protocol = "lfw" if not held else f"lfw, {len(held)} multi-image identities held out"
+    if gallery_images > 1:
+        protocol += f"; probes after the first {gallery_images} images"
     return SearchSet(gallery, probes, protocol)
+
+
+def limit_gallery(sets: SearchSet, k: int) -> SearchSet:
+    """The same probes against each subject's first ``k`` gallery images only."""
+    if k < 1:
+        raise UsageError(f"--gallery-images {k}: must be >= 1")
+    gallery = {name: files[:k] for name, files in sets.gallery.items()}
+    if all(len(files) == len(gallery[n]) for n, files in sets.gallery.items()):
+        gallery = sets.gallery
+    multi = sum(1 for files in gallery.values() if len(files) > 1)
+    protocol = f"{sets.protocol}; up to {k} gallery images ({multi} subjects with more than one)"
+    return SearchSet(gallery, sets.probes, protocol if k > 1 else sets.protocol)
 
 
 def folder_sets(gallery_dir: Path, probes_dir: Path) -> SearchSet:
