@@ -33,6 +33,7 @@ COMMANDS: tuple[str, ...] = (
     "alerts",
     "console",
     "audit",
+    "clock",
     "models",
     "demo",
 )

@@ -3,6 +3,14 @@
 The stores do the deleting (:meth:`edge.delivery.outbox.Outbox.purge`, which keeps rows on legal
 hold); this module decides when, with what cut-off, and audits every purge, including
 those that delete nothing, so the audit log shows the policy running.
+
+With the device's :class:`~edge.watchlist.timeguard.TimeGuard` (issue 13 item 2) a purge
+never runs on a clock below the time high-water mark or below a signed bundle's
+``created_at`` (held: audited once per episode as ``purge_held``, and :attr:`held` says
+why on ``status``), and never on time gained by an unconfirmed forward clock jump: ages
+are then judged on the mark, which advances on ``CLOCK_BOOTTIME`` only
+(:meth:`~edge.watchlist.timeguard.TimeGuard.purge_time`). The interval between purges is
+measured on ``CLOCK_BOOTTIME`` too, so a clock set back does not stop them for as long.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from edge.watchlist.audit import AuditLog
+from edge.watchlist.timeguard import TimeGuard, iso
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,10 @@ class RetentionPolicy:
     days: int = MAX_RETENTION_DAYS
     interval_s: float = 3600.0
     last_run: float | None = None
+    clock: TimeGuard | None = None
+    held: str | None = None
+    """Why purges are held right now (for ``status``), or None."""
+    _last_boot: float | None = None
 
     def __post_init__(self) -> None:
         retention_seconds(self.days)
@@ -61,13 +74,36 @@ class RetentionPolicy:
         return retention_seconds(self.days)
 
     def due(self, now: float) -> bool:
-        return self.last_run is None or now - self.last_run >= self.interval_s
+        if self.last_run is None:
+            return True
+        if self.clock is not None and self._last_boot is not None:
+            return self.clock.boottime() - self._last_boot >= self.interval_s
+        return now - self.last_run >= self.interval_s
 
-    def run(self, store: Purgeable, name: str, now: float) -> int:
-        """Purge ``store`` now; audit it; return how many items were deleted."""
-        result = store.purge(self.retention_s, now)
+    def run(self, store: Purgeable, name: str, now: float) -> int | None:
+        """Purge ``store`` now; audit it; return how many items were deleted, or None if
+        the clock holds purges (audited once until they run again)."""
+        at = now
+        if self.clock is not None:
+            self.clock.observe(now)
+            hold = self.clock.purge_hold(now)
+            if hold is not None:
+                code, why = hold
+                if self.held is None:
+                    log.warning("purges held: %s", why)
+                    self.audit.append("purge_held", store=name, reason=code, message=why)
+                self.held = why
+                return None
+            at = self.clock.purge_time(now)
+        result = store.purge(self.retention_s, at)
         self.last_run = now
+        self.held = None
+        if self.clock is not None:
+            self._last_boot = self.clock.boottime()
         ids = list(result.msg_ids)
+        fields: dict[str, object] = {}
+        if at != now:
+            fields["judged_at"] = iso(at)  # a forward jump is not confirmed: the mark
         self.audit.append(
             "purge",
             store=name,
@@ -75,6 +111,7 @@ class RetentionPolicy:
             count=result.count,
             msg_ids=ids[:_MAX_IDS_IN_AUDIT],
             msg_ids_truncated=len(ids) > _MAX_IDS_IN_AUDIT,
+            **fields,
         )
         if result.count:
             log.info("purged %s items older than %s days from %s", result.count, self.days, name)
