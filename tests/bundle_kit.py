@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edge.watchlist.bundle import DeploymentSpec, EmbedderInfo, Subject, build_bundle
+from edge.watchlist.keys import deployment_key_path, key_id, write_atomic
 
 EMBEDDER_SHA = "ab" * 32
 NOW = dt.datetime(2026, 11, 22, 12, 0, 0, tzinfo=dt.UTC)
@@ -21,14 +24,35 @@ EMBEDDER = EmbedderInfo(
 
 @dataclass
 class Kit:
+    """The control room's signing key, the device's long-lived key (``device``: on its
+    storage), this deployment's key (``deployment``: in the device's RAM directory once
+    :meth:`install` put it there) and another device's key. Bundles are wrapped to the
+    deployment key unless a test says otherwise."""
+
     signer: Ed25519PrivateKey
     device: X25519PrivateKey
     other_device: X25519PrivateKey
+    deployment: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
     device_id: str = "van-01"
 
     @property
     def trusted(self) -> list[Any]:
         return [self.signer.public_key()]
+
+    @property
+    def deployment_key_id(self) -> str:
+        return key_id(self.deployment.public_key()).hex()
+
+    def install(self, keys_dir: Path) -> Path:
+        """Write the deployment private key where the device looks for it (as
+        ``edge keys deployment-key`` does, 0600); returns ``keys_dir``."""
+        keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pem = self.deployment.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        write_atomic(deployment_key_path(keys_dir, self.deployment_key_id), pem, 0o600, True)
+        return keys_dir
 
 
 def make_kit() -> Kit:
@@ -87,7 +111,7 @@ def make_bundle(
     subj = subj if subj is not None else subjects(n)
     emb = emb if emb is not None else embeddings(len(subj), embedder.dim)
     devices = devices if devices is not None else [
-        (kit.device_id, kit.device.public_key()),
+        (kit.device_id, kit.deployment.public_key()),
         ("van-02", kit.other_device.public_key()),
     ]
     return build_bundle(
@@ -105,7 +129,7 @@ def make_bundle(
 def open_args(kit: Kit, **changes: Any) -> dict[str, Any]:
     args: dict[str, Any] = {
         "device_id": kit.device_id,
-        "device_private_key": kit.device,
+        "device_private_key": kit.deployment,
         "trusted_signers": kit.trusted,
         "expected_embedder_sha256": EMBEDDER_SHA,
         "threshold_floor": 0.4,

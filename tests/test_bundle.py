@@ -211,7 +211,7 @@ def test_inspect_without_and_with_device_key() -> None:
     data = make_bundle(kit)
     plain = B.inspect_bundle(data, None)
     assert plain.signature.startswith("not verified") and plain.subjects is None
-    full = B.inspect_bundle(data, kit.trusted, ("van-01", kit.device))
+    full = B.inspect_bundle(data, kit.trusted, ("van-01", kit.deployment))
     assert full.signature == "valid"
     assert [s.subject_id for s in full.subjects or ()] == [f"S-{i:04d}" for i in range(5)]
     with pytest.raises(BundleRefused) as info:

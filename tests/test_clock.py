@@ -50,9 +50,11 @@ def env(tmp_path: Path):
                 max_subjects=100, expected_embedder_sha256=EMBEDDER_SHA, audit=audit,
                 clock=self.wall, boottime_clock=self.boot,
                 set_legal_hold=lambda a, on: self.holds.append((a, on)) is None,
+                deployment_keys_dir=tmp_path / "run",
             )  # fmt: skip
 
     e = Env()
+    e.kit.install(tmp_path / "run")  # the deployment key in the device's RAM directory
     e.state.mkdir(parents=True)
     e.bundle = e.state / "watchlist.bundle"
     e.bundle.write_bytes(make_bundle(e.kit))
@@ -104,7 +106,8 @@ def test_a_unit_off_past_its_window_shreds_at_start_even_on_a_clock_behind(env) 
     st = m.load(env.bundle)
     assert not st.armed and st.code == "window_ended"
     assert not env.bundle.exists()
-    assert [e["event"] for e in _events(env.state)][-2:] == ["bundle_refused", "watchlist_shredded"]
+    assert [e["event"] for e in _events(env.state)][-3:] == [
+        "bundle_refused", "watchlist_shredded", "deployment_key_destroyed"]
 
 
 def test_clock_before_the_bundle_was_created_does_not_arm(env) -> None:

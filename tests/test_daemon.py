@@ -74,12 +74,15 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     d = tmp_path_factory.mktemp("keys")
     for extra in ([], ["--device", DEVICE]):
         subprocess.run(edge_cmd("keys", "init", "--out", str(d), *extra), check=True)
+    # The deployment key the device makes in RAM; each test gets its own copy (device()).
+    subprocess.run(edge_cmd("keys", "deployment-key", "--dir", str(d / "run"),
+                            "--allow-persistent"), check=True, capture_output=True)
     write_deployment_toml(d / "deployment.toml", 0.5)
     subprocess.run(
         edge_cmd("watchlist", "build", "--subjects", str(SUBJECTS),
                  "--deployment", str(d / "deployment.toml"),
                  "--signing-key", str(d / "signing.key"),
-                 "--recipients", str(d / f"{DEVICE}.pub"),
+                 "--recipients", f"{DEVICE}={next((d / 'run').glob('*.pub'))}",
                  "--models", str(MODELS), "--out", str(d / "watchlist.bundle")),
         check=True, capture_output=True,
     )
@@ -153,6 +156,8 @@ def device(tmp_path: Path, keys: Keys, broker: Any) -> Iterator[Callable[..., Da
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     shutil.copy(keys.bundle, state / "watchlist.bundle")
+    run = tmp_path / "run"  # the device's RAM directory with this deployment's key
+    shutil.copytree(keys.directory / "run", run)
     creds = broker.creds(DEVICE)
 
     def make(source: Path, loop: bool = False, extra: str = "",
@@ -162,7 +167,7 @@ def device(tmp_path: Path, keys: Keys, broker: Any) -> Iterator[Callable[..., Da
             config, device_id=DEVICE, state_dir=state, models=MODELS,
             key_file=keys.device_key, signer_file=keys.signer_pub, source=source, loop=loop,
             host=broker.host, port=broker.port, ca=broker.ca, cert=creds.cert, key=creds.key,
-            fps=fps, extra=extra,
+            fps=fps, extra=extra, deployment_keys_dir=run,
         )
         proc = DaemonProc(config, tmp_path / "daemon.log", env)
         procs.append(proc)

@@ -39,6 +39,7 @@ def env(tmp_path: Path):
     audit = AuditLog(state / "audit.jsonl", clock=clock)
     holds: list[tuple[str, bool]] = []
     summaries: list[dict] = []
+    run = kit.install(tmp_path / "run" / "deployment-keys")  # the device's RAM directory
 
     def hold(msg_id: str, on: bool) -> bool:
         holds.append((msg_id, on))
@@ -48,7 +49,7 @@ def env(tmp_path: Path):
         return DeploymentManager(
             state, "van-01", kit.device, kit.trusted, threshold_floor=0.4, max_subjects=100,
             expected_embedder_sha256=EMBEDDER_SHA, audit=audit, clock=clock,
-            on_summary=summaries.append, set_legal_hold=hold,
+            on_summary=summaries.append, set_legal_hold=hold, deployment_keys_dir=run,
         )
 
     class Env:
@@ -59,6 +60,7 @@ def env(tmp_path: Path):
     e.holds, e.summaries = holds, summaries
     e.manager = manager
     e.bundle_path = state / "watchlist.bundle"
+    e.run = run
     state.mkdir(parents=True, exist_ok=True)
     return e
 
@@ -199,8 +201,12 @@ def _end_of_deployment_checks(env, m: DeploymentManager, summary: dict, reason: 
     assert summary["watchlist_size"] == 5
     assert env.summaries == [summary]
     events = [e["event"] for e in _events(env.audit)]
-    assert events[-4:] == ["watchlist_wiped", "watchlist_shredded", "disarmed",
-                           "deployment_summary"]
+    assert events[-5:] == ["watchlist_wiped", "watchlist_shredded", "deployment_key_destroyed",
+                           "disarmed", "deployment_summary"]
+    destroyed = _events(env.audit)[-3]
+    assert destroyed["key_id"] == env.kit.deployment_key_id
+    assert destroyed["result"] == "destroyed"
+    assert list(env.run.iterdir()) == []  # the deployment key is gone from the RAM directory
     assert verify(env.audit.path) == len(events)
 
 
@@ -324,10 +330,10 @@ def test_signed_end_command_and_replay(env) -> None:
     with pytest.raises(CommandRefused) as info:
         m.end(cmd)
     assert info.value.reason == "replayed"
-    # a copy of the ended bundle pushed again is refused and shredded
+    # a copy of the ended bundle pushed again is refused (its key is gone) and shredded
     env.bundle_path.write_bytes(data)
     st = m.load(env.bundle_path)
-    assert not st.armed and st.code == "deployment_ended"
+    assert not st.armed and st.code == "no_deployment_key" and "re-provision" in st.reason
     assert not env.bundle_path.exists()
 
 
@@ -391,7 +397,9 @@ def test_expired_bundle_found_at_start_is_shredded(env) -> None:
     st = env.manager().load(env.bundle_path)
     assert not st.armed and st.code == "window_ended"
     assert not env.bundle_path.exists()
-    assert [e["event"] for e in _events(env.audit)] == ["bundle_refused", "watchlist_shredded"]
+    assert [e["event"] for e in _events(env.audit)] == [
+        "bundle_refused", "watchlist_shredded", "deployment_key_destroyed"]
+    assert list(env.run.iterdir()) == []
 
 
 def test_bad_new_bundle_does_not_disarm_a_running_deployment(env) -> None:

@@ -62,6 +62,7 @@ class World:
             state, DEVICE, self.kit.device, self.kit.trusted, threshold_floor=0.4,
             max_subjects=100, expected_embedder_sha256=EMBEDDER_SHA, audit=self.audit,
             clock=lambda: self.now, set_legal_hold=lambda _a, _on: True,
+            deployment_keys_dir=self.kit.install(state / "run"),
         )  # fmt: skip
         (state / "watchlist.bundle").write_bytes(make_bundle(self.kit, emb=embeddings(5)))
         assert self.deployment.load(state / "watchlist.bundle").armed

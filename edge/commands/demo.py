@@ -112,6 +112,7 @@ def write_device_config(
     key: Path,
     fps: float | None = None,
     extra: str = "",
+    deployment_keys_dir: Path | None = None,
 ) -> None:
     """A device config for a local run (the demo, the tests); ``extra`` is appended TOML."""
     path.write_text(
@@ -132,6 +133,7 @@ pace = "native"
 [watchlist]
 bundle = "{state_dir / "watchlist.bundle"}"
 signer_file = "{signer_file}"
+{f'deployment_keys_dir = "{deployment_keys_dir}"' if deployment_keys_dir else ""}
 
 [mqtt]
 host = "{host}"
@@ -203,6 +205,17 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
 
 
 
+def _ram_dir(work: Path) -> Path:
+    """Where the demo device keeps its deployment key: a private directory on a RAM file
+    system (/dev/shm) as on a real unit (/run/edge), else under ``work``."""
+    from edge.watchlist.keys import is_ram_backed
+
+    shm = Path("/dev/shm")  # noqa: S108 (a private mkdtemp directory inside it)
+    if shm.is_dir() and is_ram_backed(shm) and os.access(shm, os.W_OK):
+        return Path(tempfile.mkdtemp(prefix="edge-demo-run-", dir=shm)) / "deployment-keys"
+    return work / "run" / "deployment-keys"
+
+
 def _looping(clip: Path, work: Path) -> Path:
     """A file clip with an empty stretch after it, so each loop is a new passer-by
     (edge.dev.clips); an image folder plays as it is."""
@@ -230,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
     alerts: subprocess.Popen[bytes] | None = None
     console: subprocess.Popen[bytes] | None = None
     interrupted = False
+    run_dir: Path | None = None
     try:
         _say(f"working in {work}")
         _say("control room: signing key and device key (edge keys init)")
@@ -238,6 +252,14 @@ def run(args: argparse.Namespace) -> int:
                "edge keys init --device", log)
         _check(_edge("keys", "init", "--out", str(work / "keys"), "--device", "console"),
                "edge keys init --device console", log)
+        _say("device: this deployment's key, in RAM (edge keys deployment-key)")
+        from edge.watchlist.keys import is_ram_backed
+
+        run_dir = _ram_dir(work)
+        _check(_edge("keys", "deployment-key", "--dir", str(run_dir),
+                     *([] if is_ram_backed(run_dir) else ["--allow-persistent"])),
+               "edge keys deployment-key", log)
+        deployment_pub = next(run_dir.glob("*.pub"))
         (work / "console" / "references").mkdir(parents=True, exist_ok=True)
         _say("control room: signed, encrypted demo watchlist (edge watchlist build)")
         write_deployment_toml(work / "deployment.toml", args.threshold)
@@ -247,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
                 "--subjects", str(args.subjects),
                 "--deployment", str(work / "deployment.toml"),
                 "--signing-key", str(work / "keys" / "signing.key"),
-                "--recipients", str(work / "keys" / f"{DEVICE_ID}.pub"),
+                "--recipients", f"{DEVICE_ID}={deployment_pub}",
                 "--models", str(args.models),
                 "--out", str(work / "state" / "watchlist.bundle"),
                 "--console-pub", str(work / "keys" / "console.pub"),
@@ -266,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
             signer_file=work / "keys" / "signing.pub", source=_looping(args.clip, work), loop=True,
             host=broker.host, port=broker.port, ca=broker.ca_cert, cert=dev.cert, key=dev.key,
             extra="\n[recognition]\ncooldown_s = 20.0\nembeds_per_track = 6\n",
+            deployment_keys_dir=run_dir,
         )
         _say(f"control room subscriber (edge alerts); crops go to {work / 'crops'}")
         sub = broker.client("control-room-alerts")  # one certificate per client (CN = id)
@@ -329,6 +352,9 @@ def run(args: argparse.Namespace) -> int:
         _stop(alerts)
         _stop(console)
         broker.stop()
+        if run_dir is not None:  # the deployment key goes with the demo
+            shutil.rmtree(run_dir.parent if run_dir.parent.name.startswith("edge-demo-run-")
+                          else run_dir, ignore_errors=True)  # fmt: skip
         if own_workdir:
             shutil.rmtree(work, ignore_errors=True)
     _say("stopped" + (" (Ctrl-C)" if interrupted else ""))

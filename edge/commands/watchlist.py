@@ -34,7 +34,8 @@ def register(sub: Any) -> None:
     b.add_argument("--signing-key", type=Path, required=True, help="control-room signing.key")
     b.add_argument(
         "--recipients", type=Path, nargs="+", required=True, metavar="PUB",
-        help="device public keys <device_id>.pub",
+        help="each device's deployment public key, as DEVICE_ID=FILE.pub (made on the device "
+        "by edge keys deployment-key), or a file named <device_id>.pub",
     )
     b.add_argument("--out", type=Path, required=True, help="bundle file to write")
     b.add_argument("--skip-bad", action="store_true",
@@ -96,6 +97,17 @@ def _engine(models: Path | None, precision: str) -> tuple[Any, Any, Any]:
     return engine, QualityGate(), embedder_info(engine, models)
 
 
+def _recipient(arg: Path) -> tuple[str, Any]:
+    """``DEVICE_ID=FILE.pub`` (a deployment key fetched from the device) or ``ID.pub``."""
+    from edge.watchlist.keys import check_device_id, load_deployment_public, load_device_public
+
+    text = str(arg)
+    name, sep, path = text.partition("=")
+    if sep and "/" not in name:
+        return check_device_id(name), load_deployment_public(Path(path))
+    return load_device_public(arg)
+
+
 def run_build(args: argparse.Namespace) -> int:
     from edge.errors import UsageError
     from edge.progress import Progress
@@ -112,7 +124,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     spec = load_deployment(args.deployment)
     signing_key = load_signing_key(args.signing_key)
-    recipients = [load_device_public(p) for p in args.recipients]
+    recipients = [_recipient(p) for p in args.recipients]
     ids = [r[0] for r in recipients]
     if len(set(ids)) != len(ids):
         raise UsageError("a recipient device is named twice")

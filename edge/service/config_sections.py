@@ -480,6 +480,18 @@ class WatchlistSettings(Section):
         le=100_000,
         description="A bundle with more subjects than this is refused (safeguard 3).",
     )
+    deployment_keys_dir: Path = Field(
+        default=Path("/run/edge/deployment-keys"),
+        description="Where the per-deployment private keys are (edge keys deployment-key): "
+        "a RAM file system (the unit's RuntimeDirectory=, kept over a restart, gone at a "
+        "reboot). A bundle is opened only with its deployment key from here, which is "
+        "destroyed when the deployment ends (the crypto-shred).",
+    )
+    allow_device_key_bundles: bool = Field(
+        default=False,
+        description="Tests and development only: also open bundles wrapped to the device's "
+        "long-lived key (device.key), which a copy of the device's storage would open.",
+    )
 
 
 class MqttSettings(Section):

@@ -64,6 +64,7 @@ from edge.vision.faces import FaceEngine
 from edge.vision.quality import QualityGate
 from edge.watchlist.audit import AuditLog
 from edge.watchlist.deployment import DeploymentManager, DeploymentStatus
+from edge.watchlist.deployment_keys import staged_path
 from edge.watchlist.keys import (
     derive_key,
     device_key_from_bytes,
@@ -206,6 +207,8 @@ class Daemon:
             on_summary=self._publish_summary,
             set_legal_hold=self.outbox.set_legal_hold,
             clock_synced=clock_synchronised if settings.device.require_clock_sync else None,
+            deployment_keys_dir=settings.watchlist.deployment_keys_dir,
+            allow_device_key_bundles=settings.watchlist.allow_device_key_bundles,
         )
 
         self.retention = RetentionPolicy(
@@ -423,7 +426,7 @@ class Daemon:
             self.publisher.start()
             self.audit.append("daemon_start", device_id=s.device.id)
             bundle = s.bundle_path
-            if bundle.exists():
+            if bundle.exists() or staged_path(bundle).exists():
                 self.deployment.load(bundle)
             self.retention.run(self.outbox, "outbox", self.clock())
             self.capture.start()
@@ -443,7 +446,7 @@ class Daemon:
                         self.notifier.reloading()
                         for line in self.deployment.process_command_files(self.commands_dir):
                             log.warning("command file %s", line)
-                        if bundle.exists():
+                        if bundle.exists() or staged_path(bundle).exists():
                             self.deployment.load(bundle)
                         else:
                             log.warning("SIGHUP: no bundle at %s", bundle)

@@ -107,22 +107,18 @@ __all__ = [
 # --- building ----------------------------------------------------------------------------
 
 
-
-
-
-
-
-
 def wrap_content_key(
     content_key: bytes, bundle_id: str, device_id: str, device_public: X25519PublicKey
 ) -> Recipient:
+    """Wrap ``content_key`` to ``device_public`` (a deployment key, normally; the recipient
+    records the key's id so the device finds its private half)."""
     eph = X25519PrivateKey.generate()
     eph_pub = _raw_pub(eph.public_key())
     dev_pub = _raw_pub(device_public)
     kek = _kek(eph.exchange(device_public), eph_pub, dev_pub, bundle_id, device_id)
     nonce = secrets.token_bytes(_NONCE)
     wrapped = nonce + AESGCM(kek).encrypt(nonce, content_key, _wrap_aad(bundle_id, device_id))
-    return Recipient(device_id, eph_pub, wrapped)
+    return Recipient(device_id, eph_pub, wrapped, key_id(device_public).hex())
 
 
 def build_bundle(

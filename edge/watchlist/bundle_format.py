@@ -18,9 +18,11 @@ The payload is encrypted under a random 256-bit content key with AAD = bytes [0,
 recipient device in the header: an ephemeral X25519 key agreement with the device's
 public key, HKDF-SHA256 (salt = ephemeral public | device public, info binding the
 bundle id and the device id) to a key-encryption key, AES-256-GCM over the content key
-(AAD binds bundle id and device id again). The only copy of the wrapped content key is
-the bundle file, so deleting the file and dropping the decrypted watchlist from RAM is
-a crypto-shred.
+(AAD binds bundle id and device id again). Each recipient also names the id of the key
+it is wrapped to (``key_id``: SHA-256 of the raw X25519 public key), so the device finds
+the right private key: a per-deployment key held only in RAM (``edge keys
+deployment-key``), destroyed at the end of the deployment, which makes every copy of the
+bundle undecryptable (the crypto-shred; docs/design.md, "Keys").
 
 Decrypted plaintext::
 
@@ -261,28 +263,33 @@ class EmbedderInfo:
 
 @dataclass(frozen=True, slots=True)
 class Recipient:
-    """One device's wrapped copy of the content key."""
+    """One device's wrapped copy of the content key, and the id of the key it is wrapped to."""
 
     device_id: str
     ephemeral_public: bytes  # 32 raw bytes
     wrapped_key: bytes  # 12-byte nonce | 32-byte key encrypted | 16-byte tag
+    key_id: str  # hex SHA-256 of the recipient's raw X25519 public key
 
     def to_json(self) -> dict[str, Any]:
         return {
             "device_id": self.device_id,
             "ephemeral_public": _b64(self.ephemeral_public),
             "wrapped_key": _b64(self.wrapped_key),
+            "key_id": self.key_id,
         }
 
     @classmethod
     def from_json(cls, v: Any, i: int) -> Recipient:
         n = f"recipients[{i}]"
-        o = _Shape.obj(v, n, ("device_id", "ephemeral_public", "wrapped_key"))
+        o = _Shape.obj(v, n, ("device_id", "ephemeral_public", "wrapped_key", "key_id"))
         eph = _Shape.b64(o["ephemeral_public"], f"{n}.ephemeral_public", 32)
         wrapped = _Shape.b64(o["wrapped_key"], f"{n}.wrapped_key", 60)
         if len(eph) != 32 or len(wrapped) != 60:
             raise ValueError(f"{n} has a key of the wrong length")
-        return cls(_Shape.text(o["device_id"], f"{n}.device_id", 64, DEVICE_ID_RE), eph, wrapped)
+        return cls(
+            _Shape.text(o["device_id"], f"{n}.device_id", 64, DEVICE_ID_RE), eph, wrapped,
+            _Shape.text(o["key_id"], f"{n}.key_id", 64, _SHA_RE),
+        )
 
 
 _HEADER_KEYS = (

@@ -340,6 +340,12 @@ def _unwrap(
     r: Recipient, bundle_id: str, device_id: str, key: X25519PrivateKey
 ) -> bytes:
     dev_pub = _raw_pub(key.public_key())
+    if key_id(key.public_key()).hex() != r.key_id:
+        raise _refuse(
+            "wrong_key",
+            f"bundle key for {device_id} does not unwrap with this key: it is wrapped to "
+            f"key {r.key_id[:16]}, not {key_id(key.public_key()).hex()[:16]}",
+        )
     try:
         shared = key.exchange(X25519PublicKey.from_public_bytes(r.ephemeral_public))
         kek = _kek(shared, r.ephemeral_public, dev_pub, bundle_id, device_id)

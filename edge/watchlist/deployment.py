@@ -44,6 +44,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -70,7 +71,9 @@ from edge.watchlist.bundle import (
     format_time,
     open_bundle,
     read_header,
+    read_header_unverified,
 )
+from edge.watchlist.deployment_keys import BundleKeys, key_id_in, recipient_key_id, staged_path
 from edge.watchlist.signed_commands import CommandRefused, CommandVerifier, SignedCommand
 from edge.watchlist.statefile import shred_file, write_atomic
 from edge.watchlist.timeguard import TOLERANCE_S, TimeGuard, boottime
@@ -127,8 +130,22 @@ class _Active:
     armed_at: float
     armed_boot: float  # CLOCK_BOOTTIME at arming
     length_s: float  # the rest of the window at arming, measured on CLOCK_BOOTTIME
+    key_id: str | None  # the deployment key in RAM (None: the device key, tests only)
     counters: Counters = field(default_factory=Counters)
     adjudications: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DECISIONS, 0))
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    exc: BundleRefused
+    header: BundleHeader | None = None  # set when refused on the clock (tick retries)
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    opened: OpenedBundle
+    watchlist: Watchlist
+    key_id: str | None
 
 
 class DeploymentManager:
@@ -155,10 +172,13 @@ class DeploymentManager:
         set_legal_hold: Callable[[str, bool], object] | None = None,
         boottime_clock: Callable[[], float] = boottime,
         clock_synced: Callable[[], bool] | None = None,
+        deployment_keys_dir: Path | None = None,
+        allow_device_key_bundles: bool = False,
     ) -> None:
         self.state_dir = state_dir
         self.device_id = device_id
-        self._key = device_key
+        self.keys = BundleKeys(device_id, device_key, deployment_keys_dir,
+                               allow_device_key_bundles)
         self.trusted_signers = list(trusted_signers)
         self.threshold_floor = threshold_floor
         self.max_subjects = max_subjects
@@ -281,73 +301,159 @@ class DeploymentManager:
         """Verify, decrypt and arm from ``bundle_path``; on refusal stay disarmed.
 
         Loading while armed replaces the deployment only if the new bundle is accepted
-        (SIGHUP re-loads the same bundle without resetting the counters).
+        (SIGHUP re-loads the same bundle without resetting the counters). A bundle
+        delivered to ``<bundle>.new`` (:func:`~edge.watchlist.deployment_keys.staged_path`)
+        is checked first; once accepted, the old deployment ends, its bundle is shredded
+        and its deployment key destroyed, and only then is the new file moved into place.
         """
         now = self.clock() if now is None else now
         with self._lock:
             self.time.observe(now)
-            # The window's end is judged on max(now, high-water mark): a unit that was
-            # off past its window shreds its bundle even on a clock that is behind.
-            judged = self.time.effective(now)
+            staged = staged_path(bundle_path)
+            if staged.is_file() or staged.is_symlink():
+                installed = self._install_staged(bundle_path, staged, now)
+                if installed is not None:
+                    return installed
             try:
                 data = self._read_bundle(bundle_path)
-                if self._active is not None and bundle_digest(data) == self._active.digest:
-                    return self._status  # same bundle: nothing changes
-                opened = open_bundle(
-                    data,
-                    device_id=self.device_id,
-                    device_private_key=self._key,
-                    trusted_signers=self.trusted_signers,
-                    expected_embedder_sha256=self.expected_embedder_sha256,
-                    threshold_floor=self.threshold_floor,
-                    max_subjects=self.max_subjects,
-                    last_sequence=self._state["last_sequence"],
-                    now=judged,
-                    last_bundle_id=self._state["last_bundle_id"],
-                )
             except BundleRefused as exc:
                 return self._refused(bundle_path, exc, now)
-            h = opened.header
-            if self.clock_synced is not None and not self.clock_synced():
-                opened.wipe()
-                refused = BundleRefused(
-                    "clock_not_synchronised",
-                    "the system clock is not synchronised (NTP); not arming until it is",
-                )
-                return self._wait_for_clock(bundle_path, refused, now, h)
-            behind = self.time.behind(now) or now < h.created_at.timestamp() - TOLERANCE_S
-            if behind:
-                opened.wipe()
-                what = (self.time.behind_message(now) if self.time.behind(now) else
-                        f"the clock ({_iso(now)}) is before the bundle was created "
-                        f"({format_time(h.created_at)})")  # fmt: skip
-                refused = BundleRefused("clock_behind", f"{what}; not arming")
-                return self._wait_for_clock(bundle_path, refused, now, h)
-            if h.bundle_id in self._state["ended"]:
-                opened.wipe()
-                ended = BundleRefused(
-                    "deployment_ended",
-                    f"deployment {h.deployment_id} (bundle {h.bundle_id[:8]}) was already ended",
-                )
-                return self._refused(bundle_path, ended, now)
-            try:
-                watchlist = Watchlist(
-                    subject_ids=[s.subject_id for s in opened.subjects],
-                    categories=[s.category for s in opened.subjects],
-                    embeddings=opened.embeddings,
-                    metric=h.embedder.metric,
-                    threshold=h.threshold,
-                    embedder_sha256=h.embedder.sha256,
-                    reference_counts=opened.reference_counts,
-                    reference=opened.reference,
-                )
-            except WatchlistError as wl_exc:
-                opened.wipe()
-                refused = BundleRefused("garbled", f"bundle is garbled: {wl_exc}")
-                return self._refused(bundle_path, refused, now)
+            if self._active is not None and bundle_digest(data) == self._active.digest:
+                return self._status  # same bundle: nothing changes
+            result = self._try_open(data, now)
+            if isinstance(result, _Refusal):
+                if result.header is not None:
+                    return self._wait_for_clock(bundle_path, result.exc, now, result.header)
+                return self._refused(bundle_path, result.exc, now)
             if self._active is not None:
                 self._finish("replaced", now)
-            return self._arm(bundle_path, data, opened, watchlist, now)
+            return self._arm(bundle_path, data, result, now)
+
+    def _try_open(self, data: bytes, now: float) -> _Refusal | _Opened:
+        """Find the key, verify, decrypt and check a bundle; no side effect but the audit
+        a caller writes for a refusal."""
+        # The window's end is judged on max(now, high-water mark): a unit that was
+        # off past its window shreds its bundle even on a clock that is behind.
+        judged = self.time.effective(now)
+        try:
+            key, kid = self._key_for(data)
+            opened = open_bundle(
+                data,
+                device_id=self.device_id,
+                device_private_key=key,
+                trusted_signers=self.trusted_signers,
+                expected_embedder_sha256=self.expected_embedder_sha256,
+                threshold_floor=self.threshold_floor,
+                max_subjects=self.max_subjects,
+                last_sequence=self._state["last_sequence"],
+                now=judged,
+                last_bundle_id=self._state["last_bundle_id"],
+            )
+        except BundleRefused as exc:
+            return _Refusal(exc)
+        h = opened.header
+        if self.clock_synced is not None and not self.clock_synced():
+            opened.wipe()
+            return _Refusal(BundleRefused(
+                "clock_not_synchronised",
+                "the system clock is not synchronised (NTP); not arming until it is",
+            ), h)
+        if self.time.behind(now) or now < h.created_at.timestamp() - TOLERANCE_S:
+            opened.wipe()
+            what = (self.time.behind_message(now) if self.time.behind(now) else
+                    f"the clock ({_iso(now)}) is before the bundle was created "
+                    f"({format_time(h.created_at)})")  # fmt: skip
+            return _Refusal(BundleRefused("clock_behind", f"{what}; not arming"), h)
+        if h.bundle_id in self._state["ended"]:
+            opened.wipe()
+            return _Refusal(BundleRefused(
+                "deployment_ended",
+                f"deployment {h.deployment_id} (bundle {h.bundle_id[:8]}) was already ended",
+            ))
+        try:
+            watchlist = Watchlist(
+                subject_ids=[s.subject_id for s in opened.subjects],
+                categories=[s.category for s in opened.subjects],
+                embeddings=opened.embeddings,
+                metric=h.embedder.metric,
+                threshold=h.threshold,
+                embedder_sha256=h.embedder.sha256,
+                reference_counts=opened.reference_counts,
+                reference=opened.reference,
+            )
+        except WatchlistError as wl_exc:
+            opened.wipe()
+            return _Refusal(BundleRefused("garbled", f"bundle is garbled: {wl_exc}"))
+        return _Opened(opened, watchlist, kid)
+
+    def _key_for(self, data: bytes) -> tuple[X25519PrivateKey, str | None]:
+        """The private key the bundle is wrapped to (a deployment key in RAM, normally)."""
+        try:
+            return self.keys.key_for(read_header_unverified(data)[1])
+        except BundleRefused:
+            read_header(data, self.trusted_signers)  # a forged bundle is refused as such
+            raise
+
+    def _install_staged(
+        self, bundle_path: Path, staged: Path, now: float
+    ) -> DeploymentStatus | None:
+        """Take a bundle delivered to ``<bundle>.new``. Disarmed: shred the old bundle and
+        destroy its key, move the new one into place and return None (:meth:`load` goes
+        on). Armed: the new bundle must be accepted first (a bad one never disarms), then
+        the old deployment ends (wipe, shred, key destroyed) before the new file moves."""
+        try:
+            data = self._read_bundle(staged)
+        except BundleRefused as exc:
+            self.audit.append("bundle_refused", reason=exc.reason, message=str(exc),
+                              path=str(staged), kept_armed=self._active is not None)
+            shred_file(staged)
+            return None if self._active is None else self._status
+        active = self._active
+        if active is None:
+            self._replace_file(bundle_path, staged, data, None)
+            return None
+        if bundle_digest(data) == active.digest:
+            shred_file(staged)  # the running bundle again: nothing changes
+            return self._status
+        result = self._try_open(data, now)
+        if isinstance(result, _Refusal):
+            refused = result.exc
+            log.warning("new bundle %s refused, staying armed: %s", staged, refused)
+            self.audit.append("bundle_refused", reason=refused.reason, message=str(refused),
+                              path=str(staged), kept_armed=True)
+            if shred_file(staged):
+                self.audit.append("watchlist_shredded", path=str(staged), reason=refused.reason)
+            return self._status
+        old = active.opened.header.bundle_id
+        self._finish("replaced", now)  # wipes RAM, shreds the old file, destroys its key
+        self._replace_file(bundle_path, staged, data, old)
+        return self._arm(bundle_path, data, result, now)
+
+    def _replace_file(self, bundle_path: Path, staged: Path, data: bytes, old: str | None) -> None:
+        """Shred whatever bundle is at ``bundle_path`` (and destroy its deployment key),
+        then rename ``staged`` over it; audited as ``bundle_replaced``."""
+        fields: dict[str, Any] = {"old_bundle_id": old, "path": str(bundle_path)}
+        try:
+            with bundle_path.open("rb") as fh:
+                previous = fh.read(MAX_BUNDLE_READ + 1)
+        except OSError:
+            previous = None
+        if previous is not None:
+            prev_header = _header_or_none(previous)
+            fields["old_bundle_id"] = old or (prev_header.bundle_id if prev_header else None)
+            kid = key_id_in(previous, self.device_id)
+            fields["old_file_shredded"] = shred_file(bundle_path)
+            fields["old_key"] = self.keys.destroy(kid)
+        new_header = _header_or_none(data)
+        fields["new_bundle_id"] = new_header.bundle_id if new_header else None
+        fields["new_bundle_sha256"] = bundle_digest(data)
+        staged.replace(bundle_path)
+        _fsync_dir(bundle_path.parent)
+        self._pending = None
+        self._clock_wait = None
+        if previous is not None or old is not None:
+            self.audit.append("bundle_replaced", **fields)
+            log.warning("bundle replaced: the old one shredded and its key destroyed")
 
     def _read_bundle(self, path: Path) -> bytes:
         try:
@@ -380,10 +486,15 @@ class DeploymentManager:
                 self._pending = (path, h.start.timestamp())
                 status = DeploymentStatus(False, "pending", str(exc), h.deployment_id)
         self.audit.append("bundle_refused", **fields)
-        # A deployment that is over: its watchlist must not stay on the device.
-        if exc.reason in ("window_ended", "deployment_ended") and shred_file(path):
-            self.audit.append("watchlist_shredded", path=str(path), reason=exc.reason)
-            log.warning("shredded expired bundle %s", path)
+        # A deployment that is over, or a bundle whose key is gone for good: its
+        # watchlist must not stay on the device, nor the key it was wrapped to.
+        if exc.reason in ("window_ended", "deployment_ended", "no_deployment_key"):
+            kid = _key_id_of_file(path, self.device_id)
+            if shred_file(path):
+                self.audit.append("watchlist_shredded", path=str(path), reason=exc.reason)
+                log.warning("shredded bundle %s (%s)", path, exc.reason)
+            if exc.reason != "no_deployment_key":
+                self._destroy_key(kid, None, None)
         self._set_status(status)
         return status
 
@@ -397,13 +508,12 @@ class DeploymentManager:
             self._clock_wait = (path, not_before)
         return status
 
-    def _arm(
-        self, path: Path, data: bytes, opened: OpenedBundle, watchlist: Watchlist, now: float
-    ) -> DeploymentStatus:
+    def _arm(self, path: Path, data: bytes, result: _Opened, now: float) -> DeploymentStatus:
+        opened, watchlist = result.opened, result.watchlist
         h = opened.header
         self._active = _Active(
             opened, watchlist, path, bundle_digest(data), now, self.time.boottime(),
-            h.end.timestamp() - now,
+            h.end.timestamp() - now, result.key_id,
         )
         self._clock_wait = None
         self.time.observe(now, persist=True)
@@ -435,6 +545,7 @@ class DeploymentManager:
             signage_confirmed=h.signage_confirmed,
             threshold=h.threshold,
             threshold_floor=self.threshold_floor,
+            deployment_key=result.key_id,  # None: the device's long-lived key (tests only)
         )
         msg = (
             f"deployment {h.deployment_id} at {h.location} until {format_time(h.end)}, "
@@ -564,6 +675,7 @@ class DeploymentManager:
         removed = shred_file(path)
         self.audit.append("watchlist_shredded", deployment_id=h.deployment_id,
                           bundle_id=h.bundle_id, path=str(path), file_removed=removed)
+        self._destroy_key(recipient_key_id(h, self.device_id), h.deployment_id, h.bundle_id)
         self._state["ended"] = [*self._state["ended"], h.bundle_id][-200:]
         self._write_state()
         summary: dict[str, Any] = {
@@ -691,6 +803,7 @@ class DeploymentManager:
                 shredded = shred_file(active.path)
         self.audit.append("watchlist_shredded", deployment_id=h.deployment_id,
                           bundle_id=h.bundle_id, path=str(active.path), file_removed=shredded)
+        self._destroy_key(active.key_id, h.deployment_id, h.bundle_id)
         self._state["ended"] = [*self._state["ended"], h.bundle_id][-200:]
         self._write_state()
         self.audit.append("disarmed", deployment_id=h.deployment_id, reason=reason)
@@ -707,6 +820,18 @@ class DeploymentManager:
                 log.exception("summary callback failed")
         return summary
 
+    def _destroy_key(self, kid: str | None, deployment_id: str | None,
+                     bundle_id: str | None) -> None:  # fmt: skip
+        """Overwrite and remove the deployment key (the crypto-shred) and audit it. The
+        manager keeps no copy of a deployment key in memory after arming."""
+        if kid is None:
+            return  # a bundle wrapped to the device key (allow_device_key_bundles)
+        result = self.keys.destroy(kid)
+        self.audit.append("deployment_key_destroyed", deployment_id=deployment_id,
+                          bundle_id=bundle_id, key_id=kid, result=result)
+        if result.startswith("failed"):
+            log.error("deployment key %s not destroyed: %s", kid[:16], result)
+
     def close(self) -> None:
         """Drop the decrypted watchlist from RAM (daemon shutdown); the bundle stays."""
         with self._lock:
@@ -714,6 +839,30 @@ class DeploymentManager:
                 self._active.watchlist.wipe()
                 self._active.opened.wipe()
                 self._active = None
+
+
+def _header_or_none(data: bytes) -> BundleHeader | None:
+    try:
+        return read_header_unverified(data)[1]
+    except BundleRefused:
+        return None
+
+
+def _key_id_of_file(path: Path, device_id: str) -> str | None:
+    try:
+        with path.open("rb") as fh:
+            return key_id_in(fh.read(MAX_BUNDLE_READ + 1), device_id)
+    except OSError:
+        return None
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _iso(t: float) -> str:

@@ -6,7 +6,16 @@ can read both. The files are:
 
 - control room: ``signing.key`` (Ed25519, mode 0600) and ``signing.pub``;
 - device: ``<device_id>.key`` (X25519, mode 0600) and ``<device_id>.pub``. The device id
-  of a recipient public key is its file name without ``.pub``.
+  of a recipient public key is its file name without ``.pub``. Generated **on the device**
+  (the Ansible role runs ``edge keys init --device ID --signing`` there); only the public
+  halves leave it. With ``signing``, also ``<device_id>.signing.key`` (Ed25519, mode 0600:
+  the device's signature on its alerts and audit entries) and ``<device_id>.signing.pub``;
+- deployment: ``<key id>.key`` (X25519, mode 0600) and ``<key id>.pub`` in a directory on
+  a RAM file system (``/run/edge/deployment-keys``): one key pair per deployment, made on
+  the device by ``edge keys deployment-key``, the bundle's content key wrapped to its
+  public half, the private half destroyed at the end of the deployment
+  (:func:`destroy_deployment_key`). A reboot or power loss loses it too, and with it every
+  copy of that deployment's bundle (the crypto-shred; docs/design.md, "Keys").
 
 Private key files are written to a temporary file created with ``O_CREAT | O_EXCL`` and
 mode 0600 (no umask window in which another user could open it), fsynced, then linked
@@ -35,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.errors import UsageError
+from edge.watchlist.statefile import shred_file
 
 SIGNING_KEY_NAME = "signing.key"
 SIGNING_PUB_NAME = "signing.pub"
@@ -176,6 +186,116 @@ def init_device_key(out_dir: Path, device_id: str, force: bool = False) -> KeyPa
     return KeyPairFiles(priv_path, pub_path, key_id(key.public_key()).hex())
 
 
+def init_device_signing_key(out_dir: Path, device_id: str, force: bool = False) -> KeyPairFiles:
+    """Create a device's Ed25519 signing key pair ``<device_id>.signing.key`` / ``.pub``."""
+    check_device_id(device_id)
+    _prepare_out(out_dir)
+    priv_path = out_dir / f"{device_id}.signing.key"
+    pub_path = out_dir / f"{device_id}.signing.pub"
+    if not force:
+        for p in (priv_path, pub_path):
+            if p.exists():
+                raise UsageError(f"{p} exists; use --force to overwrite it")
+    key = Ed25519PrivateKey.generate()
+    _write_private_and_public(key, priv_path, pub_path, force)
+    return KeyPairFiles(priv_path, pub_path, key_id(key.public_key()).hex())
+
+
+# --- per-deployment keys (RAM only) --------------------------------------------------
+
+RAM_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+_KID_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def filesystem_type(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str | None:
+    """The type of the file system ``path`` is on (the longest mount point above it), or
+    None when ``/proc/self/mountinfo`` cannot be read."""
+    try:
+        lines = mountinfo.read_text("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        mount = fields[4].replace("\\040", " ")
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, best_type = mount, right.split()[0]
+    return best_type
+
+
+def is_ram_backed(path: Path) -> bool:
+    """True if ``path`` is on tmpfs or ramfs (gone at a reboot or power loss)."""
+    return filesystem_type(path) in RAM_FILESYSTEMS
+
+
+def deployment_key_path(keys_dir: Path, kid: str) -> Path:
+    """Where the deployment key with id ``kid`` (hex) lives in ``keys_dir``."""
+    if not _KID_RE.fullmatch(kid):
+        raise ValueError("a deployment key id is 64 lower-case hex digits")
+    return keys_dir / f"{kid}.key"
+
+
+def init_deployment_key(keys_dir: Path, allow_persistent: bool = False) -> KeyPairFiles:
+    """Create a deployment's X25519 key pair ``<key id>.key`` (0600) / ``.pub`` in
+    ``keys_dir``, which must be on a RAM file system unless ``allow_persistent`` (tests,
+    the demo where no tmpfs is at hand): the private half must never reach flash."""
+    _prepare_out(keys_dir)
+    if not allow_persistent and not is_ram_backed(keys_dir):
+        raise UsageError(
+            f"{keys_dir} is not on a RAM file system (tmpfs): a deployment key must never "
+            "reach persistent storage (use a directory under /run)"
+        )
+    key = X25519PrivateKey.generate()
+    kid = key_id(key.public_key()).hex()
+    priv_path = deployment_key_path(keys_dir, kid)
+    _write_private_and_public(key, priv_path, priv_path.with_suffix(".pub"), force=False)
+    return KeyPairFiles(priv_path, priv_path.with_suffix(".pub"), kid)
+
+
+def load_deployment_key(keys_dir: Path, kid: str) -> X25519PrivateKey | None:
+    """The deployment private key with id ``kid``, or None if it is not in ``keys_dir``.
+
+    The PEM is read into a buffer that is zeroed once the key is parsed; a file that is
+    not the key it is named after raises :class:`UsageError`.
+    """
+    path = deployment_key_path(keys_dir, kid)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UsageError(f"cannot read deployment key {path}: {exc.strerror}") from None
+    buf = bytearray(_MAX_KEY_FILE)
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            n = fh.readinto(buf)
+        key = serialization.load_pem_private_key(memoryview(buf)[:n], password=None)
+    except (ValueError, TypeError, OSError):
+        raise UsageError(f"{path} is not an unencrypted PEM private key") from None
+    finally:
+        buf[:] = bytes(len(buf))
+    if not isinstance(key, X25519PrivateKey) or key_id(key.public_key()).hex() != kid:
+        raise UsageError(f"{path} is not the X25519 deployment key {kid[:16]}")
+    return key
+
+
+def destroy_deployment_key(keys_dir: Path, kid: str) -> bool:
+    """Overwrite and remove the deployment key ``kid`` (and its public half).
+
+    True if a private key file was removed, False if there was none.
+    """
+    path = deployment_key_path(keys_dir, kid)
+    removed = shred_file(path)
+    with contextlib.suppress(FileNotFoundError):
+        path.with_suffix(".pub").unlink()
+    return removed
+
+
 def _write_private_and_public(
     key: Ed25519PrivateKey | X25519PrivateKey, priv_path: Path, pub_path: Path, force: bool
 ) -> None:
@@ -241,6 +361,14 @@ def load_device_key(path: Path) -> X25519PrivateKey:
     key = _load_private(path, "device key")
     if not isinstance(key, X25519PrivateKey):
         raise UsageError(f"{path} is not an X25519 device key")
+    return key
+
+
+def load_deployment_public(path: Path) -> X25519PublicKey:
+    """A deployment public key (``<key id>.pub``; the name is not checked)."""
+    key = _load_public(path, "deployment public key")
+    if not isinstance(key, X25519PublicKey):
+        raise UsageError(f"{path} is not an X25519 public key")
     return key
 
 
