@@ -147,3 +147,10 @@ def test_lfw_fused_and_best_references_equal_the_device_matcher(
         assert [m.score for m in matches] == pytest.approx(ss.scores.max(axis=1).tolist(),
                                                            abs=1e-4)
     assert not np.allclose(saved["fused"].scores, saved["best"].scores)
+    # calibrate reads the mode's own score set: the threshold for the mode the bundle names
+    for ref in ("fused", "best"):
+        assert main(["eval", "calibrate", "--scores", str(tmp_path / f"{ref}.npz"),
+                     "--watchlist-size", "2", "--fpir", "0.25", "--json"]) == 0
+        cal = json.loads(capsys.readouterr().out)
+        assert cal["label"].endswith(f"3 gallery images, {ref}")
+        assert np.isfinite(cal["calibrations"][0]["threshold"])
