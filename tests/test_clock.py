@@ -125,8 +125,8 @@ def test_an_old_command_stays_refused_after_the_clock_is_set_back(env) -> None:
     off = make_command(env.kit.signer, "legal_hold", "van-01", "D-2026-0042",
                        {"alert_ids": ["a-1"], "on": False}, issued_at=NOW)  # fmt: skip
     assert m.handle_command(off)["on"] is False
-    env.wall.t = T0 + 2 * HOUR  # later commands prune expired nonces
-    m.tick()
+    env.wall.t, env.boot.t = T0 + 2 * HOUR, env.boot.t + 2 * HOUR  # later commands prune
+    m.tick()  # expired nonces
     later = make_command(env.kit.signer, "legal_hold", "van-01", "D-2026-0042",
                          {"alert_ids": ["a-2"], "on": True},
                          issued_at=NOW + dt.timedelta(hours=2))  # fmt: skip
@@ -209,3 +209,38 @@ def test_the_kernel_clock_state_is_read(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert timeguard.clock_synchronised() is False
     flag.touch()
     assert timeguard.clock_synchronised() is True
+
+
+def test_a_forward_jump_ends_the_deployment_is_audited_and_does_not_brick(env, tmp_path) -> None:
+    """A clock set a month ahead while armed ends the deployment (the safe side), audited
+    as a clock jump before the end; once the clock is set right, the next deployment arms
+    (the mark never took the month)."""
+    from edge.delivery.outbox import Outbox
+    from edge.service.housekeeping import Housekeeping
+    from edge.watchlist.keys import derive_key
+
+    m = env.manager()
+    box = Outbox(tmp_path / "outbox.sqlite", derive_key(b"k" * 32, "outbox"))
+    Housekeeping(m.audit, box, m.time, env.kit.trusted, days=31, interval_s=3600,
+                 sync_probe=lambda: None)  # the daemon's wiring  # fmt: skip
+    assert m.load(env.bundle).armed
+    env.wall.t, env.boot.t = env.wall.t + 30 * 24 * HOUR + 60, env.boot.t + 60
+    summary = m.tick()
+    assert summary is not None and summary["end_reason"] == "window_ended"
+    names = [e["event"] for e in _events(env.state)]
+    assert names.index("clock_jump") < names.index("disarmed")
+    (jump,) = [e for e in _events(env.state) if e["event"] == "clock_jump"]
+    assert jump["size_s"] == 30 * 24 * HOUR
+    env.wall.t, env.boot.t = T0 + 600, env.boot.t + 540  # set right
+    m.tick()
+    assert not m.time.behind(env.wall.t)
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    env.kit.deployment = X25519PrivateKey.generate()  # the next deployment's key
+    env.kit.install(tmp_path / "run")
+    nxt = {"deployment_id": "D-2026-0043", "sequence": 8}
+    env.bundle.write_bytes(make_bundle(env.kit, spec_changes=nxt))
+    st = m.load(env.bundle)
+    assert st.armed, st.line()
+    assert [e["event"] for e in _events(env.state)].count("clock_jump_corrected") == 1
+    box.close()
