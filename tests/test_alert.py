@@ -11,6 +11,7 @@ import cv2
 import jsonschema
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.delivery.alert import (
     AlertFormatError,
@@ -27,8 +28,11 @@ from edge.delivery.alert import (
     rfc3339,
     stamp_published_at,
 )
+from edge.delivery.alert_sign import seal_alert
 from edge.uuid7 import uuid7, uuid7_str, uuid7_unix_ms
 from tests.fixtures.alerts import FACE_BOX, SCHEMA_PATH, make_record, synthetic_frame
+
+KEY = Ed25519PrivateKey.generate()
 
 
 @pytest.fixture(scope="module")
@@ -119,13 +123,14 @@ def test_alert_refuses_a_whole_frame_as_crop() -> None:
 def test_alert_json_matches_schema_and_record(validator: jsonschema.Draft202012Validator) -> None:
     record = make_record(score=0.71234567, threshold=0.6)
     published = record.captured_at + 0.25
-    payload = encode_alert(record, published_at=published)
+    payload = seal_alert(encode_alert(record), published, KEY)
+    assert payload == seal_alert(encode_alert(record, published_at=published), 0.0, KEY)
     obj = json.loads(payload)
     validator.validate(obj)
     assert set(obj) == {
         "schema", "alert_id", "device_id", "deployment_id", "captured_at", "published_at",
         "subject_id", "category", "score", "threshold", "track_id", "bbox", "face_jpeg_b64",
-        "model",
+        "model", "signature",
     }  # fmt: skip
     assert obj["schema"] == "lfr.alert/1"
     assert obj["alert_id"] == record.alert_id
@@ -150,7 +155,9 @@ def test_published_at_is_stamped_once_and_deterministically(
     first = stamp_published_at(queued, at)
     assert first == stamp_published_at(queued, at)  # byte-identical on redelivery
     assert first == encode_alert(record, published_at=at)
-    validator.validate(json.loads(first))
+    with pytest.raises(jsonschema.ValidationError, match="signature"):
+        validator.validate(json.loads(first))  # stamped, not yet signed
+    validator.validate(json.loads(seal_alert(queued, at, KEY)))
     assert stamp_published_at(first, at + 10) == first  # never re-stamped
     assert stamp_published_at(b'{"x":1}', at) == b'{"x":1}'
 
@@ -188,7 +195,8 @@ def test_build_alert_refuses_bad_records(change: dict[str, object], message: str
 def test_schema_and_parser_both_reject_malformed_alerts(
     validator: jsonschema.Draft202012Validator, mutate: object
 ) -> None:
-    obj = json.loads(encode_alert(make_record(), published_at=time.time()))
+    obj = json.loads(seal_alert(encode_alert(make_record()), time.time(), KEY))
+    assert validator.is_valid(obj)
     mutate(obj)  # type: ignore[operator]
     assert not validator.is_valid(obj)
     with pytest.raises(AlertFormatError):

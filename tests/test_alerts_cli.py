@@ -6,16 +6,20 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
+from edge import signing
 from edge.delivery.alert import encode_alert, rfc3339
+from edge.delivery.alert_sign import seal_alert
 from edge.delivery.inbound import Inbound, InboundGate
 from edge.delivery.outbox import Outbox
 from edge.delivery.publish import BrokerSettings, Publisher
@@ -23,11 +27,24 @@ from tests.fixtures.alerts import make_record
 from tests.fixtures.broker import Broker, ClientCreds
 
 ROOT = Path(__file__).resolve().parents[1]
+KEYS = Path(tempfile.mkdtemp(prefix="lfr-device-keys-"))  # <id>.signing.key/.pub, per run
+DEV_A_KEY = signing.private_from_pem(signing.generate(KEYS, "dev-a")[0].read_bytes())
+DEV_B_KEY = signing.private_from_pem(signing.generate(KEYS, "dev-b")[0].read_bytes())
 
 
 def conn_args(broker: Broker, creds: ClientCreds) -> list[str]:
     return ["--host", broker.host, "--port", str(broker.port), "--ca", str(creds.ca),
             "--cert", str(creds.cert), "--key", str(creds.key)]  # fmt: skip
+
+
+def listen_args(broker: Broker, creds: ClientCreds) -> list[str]:
+    """Connection options and the devices' signing keys (``--device-keys``)."""
+    return [*conn_args(broker, creds), "--device-keys", str(KEYS)]
+
+
+def sealed(record: object, key: object = DEV_A_KEY, at: float | None = None) -> bytes:
+    """An alert as the device publishes it: stamped and signed."""
+    return seal_alert(encode_alert(record), time.time() if at is None else at, key)  # type: ignore[arg-type]
 
 
 def edge(*args: str) -> subprocess.Popen[str]:
@@ -48,7 +65,7 @@ def publisher(broker: Broker, tmp_path: Path) -> Iterator[Publisher]:
     c = broker.creds("dev-a")
     ob = Outbox(tmp_path / "ob.db", os.urandom(32))
     pub = Publisher("dev-a", BrokerSettings(broker.host, broker.port, c.ca, c.cert, c.key), ob,
-                    drain_interval_s=0.05)  # fmt: skip
+                    drain_interval_s=0.05, signing_key=DEV_A_KEY)  # fmt: skip
     yield pub
     pub.stop(flush_timeout=0)
     ob.close()
@@ -58,7 +75,7 @@ def test_listen_prints_dedups_and_saves_crops(
     broker: Broker, publisher: Publisher, tmp_path: Path
 ) -> None:
     crops = tmp_path / "crops"
-    proc = edge("alerts", *conn_args(broker, broker.control_room), "--client-id", "cr-listen",
+    proc = edge("alerts", *listen_args(broker, broker.control_room), "--client-id", "cr-listen",
                 "--device", "dev-a", "--save-crops", str(crops), "--count", "3",
                 "--timeout", "30", "--json")  # fmt: skip
     wait_for_subscriber(broker, "control-room")  # CN = client id
@@ -68,7 +85,7 @@ def test_listen_prints_dedups_and_saves_crops(
     publisher.enqueue_alert(records[0])
     # A redelivery of the first alert (same bytes, as after a lost PUBACK) must be dropped.
     dev = broker.client("dev-a")
-    dup = encode_alert(records[0], published_at=time.time())
+    dup = sealed(records[0])
     dev.publish("lfr/dev-a/alerts", dup, qos=1).wait_for_publish(5)
     for r in records[1:]:
         publisher.enqueue_alert(r)
@@ -79,7 +96,7 @@ def test_listen_prints_dedups_and_saves_crops(
     assert [a["alert_id"] for a in alerts] == [r.alert_id for r in records]
     assert all("face_jpeg_b64" not in a for a in alerts)  # never printed
     assert [a["subject_id"] for a in alerts] == ["S-0", "S-1", "S-2"]
-    assert "3 alerts, 1 duplicate" in err
+    assert "3 alerts, 1 duplicate deliveries ignored, 0 refused" in err
     assert any(x["type"] == "status" and x["payload"]["state"] == "online" for x in lines)
     for r in records:
         path = crops / f"{r.alert_id}.jpg"
@@ -90,12 +107,12 @@ def test_listen_prints_dedups_and_saves_crops(
 
 
 def test_listen_human_line_and_invalid_alert(broker: Broker, publisher: Publisher) -> None:
-    proc = edge("alerts", *conn_args(broker, broker.control_room), "--client-id", "cr-human",
+    proc = edge("alerts", *listen_args(broker, broker.control_room), "--client-id", "cr-human",
                 "--count", "1", "--timeout", "30")  # fmt: skip
     wait_for_subscriber(broker, "control-room")
     dev = broker.client("dev-a")
     dev.publish("lfr/dev-a/alerts", b'{"schema": "lfr.alert/1"}', qos=1).wait_for_publish(5)
-    spoof = encode_alert(make_record("dev-b"), published_at=time.time())  # claims dev-b
+    spoof = sealed(make_record("dev-b"), DEV_B_KEY)  # dev-b's genuine alert on dev-a's topic
     dev.publish("lfr/dev-a/alerts", spoof, qos=1).wait_for_publish(5)
     record = make_record("dev-a", subject_id="S-77", category="missing_person", score=0.8123)
     publisher.enqueue_alert(record)
@@ -175,19 +192,19 @@ def test_listener_survives_hostile_alerts_and_escapes_what_it_prints(
     alert and a subject id with control characters: the listener goes on, prints one
     escaped line for the good alert, and never a forged line."""
     dev = broker.client("dev-a")
-    good = json.loads(encode_alert(make_record(subject_id="S-1\nX ALERT device=forged")))
-    good["published_at"] = rfc3339(time.time())
+    good_bytes = sealed(make_record(subject_id="S-1\nX ALERT device=forged"))
+    good = json.loads(good_bytes)
     newline = dict(good, alert_id=make_record().alert_id, captured_at=good["captured_at"] + "\n")
     hostile = [b"[" * 30000, b"{" * 5000, b'{"score": NaN}', b"x" * 400_000,
                json.dumps(newline).encode(), b"\xff\xfe"]  # fmt: skip
     retained = dict(good, alert_id=make_record().alert_id)
     dev.publish("lfr/dev-a/alerts", json.dumps(retained), qos=1, retain=True).wait_for_publish(5)
-    proc = edge("alerts", *conn_args(broker, broker.control_room), "--count", "1",
+    proc = edge("alerts", *listen_args(broker, broker.control_room), "--count", "1",
                 "--timeout", "30", "--client-id", "cr-hostile")  # fmt: skip
     wait_for_subscriber(broker, "control-room")
     for payload in hostile:
         dev.publish("lfr/dev-a/alerts", payload, qos=1).wait_for_publish(5)
-    dev.publish("lfr/dev-a/alerts", json.dumps(good), qos=1).wait_for_publish(5)
+    dev.publish("lfr/dev-a/alerts", good_bytes, qos=1).wait_for_publish(5)
     out, err = proc.communicate(timeout=60)
     dev.publish("lfr/dev-a/alerts", b"", qos=1, retain=True).wait_for_publish(5)
     assert proc.returncode == 0, err
@@ -207,7 +224,7 @@ def test_connection_failures_are_one_line(broker: Broker, tmp_path: Path, case: 
         args = conn_args(broker, broker.pki.rogue("control-room"))
     else:
         args[-1] = str(tmp_path / "nope.key")
-    proc = edge("alerts", *args, "--timeout", "5")
+    proc = edge("alerts", *args, "--device-keys", str(KEYS), "--timeout", "5")
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 5, (out, err)
     assert err.startswith("edge: ") and err.strip().count("\n") == 0, err
@@ -215,8 +232,65 @@ def test_connection_failures_are_one_line(broker: Broker, tmp_path: Path, case: 
 
 
 def test_count_not_reached_before_timeout_fails(broker: Broker) -> None:
-    proc = edge("alerts", *conn_args(broker, broker.control_room), "--count", "2",
+    proc = edge("alerts", *listen_args(broker, broker.control_room), "--count", "2",
                 "--timeout", "1")  # fmt: skip
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert "timed out after 1 s with 0 of 2 alerts" in err
+
+
+# --- device signatures (issue 13, item 9) ----------------------------------------------------
+
+
+def test_a_broker_side_forgery_is_refused_and_the_genuine_alert_accepted(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    from tests.fixtures.forgery import ATTACKER_FACE, compromised_broker, forgeries
+
+    broker = compromised_broker(broker_factory)
+    crops = tmp_path / "crops"
+    proc = edge("alerts", *listen_args(broker, broker.control_room), "--client-id", "cr-forge",
+                "--device", "dev-a", "--save-crops", str(crops), "--count", "1",
+                "--timeout", "30", "--json")  # fmt: skip
+    wait_for_subscriber(broker, "control-room")
+    record = make_record("dev-a", subject_id="S-GENUINE")
+    genuine = sealed(record)
+    attacker = broker.client("control-room-tools")  # holds a control-room certificate
+    forged = forgeries(genuine)
+    for payload in forged.values():
+        info = attacker.publish("lfr/dev-a/alerts", payload, qos=1)
+        info.wait_for_publish(5)
+    c = broker.creds("dev-a")
+    ob = Outbox(tmp_path / "ob.db", os.urandom(32))
+    pub = Publisher("dev-a", BrokerSettings(broker.host, broker.port, c.ca, c.cert, c.key), ob,
+                    drain_interval_s=0.05, signing_key=DEV_A_KEY)  # fmt: skip
+    try:
+        pub.enqueue_alert(record)
+        pub.start()
+        out, err = proc.communicate(timeout=40)
+    finally:
+        pub.stop(flush_timeout=0)
+        ob.close()
+    assert proc.returncode == 0, err
+    alerts = [json.loads(x) for x in out.splitlines() if json.loads(x)["type"] == "alert"]
+    assert [a["alert_id"] for a in alerts] == [record.alert_id]
+    assert alerts[0]["subject_id"] == "S-GENUINE"
+    assert err.count("edge: REFUSED an alert on lfr/dev-a/alerts") == len(forged), err
+    for reason in ("unsigned", "bad_signature", "not_canonical"):
+        assert f"({reason})" in err
+    assert f"1 alerts, 0 duplicate deliveries ignored, {len(forged)} refused" in err
+    assert [p.name for p in crops.iterdir()] == [f"{record.alert_id}.jpg"]
+    assert all(p.read_bytes() != ATTACKER_FACE for p in crops.iterdir())
+
+
+def test_listen_needs_the_device_keys(broker: Broker, tmp_path: Path) -> None:
+    proc = edge("alerts", *conn_args(broker, broker.control_room), "--timeout", "1")
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and err.strip() == (
+        "edge: --device-keys is required: alerts are verified against the devices' signing keys")
+    (tmp_path / "x.signing.pub").write_text("not a key")
+    proc = edge("alerts", *conn_args(broker, broker.control_room), "--device-keys",
+                str(tmp_path), "--timeout", "1")  # fmt: skip
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "is not a PEM public key" in err
+    assert "Traceback" not in err

@@ -385,6 +385,7 @@ def test_check_files_reports_each_missing_file(
         "mqtt.ca",
         "mqtt.client_cert",
         "device.key_credential",
+        "device.signing_key_credential",
         "watchlist.signer_credential",
         "mqtt.client_key_credential",
         "source.uri",
@@ -396,7 +397,7 @@ def test_check_files_reports_each_missing_file(
     (tmp_path / "models" / "manifest.json").write_text("{}")
     for f in ("ca.pem", "c.pem", "clip.mp4"):
         (tmp_path / f).write_text("x")
-    for name in ("device.key", "signer.pub", "mqtt-client.key"):
+    for name in ("device.key", "device-signing.key", "signer.pub", "mqtt-client.key"):
         (creds / name).write_text("x")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     assert check_files(load_settings(write(tmp_path, text))) == []
@@ -481,6 +482,7 @@ def test_cli_checks_files_and_never_prints_secrets(tmp_path: Path) -> None:
     (models / "manifest.json").write_text("{}")
     (creds / "device.key").write_text("TOPSECRET-device")
     (creds / "signer.pub").write_text("TOPSECRET-signer")
+    (creds / "device-signing.key").write_text("TOPSECRET-signing")
     text = (
         f'[device]\nid = "cam-01"\nstate_dir = "{state}"\nmodels_dir = "{models}"\n'
         '[mqtt]\nhost = "127.0.0.1"\ntls = false\n'
@@ -494,5 +496,6 @@ def test_cli_checks_files_and_never_prints_secrets(tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
     assert [line.split(":")[1].strip() for line in missing.stderr.splitlines()] == [
         "device.key_credential",
+        "device.signing_key_credential",
         "watchlist.signer_credential",
     ]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,21 +25,28 @@ from edge.console.handlers import Handler
 from edge.console.ingest import Ingest, subscriptions
 from edge.console.metrics import Metrics
 from edge.console.store import Store
-from edge.delivery.alert import encode_alert, stamp_published_at
+from edge.delivery.alert import encode_alert
+from edge.delivery.alert_sign import seal_alert
 from edge.delivery.publish import BrokerSettings
 from tests.fixtures.alerts import make_record
 from tests.fixtures.broker import Broker
+
+DEVICE_KEYS = {d: Ed25519PrivateKey.generate() for d in ("van-1", "van-2")}
+"""Each van's signing key; the console holds the public halves (``[console] device_keys``)."""
+PUBLIC = {d: k.public_key() for d, k in DEVICE_KEYS.items()}
 
 
 @pytest.fixture
 def handler(tmp_path: Path) -> Iterator[Handler]:
     store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
-    yield Handler(store, AtRest(X25519PrivateKey.generate()), Hub(), Metrics())
+    yield Handler(store, AtRest(X25519PrivateKey.generate()), Hub(), Metrics(),
+                  device_keys=PUBLIC)  # fmt: skip
     store.close()
 
 
 def _alert_bytes(device: str = "van-1", **kw: object) -> bytes:
-    return stamp_published_at(encode_alert(make_record(device, **kw)), time.time())  # type: ignore[arg-type]
+    """An alert as the van publishes it: stamped and signed with its key."""
+    return seal_alert(encode_alert(make_record(device, **kw)), time.time(), DEVICE_KEYS[device])  # type: ignore[arg-type]
 
 
 def _with(payload: bytes, **changes: object) -> bytes:
@@ -167,7 +175,7 @@ def test_two_consoles_share_the_fleet_and_each_alert_is_stored_once(
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     stores = [Store.open(url), Store.open(url)]
     key = X25519PrivateKey.generate()
-    handlers = [Handler(s, AtRest(key), Hub(), Metrics()) for s in stores]
+    handlers = [Handler(s, AtRest(key), Hub(), Metrics(), device_keys=PUBLIC) for s in stores]
     ingests = [_ingest(h, broker, f"console-{i}") for i, h in enumerate(handlers)]
     try:
         van = broker.client("van-1")

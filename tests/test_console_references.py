@@ -98,7 +98,8 @@ def test_references_are_deleted_when_the_summary_arrives(
     assert path is not None
     (path / "d1.refs").write_bytes(_refs(signing, key, time.time() + 3600))
     console.housekeeping()
-    handler = Handler(console.store, console.at_rest, console.hub, console.metrics)
+    handler = Handler(console.store, console.at_rest, console.hub, console.metrics,
+                      device_keys={})  # only the deployment summary is fed here
     summary = {"state": "ended", "deployment_id": "D-1", "device_id": "van-1", "alerts": 2,
                "faces_processed": 40, "adjudications": {"confirmed": 1, "rejected": 1}}
     assert handler.handle("lfr/van-1/deployment", json.dumps(summary).encode()) == "stored"

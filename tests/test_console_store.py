@@ -9,15 +9,19 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.console import migrate
 from edge.console.messages import parse_alert_message, parse_audit_entry
 from edge.console.store import Store
 from edge.console.tables import metadata
-from edge.delivery.alert import encode_alert, stamp_published_at
+from edge.delivery.alert import encode_alert
+from edge.delivery.alert_sign import seal_alert
 from edge.watchlist.audit import AuditLog
 from tests.fixtures.alerts import make_record
 from tests.fixtures.postgres import pg_url, postgres_server  # noqa: F401
+
+DEVICE_KEY = Ed25519PrivateKey.generate()  # signs the test alerts (issue 13, item 9)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -32,8 +36,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 def _alert(device: str = "van-1", **kw: object) -> dict[str, object]:
-    payload = stamp_published_at(encode_alert(make_record(device, **kw)), time.time())  # type: ignore[arg-type]
-    return parse_alert_message(device, payload)
+    payload = seal_alert(encode_alert(make_record(device, **kw)), time.time(), DEVICE_KEY)  # type: ignore[arg-type]
+    return parse_alert_message(device, payload, {device: DEVICE_KEY.public_key()})
 
 
 def test_the_migrated_schema_is_the_tables_and_sqlite_runs_in_wal(store: Store) -> None:

@@ -198,6 +198,7 @@ def test_user_add_refuses_a_bad_role_a_short_password_and_a_duplicate(
         "edge: [console] port: must be an integer in 0..65535",
         "edge: [console] key_file: /nonexistent/console.key does not exist",
         "edge: [console] signing_key: required",
+        "edge: [console] device_keys: required",
     ]
 
 
@@ -285,8 +286,15 @@ def test_a_broken_audit_chain_is_raised_on_every_page_for_auditors(
 ) -> None:
     import json
 
+    from edge import signing
+    from edge.watchlist.audit import SIG_CONTEXT, entry_hash
+
     entry = van.audit.append("armed", deployment_id="D-9")
     forged = {**entry, "seq": entry["seq"] + 1, "event": "watchlist_shredded"}  # no real link
+    # Signed with the van's own key (a forger without it is refused unstored: test_console_
+    # signed.py), e.g. a re-signed old copy of the card: the chain breaks.
+    forged["hash"] = entry_hash(forged)
+    forged["sig"] = signing.sign(van.signing_key, SIG_CONTEXT, forged["hash"].encode())
     van.publisher.enqueue("forged", "audit", json.dumps(forged).encode())
     aud, ops = console.session("aud-1"), console.session("pc-ops")
     def banner(client: httpx.Client, path: str) -> str:

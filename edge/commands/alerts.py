@@ -4,8 +4,14 @@ Listen (mutual TLS, QoS 1) to ``lfr/<device>/alerts`` (plus ``status`` and
 ``deployment``), print one line per alert, save each matched-face crop as
 ``<alert_id>.jpg``, and drop redeliveries by ``alert_id``::
 
-    edge alerts --host H --port P --ca CA --cert C --key K [--device ID|+]
-                [--save-crops DIR] [--count N] [--timeout S] [--json]
+    edge alerts --host H --port P --ca CA --cert C --key K --device-keys DIR|FILE
+                [--device ID|+] [--save-crops DIR] [--count N] [--timeout S] [--json]
+
+Each alert is verified against its device's signing key (``--device-keys``: a directory
+of ``<device_id>.signing.pub``, or one such file; issue 13, item 9) before anything is
+printed or saved: an alert without a valid device signature (a broker or a holder of
+the control room's certificate injecting a face of its choosing) is one ``edge: REFUSED``
+line on stderr, counted in the final summary, and never shown as an alert.
 
 Send an officer's decision back to the device (waits for the broker's PUBACK)::
 
@@ -75,6 +81,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _connection_args(p, suppress=False)
     p.add_argument("--device", default="+", help="device id to watch, or + for all (default)")
+    p.add_argument("--device-keys", type=Path, metavar="PATH",
+                   help="the devices' signing public keys: a directory of "
+                   "<device_id>.signing.pub files, or one such file (required to listen)")
     p.add_argument("--save-crops", type=Path, metavar="DIR", help="save face crops here")
     p.add_argument("--count", type=int, metavar="N", help="stop after N distinct alerts")
     p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
@@ -212,6 +221,16 @@ def run_listen(args: argparse.Namespace) -> int:
         raise UsageError("--count must be at least 1")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    if args.device_keys is None:
+        raise UsageError("--device-keys is required: alerts are verified against the "
+                         "devices' signing keys")  # fmt: skip
+    from edge import signing
+
+    try:
+        args.keyring = signing.DeviceKeyring(args.device_keys)  # re-read for a new van
+    except signing.KeyFileError as exc:
+        raise UsageError(f"--device-keys: {exc}") from None
+    args.refused = 0
     try:
         topics = [topic(args.device, kind) for kind in ("alerts", "status", "deployment")]
     except ValueError as exc:
@@ -262,7 +281,8 @@ def run_listen(args: argparse.Namespace) -> int:
                 print(f"edge: ignoring a message on {safe(msg.topic)}: "
                       f"{safe(type(exc).__name__)}", file=sys.stderr)  # fmt: skip
         print(
-            f"edge: {len(seen)} alerts, {duplicates} duplicate deliveries ignored",
+            f"edge: {len(seen)} alerts, {duplicates} duplicate deliveries ignored, "
+            f"{args.refused} refused (no valid device signature)",
             file=sys.stderr,
         )
         return 0
@@ -282,8 +302,15 @@ def _handle(msg: mqtt.MQTTMessage, seen: set[str], args: argparse.Namespace,
     if msg.retain:
         print(f"edge: ignoring a retained alert on {safe(msg.topic)}", file=sys.stderr)
         return 0
+    from edge.delivery.alert_sign import AlertSignatureError
+
     try:
-        alert = parse_alert(bytes(msg.payload))
+        alert = parse_alert(bytes(msg.payload), args.keyring)
+    except AlertSignatureError as exc:
+        args.refused += 1
+        print(f"edge: REFUSED an alert on {safe(msg.topic)}: {safe(exc, 200)} "
+              f"({safe(exc.reason)})", file=sys.stderr, flush=True)  # fmt: skip
+        return 0
     except format_error as exc:
         print(f"edge: ignoring an invalid alert from {device}: {safe(exc, 200)}",
               file=sys.stderr)  # fmt: skip

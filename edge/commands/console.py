@@ -85,6 +85,7 @@ def run_user_add(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from edge import signing
     from edge.console.app import Context, create_app, templates
     from edge.console.crypto import AtRest
     from edge.console.events import Hub
@@ -93,13 +94,18 @@ def run_serve(args: argparse.Namespace) -> int:
     from edge.console.metrics import Metrics
     from edge.console.service import Console
     from edge.delivery.publish import BrokerSettings
+    from edge.errors import ConfigError
     from edge.watchlist.keys import load_device_key, load_signing_key
 
     cfg, store = _open_store(args.config)
     at_rest = AtRest(load_device_key(cfg.key_file))
     signing_key = load_signing_key(cfg.signing_key)
     hub, metrics = Hub(), Metrics()
-    handler = Handler(store, at_rest, hub, metrics)
+    try:
+        device_keys = signing.DeviceKeyring(cfg.device_keys)  # re-read for a new van
+    except signing.KeyFileError as exc:
+        raise ConfigError([f"[console] device_keys: {exc}"]) from None
+    handler = Handler(store, at_rest, hub, metrics, device_keys=device_keys)
     broker = BrokerSettings(host=cfg.mqtt_host, port=cfg.mqtt_port, ca=cfg.mqtt_ca,
                             cert=cfg.mqtt_cert, key=cfg.mqtt_key)  # fmt: skip
     ingest = Ingest(broker, handler, metrics, client_id=cfg.client_id, group=cfg.share_group,

@@ -114,7 +114,13 @@ def write_device_config(
     extra: str = "",
     deployment_keys_dir: Path | None = None,
 ) -> None:
-    """A device config for a local run (the demo, the tests); ``extra`` is appended TOML."""
+    """A device config for a local run (the demo, the tests); ``extra`` is appended TOML.
+
+    The device's signing key is ``<device_id>.signing.key`` beside ``key_file``, made
+    when absent (on a real device the Ansible role makes it on the device)."""
+    from edge.signing import generate
+
+    signing_key, _ = generate(key_file.parent, device_id)
     path.write_text(
         f"""# Written by `edge demo`.
 [device]
@@ -122,6 +128,7 @@ id = "{device_id}"
 state_dir = "{state_dir}"
 models_dir = "{models}"
 key_file = "{key_file}"
+signing_key_file = "{signing_key}"
 
 [source]
 kind = "{"folder" if source.is_dir() else "file"}"
@@ -157,6 +164,7 @@ listen = "127.0.0.1"
 port = {port}
 key_file = "{keys / "console.key"}"
 signing_key = "{keys / "signing.key"}"
+device_keys = "{keys}"
 references_dir = "{work / "references"}"
 
 [mqtt]
@@ -295,7 +303,8 @@ def run(args: argparse.Namespace) -> int:
         alerts = subprocess.Popen(
             _edge("alerts", "--host", broker.host, "--port", str(broker.port),
                   "--ca", str(broker.ca_cert), "--cert", str(sub.cert), "--key", str(sub.key),
-                  "--device", "+", "--save-crops", str(work / "crops")),
+                  "--device", "+", "--save-crops", str(work / "crops"),
+                  "--device-keys", str(work / "keys")),
         )
         port = free_port()
         write_console_config(

@@ -12,6 +12,9 @@
                                                 # crops and reference images at rest
     signing_key = "/etc/edge-console/signing.key"  # the control room's Ed25519 key:
                                                 # each adjudication is signed with it
+    device_keys = "/etc/edge-console/devices"   # <device_id>.signing.pub of each device
+                                                # (or one such file): alerts and audit
+                                                # entries are verified against them
     references_dir = "/var/lib/edge-console/references"  # reference files to import
     session_ttl_s = 28800
     retention_days = 31
@@ -42,8 +45,8 @@ from typing import Any
 from edge.errors import ConfigError
 
 _CONSOLE_KEYS = {"database", "listen", "port", "tls_cert", "tls_key", "key_file",
-                 "signing_key", "references_dir", "session_ttl_s", "retention_days",
-                 "metrics_token_file"}
+                 "signing_key", "device_keys", "references_dir", "session_ttl_s",
+                 "retention_days", "metrics_token_file"}
 _MQTT_KEYS = {"host", "port", "ca", "client_cert", "client_key_file", "client_id",
               "share_group", "session_expiry_s"}  # fmt: skip
 
@@ -57,6 +60,7 @@ class ConsoleConfig:
     tls_key: Path | None
     key_file: Path
     signing_key: Path
+    device_keys: Path
     references_dir: Path | None
     session_ttl_s: int
     retention_days: int
@@ -168,6 +172,7 @@ def from_dict(doc: dict[str, Any], base: Path) -> ConsoleConfig:
         tls_key=tls_key,
         key_file=path(c, "key_file", "console", True) or Path(),
         signing_key=path(c, "signing_key", "console", True) or Path(),
+        device_keys=path(c, "device_keys", "console", True) or Path(),
         references_dir=path(c, "references_dir", "console", False, must_exist=False),
         session_ttl_s=integer(c, "session_ttl_s", "console", 8 * 3600, 60, 7 * 24 * 3600),
         retention_days=integer(c, "retention_days", "console", 31, 1, 31),
@@ -181,6 +186,13 @@ def from_dict(doc: dict[str, Any], base: Path) -> ConsoleConfig:
         session_expiry_s=integer(m, "session_expiry_s", "mqtt", 7 * 24 * 3600, 0, 2**31),
         metrics_token=_token(path(c, "metrics_token_file", "console", False), problems),
     )
+    if cfg.device_keys.exists():
+        from edge import signing
+
+        try:
+            signing.load_device_keys(cfg.device_keys, allow_empty=True)
+        except signing.KeyFileError as exc:
+            problems.append(f"[console] device_keys: {exc}")
     if problems:
         raise ConfigError(problems)
     return cfg

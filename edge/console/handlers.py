@@ -2,7 +2,10 @@
 
 :meth:`Handler.handle` takes a topic and a payload exactly as the broker delivered them
 and never raises: a bad message is counted (``console_messages_refused_total{kind}``),
-logged as one line (without its content) and dropped. The MQTT client
+logged as one line (without its content) and dropped; one without a valid device
+signature (:class:`~edge.console.messages.Unverified`) is also counted as
+``console_messages_unverified_total{kind,reason}`` and written to the console's trail
+(at most once a minute per device, kind and reason, with the count). The MQTT client
 (:mod:`edge.console.ingest`) calls it from its worker thread; tests call it directly too.
 """
 
@@ -35,9 +38,14 @@ def split_topic(topic: str, prefix: str = "lfr") -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
+UNVERIFIED_LOG_S: Final = 60.0
+
+
 class Handler:
     def __init__(self, store: Store, at_rest: AtRest, hub: Hub, metrics: Metrics,
-                 prefix: str = "lfr") -> None:  # fmt: skip
+                 prefix: str = "lfr", *, device_keys: m.DeviceKeys) -> None:  # fmt: skip
+        self.device_keys = device_keys
+        self._unverified: dict[tuple[str, str, str], tuple[float, int]] = {}
         self.store = store
         self.at_rest = at_rest
         self.hub = hub
@@ -57,6 +65,9 @@ class Handler:
         try:
             result: str = getattr(self, f"_{kind}")(device, payload, retained, now)
             return result
+        except m.Unverified as exc:
+            self._refuse_unverified(device, kind, exc, now)
+            return "refused"
         except m.BadMessage as exc:
             self.metrics.inc("console_messages_refused_total", kind=kind)
             log.warning("refused a %s message from %s: %s", kind, device, exc)
@@ -66,8 +77,23 @@ class Handler:
             log.exception("handling a %s message from %s failed", kind, device)
             return "failed"
 
+    def _refuse_unverified(self, device: str, kind: str, exc: m.Unverified, now: float) -> None:
+        self.metrics.inc("console_messages_refused_total", kind=kind)
+        self.metrics.inc("console_messages_unverified_total", kind=kind, reason=exc.reason)
+        log.warning("refused an unverified %s message on the topic of %s: %s", kind, device, exc)
+        key = (device, kind, exc.reason)
+        if len(self._unverified) > 10_000:
+            self._unverified.clear()
+        last, count = self._unverified.get(key, (float("-inf"), 0))
+        count += 1
+        if now - last >= UNVERIFIED_LOG_S:
+            self.store.log("console", "unverified_refused", device_id=device, kind=kind,
+                           reason=exc.reason, count=count)  # fmt: skip
+            last, count = now, 0
+        self._unverified[key] = (last, count)
+
     def _alerts(self, device: str, payload: bytes, _retained: bool, now: float) -> str:
-        alert = m.parse_alert_message(device, payload)
+        alert = m.parse_alert_message(device, payload, self.device_keys)
         crop = base64.b64decode(alert["face_jpeg_b64"])
         sealed = self.at_rest.seal(crop, f"crop:{alert['alert_id']}")
         if not self.store.add_alert(alert, sealed, now):
@@ -107,6 +133,7 @@ class Handler:
 
     def _audit(self, device: str, payload: bytes, _retained: bool, now: float) -> str:
         parsed = m.parse_audit_entry(device, payload)
+        m.verify_audit_entry(device, parsed, self.device_keys)
         outcome, state, verified = self.store.add_audit_entry(device, parsed, now)
         if outcome == "duplicate":
             return "duplicate"

@@ -11,16 +11,25 @@ raises anything else for any input (the ingest loop relies on it):
   them is harmless: Jinja2 escapes it and the page's JavaScript writes text, never
   markup), and ids must match the topic-safe id pattern;
 - a message whose ``device_id`` differs from its topic's device is refused (the broker's
-  ACL confines a device to its own prefix; this keeps it so in the store too).
+  ACL confines a device to its own prefix; this keeps it so in the store too);
+- alerts and audit entries must carry the device's signature (issue 13, items 4 and 9),
+  checked against the device's key from ``[console] device_keys`` before anything is
+  stored: one without, from a device whose key is not known, or whose signature fails
+  raises :class:`Unverified` (a :class:`BadMessage` with a ``reason``), so a broker or a
+  holder of the control room's certificate can neither plant an alert nor break a
+  device's audit chain with a forged entry.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any, Final
 
-from edge import boundedjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge import boundedjson, signing
 from edge.delivery.alert import (
     CATEGORIES,
     DECISIONS,
@@ -29,6 +38,11 @@ from edge.delivery.alert import (
     parse_alert,
     parse_rfc3339,
 )
+from edge.delivery.alert_sign import AlertSignatureError
+from edge.watchlist.audit import SIG_CONTEXT as AUDIT_SIG_CONTEXT
+from edge.watchlist.audit import entry_hash
+
+DeviceKeys = Mapping[str, Ed25519PublicKey]
 
 MAX_ALERT_BYTES: Final = 512 * 1024
 MAX_OTHER_BYTES: Final = 64 * 1024
@@ -41,6 +55,14 @@ _EVENT: Final = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 class BadMessage(ValueError):  # noqa: N818 (a refusal, not an error of ours)
     """A device message that is refused (the text says why, in one line)."""
+
+
+class Unverified(BadMessage):
+    """A message without a valid device signature; ``reason`` is a short code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 def load_json(payload: bytes, limit: int, what: str) -> dict[str, Any]:
@@ -102,11 +124,14 @@ def _same_device(obj: dict[str, Any], device_id: str, what: str) -> None:
 # --- one parser per topic --------------------------------------------------------------------
 
 
-def parse_alert_message(device_id: str, payload: bytes) -> dict[str, Any]:
-    """The alert schema's checks (:func:`edge.delivery.alert.parse_alert`) plus the console's."""
+def parse_alert_message(device_id: str, payload: bytes, keys: DeviceKeys) -> dict[str, Any]:
+    """The alert schema's checks (:func:`edge.delivery.alert.parse_alert`) and the device's
+    signature (``keys``: device id -> signing public key), plus the console's checks."""
     load_json(payload, MAX_ALERT_BYTES, "alert")  # size and depth first
     try:
-        alert = parse_alert(payload)
+        alert = parse_alert(payload, keys)
+    except AlertSignatureError as exc:
+        raise Unverified(exc.reason, f"alert refused: {exc}") from None
     except AlertFormatError as exc:
         raise BadMessage(f"alert refused: {exc}") from None
     _same_device(alert, device_id, "alert")
@@ -231,7 +256,8 @@ def parse_deployment(device_id: str, payload: bytes) -> dict[str, Any]:
 
 
 def parse_audit_entry(device_id: str, payload: bytes) -> dict[str, Any]:
-    """One audit-chain entry, shape-checked (the chain itself is checked by :mod:`chain`).
+    """One audit-chain entry, shape-checked (its signature is checked by
+    :func:`verify_audit_entry`, the chain itself by :mod:`chain`).
 
     Returns ``{"entry": <the object as sent>, "seq", "at", "event", "prev_hash", "hash"}``.
     """
@@ -249,6 +275,27 @@ def parse_audit_entry(device_id: str, payload: bytes) -> dict[str, Any]:
     _check_strings(obj)
     return {"entry": obj, "seq": seq, "at": at, "event": event,
             "prev_hash": obj["prev_hash"], "hash": obj["hash"]}  # fmt: skip
+
+
+def verify_audit_entry(device_id: str, parsed: Mapping[str, Any], keys: DeviceKeys) -> None:
+    """The entry's hash recomputed and its signature verified with the device's key;
+    :class:`Unverified` otherwise (before anything is stored: a forged entry must not
+    break the device's chain)."""
+    obj = parsed["entry"]
+    public = keys.get(device_id)
+    if public is None:
+        raise Unverified("unknown_device", f"no signing key for device {device_id}: "
+                         "audit entry not verified")  # fmt: skip
+    if "sig" not in obj:
+        raise Unverified("unsigned", "audit entry carries no device signature")
+    try:
+        digest = entry_hash(obj)
+    except (ValueError, TypeError):
+        raise BadMessage("audit entry is not canonical JSON") from None
+    if digest != obj["hash"]:
+        raise Unverified("bad_hash", "audit entry's hash does not match its content")
+    if not signing.verify(public, AUDIT_SIG_CONTEXT, digest.encode("ascii"), obj["sig"]):
+        raise Unverified("bad_signature", "audit entry signature does not verify")
 
 
 def _check_strings(value: Any) -> None:
@@ -277,4 +324,4 @@ def device_adjudication(entry: dict[str, Any]) -> dict[str, str] | None:
     return {"alert_id": alert_id, "decision": str(decision), "officer": officer}
 
 
-__all__ = ["CATEGORIES", "BadMessage"]
+__all__ = ["CATEGORIES", "BadMessage", "DeviceKeys", "Unverified"]

@@ -13,6 +13,8 @@ for integrators. One alert is one JSON object::
     face_jpeg_b64   base64 JPEG of the matched face only (safeguard 11)
     model           {"detector": {"name", "sha256"}, "embedder": {"name", "sha256"}}, plus
                     any other string entries of ``AlertRecord.model`` (e.g. "landmarks")
+    signature       base64 Ed25519 by the device over all of the above
+                    (:mod:`edge.delivery.alert_sign`, added when published)
 
 ``AlertRecord.model`` is flat: it must hold ``detector``, ``detector_sha256``,
 ``embedder`` and ``embedder_sha256`` (names and manifest hashes); other keys
@@ -38,11 +40,14 @@ import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from edge import boundedjson
 from edge.types import AlertRecord, ImageU8
 from edge.uuid7 import uuid7_str
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 SCHEMA_ID: Final = "lfr.alert/1"
 CATEGORIES: Final = (
@@ -69,6 +74,7 @@ _UUID7_RE: Final = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 )
 _RFC3339_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
+_SIG_RE: Final = re.compile(r"^[A-Za-z0-9+/]{86}==$")
 
 
 class AlertFormatError(ValueError):
@@ -93,7 +99,10 @@ def parse_rfc3339(text: str) -> float:
     """The inverse of :func:`rfc3339` (any fraction length, ``Z`` only) -> Unix seconds."""
     if not isinstance(text, str) or not _RFC3339_RE.fullmatch(text):
         raise AlertFormatError(f"not an RFC 3339 UTC time ending in Z: {text!r}")
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:  # month 13, day 32, hour 25...
+        raise AlertFormatError(f"not a valid time: {text!r}") from None
 
 
 # --- the face crop ---------------------------------------------------------------------------
@@ -296,8 +305,15 @@ def _need(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> An
     return value
 
 
-def parse_alert(payload: bytes) -> dict[str, Any]:
-    """Parse and check an alert message (the schema's rules, without a jsonschema dependency)."""
+def parse_alert(
+    payload: bytes, keys: Mapping[str, Ed25519PublicKey] | None = None
+) -> dict[str, Any]:
+    """Parse and check an alert message (the schema's rules, without a jsonschema dependency).
+
+    With ``keys`` (device id -> signing public key) the device's signature is checked too
+    (:func:`edge.delivery.alert_sign.check_signature`; :class:`AlertSignatureError`, an
+    :class:`AlertFormatError`, says why it is refused).
+    """
     try:
         obj = boundedjson.loads(payload, max_bytes=MAX_ALERT_BYTES, max_depth=4)
     except boundedjson.JSONRefused as exc:
@@ -338,10 +354,16 @@ def parse_alert(payload: bytes) -> dict[str, Any]:
     extra = set(obj) - {
         "schema", "alert_id", "device_id", "deployment_id", "captured_at", "published_at",
         "subject_id", "category", "score", "threshold", "track_id", "bbox", "face_jpeg_b64",
-        "model",
+        "model", "signature",
     }  # fmt: skip
     if extra:
         raise AlertFormatError(f"unexpected fields {sorted(extra)}")
+    if "signature" in obj and not _SIG_RE.fullmatch(_need(obj, "signature", str)):
+        raise AlertFormatError("signature is not a base64 Ed25519 signature")
+    if keys is not None:
+        from edge.delivery.alert_sign import check_signature
+
+        check_signature(payload, obj, keys)
     return obj
 
 

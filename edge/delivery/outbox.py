@@ -23,7 +23,12 @@ SQLite in WAL mode, one table, payloads encrypted at rest with AES-256-GCM.
   swapped to another id or topic. A key-check record makes a wrong key fail at open
   (:class:`OutboxKeyError`), a tampered row when read (:class:`OutboxTampered`).
 - **Bounded.** ``put`` beyond ``max_items`` rows or ``max_bytes`` of ciphertext
-  raises :class:`OutboxFull`: never a silent drop; the caller audits it.
+  raises :class:`OutboxFull`: never a silent drop; the caller audits it. The last
+  ``reserve_items`` rows and ``reserve_bytes`` are kept for ``put(..., reserved=True)``
+  (the audit entries: a flood of alerts cannot crowd out the record of it).
+- **Undelivered audit entries are never purged by retention** (topics ending in
+  :data:`KEEP_UNDELIVERED`): they wait for the control room, and ``status`` raises an
+  alarm while they wait too long (:class:`edge.service.health.AuditDelivery`).
 - **Retention (safeguard 7).** :meth:`Outbox.purge` deletes rows older than the
   retention (31 days) unless on legal hold and returns what it deleted for the
   audit log. :meth:`Outbox.ack` deletes a delivered row, except that a row on
@@ -88,6 +93,8 @@ RETENTION_S: Final = 31 * 24 * 3600
 """Default retention: 31 days (MPS APD), safeguard 7."""
 DEFAULT_MAX_ITEMS: Final = 10_000
 DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
+KEEP_UNDELIVERED: Final = ("/audit",)
+"""Topic suffixes whose undelivered rows retention never purges."""
 _FORMAT: Final = b"2"
 _AAD_PREFIX: Final = b"lfr-outbox/1\x00"
 _KEY_CHECK_AAD: Final = b"lfr-outbox/1 key-check"
@@ -137,6 +144,8 @@ class Outbox:
         max_items: int = DEFAULT_MAX_ITEMS,
         max_bytes: int = DEFAULT_MAX_BYTES,
         key_period_s: float = DEFAULT_KEY_PERIOD_S,
+        reserve_items: int = 0,
+        reserve_bytes: int = 0,
     ) -> None:
         if not isinstance(key, bytes | bytearray) or len(key) != 32:
             raise OutboxKeyError("outbox key must be 32 bytes (AES-256)")
@@ -145,6 +154,9 @@ class Outbox:
         self.path = Path(path)
         self.max_items = max_items
         self.max_bytes = max_bytes
+        if not (0 <= reserve_items < max_items and 0 <= reserve_bytes < max_bytes):
+            raise ValueError("the reserve must be smaller than the outbox")
+        self.reserve_items, self.reserve_bytes = reserve_items, reserve_bytes
         self._aes = AESGCM(bytes(key))
         self._lock = threading.Lock()
         try:
@@ -246,12 +258,14 @@ class Outbox:
         retain: bool = False,
         *,
         now: float | None = None,
+        reserved: bool = False,
     ) -> bool:
         """Store a message durably (committed and fsynced on return).
 
         Returns False, changing nothing, if ``msg_id`` is already stored (a
         re-put after a crash is harmless). Raises :class:`OutboxFull` if the
-        row would exceed ``max_items`` or ``max_bytes``.
+        row would exceed ``max_items`` or ``max_bytes`` (less the reserve unless
+        ``reserved``).
         """
         if not msg_id or not topic:
             raise ValueError("msg_id and topic must be non-empty")
@@ -269,10 +283,14 @@ class Outbox:
                 items, size = self._db.execute(
                     "SELECT COUNT(*), COALESCE(SUM(LENGTH(ciphertext)), 0) FROM outbox"
                 ).fetchone()
-                if items + 1 > self.max_items or size + len(blob) > self.max_bytes:
+                max_items, max_bytes = self.max_items, self.max_bytes
+                if not reserved:
+                    max_items -= self.reserve_items
+                    max_bytes -= self.reserve_bytes
+                if items + 1 > max_items or size + len(blob) > max_bytes:
                     raise OutboxFull(
                         f"outbox full ({items} messages, {size} bytes; limits "
-                        f"{self.max_items} messages, {self.max_bytes} bytes): "
+                        f"{max_items} messages, {max_bytes} bytes): "
                         f"message {msg_id} not stored"
                     )
                 self._db.execute(
@@ -354,7 +372,8 @@ class Outbox:
         legal hold was lifted; rows on legal hold are kept. Returns what was deleted."""
         at = time.time() if now is None else now
         cutoff = at - older_than_s
-        where = "legal_hold = 0 AND (created_at < ? OR delivered = 1)"
+        keep = " AND ".join(f"topic NOT LIKE '%{s}'" for s in KEEP_UNDELIVERED)
+        where = f"legal_hold = 0 AND ((created_at < ? AND (bad = 1 OR {keep})) OR delivered = 1)"
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -422,6 +441,16 @@ class Outbox:
                 f"SELECT {_COLUMNS} FROM outbox WHERE msg_id = ?", (msg_id,)  # noqa: S608
             ).fetchone()
             return None if row is None else self._item(row)
+
+    @db_errors
+    def oldest_pending(self, topic: str) -> tuple[int, float | None]:
+        """(count, oldest ``created_at``) of the undelivered rows on ``topic``."""
+        with self._lock:
+            n, oldest = self._db.execute(
+                "SELECT COUNT(*), MIN(created_at) FROM outbox "
+                "WHERE delivered = 0 AND bad = 0 AND topic = ?", (topic,)
+            ).fetchone()
+        return int(n), None if oldest is None else float(oldest)
 
     @db_errors
     def count_pending(self) -> int:

@@ -35,6 +35,10 @@ Delivery contract (what the tests prove against a real mosquitto):
   connection carrying the new will): after a crash the control room sees the armed
   state the device really had. :meth:`Publisher.stop` publishes ``offline`` with reason
   ``"stopped"``. The status is republished on every (re)connect.
+- **Alerts are signed by the device as they are handed to MQTT** (``signing_key``,
+  :func:`~edge.delivery.alert_sign.seal_alert`: stamped, then signed, deterministic); the
+  daemon always passes its key, a publisher without one sends alerts the control room
+  refuses.
 - ``stats`` are QoS 0 and not durable: dropped while offline.
 - ``adjudications`` and ``commands`` are subscribed at QoS 1 in a persistent session
   (client id = device id, clean start off). The CONNECT carries ``MaximumPacketSize``
@@ -67,12 +71,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.delivery.alert import DEVICE_ID_RE, encode_alert, rfc3339, stamp_published_at
+from edge.delivery.alert_sign import seal_alert
 from edge.delivery.held import HeldQueue
 from edge.delivery.inbound import Inbound, InboundGate
 from edge.delivery.link import (
@@ -130,6 +136,7 @@ class Publisher:
         stats_interval_s: float = 30.0,
         topic_prefix: str = "lfr",
         held: HeldQueue | None = None,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> None:
         if not DEVICE_ID_RE.match(device_id):
             raise BrokerError(f"device id {device_id!r} is not a valid MQTT topic level")
@@ -138,7 +145,8 @@ class Publisher:
         topic(device_id, "status", topic_prefix)  # ValueError now, not in a callback
         self.broker = broker
         self.outbox = outbox
-        self.held = held or HeldQueue()
+        self.held = held if held is not None else HeldQueue()  # (an empty queue is falsy)
+        self.signing_key = signing_key  # signs each alert as it is published (alert_sign)
         self.gate = InboundGate(inbox or (lambda _m: True), on_refused=on_refused)
         self.inflight_max = max(1, inflight_max)
         self.drain_interval_s = drain_interval_s
@@ -252,13 +260,14 @@ class Publisher:
     def enqueue(self, msg_id: str, kind: str, payload: bytes, retain: bool = False) -> bool:
         """Store a message for ``lfr/<id>/<kind>`` (outbox, else RAM) and wake the drain loop.
 
-        Returns False if ``msg_id`` was already queued. Raises
+        Audit entries may use the outbox's reserve. Returns False if ``msg_id`` was
+        already queued. Raises
         :class:`~edge.delivery.held.HeldFull` (an ``OutboxFull``; the caller audits it)
         when neither the outbox nor the in-memory queue can take it.
         """
         target = self.topic(kind)
         try:
-            added = self.outbox.put(msg_id, target, payload, retain)
+            added = self.outbox.put(msg_id, target, payload, retain, reserved=kind == "audit")
         except OutboxError as exc:
             self.persist_error = str(exc)
             log.error("outbox cannot store %s (%s); held in memory", msg_id, exc)
@@ -428,7 +437,8 @@ class Publisher:
             if item.msg_id in busy:
                 continue
             try:
-                self.outbox.put(item.msg_id, item.topic, item.payload, item.retain)
+                self.outbox.put(item.msg_id, item.topic, item.payload, item.retain,
+                                reserved=item.topic == self.topic("audit"))  # fmt: skip
             except OutboxError as exc:
                 self.persist_error = str(exc)
                 break
@@ -447,9 +457,7 @@ class Publisher:
                 continue
             if item.first_published is None:
                 item.first_published = time.time()
-            payload = item.payload
-            if item.topic == self.topic("alerts"):
-                payload = stamp_published_at(payload, item.first_published)
+            payload = self._outgoing(item.topic, item.payload, item.first_published)
             info = self._client.publish(item.topic, payload, qos=1, retain=item.retain)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
@@ -462,6 +470,12 @@ class Publisher:
             if early is not None:
                 self._settle_held(item.msg_id, early)
             room -= 1
+
+    def _outgoing(self, topic_: str, payload: bytes, first: float) -> bytes:
+        """An alert is stamped with its first-publish time, then signed (deterministic)."""
+        if topic_ != self.topic("alerts") or self.signing_key is None:
+            return stamp_published_at(payload, first)
+        return seal_alert(payload, first, self.signing_key)
 
     def _outbox_writable(self) -> bool:
         probe = f"probe-{time.monotonic_ns()}"
@@ -504,7 +518,7 @@ class Publisher:
             if first is None:  # acked or purged meanwhile
                 cursor = max(cursor, item.seq)
                 continue
-            payload = stamp_published_at(item.payload, first)
+            payload = self._outgoing(item.topic, item.payload, first)
             info = self._client.publish(item.topic, payload, qos=1, retain=item.retain)
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 self._error(f"paho refused to queue {item.msg_id}: {mqtt.error_string(info.rc)}")

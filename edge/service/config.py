@@ -150,6 +150,7 @@ class Settings(BaseSettings):
     _CREDENTIALS: ClassVar[dict[str, tuple[str, str, str]]] = {
         # name -> (section, credential field, file field)
         "device_key": ("device", "key_credential", "key_file"),
+        "device_signing_key": ("device", "signing_key_credential", "signing_key_file"),
         "mqtt_client_key": ("mqtt", "client_key_credential", "client_key_file"),
         "signer_public_key": ("watchlist", "signer_credential", "signer_file"),
     }
@@ -420,7 +421,7 @@ def check_files(settings: Settings) -> list[str]:
             need_file("mqtt.ca", settings.mqtt.ca)
         if settings.mqtt.client_cert is not None:
             need_file("mqtt.client_cert", settings.mqtt.client_cert)
-    creds: list[CredentialName] = ["device_key", "signer_public_key"]
+    creds: list[CredentialName] = ["device_key", "device_signing_key", "signer_public_key"]
     if settings.mqtt.tls:
         creds.append("mqtt_client_key")
     for which in creds:

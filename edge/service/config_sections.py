@@ -45,7 +45,9 @@ ENV_NOT_SETTINGS = frozenset({ENV_CONFIG, "EDGE_MODELS_DIR", "EDGE_VENV"})
 directory for tools, run.sh's venv); every other ``EDGE_`` variable must name a setting."""
 ENV_NESTED = "__"
 
-CredentialName = Literal["device_key", "mqtt_client_key", "signer_public_key"]
+CredentialName = Literal[
+    "device_key", "device_signing_key", "mqtt_client_key", "signer_public_key"
+]
 """The secrets the daemon reads from files (systemd credentials)."""
 
 _ID_RE = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
@@ -138,6 +140,18 @@ class DeviceSettings(Section):
         default=None,
         description="Development only: the device private key file, used when "
         "$CREDENTIALS_DIRECTORY does not hold key_credential.",
+    )
+    signing_key_credential: str = Field(
+        default="device-signing.key",
+        pattern=_CREDENTIAL_RE,
+        description="Name of the systemd credential holding the device's Ed25519 signing "
+        "key (PKCS#8 PEM, generated on the device): it signs every alert and audit entry. "
+        "The daemon refuses to start without it.",
+    )
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="Development only: the device signing key file, used when "
+        "$CREDENTIALS_DIRECTORY does not hold signing_key_credential.",
     )
     require_clock_sync: bool = Field(
         default=False,

@@ -17,15 +17,19 @@ stop, the unit's ``WatchdogSec=`` expires and systemd restarts the service
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from edge.delivery.outbox import OutboxError, OutboxFull
+from edge.delivery.publish import Publisher
 from edge.service.sdnotify import SystemdNotifier
 
-__all__ = ["HealthMonitor", "WatchdogPinger"]
+__all__ = ["AuditDelivery", "HealthMonitor", "WatchdogPinger"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,54 @@ class HealthMonitor:
     def healthy(self, now: float | None = None) -> bool:
         """True when no loop is stale."""
         return not self.stale(now)
+
+
+AUDIT_PENDING_ALARM_S = 3600.0
+"""An audit entry the control room has not acknowledged after this long raises the alarm."""
+
+
+class AuditDelivery:
+    """The audit entries to the control room (issue 13, item 4): never dropped silently.
+
+    :meth:`publish` is the audit log's ``publish`` callback: the entry goes to the
+    publisher's outbox (audit entries may use its reserve, so a flood of alerts cannot
+    crowd them out), else to its in-memory queue; one that neither takes is counted in
+    :attr:`lost` (it stays in the local chain, and the control room sees the gap).
+    :meth:`check` (every tick) looks at the undelivered audit rows and returns the alarm
+    for ``status`` and ``STATUS=``, None while all is well. Lost entries keep the alarm
+    on until the process restarts: the local log holds them, the control room does not.
+    """
+
+    def __init__(self, publisher: Publisher, max_pending_s: float = AUDIT_PENDING_ALARM_S) -> None:
+        self.publisher = publisher
+        self.max_pending_s = max_pending_s
+        self.lost = 0
+
+    def publish(self, entry: Mapping[str, Any]) -> None:
+        payload = json.dumps(entry, separators=(",", ":"), sort_keys=True).encode()
+        msg_id = f"audit-{entry['seq']}-{str(entry['hash'])[:16]}"
+        try:
+            self.publisher.enqueue(msg_id, "audit", payload)
+        except OutboxFull:
+            self.lost += 1
+            log.error("audit entry %s not queued for the control room (outbox and memory "
+                      "full); on status", entry["seq"])  # fmt: skip
+
+    def check(self, now: float) -> str | None:
+        topic = self.publisher.topic("audit")
+        try:
+            pending, oldest = self.publisher.outbox.oldest_pending(topic)
+        except OutboxError:  # a failing disk is on status already
+            pending, oldest = 0, None
+        held = sum(1 for item in self.publisher.held.items() if item.topic == topic)
+        parts: list[str] = []
+        if self.lost:
+            parts.append(f"{self.lost} audit entries not queued for the control room "
+                         "(kept in the local log)")  # fmt: skip
+        if oldest is not None and now - oldest > self.max_pending_s:
+            parts.append(f"{pending + held} audit entries undelivered, the oldest for "
+                         f"{(now - oldest) / 60:.0f} min")  # fmt: skip
+        return "; ".join(parts) or None
 
 
 class WatchdogPinger(threading.Thread):

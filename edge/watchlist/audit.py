@@ -6,7 +6,16 @@ Each line is one entry::
      "prev_hash": "<64 hex>", "hash": "<64 hex>"}
 
 ``hash`` is SHA-256 over the canonical JSON (sorted keys, no spaces, ASCII) of the entry
-without ``hash``; ``prev_hash`` is the previous entry's ``hash`` (64 zeros for the first).
+without ``hash`` and ``sig``; ``prev_hash`` is the previous entry's ``hash`` (64 zeros for
+the first). ``sig`` (issue 13, item 4) is the device's Ed25519 signature (base64) over
+``b"lfr-edge audit v1\0" + hash`` (the hex digest as ASCII) by its signing key
+(``device-signing.key``, generated on the device, never on disk in the clear beside the
+log on a unit with a TPM): rewriting history and recomputing every hash no longer
+verifies without that key. :func:`verify_report` (``edge audit verify --device-key``)
+checks the signatures, and the chain against the last ``seq`` (and ``hash``) the control
+room saw, so dropping the last lines fails too. Entries written before signing (no
+``sig``) still open and verify as an unsigned *prefix*, named by the report; an unsigned
+entry after a signed one is tampering.
 ``seq`` counts from 1 with no gaps and ``at`` never decreases: an entry is stamped
 ``max(clock, previous at)`` (a clock set back never makes history run backwards; the
 deployment manager's high-water mark, :mod:`edge.watchlist.timeguard`, refuses to act on
@@ -48,15 +57,24 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from edge import signing
 from edge.errors import AuditError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
-RESERVED = frozenset({"seq", "at", "event", "prev_hash", "hash"})
+RESERVED = frozenset({"seq", "at", "event", "prev_hash", "hash", "sig"})
+SIG_CONTEXT = b"lfr-edge audit v1\x00"
 FORBIDDEN_FIELDS = frozenset(
     {"embedding", "embeddings", "face", "face_jpeg", "face_jpeg_b64", "image", "frame",
      "crop", "thumbnail", "key", "private_key", "content_key"}
@@ -75,8 +93,8 @@ def canonical(entry: Mapping[str, Any]) -> bytes:
 
 
 def entry_hash(entry: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of the canonical JSON of ``entry`` without its ``hash`` field."""
-    body = {k: v for k, v in entry.items() if k != "hash"}
+    """SHA-256 (hex) of the canonical JSON of ``entry`` without its ``hash`` and ``sig``."""
+    body = {k: v for k, v in entry.items() if k not in ("hash", "sig")}
     return hashlib.sha256(canonical(body)).hexdigest()
 
 
@@ -121,10 +139,12 @@ class AuditLog:
         path: Path,
         publish: Publish | None = None,
         clock: Callable[[], float] = time.time,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> None:
         self.path = path
         self.publish = publish
         self._clock = clock
+        self._key = signing_key
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._backlog: list[bytes] = []
@@ -132,8 +152,9 @@ class AuditLog:
         self._dropped_reported = 0
         self.write_error: str | None = None
         torn = _recover_torn_tail(path) if path.exists() else None
+        public = None if signing_key is None else signing_key.public_key()
         self._seq, self._last_hash, self._last_at = (
-            _scan(path) if path.exists() else (0, GENESIS, 0.0)
+            _scan(path, public=public).tail if path.exists() else (0, GENESIS, 0.0)
         )
         if torn is not None:
             self.append("audit_tail_torn", torn_bytes=torn[0], evidence=str(torn[1]))
@@ -165,7 +186,7 @@ class AuditLog:
                 **fields,
                 "prev_hash": self._last_hash,
             }
-            entry["hash"] = entry_hash(entry)
+            self._seal(entry)
             line = canonical(entry) + b"\n"
             if len(line) > MAX_LINE:
                 raise ValueError("audit entry is too large")
@@ -179,6 +200,12 @@ class AuditLog:
             except Exception:
                 log.exception("publishing audit entry %s failed (kept locally)", entry["seq"])
         return entry
+
+    def _seal(self, entry: Entry) -> None:
+        """Set ``hash`` and, with a signing key, ``sig`` over it."""
+        entry["hash"] = entry_hash(entry)
+        if self._key is not None:
+            entry["sig"] = signing.sign(self._key, SIG_CONTEXT, entry["hash"].encode("ascii"))
 
     def _stamp(self) -> str:
         """The time of a new entry: never before the previous one (caller holds the lock)."""
@@ -214,7 +241,7 @@ class AuditLog:
             entry: Entry = {"seq": self._seq + 1, "at": self._stamp(),
                             "event": "audit_entries_lost", "count": lost,
                             "prev_hash": self._last_hash}  # fmt: skip
-            entry["hash"] = entry_hash(entry)
+            self._seal(entry)
             self._seq, self._last_hash = entry["seq"], entry["hash"]
             self._backlog.append(canonical(entry) + b"\n")
             self._flush()
@@ -296,11 +323,38 @@ def _parse_at(value: Any, where: str) -> float:
         raise AuditError(f"audit log {where}: bad time {value!r}") from None
 
 
-def _scan(path: Path, check_times: bool = False) -> tuple[int, str, float]:
-    """Verify ``path``; return (last seq, last hash, latest time). Times are checked only
-    when asked (:func:`verify`): a log written before times were kept non-decreasing may
-    step back where a clock was set back, and must still open."""
+@dataclass(slots=True)
+class AuditReport:
+    """What :func:`verify_report` found (the chain is intact, or it raised)."""
+
+    entries: int = 0
+    last_hash: str = GENESIS
+    latest_at: float = 0.0
+    signed: int = 0
+    unsigned_through: int = 0
+    """Entries 1..unsigned_through carry no signature (written before signing)."""
+    signatures_checked: bool = False
+
+    @property
+    def tail(self) -> tuple[int, str, float]:
+        return self.entries, self.last_hash, self.latest_at
+
+
+def _scan(
+    path: Path,
+    check_times: bool = False,
+    public: Ed25519PublicKey | None = None,
+    control_room: tuple[int, str | None] | None = None,
+    require_signed: bool = False,
+) -> AuditReport:
+    """Verify ``path``. Times are checked only when asked (:func:`verify`): a log written
+    before times were kept non-decreasing may step back where a clock was set back, and
+    must still open. With ``public`` every ``sig`` must verify and unsigned entries may
+    only precede the first signed one. ``control_room`` is the (seq, hash or None) the
+    control room last saw: the log must reach that seq, with that hash there."""
+    r = AuditReport(signatures_checked=public is not None)
     seq, prev, last_at = 0, GENESIS, 0.0
+    seen_seq, seen_hash = control_room if control_room is not None else (0, None)
     try:
         fh = path.open("rb")
     except OSError as exc:
@@ -329,12 +383,50 @@ def _scan(path: Path, check_times: bool = False) -> tuple[int, str, float]:
                     f"audit log {where}: time goes backwards ({entry['at']} after "
                     f"{_utc(last_at)})"
                 )
+            if "sig" in entry:
+                if public is not None and not signing.verify(
+                    public, SIG_CONTEXT, digest.encode("ascii"), entry["sig"]
+                ):
+                    raise AuditError(f"audit log {where}: signature does not verify with the "
+                                     "device key (entry rewritten)")  # fmt: skip
+                r.signed += 1
+            elif r.signed:
+                if public is not None:
+                    raise AuditError(f"audit log {where}: entry {seq + 1} is not signed, "
+                                     "after signed entries (rewritten)")  # fmt: skip
+            else:
+                r.unsigned_through = seq + 1
+            if seen_hash is not None and seq + 1 == seen_seq and digest != seen_hash:
+                raise AuditError(f"audit log {where}: entry {seen_seq} is not the one the "
+                                 "control room received (history rewritten)")  # fmt: skip
             seq, prev, last_at = entry["seq"], digest, max(last_at, at)
-    return seq, prev, last_at
+    if seq < seen_seq:
+        raise AuditError(f"audit log {path} ends at entry {seq}, but the control room "
+                         f"received up to entry {seen_seq} (truncated)")  # fmt: skip
+    if require_signed and seq and not r.signed:
+        raise AuditError(f"audit log {path}: none of its {seq} entries is signed by the device")
+    r.entries, r.last_hash, r.latest_at = seq, prev, last_at
+    return r
 
 
 def verify(path: Path) -> int:
     """Verify the whole chain; return the number of entries or raise :class:`AuditError`."""
+    return verify_report(path).entries
+
+
+def verify_report(
+    path: Path,
+    public: Ed25519PublicKey | None = None,
+    *,
+    last_seq: int | None = None,
+    last_hash: str | None = None,
+) -> AuditReport:
+    """Verify the chain, its times, and with ``public`` its signatures; with ``last_seq``
+    (and ``last_hash``) against what the control room saw. Raises :class:`AuditError`."""
     if not path.exists():
         raise AuditError(f"audit log {path} does not exist")
-    return _scan(path, check_times=True)[0]
+    if last_hash is not None and last_seq is None:
+        raise AuditError("a last hash needs the last seq it belongs to")
+    seen = None if last_seq is None else (last_seq, last_hash)
+    return _scan(path, check_times=True, public=public, control_room=seen,
+                 require_signed=public is not None)  # fmt: skip

@@ -1,0 +1,147 @@
+"""The console verifies the devices' signatures on alerts and audit entries (issue 13, items
+4 and 9): a forgery is refused, counted and written to the console's trail; a forged audit
+entry never breaks the genuine chain; the real ingest client against a real mosquitto whose
+ACL lets a control-room certificate write alerts (a compromised broker) stores only the
+van's genuine alert."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from edge import signing
+from edge.console.crypto import AtRest
+from edge.console.events import Hub
+from edge.console.handlers import Handler
+from edge.console.ingest import Ingest
+from edge.console.metrics import Metrics
+from edge.console.store import Store
+from edge.delivery.alert import encode_alert
+from edge.delivery.alert_sign import seal_alert
+from edge.delivery.outbox import Outbox
+from edge.delivery.publish import BrokerSettings, Publisher
+from edge.watchlist.audit import AuditLog, canonical, entry_hash
+from tests.fixtures.alerts import make_record
+from tests.fixtures.forgery import compromised_broker, forgeries
+
+KEY = Ed25519PrivateKey.generate()
+PUBLIC = {"van-1": KEY.public_key()}
+
+
+@pytest.fixture
+def handler(tmp_path: Path) -> Iterator[Handler]:
+    store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
+    yield Handler(store, AtRest(X25519PrivateKey.generate()), Hub(), Metrics(),
+                  device_keys=PUBLIC)  # fmt: skip
+    store.close()
+
+
+def _genuine(**kw: Any) -> bytes:
+    return seal_alert(encode_alert(make_record("van-1", **kw)), time.time(), KEY)
+
+
+def test_forged_alerts_are_refused_counted_and_on_the_trail(handler: Handler) -> None:
+    genuine = _genuine()
+    forged = forgeries(genuine)
+    for name, payload in forged.items():
+        assert handler.handle("lfr/van-1/alerts", payload) == "refused", name
+    assert handler.handle("lfr/van-1/alerts", genuine) == "stored"
+    assert [r["alert_id"] for r in handler.store.alerts()] == [json.loads(genuine)["alert_id"]]
+    m = handler.metrics
+    assert m.get("console_messages_unverified_total", kind="alerts", reason="unsigned") == 1
+    assert m.get("console_messages_unverified_total", kind="alerts", reason="bad_signature") == 4
+    assert m.get("console_messages_unverified_total", kind="alerts", reason="not_canonical") == 1
+    trail = [r for r in handler.store.console_log() if r["event"] == "unverified_refused"]
+    assert {json.loads(r["detail"])["reason"] for r in trail} == {
+        "unsigned", "bad_signature", "not_canonical"}  # at most one line a minute per reason
+    assert handler.store.verify_log()[1] is None
+    # A van the console has no key for is refused too, never stored unverified.
+    other = seal_alert(encode_alert(make_record("van-2")), time.time(), KEY)
+    assert handler.handle("lfr/van-2/alerts", other) == "refused"
+    assert m.get("console_messages_unverified_total", kind="alerts",
+                 reason="unknown_device") == 1  # fmt: skip
+
+
+def _entries(path: Path, key: Ed25519PrivateKey | None, n: int) -> list[bytes]:
+    sent: list[bytes] = []
+    log = AuditLog(path, publish=lambda e: sent.append(json.dumps(e, sort_keys=True).encode()),
+                   signing_key=key)  # fmt: skip
+    for i in range(n):
+        log.append("purge", store="outbox", count=i, msg_ids=[])
+    return sent
+
+
+def test_a_forged_audit_entry_is_refused_and_never_breaks_the_chain(
+    handler: Handler, tmp_path: Path
+) -> None:
+    entries = _entries(tmp_path / "audit.log", KEY, 4)
+    for e in entries[:2]:
+        assert handler.handle("lfr/van-1/audit", e) == "stored"
+    third = json.loads(entries[2])
+    forged = dict(third, count=999)
+    forged["hash"] = entry_hash(forged)  # recomputed, but the signature is over the old hash
+    stripped = {k: v for k, v in forged.items() if k != "sig"}
+    other_key = dict(forged, sig=signing.sign(Ed25519PrivateKey.generate(),
+                                              b"lfr-edge audit v1\x00", forged["hash"].encode()))
+    for bad in (forged, stripped, other_key, dict(third, count=999)):
+        assert handler.handle("lfr/van-1/audit", canonical(bad)) == "refused"
+    (chain,) = handler.store.chains()
+    assert (chain["state"], chain["verified_seq"]) == ("ok", 2)  # not broken by the forger
+    for e in entries[2:]:
+        assert handler.handle("lfr/van-1/audit", e) == "stored"
+    (chain,) = handler.store.chains()
+    assert (chain["state"], chain["verified_seq"]) == ("ok", 4)
+    m = handler.metrics
+    assert m.get("console_messages_unverified_total", kind="audit", reason="bad_signature") == 2
+    assert m.get("console_messages_unverified_total", kind="audit", reason="unsigned") == 1
+    assert m.get("console_messages_unverified_total", kind="audit", reason="bad_hash") == 1
+
+
+def test_an_unsigned_audit_entry_is_refused(handler: Handler, tmp_path: Path) -> None:
+    (entry,) = _entries(tmp_path / "old.log", None, 1)
+    assert handler.handle("lfr/van-1/audit", entry) == "refused"
+    assert handler.store.chains() == []
+
+
+def test_the_real_ingest_stores_only_the_genuine_alert_from_a_compromised_broker(
+    handler: Handler, broker_factory: Any, tmp_path: Path
+) -> None:
+    broker = compromised_broker(broker_factory)
+    cr = broker.control_room
+    ingest = Ingest(BrokerSettings(broker.host, broker.port, cr.ca, cr.cert, cr.key), handler,
+                    handler.metrics, client_id="console-forgery")  # fmt: skip
+    ingest.start()
+    c = broker.creds("van-1")
+    ob = Outbox(tmp_path / "ob.db", os.urandom(32))
+    van = Publisher("van-1", BrokerSettings(broker.host, broker.port, c.ca, c.cert, c.key), ob,
+                    drain_interval_s=0.05, signing_key=KEY)  # fmt: skip
+    try:
+        assert ingest.wait_ready(10), ingest.last_error
+        record = make_record("van-1", subject_id="S-GENUINE")
+        attacker = broker.client("control-room-tools")
+        forged = forgeries(_genuine())
+        for payload in forged.values():
+            attacker.publish("lfr/van-1/alerts", payload, qos=1).wait_for_publish(5)
+        van.enqueue_alert(record)
+        van.start()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (
+            not handler.store.alerts()
+            or handler.metrics.get("console_messages_refused_total", kind="alerts") < len(forged)
+        ):
+            time.sleep(0.05)
+        assert [r["alert_id"] for r in handler.store.alerts()] == [record.alert_id]
+        assert handler.metrics.get("console_messages_refused_total",
+                                   kind="alerts") == len(forged)  # fmt: skip
+    finally:
+        van.stop(flush_timeout=0)
+        ob.close()
+        ingest.stop()
