@@ -376,3 +376,86 @@ def test_wipe_clears_cores_swap_and_the_journal() -> None:
     ]
     # The daemon is stopped first, so no new core or journal line follows the wipe.
     assert names.index("Stop and disable the daemon") < names.index("Shred core dumps")
+
+
+@pytest.mark.parametrize("which", ["reference", "template"])
+def test_unit_starts_after_time_sync(which: str, rendered_unit: Path) -> None:
+    """Issue 13 item 2: the unit is ordered after time-sync.target and pulls it in (the
+    role enables systemd-time-wait-sync, which holds the target until the clock is
+    synchronised, boundedly: next test)."""
+    unit = UNIT if which == "reference" else rendered_unit
+    found = directives(unit.read_text())
+    assert "time-sync.target" in " ".join(found["After"]).split()
+    assert "time-sync.target" in " ".join(found["Wants"]).split()
+
+
+def _clock_play(tmp_path: Path, **extra: object) -> subprocess.CompletedProcess[str]:
+    """tasks/clock.yml off a device: the unit directory in ``tmp_path``; the apt and
+    systemctl tasks (tag edge_device_clock_units) skipped (the converge test runs them)."""
+    play = [{
+        "name": "clock", "hosts": "localhost", "gather_facts": False,
+        "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
+        "tasks": [{
+            "name": "the role's clock tasks",
+            "ansible.builtin.include_tasks": str(ROLE / "tasks" / "clock.yml"),
+            "vars": {"_edge_device_systemd_dir": str(tmp_path / "system"), **extra},
+        }],
+        "handlers": [{"name": "reload", "ansible.builtin.debug": {"msg": "reload"},
+                      "listen": "reload systemd"}],
+    }]  # fmt: skip
+    playbook = tmp_path / "clock.yml"
+    playbook.write_text(json.dumps(play))
+    templates = tmp_path / "templates"  # where the play finds the role's templates
+    if not templates.exists():
+        templates.symlink_to(ROLE / "templates")
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="False")
+    env["ANSIBLE_INVENTORY_UNPARSED_WARNING"] = "False"
+    return subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+         "-e", f"ansible_python_interpreter={sys.executable}",
+         "--skip-tags", "edge_device_clock_units", str(playbook)],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )  # fmt: skip
+
+
+def test_role_bounds_the_wait_for_time_sync(tmp_path: Path) -> None:
+    """systemd-time-wait-sync's own TimeoutStartSec is infinity: without network the unit
+    ordered after time-sync.target would never start. The role's drop-in bounds the wait
+    (edge_device_time_sync_wait_sec); it refuses require_clock_sync with a time service the
+    daemon cannot observe under ProtectClock=yes."""
+    proc = _clock_play(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    dropin = tmp_path / "system" / "systemd-time-wait-sync.service.d" / "edge.conf"
+    found = directives(dropin.read_text())
+    assert found == {"TimeoutStartSec": ["90s"]}
+    assert "[Service]" in dropin.read_text().splitlines()
+    stock = Path("/lib/systemd/system/systemd-time-wait-sync.service")
+    if stock.exists():  # what the drop-in overrides, and that the target is only wanted
+        unit = directives(stock.read_text())
+        assert unit["TimeoutStartSec"] == ["infinity"]
+        assert "time-sync.target" in unit["Before"][0].split()
+    refused = _clock_play(tmp_path, edge_device_time_sync_package="chrony")
+    assert refused.returncode != 0
+    assert "chrony does not write" in refused.stdout
+    off = _clock_play(tmp_path, edge_device_time_sync_package="chrony",
+                      edge_device_require_clock_sync=False)  # fmt: skip
+    assert off.returncode == 0, off.stdout[-3000:]
+
+
+@pytest.mark.parametrize("require", [None, False])
+def test_role_renders_require_clock_sync(tmp_path: Path, require: bool | None) -> None:
+    """edge_device_require_clock_sync (default true) reaches edge.toml's [device]."""
+    from edge.service.config import load_settings
+
+    out = tmp_path / "edge.toml"
+    extra = {} if require is None else {"edge_device_require_clock_sync": require}
+    play = [{
+        "name": "render edge.toml", "hosts": "localhost", "gather_facts": False,
+        "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
+        "tasks": [{"name": "render", "vars": extra, "ansible.builtin.template": {
+            "src": str(ROLE / "templates" / "edge.toml.j2"), "dest": str(out), "mode": "0644"}}],
+    }]  # fmt: skip
+    proc = _play(tmp_path, play)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    settings = load_settings(out)
+    assert settings.device.require_clock_sync is (require is None)
