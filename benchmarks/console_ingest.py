@@ -3,7 +3,8 @@ real browser page; alerts stored, broker-to-page latency, the console's memory.
 
 Every part is real but the devices: ``--devices`` paho clients (each with its own
 certificate from the dev CA, so the broker's ACL applies) publish the real alert JSON
-(:func:`edge.delivery.alert.encode_alert`, stamped with ``published_at`` at publish time),
+(:func:`edge.delivery.alert.encode_alert`, stamped with ``published_at`` and signed with the
+device's key at publish time, :func:`edge.delivery.alert_sign.seal_alert`),
 retained status, stats every 10 s and a real hash-chained audit log. The console runs as
 its own process on SQLite (WAL); chromium (Debian's, headless) holds the alert queue open
 and a MutationObserver stamps the moment each alert's row appears. Latency per alert is
@@ -38,7 +39,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.delivery.alert import encode_alert, rfc3339, stamp_published_at  # noqa: E402
+from edge import signing  # noqa: E402
+from edge.delivery.alert import encode_alert, rfc3339  # noqa: E402
+from edge.delivery.alert_sign import seal_alert  # noqa: E402
 from edge.dev.devbroker import CONTROL_ROOM_CN, DevBroker, free_port  # noqa: E402
 from edge.watchlist.audit import AuditLog  # noqa: E402
 from edge.watchlist.keys import init_device_key, init_signing_key  # noqa: E402
@@ -77,11 +80,13 @@ def _console(work: Path, broker: DevBroker, references: bool,
     cr = broker.client(CONTROL_ROOM_CN)
     port = free_port()
     cfg = work / "console.toml"
+    (work / "device-keys").mkdir(exist_ok=True)  # each van's .signing.pub, read as they come
     cfg.write_text(f"""[console]
 database = "{database}"
 port = {port}
 key_file = "{key.private}"
 signing_key = "{signing.private}"
+device_keys = "{work / 'device-keys'}"
 references_dir = "{work / 'references'}"
 [mqtt]
 host = "{broker.host}"
@@ -174,6 +179,8 @@ def _run(args: argparse.Namespace, work: Path, broker: DevBroker, proc: subproce
     ids = [f"van-{i:02d}" for i in range(args.devices)]
     devices = {d: _device(broker, d) for d in ids}
     audits: dict[str, AuditLog] = {}
+    keys = {d: signing.private_from_pem(signing.generate(work / "device-keys", d)[0].read_bytes())
+            for d in ids}  # fmt: skip
     for d, c in devices.items():
         c.publish(f"lfr/{d}/status", json.dumps({"state": "online", "armed": True,
                   "reason": "armed", "device_id": d, "deployment_id": "dep-2026-11-22",
@@ -182,7 +189,7 @@ def _run(args: argparse.Namespace, work: Path, broker: DevBroker, proc: subproce
         def send(entry: dict[str, Any], d: str = d, c: mqtt.Client = c) -> None:
             c.publish(f"lfr/{d}/audit", json.dumps(entry, sort_keys=True), qos=1)
 
-        audits[d] = AuditLog(work / "audit" / f"{d}.log", publish=send)
+        audits[d] = AuditLog(work / "audit" / f"{d}.log", publish=send, signing_key=keys[d])
         audits[d].append("daemon_start", device_id=d)
     published: dict[str, float] = {}
     lock = threading.Lock()
@@ -204,7 +211,7 @@ def _run(args: argparse.Namespace, work: Path, broker: DevBroker, proc: subproce
             now = time.time()
             with lock:
                 published[record.alert_id] = now
-            devices[d].publish(f"lfr/{d}/alerts", stamp_published_at(payload, now), qos=1)
+            devices[d].publish(f"lfr/{d}/alerts", seal_alert(payload, now, keys[d]), qos=1)
             if n % 25 == 0:
                 audits[d].append("alert_queued", alert_id=record.alert_id)
             if time.monotonic() >= next_stats:
@@ -294,6 +301,7 @@ def _scenes(out: Path, page: Any, browser: Any, url: str, devices: dict[str, mqt
     bad = audits[names[3]]
     entry = bad.append("armed", deployment_id="dep-2026-11-22")
     forged = {**entry, "seq": entry["seq"] + 1, "event": "watchlist_shredded"}
+    bad._seal(forged)  # signed by the van's own key (unsigned, the console refuses it unstored)
     devices[names[3]].publish(f"lfr/{names[3]}/audit", json.dumps(forged), qos=1)
     time.sleep(2)
     page.goto(url + "/alerts")
