@@ -45,6 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge import signing
 from edge.delivery.inbound import Inbound
 from edge.delivery.outbox import Outbox, OutboxFull
 from edge.delivery.publish import BrokerSettings, Publisher
@@ -55,7 +56,7 @@ from edge.recognition.track import IoUTracker
 from edge.service.capture import CaptureStatus, CaptureThread, EndOfStream
 from edge.service.config import Settings, check_files
 from edge.service.hardening import forbid_core_dumps
-from edge.service.health import HealthMonitor, WatchdogPinger
+from edge.service.health import AuditDelivery, HealthMonitor, WatchdogPinger
 from edge.service.housekeeping import Housekeeping
 from edge.service.sdnotify import SystemdNotifier
 from edge.service.signals import Request, SignalRequests
@@ -143,7 +144,8 @@ class Daemon:
         self._frames_window: collections.deque[float] = collections.deque()
         self._capture_status: CaptureStatus | None = None
         self._last_status_line = ""
-        self._published_status: tuple[DeploymentStatus, str | None, str | None] | None = None
+        self._published_status: tuple[DeploymentStatus, str | None, str | None,
+                                      str | None] | None = None  # fmt: skip
         state_dir = settings.device.state_dir
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # One daemon per state directory; ``edge clock reset`` refuses while it runs.
@@ -155,6 +157,14 @@ class Daemon:
             settings.read_credential("device_key").get_secret_value()
         )
         signer = load_signer_public(settings.credential_path("signer_public_key"))
+        # The device's own Ed25519 key signs every alert and audit entry (issue 13, 4 and 9).
+        try:
+            signing_key = signing.private_from_pem(
+                settings.read_credential("device_signing_key").get_secret_value()
+            )
+        except signing.KeyFileError as exc:
+            raise ConfigError([f"device.signing_key_credential: {exc}"]) from None
+        self._audit_alarm: str | None = None
 
         # Models are loaded once, here.
         self.engine = FaceEngine.from_models(
@@ -173,6 +183,8 @@ class Daemon:
             derive_key(raw_private_bytes(device_key), "outbox"),
             max_items=settings.outbox.max_items,
             max_bytes=settings.outbox.max_bytes,
+            reserve_items=max(1, settings.outbox.max_items // 10),  # for audit entries
+            reserve_bytes=settings.outbox.max_bytes // 10,
         )
         mqtt = settings.mqtt
         broker = BrokerSettings(
@@ -193,9 +205,12 @@ class Daemon:
             stats_provider=self.stats,
             stats_interval_s=mqtt.stats_interval_s,
             topic_prefix=mqtt.topic_prefix,
+            signing_key=signing_key,
         )
 
-        self.audit = AuditLog(state_dir / AUDIT_FILE, publish=self._publish_audit)
+        self.audit_delivery = AuditDelivery(self.publisher)  # never dropped silently
+        self.audit = AuditLog(state_dir / AUDIT_FILE, publish=self.audit_delivery.publish,
+                              signing_key=signing_key)  # fmt: skip
         self.deployment = DeploymentManager(
             state_dir,
             device_id,
@@ -289,11 +304,6 @@ class Daemon:
         if counts:
             self.audit.append("inbound_refused", counts=counts)
 
-    def _publish_audit(self, entry: dict[str, Any]) -> None:
-        payload = json.dumps(entry, separators=(",", ":"), sort_keys=True).encode()
-        with contextlib.suppress(OutboxFull):  # the entry is in the local chain regardless
-            self.publisher.enqueue(f"audit-{entry['seq']}-{entry['hash'][:16]}", "audit", payload)
-
     def _publish_summary(self, summary: dict[str, Any]) -> None:
         payload = json.dumps({"state": "ended", **summary}, sort_keys=True).encode()
         msg_id = f"deployment-end-{summary.get('bundle_id', summary.get('deployment_id'))}"
@@ -337,6 +347,8 @@ class Daemon:
         clock_note = self.housekeeping.note()
         if clock_note is not None:
             line += f" | {clock_note}"
+        if self._audit_alarm is not None:
+            line += f" | audit: {self._audit_alarm}"
         return line
 
     def _check_persistence(self) -> None:
@@ -360,6 +372,7 @@ class Daemon:
             )  # fmt: skip
             self._persist_since = None
         self._persist_problem = problem
+        self._audit_alarm = self.audit_delivery.check(self.clock())
 
     def _sync(self) -> None:
         """Make the recognizer follow the deployment state; publish the state on change."""
@@ -381,14 +394,17 @@ class Daemon:
             self._last_status_line = line
             self.notifier.status(line)
         clock_note = self.housekeeping.note()
-        if (status, self._persist_problem, clock_note) != self._published_status:
+        published = (status, self._persist_problem, clock_note, self._audit_alarm)
+        if published != self._published_status:
             # The retained MQTT status changes with the deployment state, not with the fps.
-            self._published_status = (status, self._persist_problem, clock_note)
+            self._published_status = published
             extra: dict[str, Any] = {"code": status.code}
             if self._persist_problem:
                 extra["not_persisting"] = self._persist_problem
             if clock_note:
                 extra["clock"] = clock_note
+            if self._audit_alarm:
+                extra["audit_alarm"] = self._audit_alarm
             if status.deployment_id:
                 extra["deployment_id"] = status.deployment_id
             if status.window_end:
