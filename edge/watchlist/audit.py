@@ -48,12 +48,10 @@ What is recorded: events and counts. Never an embedding, a face, a frame or a ke
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -63,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge import signing
 from edge.errors import AuditError
+from edge.watchlist.audit_file import append_line, recover_torn_tail
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -151,7 +150,7 @@ class AuditLog:
         self.dropped = 0
         self._dropped_reported = 0
         self.write_error: str | None = None
-        torn = _recover_torn_tail(path) if path.exists() else None
+        torn = recover_torn_tail(path) if path.exists() else None
         public = None if signing_key is None else signing_key.public_key()
         self._seq, self._last_hash, self._last_at = (
             _scan(path, public=public).tail if path.exists() else (0, GENESIS, 0.0)
@@ -224,7 +223,7 @@ class AuditLog:
     def _flush(self) -> None:
         while self._backlog:
             try:
-                _append_line(self.path, self._backlog[0])
+                append_line(self.path, self._backlog[0])
             except OSError as exc:
                 if self.write_error is None:
                     log.error("audit log %s cannot be written (%s); %d entries held in memory",
@@ -245,57 +244,6 @@ class AuditLog:
             self._seq, self._last_hash = entry["seq"], entry["hash"]
             self._backlog.append(canonical(entry) + b"\n")
             self._flush()
-
-
-def _append_line(path: Path, line: bytes) -> None:
-    """One write and an fsync; on failure the file is cut back to its old length."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-    try:
-        size = os.fstat(fd).st_size
-        try:
-            written = os.write(fd, line)
-            if written != len(line):
-                raise OSError(28, f"short write to audit log {path}")
-            os.fsync(fd)
-        except OSError:
-            os.ftruncate(fd, size)
-            raise
-    finally:
-        os.close(fd)
-
-
-def _suppress_oserror() -> contextlib.suppress:
-    return contextlib.suppress(OSError)
-
-
-def _recover_torn_tail(path: Path) -> tuple[int, Path] | None:
-    """Move an incomplete last line aside; returns (its length, the evidence file)."""
-    try:
-        with path.open("rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    if not data or data.endswith(b"\n"):
-        return None
-    cut = data.rfind(b"\n") + 1
-    tail = data[cut:]
-    n = 1
-    while path.with_name(f"{path.name}.torn-{n}").exists():
-        n += 1
-    evidence = path.with_name(f"{path.name}.torn-{n}")
-    try:
-        evidence.write_bytes(tail)
-    except OSError as exc:  # a full disk: keep its head in the audit entry instead
-        log.error("cannot keep the torn audit tail aside (%s)", exc.strerror)
-        with _suppress_oserror():
-            evidence.unlink()
-        evidence = Path("(not written: " + tail[:120].decode("ascii", "backslashreplace") + ")")
-    with path.open("r+b") as fh:
-        fh.truncate(cut)
-        os.fsync(fh.fileno())
-    log.error("audit log %s: incomplete last line (%d bytes) moved to %s",
-              path, len(tail), evidence)  # fmt: skip
-    return len(tail), evidence
 
 
 def _parse_line(raw: bytes, lineno: int, path: Path) -> Entry:
