@@ -87,3 +87,87 @@ def test_derive_key_is_deterministic_and_purpose_bound(tmp_path: Path) -> None:
     assert a != raw
     with pytest.raises(ValueError):
         derive_key(b"short", "x")
+
+
+def test_device_signing_key_pair_is_made_with_the_device_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the Ansible role runs on the device: both key pairs, private halves 0600."""
+    from edge.signing import private_from_pem
+
+    assert main(["keys", "init", "--out", str(tmp_path), "--device", "van-01", "--signing"]) == 0
+    out = capsys.readouterr().out
+    assert _mode(tmp_path / "van-01.key") == 0o600
+    assert _mode(tmp_path / "van-01.signing.key") == 0o600
+    signing = private_from_pem((tmp_path / "van-01.signing.key").read_bytes())
+    pub = load_signer_public(tmp_path / "van-01.signing.pub")
+    assert pub.public_bytes_raw() == signing.public_key().public_bytes_raw()
+    assert "PRIVATE" not in out
+    assert main(["keys", "init", "--out", str(tmp_path / "x"), "--signing"]) == 2
+    assert "--signing needs --device" in capsys.readouterr().err
+
+
+def test_deployment_key_only_on_a_ram_file_system(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``edge keys deployment-key`` refuses a directory on persistent storage (one line,
+    exit 2); on tmpfs it makes <key id>.key 0600 and prints the .pub path last."""
+    from edge.watchlist.keys import (
+        deployment_key_path,
+        destroy_deployment_key,
+        filesystem_type,
+        load_deployment_key,
+        load_deployment_public,
+    )
+
+    disk = tmp_path / "keys"
+    if filesystem_type(tmp_path) in ("tmpfs", "ramfs"):
+        pytest.skip("the test directory is itself on tmpfs")
+    assert main(["keys", "deployment-key", "--dir", str(disk)]) == 2
+    err = capsys.readouterr().err
+    assert "not on a RAM file system" in err and err.count("\n") == 1
+    assert not list(disk.glob("*.key"))
+    shm = Path("/dev/shm")
+    if filesystem_type(shm) != "tmpfs" or not os.access(shm, os.W_OK):
+        pytest.skip("no writable tmpfs at /dev/shm")
+    import tempfile
+
+    ram = Path(tempfile.mkdtemp(dir=shm)) / "deployment-keys"
+    try:
+        assert main(["keys", "deployment-key", "--dir", str(ram)]) == 0
+        out = capsys.readouterr().out.splitlines()
+        pub_path = Path(out[-1])
+        (priv,) = ram.glob("*.key")
+        assert _mode(priv) == 0o600 and pub_path == priv.with_suffix(".pub")
+        kid = priv.stem
+        key = load_deployment_key(ram, kid)
+        assert key is not None
+        assert load_deployment_public(pub_path).public_bytes_raw() == (
+            key.public_key().public_bytes_raw())
+        assert "PRIVATE" not in "\n".join(out)
+        assert destroy_deployment_key(ram, kid) is True
+        assert load_deployment_key(ram, kid) is None and not pub_path.exists()
+        assert destroy_deployment_key(ram, kid) is False
+        with pytest.raises(ValueError):
+            deployment_key_path(ram, "../../etc/passwd")
+    finally:
+        import shutil
+
+        shutil.rmtree(ram.parent)
+
+
+def test_filesystem_type_takes_the_longest_mount_point(tmp_path: Path) -> None:
+    from edge.watchlist.keys import filesystem_type
+
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "22 1 8:2 / / rw,relatime shared:1 - ext4 /dev/sda2 rw\n"
+        "25 22 0:23 / /run rw,nosuid shared:5 - tmpfs tmpfs rw,mode=755\n"
+        "26 25 0:24 / /run/edge/x rw - ext4 /dev/sdb1 rw\n"
+        "27 22 0:25 / /runner rw - xfs /dev/sdc1 rw\n"
+    )
+    assert filesystem_type(Path("/run/edge/deployment-keys"), info) == "tmpfs"
+    assert filesystem_type(Path("/run/edge/x/y"), info) == "ext4"
+    assert filesystem_type(Path("/runner/k"), info) == "xfs"
+    assert filesystem_type(Path("/var/lib/edge"), info) == "ext4"
+    assert filesystem_type(Path("/x"), tmp_path / "absent") is None

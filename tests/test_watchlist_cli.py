@@ -96,10 +96,14 @@ def test_build_names_bad_images_and_skip_bad_keeps_only_the_good(
     _subject(subjects, "S-TWO", "suspect", {"group.jpg": two})
     _subject(subjects, "S-NONE", "missing_person", {"blank.png": none})
     out = tmp_path / "wl.lfrb"
+    from edge.watchlist.keys import init_deployment_key
+
+    # van-01 by its deployment key (made on the device: DEVICE_ID=PUB), van-02 by name.
+    deployment = init_deployment_key(tmp_path / "run", allow_persistent=True)
     base = [
         "watchlist", "build", "--subjects", str(subjects), "--deployment",
         str(_deployment(tmp_path)), "--signing-key", str(keys / "signing.key"),
-        "--recipients", str(keys / "van-01.pub"), str(keys / "van-02.pub"),
+        "--recipients", f"van-01={deployment.public}", str(keys / "van-02.pub"),
         "--out", str(out), "--models", str(models_dir),
     ]
     capsys.readouterr()
@@ -125,6 +129,12 @@ def test_build_names_bad_images_and_skip_bad_keeps_only_the_good(
     assert [s["id"] for s in doc["subjects"]] == ["S-GOOD"]
     assert doc["header"]["categories"] == {"wanted_court": 1}
     assert doc["header"]["embedder"]["dim"] == 128
+    assert main(["watchlist", "inspect", str(out), "--device-key", str(deployment.private),
+                 "--device", "van-01", "--json"]) == 0
+    assert [s["id"] for s in json.loads(capsys.readouterr().out)["subjects"]] == ["S-GOOD"]
+    assert main(["watchlist", "inspect", str(out), "--device-key", str(keys / "van-01.key"),
+                 "--device", "van-01"]) != 0  # not wrapped to van-01's long-lived key
+    assert "does not unwrap" in capsys.readouterr().err
 
 
 def _bundle_file(tmp_path: Path, keys: Path) -> tuple[Path, np.ndarray]:
