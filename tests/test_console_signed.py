@@ -145,3 +145,29 @@ def test_the_real_ingest_stores_only_the_genuine_alert_from_a_compromised_broker
         van.stop(flush_timeout=0)
         ob.close()
         ingest.stop()
+
+
+def test_the_audit_page_gives_the_command_that_checks_the_devices_copy(
+    handler: Handler, tmp_path: Path
+) -> None:
+    import re
+
+    from edge.cli import main
+    from edge.console.app import templates
+
+    path = tmp_path / "audit.log"
+    for e in _entries(path, KEY, 5):
+        assert handler.handle("lfr/van-1/audit", e) == "stored"
+    (chain,) = handler.store.chains()
+    html = templates().get_template("audit_device.html").render(
+        chain=chain, entries=handler.store.audit_entries("van-1"), user=None, broken_chains=[])
+    command = re.search(r'id="verify-command">edge audit verify audit.log --device-key '
+                        r"van-1.signing.pub --last-seq (\d+) --last-hash ([0-9a-f]{64})<", html)
+    assert command is not None
+    pub = tmp_path / "van-1.signing.pub"
+    pub.write_bytes(signing.public_pem(KEY.public_key()))
+    args = ["audit", "verify", str(path), "--device-key", str(pub), "--last-seq",
+            command[1], "--last-hash", command[2]]  # fmt: skip
+    assert command[1] == "5" and main(args) == 0
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:4]))
+    assert main(args) == 6  # the device's copy lost its last line
