@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from edge import signing
-from edge.delivery.alert import AlertFormatError, rfc3339
+from edge.delivery.alert import AlertFormatError, rfc3339, stamp_published_at
 
 SIG_CONTEXT: Final = b"lfr-edge alert v1\x00"
 SIGNATURE_FIELD: Final = "signature"
@@ -67,6 +67,15 @@ def seal_alert(payload: bytes, published_at: float, key: Ed25519PrivateKey) -> b
         obj["published_at"] = rfc3339(published_at)
     obj[SIGNATURE_FIELD] = signing.sign(key, SIG_CONTEXT, canonical(obj))
     return canonical(obj)
+
+
+def outgoing(payload: bytes, first: float, key: Ed25519PrivateKey | None) -> bytes:
+    """What the publisher sends for an outbox payload first handed to MQTT at ``first``:
+    an alert (``key`` given) stamped and sealed, anything else stamped if it has a null
+    ``published_at`` (:func:`~edge.delivery.alert.stamp_published_at`) and otherwise as is."""
+    if key is None:
+        return stamp_published_at(payload, first)
+    return seal_alert(payload, first, key)
 
 
 def check_signature(

@@ -21,6 +21,7 @@ bytes: signature and shape are checked by the receiver (:mod:`edge.watchlist`), 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -34,6 +35,10 @@ well under these)."""
 ADJUDICATION_RATE: Final = (2.0, 20.0)
 """Adjudications: 2 per second sustained, bursts of 20 (officers decide by hand)."""
 COMMAND_RATE: Final = (1.0, 10.0)
+REFUSAL_LOG_S: Final = 10.0
+"""A flood of refusals is one log line per kind and reason per this many seconds."""
+
+log = logging.getLogger("edge.delivery.publish")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +92,8 @@ class InboundGate:
         self._lock = threading.Lock()
         self.refused: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
+        self._clock = clock
+        self._logged: dict[str, float] = {}
 
     def offer(self, kind: str, payload: bytes, retained: bool) -> str | None:
         """Let a message through or refuse it; returns the refusal reason or None."""
@@ -98,9 +105,20 @@ class InboundGate:
                 self.accepted[kind] += 1
             else:
                 self.refused[f"{kind}:{reason}"] += 1
-        if reason is not None and self._on_refused is not None:
-            self._on_refused(kind, reason, len(payload))
+        if reason is not None:
+            self._log_refusal(kind, reason, len(payload))
+            if self._on_refused is not None:
+                self._on_refused(kind, reason, len(payload))
         return reason
+
+    def _log_refusal(self, kind: str, reason: str, size: int) -> None:
+        key, now = f"{kind}:{reason}", self._clock()
+        with self._lock:
+            if now - self._logged.get(key, -REFUSAL_LOG_S) < REFUSAL_LOG_S:
+                return
+            self._logged[key] = now
+        log.warning("refused a message on %s: %s (%d bytes; counted, logged at most every "
+                    "%g s)", kind, reason, size, REFUSAL_LOG_S)  # fmt: skip
 
     def _check(self, kind: str, payload: bytes, retained: bool) -> str | None:
         limit = MAX_BYTES.get(kind)

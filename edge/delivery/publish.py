@@ -77,8 +77,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.delivery.alert import DEVICE_ID_RE, encode_alert, rfc3339, stamp_published_at
-from edge.delivery.alert_sign import seal_alert
+from edge.delivery.alert import DEVICE_ID_RE, encode_alert, rfc3339
+from edge.delivery.alert_sign import outgoing
 from edge.delivery.held import HeldQueue
 from edge.delivery.inbound import Inbound, InboundGate
 from edge.delivery.link import (
@@ -108,7 +108,6 @@ RefusedCallback = Callable[[str, str, int], None]
 """Told ``(kind, reason, size)`` for each inbound message refused by the gate."""
 STALL_KEEPALIVES = 2.5
 WILL_WAIT_S = 5.0
-REFUSAL_LOG_S = 10.0
 
 
 class Publisher:
@@ -171,7 +170,6 @@ class Publisher:
         self._status: dict[str, Any] = {"armed": False, "reason": "starting"}
         self._will_armed = False  # the armed value in the current connection's will
         self._will_stale_since: float | None = None
-        self._refusal_logged: dict[str, float] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -472,10 +470,8 @@ class Publisher:
             room -= 1
 
     def _outgoing(self, topic_: str, payload: bytes, first: float) -> bytes:
-        """An alert is stamped with its first-publish time, then signed (deterministic)."""
-        if topic_ != self.topic("alerts") or self.signing_key is None:
-            return stamp_published_at(payload, first)
-        return seal_alert(payload, first, self.signing_key)
+        return outgoing(payload, first, self.signing_key if topic_ == self.topic("alerts")
+                        else None)  # fmt: skip
 
     def _outbox_writable(self) -> bool:
         probe = f"probe-{time.monotonic_ns()}"
@@ -718,14 +714,6 @@ class Publisher:
         elif held_id is not None:
             self._settle_held(held_id, reason_code)
 
-    def _log_refusal(self, key: str) -> bool:
-        """A flood of refusals is one log line per reason per :data:`REFUSAL_LOG_S`."""
-        now = time.monotonic()
-        if now - self._refusal_logged.get(key, -REFUSAL_LOG_S) < REFUSAL_LOG_S:
-            return False
-        self._refusal_logged[key] = now
-        return True
-
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         """Hand a control-room message to the gate; catches everything (the message is
         PUBACKed by paho when this returns, whatever it held)."""
@@ -735,9 +723,6 @@ class Publisher:
             if kind is None:
                 log.warning("ignoring a message on an unexpected topic (%d bytes)", len(payload))
                 return
-            reason = self.gate.offer(kind, payload, bool(msg.retain))
-            if reason is not None and self._log_refusal(f"{kind}:{reason}"):
-                log.warning("refused a message on %s: %s (%d bytes; counted, logged at most "
-                            "every %g s)", kind, reason, len(payload), REFUSAL_LOG_S)  # fmt: skip
+            self.gate.offer(kind, payload, bool(msg.retain))  # refusals counted, logged there
         except Exception:
             log.exception("on_message failed (message dropped)")
