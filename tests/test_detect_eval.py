@@ -23,7 +23,7 @@ from edge.vision.detectors import make_detector
 from edge.vision.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
-FRAME = ROOT / "demo" / "subjects" / "DEMO-0001" / "frame30.jpg"
+FRAME = ROOT / "demo" / "subjects" / "DEMO-0001" / "frame28.jpg"
 FACE = (221.0, 60.0, 279.0, 130.0)  # the actor's face (tighter than the detector's box)
 
 

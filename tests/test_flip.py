@@ -12,7 +12,7 @@ from edge.vision.faces import FaceEngine
 from edge.vision.fusion import fuse
 
 ROOT = Path(__file__).resolve().parents[1]
-FRAME = ROOT / "demo" / "subjects" / "DEMO-0001" / "frame30.jpg"
+FRAME = ROOT / "demo" / "subjects" / "DEMO-0001" / "frame28.jpg"
 
 
 def test_flip_is_the_fusion_of_the_chip_and_its_mirror(models_dir: Path) -> None:

@@ -54,8 +54,9 @@ I64 = npt.NDArray[np.int64]
 
 Reference = Literal["fused", "best"]
 REFERENCES: tuple[Reference, ...] = ("fused", "best")
-DEFAULT_REFERENCE: Reference = "best"
-"""How a subject with several references is scored when a bundle does not say."""
+DEFAULT_REFERENCE: Reference = "fused"
+"""How a subject with several references is scored unless a bundle says otherwise: fused
+won on LFW (``docs/design.md``, "Several references per subject")."""
 MAX_REFERENCES = 16
 """References (enrolled images) per subject, at most."""
 
