@@ -13,13 +13,18 @@ current time is inside its window. :class:`DeploymentManager` owns that decision
   :meth:`~DeploymentManager.handle_command` takes signed ``end_deployment`` and
   ``legal_hold`` commands (:mod:`edge.watchlist.signed_commands`).
 - Ending a deployment zeroes the decrypted watchlist matrix in place, overwrites and
-  unlinks the bundle file (the only place the wrapped content key exists, so this is a
-  crypto-shred), audits each step and returns the end-of-deployment summary.
+  unlinks the bundle file and destroys the deployment key it was wrapped to (held only in
+  RAM, :mod:`edge.watchlist.deployment_keys`), audits each step and returns the
+  end-of-deployment summary. With the key gone, no copy of the bundle (its blocks left on
+  flash, a replaced bundle, the controller's copy) can be decrypted: the crypto-shred.
+- A bundle delivered to ``<bundle>.new`` replaces the current one only once it is accepted,
+  and only after the old deployment has ended (old file shredded, old key destroyed,
+  audited ``bundle_replaced``).
 
 Limits, stated plainly: Python cannot promise that no other copy of a decrypted byte
 remains in freed memory, and on flash storage an overwrite may not reach the original
-blocks; the bundle is only ever stored encrypted, so what remains on disk after the
-unlink is ciphertext whose wrapped key needs the device's private key.
+blocks; the bundle is only ever stored encrypted, under a key that lived only in RAM and
+is destroyed at the end.
 
 The last accepted sequence number and the ids of ended bundles are kept in
 ``<state_dir>/deployment-state.json``, replaced atomically. A disk that refuses the write
@@ -31,11 +36,12 @@ control-room key (:mod:`edge.watchlist.adjudication`), name an alert this deploy
 issued (:meth:`~DeploymentManager.note_alert`), and are recorded once per alert id and
 decision; every refusal is audited with its reason, never with the payload.
 
-Why one module of ~650 lines: arming, the window, commands, adjudications and the end of
-a deployment are one state machine under one lock, and the order of its side effects
-(wipe RAM, shred, persist, audit, summarise) is the safeguard; the parts without that
-state are beside it (:mod:`~edge.watchlist.adjudication`, :mod:`~edge.watchlist.statefile`,
-:mod:`~edge.watchlist.signed_commands`).
+Why one module of ~870 lines: arming, the window, commands, adjudications, replacement
+and the end of a deployment are one state machine under one lock, and the order of its
+side effects (wipe RAM, shred, destroy the key, persist, audit, summarise) is the
+safeguard; the parts without that state are beside it (:mod:`~edge.watchlist.adjudication`,
+:mod:`~edge.watchlist.statefile`, :mod:`~edge.watchlist.signed_commands`,
+:mod:`~edge.watchlist.deployment_keys`).
 """
 
 from __future__ import annotations
