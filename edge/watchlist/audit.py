@@ -153,7 +153,8 @@ class AuditLog:
         torn = recover_torn_tail(path) if path.exists() else None
         public = None if signing_key is None else signing_key.public_key()
         self._seq, self._last_hash, self._last_at = (
-            _scan(path, public=public).tail if path.exists() else (0, GENESIS, 0.0)
+            _scan(path, public=public, last_only=True).tail if path.exists()
+            else (0, GENESIS, 0.0)
         )
         if torn is not None:
             self.append("audit_tail_torn", torn_bytes=torn[0], evidence=str(torn[1]))
@@ -294,14 +295,18 @@ def _scan(
     public: Ed25519PublicKey | None = None,
     control_room: tuple[int, str | None] | None = None,
     require_signed: bool = False,
+    last_only: bool = False,
 ) -> AuditReport:
     """Verify ``path``. Times are checked only when asked (:func:`verify`): a log written
     before times were kept non-decreasing may step back where a clock was set back, and
     must still open. With ``public`` every ``sig`` must verify and unsigned entries may
     only precede the first signed one. ``control_room`` is the (seq, hash or None) the
-    control room last saw: the log must reach that seq, with that hash there."""
+    control room last saw: the log must reach that seq, with that hash there. With
+    ``last_only`` (the daemon at open) only the last entry's signature is checked: its hash
+    commits to every entry before it, so it proves the same at one verification's cost."""
     r = AuditReport(signatures_checked=public is not None)
     seq, prev, last_at = 0, GENESIS, 0.0
+    last_signed, last_sig = False, None
     seen_seq, seen_hash = control_room if control_room is not None else (0, None)
     try:
         fh = path.open("rb")
@@ -331,8 +336,9 @@ def _scan(
                     f"audit log {where}: time goes backwards ({entry['at']} after "
                     f"{_utc(last_at)})"
                 )
-            if "sig" in entry:
-                if public is not None and not signing.verify(
+            last_signed = "sig" in entry
+            if last_signed:
+                if public is not None and not last_only and not signing.verify(
                     public, SIG_CONTEXT, digest.encode("ascii"), entry["sig"]
                 ):
                     raise AuditError(f"audit log {where}: signature does not verify with the "
@@ -348,6 +354,12 @@ def _scan(
                 raise AuditError(f"audit log {where}: entry {seen_seq} is not the one the "
                                  "control room received (history rewritten)")  # fmt: skip
             seq, prev, last_at = entry["seq"], digest, max(last_at, at)
+            last_sig = entry.get("sig")
+    if public is not None and last_only and seq and last_signed and not signing.verify(
+        public, SIG_CONTEXT, prev.encode("ascii"), last_sig
+    ):
+        raise AuditError(f"audit log {path}:{seq}: signature does not verify with the device "
+                         "key (history rewritten)")  # fmt: skip
     if seq < seen_seq:
         raise AuditError(f"audit log {path} ends at entry {seq}, but the control room "
                          f"received up to entry {seen_seq} (truncated)")  # fmt: skip
