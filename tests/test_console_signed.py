@@ -171,3 +171,12 @@ def test_the_audit_page_gives_the_command_that_checks_the_devices_copy(
     assert command[1] == "5" and main(args) == 0
     path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:4]))
     assert main(args) == 6  # the device's copy lost its last line
+
+
+def test_a_flood_under_invented_device_ids_writes_a_bounded_trail(handler: Handler) -> None:
+    payload = forgeries(_genuine())["unsigned, the attacker's face"]
+    for i in range(200):
+        assert handler.handle(f"lfr/fake-{i}/alerts", payload, received_at=1000.0) == "refused"
+    trail = [r for r in handler.store.console_log(500) if r["event"] == "unverified_refused"]
+    assert len(trail) == 30  # UNVERIFIED_TRAIL_PER_MINUTE; the rest are counted only
+    assert handler.metrics.get("console_messages_refused_total", kind="alerts") == 200

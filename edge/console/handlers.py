@@ -39,6 +39,9 @@ def split_topic(topic: str, prefix: str = "lfr") -> tuple[str, str] | None:
 
 
 UNVERIFIED_LOG_S: Final = 60.0
+UNVERIFIED_TRAIL_PER_MINUTE: Final = 30
+"""Trail lines for refused unverified messages, all vans together (a forger inventing
+device ids must not turn each message into a database write)."""
 
 
 class Handler:
@@ -46,6 +49,7 @@ class Handler:
                  prefix: str = "lfr", *, device_keys: m.DeviceKeys) -> None:  # fmt: skip
         self.device_keys = device_keys
         self._unverified: dict[tuple[str, str, str], tuple[float, int]] = {}
+        self._trail_window = (float("-inf"), 0)  # (minute start, lines written in it)
         self.store = store
         self.at_rest = at_rest
         self.hub = hub
@@ -86,7 +90,12 @@ class Handler:
             self._unverified.clear()
         last, count = self._unverified.get(key, (float("-inf"), 0))
         count += 1
-        if now - last >= UNVERIFIED_LOG_S:
+        start, written = self._trail_window
+        if now - start >= 60.0:
+            start, written = now, 0
+        self._trail_window = (start, written)
+        if now - last >= UNVERIFIED_LOG_S and written < UNVERIFIED_TRAIL_PER_MINUTE:
+            self._trail_window = (start, written + 1)
             self.store.log("console", "unverified_refused", device_id=device, kind=kind,
                            reason=exc.reason, count=count)  # fmt: skip
             last, count = now, 0
