@@ -155,9 +155,10 @@ class DeviceSettings(Section):
     )
     require_clock_sync: bool = Field(
         default=False,
-        description="Arm only while the system clock is synchronised by NTP (chrony or "
-        "systemd-timesyncd; the kernel's adjtimex state, as timedatectl reports it); "
-        "status says why while it waits. Set it on a unit without an RTC.",
+        description="Arm only while the system clock is synchronised by NTP (the kernel's "
+        "adjtimex state, as timedatectl reports it; under the unit's ProtectClock=yes, "
+        "systemd-timesyncd's flag file); status says why while it waits. Set it on a unit "
+        "without an RTC (the Ansible role does).",
     )
 
 
