@@ -593,6 +593,13 @@ class OutboxSettings(Section):
         le=64 * 1024**3,
         description="Most payload bytes held at once.",
     )
+    audit_alarm_s: float = Field(
+        default=3600.0,
+        ge=1.0,
+        le=7 * 86400.0,
+        description="An audit entry the control room has not acknowledged after this many "
+        "seconds raises the audit alarm on status (as does one that could not be queued).",
+    )
 
 
 class RetentionSettings(Section):

@@ -208,7 +208,9 @@ class Daemon:
             signing_key=signing_key,
         )
 
-        self.audit_delivery = AuditDelivery(self.publisher)  # never dropped silently
+        self.audit_delivery = AuditDelivery(  # never dropped silently
+            self.publisher, settings.outbox.audit_alarm_s
+        )
         self.audit = AuditLog(state_dir / AUDIT_FILE, publish=self.audit_delivery.publish,
                               signing_key=signing_key)  # fmt: skip
         self.deployment = DeploymentManager(
