@@ -11,6 +11,11 @@ The console keeps, per device, the highest ``seq`` up to which the chain is prov
   arrive: QoS 1 redelivery after a reconnect; the gap closes when they do);
 - anything else is a ``break`` and is final: the chain is not trusted past that point.
   A second, different entry for a ``seq`` already stored is a break too.
+
+Every entry reaching the store carries the device's valid signature over its hash
+(:func:`edge.console.messages.verify_audit_entry`, before storage): a forger without the
+device's key cannot make a gap, a conflict or a break; a break now means the device's own
+key signed a history that does not link (e.g. a card restored from an old copy).
 """
 
 from __future__ import annotations
