@@ -417,3 +417,21 @@ def test_shred_file_overwrites_then_unlinks(tmp_path: Path) -> None:
     p.write_bytes(b"secret" * 1000)
     assert shred_file(p) and not p.exists()
     assert not shred_file(p)
+
+
+def test_a_staged_bundle_that_is_a_symlink_is_dropped_and_its_target_left_alone(env) -> None:
+    """``<bundle>.new`` pointing elsewhere: followed for reading only, never overwritten
+    through, removed, and the daemon goes on."""
+    from edge.watchlist.deployment_keys import staged_path
+
+    target = env.state.parent / "elsewhere.bundle"
+    data = make_bundle(env.kit)
+    target.write_bytes(data)
+    staged_path(env.bundle_path).symlink_to(target)
+    m = env.manager()
+    st = m.load(env.bundle_path)
+    assert not staged_path(env.bundle_path).is_symlink()
+    assert target.read_bytes() == data  # not shredded through the link
+    assert not env.bundle_path.exists() and st.code == "no_bundle"
+    assert any(e["event"] == "bundle_refused" and "symbolic link" in e["message"]
+               for e in _events(env.audit))

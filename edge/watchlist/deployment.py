@@ -408,18 +408,20 @@ class DeploymentManager:
         on). Armed: the new bundle must be accepted first (a bad one never disarms), then
         the old deployment ends (wipe, shred, key destroyed) before the new file moves."""
         try:
+            if staged.is_symlink():
+                raise BundleRefused("garbled", f"{staged} is a symbolic link, not a bundle")
             data = self._read_bundle(staged)
         except BundleRefused as exc:
             self.audit.append("bundle_refused", reason=exc.reason, message=str(exc),
                               path=str(staged), kept_armed=self._active is not None)
-            shred_file(staged)
+            _discard(staged)
             return None if self._active is None else self._status
         active = self._active
         if active is None:
             self._replace_file(bundle_path, staged, data, None)
             return None
         if bundle_digest(data) == active.digest:
-            shred_file(staged)  # the running bundle again: nothing changes
+            _discard(staged)  # the running bundle again: nothing changes
             return self._status
         result = self._try_open(data, now)
         if isinstance(result, _Refusal):
@@ -427,7 +429,7 @@ class DeploymentManager:
             log.warning("new bundle %s refused, staying armed: %s", staged, refused)
             self.audit.append("bundle_refused", reason=refused.reason, message=str(refused),
                               path=str(staged), kept_armed=True)
-            if shred_file(staged):
+            if _discard(staged):
                 self.audit.append("watchlist_shredded", path=str(staged), reason=refused.reason)
             return self._status
         old = active.opened.header.bundle_id
@@ -448,12 +450,16 @@ class DeploymentManager:
             prev_header = _header_or_none(previous)
             fields["old_bundle_id"] = old or (prev_header.bundle_id if prev_header else None)
             kid = key_id_in(previous, self.device_id)
-            fields["old_file_shredded"] = shred_file(bundle_path)
+            fields["old_file_shredded"] = _discard(bundle_path)
             fields["old_key"] = self.keys.destroy(kid)
         new_header = _header_or_none(data)
         fields["new_bundle_id"] = new_header.bundle_id if new_header else None
         fields["new_bundle_sha256"] = bundle_digest(data)
-        staged.replace(bundle_path)
+        try:
+            staged.replace(bundle_path)
+        except OSError as exc:  # never a crash: the load that follows reports no bundle
+            log.error("cannot move %s into place: %s", staged, exc.strerror)
+            _discard(staged)
         _fsync_dir(bundle_path.parent)
         self._pending = None
         self._clock_wait = None
@@ -496,7 +502,7 @@ class DeploymentManager:
         # watchlist must not stay on the device, nor the key it was wrapped to.
         if exc.reason in ("window_ended", "deployment_ended", "no_deployment_key"):
             kid = _key_id_of_file(path, self.device_id)
-            if shred_file(path):
+            if _discard(path):
                 self.audit.append("watchlist_shredded", path=str(path), reason=exc.reason)
                 log.warning("shredded bundle %s (%s)", path, exc.reason)
             if exc.reason != "no_deployment_key":
@@ -678,7 +684,7 @@ class DeploymentManager:
             nonce=cmd.nonce, issued_at=format_time(cmd.issued_at),
         )
         self._pending = None
-        removed = shred_file(path)
+        removed = _discard(path)
         self.audit.append("watchlist_shredded", deployment_id=h.deployment_id,
                           bundle_id=h.bundle_id, path=str(path), file_removed=removed)
         self._destroy_key(recipient_key_id(h, self.device_id), h.deployment_id, h.bundle_id)
@@ -806,7 +812,7 @@ class DeploymentManager:
         shredded = False
         with contextlib.suppress(FileNotFoundError):
             if bundle_digest(active.path.read_bytes()) == active.digest:
-                shredded = shred_file(active.path)
+                shredded = _discard(active.path)
         self.audit.append("watchlist_shredded", deployment_id=h.deployment_id,
                           bundle_id=h.bundle_id, path=str(active.path), file_removed=shredded)
         self._destroy_key(active.key_id, h.deployment_id, h.bundle_id)
@@ -860,6 +866,19 @@ def _key_id_of_file(path: Path, device_id: str) -> str | None:
             return key_id_in(fh.read(MAX_BUNDLE_READ + 1), device_id)
     except OSError:
         return None
+
+
+def _discard(path: Path) -> bool:
+    """Shred ``path`` (True if a file was removed); a symlink or an unwritable file is
+    unlinked instead. Never raises."""
+    try:
+        return shred_file(path)
+    except OSError:
+        try:
+            path.unlink()
+        except OSError:
+            return False
+        return True
 
 
 def _fsync_dir(directory: Path) -> None:
