@@ -13,7 +13,8 @@ payload published (QoS 1) on ``lfr/<device_id>/adjudications``::
 with the body ``{"alert_id", "decision", "device_id", "officer", "at"}`` (``at``: RFC 3339
 UTC with milliseconds). The signature context differs from the commands' context
 (``lfr-edge command v1``) and the format string differs, so a signature made for one
-kind of message never verifies as the other (domain separation).
+kind of message never verifies as the other (domain separation); the device's own alerts
+and audit entries use the same helper (:mod:`edge.signing`) with their own contexts.
 
 :func:`verify_adjudication` checks size (:data:`MAX_ADJUDICATION_BYTES`), strict bounded
 JSON, the signer, the signature, the shape and the device; it raises
@@ -35,13 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 
-from edge import boundedjson
+from edge import boundedjson, signing
 from edge.errors import EdgeError
 from edge.watchlist.bundle_format import canonical_json
 from edge.watchlist.keys import DEVICE_ID_RE, key_id
@@ -137,12 +137,11 @@ def sign_adjudication(
         "at": at_text,
     }
     body_str = canonical_json(body).decode("ascii")
-    sig = key.sign(SIG_CONTEXT + body_str.encode("ascii"))
     doc = {
         "format": FORMAT,
         "signer": key_id(key.public_key()).hex(),
         "body": body_str,
-        "signature": base64.b64encode(sig).decode("ascii"),
+        "signature": signing.sign(key, SIG_CONTEXT, body_str.encode("ascii")),
     }
     return canonical_json(doc)
 
@@ -176,16 +175,14 @@ def verify_adjudication(
         if not all(isinstance(x, str) for x in (signer_hex, body_str, sig_b64)):
             raise ValueError("signer, body and signature must be strings")
         signer_id = bytes.fromhex(signer_hex)
-        signature = base64.b64decode(sig_b64.encode("ascii"), validate=True)
+        base64.b64decode(sig_b64.encode("ascii"), validate=True)  # garbled, not forged
         body_bytes = body_str.encode("ascii")
     except (ValueError, binascii.Error, UnicodeError) as exc:
         raise AdjudicationRefused("garbled", f"adjudication is garbled: {exc}") from None
     if signer_id != key_id(signer):
         raise AdjudicationRefused("unknown_signer", "adjudication is signed by an unknown key")
-    try:
-        signer.verify(signature, SIG_CONTEXT + body_bytes)
-    except InvalidSignature:
-        raise AdjudicationRefused("bad_signature", "adjudication signature is invalid") from None
+    if not signing.verify(signer, SIG_CONTEXT, body_bytes, sig_b64):
+        raise AdjudicationRefused("bad_signature", "adjudication signature is invalid")
     try:
         body: Any = boundedjson.loads(body_bytes, max_bytes=MAX_ADJUDICATION_BYTES, max_depth=1)
         if not isinstance(body, dict) or set(body) != _BODY_KEYS:
