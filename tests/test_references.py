@@ -164,3 +164,51 @@ def test_the_end_of_a_deployment_wipes_every_reference_row(
     disk = b"".join(p.read_bytes() for p in state.rglob("*") if p.is_file() and p != path)
     for row in emb:
         assert row.tobytes()[:32] not in disk
+
+
+def test_watchlist_build_enrols_each_image_and_signs_the_mode(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from edge.commands.demo import ROOT, write_deployment_toml
+    from edge.watchlist.keys import load_device_key, load_signer_public
+
+    def edge(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    keys = tmp_path / "keys"
+    for extra in ((), ("--device", "van-1")):
+        assert edge("keys", "init", "--out", str(keys), *extra).returncode == 0
+    write_deployment_toml(tmp_path / "dep.toml", 0.5)
+    subjects = ROOT / "demo" / "subjects"
+    build = ("watchlist", "build", "--deployment", str(tmp_path / "dep.toml"), "--signing-key",
+             str(keys / "signing.key"), "--recipients", str(keys / "van-1.pub"), "--no-progress")
+    r = edge(*build, "--subjects", str(subjects), "--out", str(tmp_path / "w.bundle"),
+             "--reference", "best")
+    assert r.returncode == 0, r.stderr
+    data = (tmp_path / "w.bundle").read_bytes()
+    _, header = B.read_header_unverified(data)
+    opened = B.open_bundle(
+        data, device_id="van-1", device_private_key=load_device_key(keys / "van-1.key"),
+        trusted_signers=[load_signer_public(keys / "signing.pub")],
+        expected_embedder_sha256=header.embedder.sha256, threshold_floor=0.5, max_subjects=10,
+        last_sequence=None, now=time.time(),
+    )
+    images = len(list((subjects / "DEMO-0001").glob("*.jpg")))
+    assert opened.reference == "best" and opened.reference_counts == [images] == [MAX_REFERENCES]
+    assert opened.embeddings.shape == (images, header.embedder.dim)
+    assert len({row.tobytes() for row in opened.embeddings}) == images  # one row per image
+    opened.wipe()
+    # one image more than a subject may have: one line, before any model runs
+    many = tmp_path / "many"
+    shutil.copytree(subjects, many)
+    shutil.copy(many / "DEMO-0001" / "frame00.jpg", many / "DEMO-0001" / "frame99.jpg")
+    r = edge(*build, "--subjects", str(many), "--out", str(tmp_path / "x.bundle"))
+    assert r.returncode == 78 and not (tmp_path / "x.bundle").exists()
+    assert r.stderr.strip().splitlines() == [
+        f"edge: {many / 'DEMO-0001'}: {MAX_REFERENCES + 1} images, more than the "
+        f"{MAX_REFERENCES} references a subject may have (keep the best {MAX_REFERENCES})"
+    ]

@@ -118,7 +118,7 @@ def run_build(args: argparse.Namespace) -> int:
         enrol,
         images_in,
         load_deployment,
-        subject_folders,
+        load_subjects,
     )
     from edge.watchlist.keys import load_device_public, load_signing_key, write_atomic
 
@@ -128,7 +128,7 @@ def run_build(args: argparse.Namespace) -> int:
     ids = [r[0] for r in recipients]
     if len(set(ids)) != len(ids):
         raise UsageError("a recipient device is named twice")
-    total = sum(len(images_in(f)) for f in subject_folders(args.subjects))
+    total = sum(len(images_in(f)) for f, _ in load_subjects(args.subjects))  # before models
     console_pub = load_device_public(args.console_pub)[1] if args.console_pub else None
     if args.references_out is not None and console_pub is None:
         raise UsageError("--references-out needs --console-pub")

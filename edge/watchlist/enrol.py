@@ -334,19 +334,10 @@ def thumbnail(image_bgr: ImageU8, det: Detection, size: int = THUMB_PX) -> bytes
     return bytes(buf.tobytes())
 
 
-def enrol(
-    root: Path,
-    engine: FaceEngineLike,
-    gate: QualityGateLike,
-    metric: Metric,
-    progress: Callable[[int], None] | None = None,
-) -> EnrolmentReport:
-    """Enrol every subject folder under ``root``.
-
-    Subjects whose subject.toml is invalid raise :class:`ConfigError` (all problems at
-    once); subjects with no usable image are listed in ``failed``, not raised: the
-    caller decides (``--skip-bad``). ``progress(n)`` is called after each image.
-    """
+def load_subjects(root: Path) -> list[tuple[Path, SubjectMeta]]:
+    """Every subject folder under ``root`` with its parsed subject.toml, checked before any
+    model runs: :class:`ConfigError` lists every invalid subject.toml, repeated id and folder
+    with more images than a subject may have references."""
     folders = subject_folders(root)
     metas: list[tuple[Path, SubjectMeta]] = []
     problems: list[str] = []
@@ -367,7 +358,23 @@ def enrol(
             )
     if problems:
         raise ConfigError(problems)
+    return metas
 
+
+def enrol(
+    root: Path,
+    engine: FaceEngineLike,
+    gate: QualityGateLike,
+    metric: Metric,
+    progress: Callable[[int], None] | None = None,
+) -> EnrolmentReport:
+    """Enrol every subject folder under ``root``.
+
+    Subjects whose subject.toml is invalid raise :class:`ConfigError` (all problems at
+    once); subjects with no usable image are listed in ``failed``, not raised: the
+    caller decides (``--skip-bad``). ``progress(n)`` is called after each image.
+    """
+    metas = load_subjects(root)
     subjects: list[Subject] = []
     rows: list[F32] = []
     thumbs: dict[str, bytes] = {}
