@@ -36,7 +36,7 @@ moot). ``reference`` says how the device scores a subject with several rows (its
 row or their fusion); it is signed with the threshold calibrated for it.
 
 Built by :mod:`edge.watchlist.bundle`, opened and verified by
-:mod:`edge.watchlist.bundle_open`. About 490 lines, kept as one unit: the layout, the
+:mod:`edge.watchlist.bundle_open`. About 520 lines, kept as one unit: the layout, the
 limits and each part's strict parser are one specification, read together when the
 format changes.
 """
