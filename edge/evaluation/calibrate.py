@@ -27,6 +27,11 @@ Two estimates are made from a measured score set (``edge eval identify
   ``N - 1`` impostors, ``mean([s >= T] * (1 - FMR(s))^(N-1))``. The report
   says which was used, and gives the other's prediction for comparison.
 
+The score set says how it was made (``--probe-images``: fused probes as track templates;
+``--gallery-images K --reference fused|best``: subjects with several references, scored as
+the bundle will have the device score them), so the threshold is for that mode; calibrate
+with the mode the bundle is built with (``edge watchlist build --reference``).
+
 Expected false alerts per 10,000 faces = FPIR x 10,000, for faces searched
 once. A device that embeds a track several times and alerts on the best
 match searches each passer-by several (correlated) times, so its per-passer-by
