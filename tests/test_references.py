@@ -202,6 +202,11 @@ def test_watchlist_build_enrols_each_image_and_signs_the_mode(tmp_path: Path) ->
     assert opened.embeddings.shape == (images, header.embedder.dim)
     assert len({row.tobytes() for row in opened.embeddings}) == images  # one row per image
     opened.wipe()
+    r = edge("watchlist", "inspect", str(tmp_path / "w.bundle"), "--device-key",
+             str(keys / "van-1.key"))
+    assert r.returncode == 0, r.stderr
+    assert "scored by its best reference" in r.stdout
+    assert f"DEMO-0001 (missing_person): {images} references" in r.stdout
     # one image more than a subject may have: one line, before any model runs
     many = tmp_path / "many"
     shutil.copytree(subjects, many)

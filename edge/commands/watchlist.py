@@ -218,6 +218,7 @@ def run_inspect(args: argparse.Namespace) -> int:
              "references": s.references}
             for s in ins.subjects
         ]
+        doc["reference"] = ins.reference
     if args.json:
         json.dump(doc, sys.stdout, indent=2, sort_keys=True)
         print()
@@ -239,7 +240,10 @@ def run_inspect(args: argparse.Namespace) -> int:
         f"subjects: {h.subject_count} ({cats})",
     ]
     if ins.subjects is not None:
-        lines += [f"  {s.subject_id} ({s.category})" for s in ins.subjects]
+        lines.append(f"a subject with several references is scored by its {ins.reference} "
+                     "reference")
+        lines += [f"  {s.subject_id} ({s.category}): {s.references} "
+                  f"reference{'s' if s.references != 1 else ''}" for s in ins.subjects]
     print("\n".join(lines))
     return 0
 

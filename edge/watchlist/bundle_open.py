@@ -302,6 +302,7 @@ class Inspection:
     signature: str  # "valid" or "not verified (no signer key given)"
     header: BundleHeader
     subjects: tuple[Subject, ...] | None  # only with the device key
+    reference: str | None = None  # how several references are scored (with the device key)
 
 
 def inspect_bundle(
@@ -320,20 +321,20 @@ def inspect_bundle(
             frame = _split(bytes(data))
             h = _parse_header(frame.header_bytes)
             sig = "not verified (no signer key given)"
-        subjects = None
+        subjects, reference = None, None
         if device is not None:
             device_id, key = device
             recipient = next((r for r in h.recipients if r.device_id == device_id), None)
             if recipient is None:
                 raise _refuse("not_for_device", f"bundle is not for device {device_id}")
             opened = _decrypt(frame, h, recipient, device_id, key)
-            subjects = opened.subjects
+            subjects, reference = opened.subjects, opened.reference
             opened.wipe()
     except BundleRefused:
         raise
     except (ValueError, TypeError, OverflowError, struct.error, MemoryError) as exc:
         raise _refuse("garbled", f"bundle is garbled: {type(exc).__name__}") from None
-    return Inspection(frame.signer_id.hex(), sig, h, subjects)
+    return Inspection(frame.signer_id.hex(), sig, h, subjects, reference)
 
 
 def _unwrap(
