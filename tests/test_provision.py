@@ -360,6 +360,9 @@ def fleet(nspawn_host: NspawnHost) -> Fleet:
         "edge_device_source_lores_size": "320x240",
         "edge_device_source_loop": True,
         "edge_device_watchdog_sec": 30,
+        # A container has no time daemon (systemd-timesyncd and systemd-time-wait-sync are
+        # skipped by ConditionVirtualization=!container): the host keeps the time.
+        "edge_device_require_clock_sync": False,
         # controller side (end-deployment.yml)
         "lfr_broker_address": "127.0.0.1",
         "lfr_broker_port": broker_port,
@@ -827,6 +830,28 @@ def test_end_deployment_falls_back_to_the_command_file_over_ssh(fleet: Fleet) ->
         status = fleet.host.show("edge.service", "StatusText", "ActiveState")
         assert status["StatusText"].startswith("disarmed"), status
         assert status["ActiveState"] == "active"
+
+
+def test_unit_waits_for_time_sync_and_the_config_says_whether_to(fleet: Fleet) -> None:
+    """Issue 13 item 2 on the systemd host: edge.service is ordered after (and wants)
+    time-sync.target, systemd-time-wait-sync is enabled with the role's bounded wait (in a
+    container it and the NTP client are skipped by their conditions, so the role installs
+    no NTP client here), and edge.toml carries require_clock_sync (false here, see the
+    fleet's variables); the daemon started all the same. (Before the wipe, which removes
+    all of it.)"""
+    with journal_on_failure(fleet):
+        props = fleet.host.show("edge.service", "After", "Wants", "ActiveState")
+        assert "time-sync.target" in props["After"].split(), props
+        assert "time-sync.target" in props["Wants"].split(), props
+        assert props["ActiveState"] == "active", props
+        enabled = fleet.host.run("systemctl is-enabled systemd-time-wait-sync.service")
+        assert enabled.stdout.split() == ["enabled"], enabled.stdout + enabled.stderr
+        wait = fleet.host.show("systemd-time-wait-sync.service", "TimeoutStartUSec",
+                               "DropInPaths")  # fmt: skip
+        assert wait["TimeoutStartUSec"] == "1min 30s", wait
+        assert wait["DropInPaths"].endswith("systemd-time-wait-sync.service.d/edge.conf"), wait
+        config = fleet.host.run("cat /etc/edge/edge.toml", check=True).stdout.splitlines()
+        assert "require_clock_sync = false" in config
 
 
 def test_wipe_removes_everything(fleet: Fleet) -> None:
