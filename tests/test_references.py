@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,9 @@ def test_the_end_of_a_deployment_wipes_every_reference_row(
     assert match.subject_id == "S-0002"
     if reference == "best":
         assert match.score == pytest.approx(1.0)
+    loaded = [json.loads(x) for x in (state / "audit.jsonl").read_text().splitlines()
+              if '"watchlist_loaded"' in x]
+    assert [(e["references"], e["reference"]) for e in loaded] == [(8, reference)]
     m.close()
     assert not refs.any() and not searched.any()
     assert m.watchlist is None

@@ -545,6 +545,8 @@ class DeploymentManager:
             categories=dict(h.categories),
             embedder=h.embedder.name,
             embedder_sha256=h.embedder.sha256,
+            references=int(watchlist.references.shape[0]),  # rows: a count, never a value
+            reference=watchlist.reference,
         )
         self.audit.append(
             "armed",
