@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from edge.errors import UsageError
 from edge.evaluation.stream import Box
+from edge.recognition.match import MAX_REFERENCES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -103,6 +104,9 @@ class SimConfig:
             )
         if self.watchlist_size < 0 or self.max_enrol < 1:
             problems.append("--watchlist-size must be >= 0 and --max-enrol >= 1")
+        if self.max_enrol > MAX_REFERENCES:
+            problems.append(f"--max-enrol {self.max_enrol}: a subject has at most "
+                            f"{MAX_REFERENCES} references")
         if not (1 <= self.views <= 10):
             problems.append(f"--views {self.views}: must be 1-10")
         problems.extend(self.camera.check())
