@@ -6,17 +6,21 @@ unit was off, a bad NTP answer that a later one confirmed) would refuse the righ
 until real time caught up; the technician sets the clock right and runs, with the
 daemon stopped::
 
-    systemctl stop edge && sudo -u edge edge clock reset && systemctl start edge
+    systemctl stop edge && /opt/edge/venv/bin/edge clock reset && systemctl start edge
 
 ``reset`` sets the mark to the clock now (saying whether it is synchronised) and drops
 an unconfirmed forward jump; the daemon audits it (``clock_mark_reset``, the old and new
-mark) at its next start. It refuses while a daemon holds the state directory.
+mark) at its next start. It refuses while a daemon holds the state directory; run as
+root, it leaves the files owned by the state directory's owner (the daemon's user).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from edge.commands import add_config_option
@@ -54,6 +58,17 @@ def _synced() -> str:
     return "synchronised" if clock_synchronised() else "NOT synchronised"
 
 
+def _same_owner(state_dir: Path, files: tuple[Path, ...]) -> None:
+    """Run as root, give the files the state directory's owner: a clock record the
+    daemon's user cannot read would stop it at start."""
+    if os.geteuid() != 0:
+        return
+    st = state_dir.stat()
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):
+            os.chown(path, st.st_uid, st.st_gid)
+
+
 def run_show(args: argparse.Namespace) -> int:
     from edge.watchlist.timeguard import iso
 
@@ -69,13 +84,14 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_reset(args: argparse.Namespace) -> int:
-    from edge.watchlist.timeguard import iso, lock_state, unlock_state
+    from edge.watchlist.timeguard import LOCK_FILE, iso, lock_state, unlock_state
 
     state_dir, guard = _guard(args)
     fd = lock_state(state_dir)
     try:
         now = time.time()
         old = guard.reset(now)
+        _same_owner(state_dir, (guard.path, state_dir / LOCK_FILE))
     finally:
         unlock_state(fd)
     print(f"mark reset from {iso(old)} to {iso(now)} (clock {_synced()}); "
