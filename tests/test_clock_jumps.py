@@ -140,6 +140,13 @@ def test_no_purge_on_a_clock_before_a_signed_bundles_creation(dev: Device) -> No
     (held,) = dev.events("purge_held")
     assert held["reason"] == "clock_before_bundle"
     assert "before a signed bundle was created" in (hk.note() or "")
+    later = {"deployment_id": "D-2026-0099", "sequence": 9}
+    staged = dev.state / "watchlist.bundle.new"  # delivered beside it: its time counts too
+    staged.write_bytes(make_bundle(dev.kit, spec_changes=later))
+    bundle.unlink()
+    dev.guard.signed_floor = 0.0
+    hk.note_bundle(bundle)
+    assert dev.guard.signed_floor == (NOW.timestamp() - 2 * HOUR)
     forged = dev.state / "forged.bundle"  # an unsigned time is no floor
     forged.write_bytes(make_bundle(dev.kit, signer=make_kit().signer))
     fresh = Device(dev.state.parent / "other")

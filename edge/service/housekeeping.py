@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge.errors import BundleRefused
 from edge.watchlist.audit import AuditLog
 from edge.watchlist.bundle import read_header
+from edge.watchlist.deployment_keys import staged_path
 from edge.watchlist.retention import Purgeable, RetentionPolicy
 from edge.watchlist.timeguard import TimeGuard, sync_token
 
@@ -64,13 +65,15 @@ class Housekeeping:
         self.audit.append(event, **fields)
 
     def note_bundle(self, path: Path) -> None:
-        """Take a verified bundle's ``created_at`` as a floor under the real time."""
-        with contextlib.suppress(BundleRefused, OSError, ValueError):
-            with path.open("rb") as fh:
-                data = fh.read(MAX_HEADER_READ + 1)
-            if len(data) <= MAX_HEADER_READ:
-                header = read_header(data, self.signers)
-                self.guard.note_signed_time(header.created_at.timestamp())
+        """Take a verified bundle's ``created_at`` (the installed one, and one delivered
+        beside it to ``<bundle>.new``) as a floor under the real time."""
+        for candidate in (path, staged_path(path)):
+            with contextlib.suppress(BundleRefused, OSError, ValueError):
+                with candidate.open("rb") as fh:
+                    data = fh.read(MAX_HEADER_READ + 1)
+                if len(data) <= MAX_HEADER_READ:
+                    header = read_header(data, self.signers)
+                    self.guard.note_signed_time(header.created_at.timestamp())
 
     def purge(self, now: float, *, force: bool = False) -> int | None:
         """Purge if due (or ``force``); the count, or None if not run or held."""
