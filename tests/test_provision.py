@@ -10,9 +10,11 @@ and for this test acting as the control room and as a second device.
 Checks: the unit is active (Type=notify: active means READY=1 was sent), the
 watchdog is armed, the daemon runs as the dedicated user with the hardening in
 force, it publishes ``online`` on its status topic over mutual TLS, a device
-cannot publish under another device's topic, a watchlist is delivered and the
-daemon reloads it (SIGHUP), and end-deployment.yml leaves no bundle on disk.
-On failure the unit's journal is printed.
+cannot publish under another device's topic, the device's keys are made on the
+device (no device private key on the controller), deploy-watchlist.yml makes a
+deployment key in the device's RAM, builds the bundle for it and the daemon
+arms, and end-deployment.yml leaves no bundle on disk and no deployment key in
+/run. On failure the unit's journal is printed.
 
 Slow (about a minute and a half once the root tarball is cached); CI runs it.
 """
@@ -290,13 +292,18 @@ class Fleet:
     inventory: Path
     pki: Pki
     keys: Path
-    device_pub: Path
+    device_keys: Path  # the device's public keys, fetched by the role
     broker_port: int
     converge_s: float
     converge_output: str
 
     def journal(self) -> str:
         return self.host.journal("edge.service")
+
+    @property
+    def device_pub(self) -> Path:
+        """The device's long-lived X25519 public key (made on the device)."""
+        return self.device_keys / f"{DEVICE_ID}.pub"
 
 
 @contextlib.contextmanager
@@ -314,7 +321,7 @@ def journal_on_failure(fleet: Fleet) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def fleet(nspawn_host: NspawnHost) -> Fleet:
     from edge.dev.devbroker import free_port
-    from edge.watchlist.keys import init_device_key, init_signing_key
+    from edge.watchlist.keys import init_signing_key
 
     if shutil.which("mosquitto_pub") is None:
         pytest.skip("mosquitto_pub is missing (apt-get install mosquitto-clients)")
@@ -328,7 +335,7 @@ def fleet(nspawn_host: NspawnHost) -> Fleet:
     pki = make_pki(work / "pki")
     keys = work / "keys"
     init_signing_key(keys)
-    device_key = init_device_key(keys, DEVICE_ID)
+    device_keys = work / "device-keys"  # where the role fetches the device's public keys
     broker_port = free_port()
     clip = make_clip(work / "clip.avi")
     # The clip goes where the unit can read it (ProtectHome= hides /root).
@@ -352,7 +359,7 @@ def fleet(nspawn_host: NspawnHost) -> Fleet:
         "edge_device_ca_cert_src": str(pki.ca),
         "edge_device_client_cert_src": str(pki.certs[DEVICE_ID][0]),
         "edge_device_client_key_src": str(pki.certs[DEVICE_ID][1]),
-        "edge_device_key_src": str(device_key.private),
+        "edge_device_public_keys_dir": str(device_keys),
         "edge_device_signer_pubkey_src": str(keys / "signing.pub"),
         "edge_device_source_kind": "opencv",
         "edge_device_source_uri": "/srv/edge/clip.avi",
@@ -383,7 +390,7 @@ def fleet(nspawn_host: NspawnHost) -> Fleet:
     for name, secs in slowest_tasks(work / "junit"):
         print(f"  {secs:6.1f} s  {name}")
     fleet = Fleet(
-        host, work, inventory, pki, keys, device_key.public, broker_port, converge_s, proc.stdout
+        host, work, inventory, pki, keys, device_keys, broker_port, converge_s, proc.stdout
     )
     if proc.returncode != 0:
         print(proc.stdout[-12000:])
@@ -468,9 +475,71 @@ def test_runs_as_dedicated_user_with_hardening(fleet: Fleet) -> None:
             assert mode in ("700", "600"), line
         # systemd placed them in the service's private credentials directory.
         creds = fleet.host.run("ls /run/credentials/edge.service", check=True).stdout.split()
-        assert sorted(creds) == ["device.key", "mqtt-client.key", "signer.pub"]
+        assert sorted(creds) == ["device-signing.key", "device.key", "mqtt-client.key",
+                                 "signer.pub"]
         props = fleet.host.show("edge.service", "ProtectSystem", "PrivateTmp", "DevicePolicy")
         assert props == {"ProtectSystem": "strict", "PrivateTmp": "yes", "DevicePolicy": "closed"}
+
+
+def _controller_private_keys(fleet: Fleet) -> list[bytes]:
+    """The raw public keys of every X25519 or Ed25519 private key (PEM) anywhere in the
+    controller's files (the TLS keys of the test PKI are of other kinds)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    found = []
+    for path in fleet.workdir.rglob("*"):
+        if not path.is_file() or path.stat().st_size > 1 << 16:
+            continue
+        data = path.read_bytes()
+        if b"PRIVATE KEY-----" not in data:
+            continue
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError):
+            continue
+        if isinstance(key, X25519PrivateKey | Ed25519PrivateKey):
+            found.append(key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+    return found
+
+
+def test_device_keys_are_made_on_the_device(fleet: Fleet) -> None:
+    """Issue 13 item 1: the device's X25519 and Ed25519 keys are generated on the device,
+    root-only 0600 credentials there; only their public halves reach the controller."""
+    from cryptography.hazmat.primitives import serialization
+
+    with journal_on_failure(fleet):
+        listing = fleet.host.run(
+            "stat -c '%a %U %G %n' /etc/credstore/edge/device.key "
+            "/etc/credstore/edge/device-signing.key /etc/edge/device.pub "
+            "/etc/edge/device-signing.pub", check=True,
+        ).stdout.splitlines()  # fmt: skip
+        modes = {line.split()[3]: line.split()[:3] for line in listing}
+        assert modes["/etc/credstore/edge/device.key"] == ["600", "root", "root"]
+        assert modes["/etc/credstore/edge/device-signing.key"] == ["600", "root", "root"]
+        assert modes["/etc/edge/device.pub"][0] == "644"
+        for name, fetched in (("device.pub", f"{DEVICE_ID}.pub"),
+                              ("device-signing.pub", f"{DEVICE_ID}.signing.pub")):
+            on_device = fleet.host.run(f"cat /etc/edge/{name}", check=True).stdout.encode()
+            assert (fleet.device_keys / fetched).read_bytes() == on_device
+        # The private halves are the device's: they match the public halves it kept.
+        probe = (
+            "from cryptography.hazmat.primitives import serialization as s\n"
+            "for n in ('device.key', 'device-signing.key'):\n"
+            "    k = s.load_pem_private_key(open('/etc/credstore/edge/' + n, 'rb').read(), None)\n"
+            "    print(k.public_key().public_bytes(s.Encoding.Raw, s.PublicFormat.Raw).hex())\n"
+        )
+        (fleet.host.root / "root" / "key-probe.py").write_text(probe)
+        raw = fleet.host.run("/opt/edge/venv/bin/python /root/key-probe.py",
+                             check=True).stdout.split()  # fmt: skip
+        pubs = [serialization.load_pem_public_key((fleet.device_keys / f).read_bytes())
+                for f in (f"{DEVICE_ID}.pub", f"{DEVICE_ID}.signing.pub")]  # fmt: skip
+        assert raw == [k.public_bytes(serialization.Encoding.Raw,  # type: ignore[union-attr]
+                                      serialization.PublicFormat.Raw).hex() for k in pubs]
+        # No device private key anywhere in the controller's files.
+        assert not {bytes.fromhex(r) for r in raw} & set(_controller_private_keys(fleet))
 
 
 def test_no_core_dump_no_swap_and_a_descriptor_limit(fleet: Fleet) -> None:
@@ -556,7 +625,8 @@ def test_encrypted_credentials(fleet: Fleet) -> None:
         props = fleet.host.show("edge.service", "ActiveState", "SubState")
         assert (props["ActiveState"], props["SubState"]) == ("active", "running"), props
         creds = fleet.host.run("ls /run/credentials/edge.service", check=True).stdout.split()
-        assert sorted(creds) == ["device.key", "mqtt-client.key", "signer.pub"]
+        assert sorted(creds) == ["device-signing.key", "device.key", "mqtt-client.key",
+                                 "signer.pub"]
         room = MqttClient(fleet.pki, CONTROL_ROOM, fleet.broker_port)
         try:
             room.subscribe(f"lfr/{DEVICE_ID}/status")
@@ -687,9 +757,11 @@ BUNDLE_ON_DEVICE = "/var/lib/edge/watchlist.bundle"
 
 
 def make_bundle(
-    fleet: Fleet, out: Path, device_pub: Path | None = None, sequence: int = 1
+    fleet: Fleet, out: Path, recipient_pub: Path, sequence: int = 1,
+    device_id: str = DEVICE_ID,
 ) -> Path:
-    """A signed bundle for this device, window open now, with two synthetic subjects.
+    """A signed bundle for ``device_id`` wrapped to ``recipient_pub`` (a deployment key
+    the device made, normally), window open now, with two synthetic subjects.
 
     The embeddings are random unit vectors (no real person's data); the daemon only
     needs a valid, signed, in-window bundle for its embedder to arm.
@@ -700,7 +772,7 @@ def make_bundle(
 
     from edge.vision.manifest import Manifest
     from edge.watchlist.bundle import DeploymentSpec, EmbedderInfo, Subject, build_bundle
-    from edge.watchlist.keys import load_device_public, load_signing_key
+    from edge.watchlist.keys import load_deployment_public, load_signing_key
 
     manifest = Manifest.load(REPO / "models")
     embedder = next(
@@ -737,7 +809,7 @@ def make_bundle(
         embedder, embedder_identity(entry.sha256, bool(family.flip)), str(entry.family),
         family.metric, family.embedding_size,
     )
-    device_id, device_pub = load_device_public(device_pub or fleet.device_pub)
+    device_pub = load_deployment_public(recipient_pub)
     data = build_bundle(
         spec,
         subjects,
@@ -750,35 +822,98 @@ def make_bundle(
     return out
 
 
-def test_deploy_watchlist_fails_on_a_bundle_for_another_device(fleet: Fleet) -> None:
-    """The daemon refuses a bundle not wrapped for it; the play fails and says why."""
+def deployment_key_only(fleet: Fleet) -> Path:
+    """Run deploy-watchlist.yml's first step: a deployment key made on the device (RAM);
+    returns its public half as fetched to the controller."""
+    proc = ansible_playbook(
+        fleet.inventory, "deploy-watchlist.yml", "-e", "edge_device_deployment_key_only=true"
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    return fleet.device_keys / f"{DEVICE_ID}.deployment.pub"
+
+
+def deployment_keys_on_device(fleet: Fleet) -> list[list[str]]:
+    out = fleet.host.run(
+        "find /run/edge/deployment-keys -name '*.key' -printf '%m %u %p\\n' 2>/dev/null",
+    ).stdout
+    return [line.split() for line in out.splitlines() if line.strip()]
+
+
+def test_deploy_watchlist_refuses_a_bundle_it_cannot_or_must_not_open(fleet: Fleet) -> None:
+    """The daemon refuses a bundle for another device, and one wrapped to its long-lived
+    device key (a copy of its storage would open that): the play fails and says why."""
     from edge.watchlist.keys import init_device_key
 
     other = init_device_key(fleet.workdir / "other-keys", OTHER_DEVICE_ID)
-    bundle = make_bundle(fleet, fleet.workdir / "not-for-us.bundle", other.public)
-    with journal_on_failure(fleet):
-        proc = ansible_playbook(
-            fleet.inventory, "deploy-watchlist.yml", "-e", f"edge_device_bundle_src={bundle}"
-        )
-        assert proc.returncode != 0, proc.stdout[-4000:]
-        assert f"{DEVICE_ID} did not arm: disarmed" in proc.stdout, proc.stdout[-4000:]
-        status = fleet.host.show("edge.service", "StatusText", "ActiveState")
-        assert status["StatusText"].startswith("disarmed"), status
-        assert status["ActiveState"] == "active"
+    for name, pub, device_id, reason in (
+        ("not-for-us", other.public, OTHER_DEVICE_ID, "not_for_device"),
+        ("device-key", fleet.device_pub, DEVICE_ID, "device_key_bundle"),
+    ):
+        bundle = make_bundle(fleet, fleet.workdir / f"{name}.bundle", pub, device_id=device_id)
+        with journal_on_failure(fleet):
+            proc = ansible_playbook(
+                fleet.inventory, "deploy-watchlist.yml", "-e", f"edge_device_bundle_src={bundle}"
+            )
+            assert proc.returncode != 0, proc.stdout[-4000:]
+            assert f"{DEVICE_ID} did not arm with the new bundle" in proc.stdout, (
+                proc.stdout[-4000:])
+            status = fleet.host.show("edge.service", "StatusText", "ActiveState")
+            assert status["StatusText"].startswith(f"disarmed, refused ({reason})"), status
+            assert status["ActiveState"] == "active"
+
+
+def write_deployment(path: Path, sequence: int) -> Path:
+    import datetime as dt
+
+    from edge.vision.manifest import Manifest
+
+    manifest = Manifest.load(REPO / "models")
+    threshold = manifest.family("dlib150").threshold
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+    def iso(t: dt.datetime) -> str:
+        return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    path.write_text(
+        f'deployment_id = "{DEPLOYMENT_ID}"\nlocation = "test range"\n'
+        f"start = {iso(now - dt.timedelta(minutes=5))}\nend = {iso(now + dt.timedelta(hours=2))}\n"
+        f'authorising_officer = "supt-0001"\napproved_at = {iso(now - dt.timedelta(minutes=10))}\n'
+        f"threshold = {threshold}\nsignage_confirmed = true\n"
+        f"max_watchlist_size = 10\nsequence = {sequence}\n"
+    )
+    return path
 
 
 def test_deploy_watchlist_arms_the_device(fleet: Fleet) -> None:
-    bundle = make_bundle(fleet, fleet.workdir / "op-test-1.bundle")
+    """The play makes a deployment key in the device's RAM (as the service user), builds
+    the bundle for it on the controller from the subjects, delivers it and the daemon
+    arms; a restart of the daemon keeps the key (RuntimeDirectoryPreserve=) and re-arms."""
+    deployment = write_deployment(fleet.workdir / "op-test-1.toml", sequence=1)
     with journal_on_failure(fleet):
         proc = ansible_playbook(
-            fleet.inventory, "deploy-watchlist.yml", "-e", f"edge_device_bundle_src={bundle}"
-        )
+            fleet.inventory, "deploy-watchlist.yml",
+            "-e", f"edge_device_bundle_subjects={REPO / 'demo' / 'subjects'}",
+            "-e", f"edge_device_bundle_deployment={deployment}",
+        )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
         status = fleet.host.show("edge.service", "StatusText", "ActiveState", "NRestarts")
         assert status["StatusText"].startswith("armed"), status
         assert status["ActiveState"] == "active" and status["NRestarts"] == "0", status
         mode = fleet.host.run(f"stat -c '%a %U' {BUNDLE_ON_DEVICE}", check=True).stdout.split()
         assert mode == ["600", "edge"]
+        # One deployment key, in RAM, the service user's, 0600; its public half on the
+        # controller, its private half nowhere in the controller's files.
+        keys = deployment_keys_on_device(fleet)
+        assert [k[:2] for k in keys] == [["600", "edge"]], keys
+        fs = fleet.host.run("stat -f -c %T /run/edge/deployment-keys", check=True).stdout
+        assert fs.strip() in ("tmpfs", "ramfs"), fs
+        from cryptography.hazmat.primitives import serialization
+
+        pub = serialization.load_pem_public_key(
+            (fleet.device_keys / f"{DEVICE_ID}.deployment.pub").read_bytes())
+        raw = pub.public_bytes(serialization.Encoding.Raw,  # type: ignore[union-attr]
+                               serialization.PublicFormat.Raw)  # fmt: skip
+        assert raw not in _controller_private_keys(fleet)
         # The retained status on the broker says armed too.
         room = MqttClient(fleet.pki, CONTROL_ROOM, fleet.broker_port)
         try:
@@ -789,6 +924,10 @@ def test_deploy_watchlist_arms_the_device(fleet: Fleet) -> None:
             assert json.loads(payload)["deployment_id"] == DEPLOYMENT_ID
         finally:
             room.close()
+        # A restart of the daemon: the RAM directory survives, the bundle opens again.
+        fleet.host.run("systemctl restart edge.service", check=True, timeout=120)
+        status = fleet.host.show("edge.service", "StatusText", "ActiveState")
+        assert status["StatusText"].startswith("armed"), status
 
 
 def test_end_deployment_leaves_no_bundle(fleet: Fleet) -> None:
@@ -801,6 +940,7 @@ def test_end_deployment_leaves_no_bundle(fleet: Fleet) -> None:
             "find /var/lib/edge -name '*.bundle*' -o -name 'watchlist*'", check=True
         ).stdout.split()
         assert left == []
+        assert deployment_keys_on_device(fleet) == []  # the crypto-shred
         status = fleet.host.show("edge.service", "StatusText", "ActiveState")
         assert status["StatusText"].startswith("disarmed"), status
         assert status["ActiveState"] == "active"
@@ -810,8 +950,9 @@ def test_end_deployment_falls_back_to_the_command_file_over_ssh(fleet: Fleet) ->
     """Issue 13 item 7: the broker path fails (a port nothing listens on), so the play
     drops the signed command file over SSH; the daemon reads it on SIGHUP and shreds,
     and the play checks the shred as root."""
-    bundle = make_bundle(fleet, fleet.workdir / "op-test-2.bundle", sequence=2)
     with journal_on_failure(fleet):
+        pub = deployment_key_only(fleet)  # the two-step path: key first, bundle built here
+        bundle = make_bundle(fleet, fleet.workdir / "op-test-2.bundle", pub, sequence=2)
         proc = ansible_playbook(
             fleet.inventory, "deploy-watchlist.yml", "-e", f"edge_device_bundle_src={bundle}"
         )
@@ -822,6 +963,7 @@ def test_end_deployment_falls_back_to_the_command_file_over_ssh(fleet: Fleet) ->
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
         assert "ended by the command file over SSH" in proc.stdout, proc.stdout[-4000:]
+        assert deployment_keys_on_device(fleet) == []
         left = fleet.host.run(
             "find /var/lib/edge -name '*.bundle*' -o -name 'watchlist*' -o -name 'end-*.json'",
             check=True,

@@ -37,6 +37,10 @@ REQUIRED: dict[str, str] = {
     "SupplementaryGroups": "video",
     "StateDirectory": "edge",
     "StateDirectoryMode": "0700",
+    # Issue 13, item 1: the deployment keys in RAM, kept over a restart, gone at a reboot.
+    "RuntimeDirectory": "edge",
+    "RuntimeDirectoryMode": "0700",
+    "RuntimeDirectoryPreserve": "yes",
     "UMask": "0077",
     "ExecStart": "/opt/edge/venv/bin/edge run --config /etc/edge/edge.toml",
     "ExecReload": "/bin/kill -HUP $MAINPID",
@@ -180,7 +184,7 @@ def test_key_directives(which: str, rendered_unit: Path) -> None:
     assert "~@privileged @resources" in found["SystemCallFilter"]
     # Secrets arrive as credentials, never in the environment.
     creds = {v.split(":", 1)[0] for v in found["LoadCredential"]}
-    assert creds == {"device.key", "mqtt-client.key", "signer.pub"}
+    assert creds == {"device.key", "device-signing.key", "mqtt-client.key", "signer.pub"}
     assert "Environment" not in found and "EnvironmentFile" not in found
     # Safeguard 10: the allow list names addresses only, never "any".
     allow = " ".join(found["IPAddressAllow"]).split()
