@@ -60,5 +60,45 @@ def test_bench_missing_video_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_bench_template_min_on_the_demo_clip_alerts_the_actor_only() -> None:
+    r = bench("--video", str(ROOT / "demo" / "clip.gif"), "--subjects",
+              str(ROOT / "demo" / "subjects"), "--threshold", "0.5", "--template-min", "2")
+    assert r["template_min_embeddings"] == 2
+    (alert,) = r["alert_list"]
+    assert alert["subject_id"] == "DEMO-0001" and alert["score"] >= 0.5
+    assert alert["raised"] >= alert["frame"]
+    assert r["alerts_delivered"] == 1
+    others = [t for t in r["tracks_best"] if not t["alerted"]]
+    assert others and all(t["best_score"] < 0.5 for t in others), "the passer-by never alerts"
+
+
+def test_bench_template_min_above_embeds_per_track_is_one_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge", "bench", "--video", str(ROOT / "demo" / "clip.gif"),
+         "--template-min", "9"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("INFO:")]
+    assert len(lines) == 1 and "template_min_embeddings" in lines[0]
+
+
+def test_time_to_alert_counts_to_the_frame_the_alert_was_raised_on() -> None:
+    from edge.evaluation.stream import TRUTH_SCHEMA, StreamAlert, Truth, score_alerts
+
+    truth = Truth.from_dict({
+        "schema": TRUTH_SCHEMA, "fps": 10.0, "frames": 100, "size": [640, 360],
+        "watchlist": [{"subject_id": "S1", "identity": "A", "category": "suspect",
+                       "enrol": [], "appears": True}],
+        "tracks": [{"track": 1, "identity": "A", "watchlisted": True, "subject_id": "S1",
+                    "first_frame": 10, "boxes": [[100, 100, 180, 180]] * 30}],
+    })
+    seen = StreamAlert.from_xywh(10, (100, 100, 80, 80), "S1")
+    later = StreamAlert.from_xywh(10, (100, 100, 80, 80), "S1", raised=42)
+    assert score_alerts(truth, [seen]).median_seconds_to_alert == 0.0
+    late = score_alerts(truth, [later])
+    assert late.true_alerts == 1 and late.median_seconds_to_alert == pytest.approx(3.2)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))

@@ -105,3 +105,29 @@ def test_invalid_parameters() -> None:
         TrackDecider(threshold=0.4, max_embeds_per_track=0)
     with pytest.raises(ValueError):
         TrackDecider(threshold=0.4, cooldown_s=-1)
+
+
+def test_min_embeddings_says_when_a_template_is_decided() -> None:
+    d = TrackDecider(threshold=0.4, max_embeds_per_track=3, min_embeddings=2,
+                     min_quality_gain=0.0)
+    t = track()
+    assert d.wants_embedding(t, q(0.5)) and not d.ready(t)
+    assert d.wants_embedding(t, q(0.6)) and d.ready(t)
+    fast, t1 = TrackDecider(threshold=0.4), track()
+    assert fast.wants_embedding(t1, q(0.5)) and fast.ready(t1)  # k = 1: the first may alert
+    per_embedding = TrackDecider(threshold=0.4, min_embeddings=3, decision="embedding")
+    assert per_embedding.ready(track())  # per embedding there is no template to wait for
+    for bad in (0, 4):
+        with pytest.raises(ValueError):
+            TrackDecider(threshold=0.4, max_embeds_per_track=3, min_embeddings=bad)
+
+
+def test_template_min_embeddings_above_embeds_per_track_is_one_config_line() -> None:
+    from edge.errors import ConfigError
+    from edge.service.config import RecognitionSettings
+
+    assert RecognitionSettings().template_min_embeddings == 1
+    assert RecognitionSettings(template_min_embeddings=3).template_min_embeddings == 3
+    with pytest.raises((ConfigError, ValueError)) as info:
+        RecognitionSettings(template_min_embeddings=4, embeds_per_track=3)
+    assert "template_min_embeddings" in str(info.value)

@@ -44,6 +44,9 @@ def register(subparsers: Any) -> None:
                         "daemon's, template)")
     parser.add_argument("--template-weight", choices=("quality", "size"), default=None,
                         help="a frame's weight in its track's template (default quality)")
+    parser.add_argument("--template-min", type=int, default=None, metavar="K",
+                        help="decide a track once its template holds K embeddings, or when "
+                        "it ends (as [recognition] template_min_embeddings; default 1)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     parser.add_argument("--peer", action="store_true",
                         help="also run the face_recognition peer on the same clip and truth")
@@ -122,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         realtime=args.realtime, max_frames=args.max_frames, tiles=_grid(args.tiles),
         detector=args.detector, detector_input=_wxh(args.detector_input, "--detector-input"),
         detect_size=detect_size, decision=args.decision, template_weight=args.template_weight,
+        template_min=args.template_min,
     )
     if args.peer:
         peer = run_peer_subprocess(args.video, args.subjects, args.truth, args.max_frames,

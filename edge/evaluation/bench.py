@@ -62,6 +62,17 @@ def _progress(done: int, total: int | None, started: float) -> None:
     sys.stderr.flush()
 
 
+def _collect(outcome: Any, raised: int, publisher: Any, alerts: list[dict[str, Any]]) -> None:
+    """Publish ``outcome``'s alerts and note each: the frame its face was seen in (to find
+    the passer-by) and the frame it was raised on (for the time to alert)."""
+    for alert, seen in zip(outcome.alerts, outcome.alert_frames, strict=True):
+        publisher.enqueue_alert(alert)
+        alerts.append({"alert_id": alert.alert_id, "frame": seen, "raised": raised,
+                       "captured_at": alert.captured_at, "bbox": alert.bbox,
+                       "subject_id": alert.subject_id, "score": alert.score,
+                       "track": alert.track_id})
+
+
 def run_bench(
     video: Path,
     *,
@@ -79,6 +90,7 @@ def run_bench(
     detect_size: tuple[int, int] | str | None = "default",
     decision: str | None = None,
     template_weight: str | None = None,
+    template_min: int | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline over ``video`` and return the figures (see the module doc)."""
     from edge.delivery.outbox import Outbox
@@ -134,18 +146,35 @@ def run_bench(
             embedder_sha256=sha,
             reference_counts=[s.references for s in report.subjects],
         )
+    from pydantic import ValidationError
+
     from edge.service.config import RecognitionSettings
 
-    rec = RecognitionSettings.model_validate(
-        {k: v for k, v in (("decision", decision), ("template_weight", template_weight))
-         if v is not None})
+    try:
+        rec = RecognitionSettings.model_validate(
+            {k: v for k, v in (("decision", decision), ("template_weight", template_weight),
+                               ("template_min_embeddings", template_min)) if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"bench: {first['loc'][0] if first['loc'] else 'recognition'}: "
+                         f"{first['msg']}") from None
     decider = TrackDecider(threshold=1.0, max_embeds_per_track=rec.embeds_per_track,
                            cooldown_s=rec.cooldown_s, decision=rec.decision,
-                           weight=rec.template_weight)
+                           weight=rec.template_weight,
+                           min_embeddings=rec.template_min_embeddings)
     recognizer = Recognizer(
         engine, IoUTracker(), gate, decider, device_id=DEVICE_ID,
         min_score=defaults.score_threshold, min_face_px=defaults.min_face_px, tiles=tiles,
     )
+    # Each track's best score per subject (numbers only, offline): the demo's passer-by.
+    track_best: dict[int, tuple[float, str]] = {}
+
+    def on_score(track: Any, match: Any) -> None:
+        prev = track_best.get(track.track_id)
+        if prev is None or match.score > prev[0]:
+            track_best[track.track_id] = (float(match.score), match.subject_id)
+
+    recognizer.on_score = on_score
     if watchlist is not None:
         recognizer.arm(watchlist, "BENCH")
     else:
@@ -215,13 +244,11 @@ def run_bench(
                     stage_s["read"].append(t1 - t0)
                     for name, secs in outcome.timings.items():
                         stage_s[name].append(secs)
-                    for alert in outcome.alerts:
-                        publisher.enqueue_alert(alert)
-                        alerts.append({"alert_id": alert.alert_id, "frame": frame.index,
-                                       "captured_at": alert.captured_at, "bbox": alert.bbox,
-                                       "subject_id": alert.subject_id, "score": alert.score})
+                    _collect(outcome, frame.index, publisher, alerts)
                     frames += 1
                     _progress(frames, total, started)
+                # The clip ends: tracks still live are decided as if they ended here.
+                _collect(recognizer.finish(frames / clip_fps), frames, publisher, alerts)
             finally:
                 source.close()
             elapsed = time.monotonic() - started
@@ -249,6 +276,7 @@ def run_bench(
         "tiles": f"{tiles[0]}x{tiles[1]}",
         "decision": rec.decision,
         "template_weight": rec.template_weight,
+        "template_min_embeddings": rec.template_min_embeddings,
         "models": engine.model_info,
         "precision": precision,
         "watchlist_size": len(watchlist) if watchlist is not None else 0,
@@ -257,17 +285,24 @@ def run_bench(
         "stage_ms": {name: percentiles(v) for name, v in stage_s.items()},
         "frame_ms": percentiles(frame_s),
         "alerts": len(alerts),
+        "alert_list": [{k: a[k] for k in ("frame", "raised", "subject_id", "score")}
+                       for a in alerts[:200]],
         "alerts_delivered": len(latencies),
         "all_delivered": delivered,
         "latency_ms": percentiles(latencies),
         "peak_rss_mb": peak_rss_mb(),
+        "tracks_best": [
+            {"track": tid, "best_score": round(sc, 4), "subject_id": sid,
+             "alerted": any(a["track"] == tid for a in alerts)}
+            for tid, (sc, sid) in sorted(track_best.items())[:200]],
     }
     if truth_obj is not None:
         from edge.evaluation.stream import StreamAlert, score_alerts
 
         scored = score_alerts(
             truth_obj,
-            [StreamAlert.from_xywh(a["frame"], a["bbox"], a["subject_id"]) for a in alerts],
+            [StreamAlert.from_xywh(a["frame"], a["bbox"], a["subject_id"], raised=a["raised"])
+             for a in alerts],
             frames=frames,
         )
         result["accuracy"] = scored.to_dict()

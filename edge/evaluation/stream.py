@@ -226,12 +226,16 @@ class StreamAlert:
     frame: int
     box: Box  # x1, y1, x2, y2
     subject_id: str
+    # The frame the alert was raised on, when later than ``frame`` (a track decided when
+    # it ended, on a face seen earlier); the time to alert counts to this one.
+    raised: int | None = None
 
     @classmethod
-    def from_xywh(cls, frame: int, bbox: Sequence[float], subject_id: str) -> StreamAlert:
+    def from_xywh(cls, frame: int, bbox: Sequence[float], subject_id: str,
+                  raised: int | None = None) -> StreamAlert:
         """From an alert's ``bbox`` (x, y, w, h), as in :class:`edge.types.AlertRecord`."""
         x, y, w, h = (float(v) for v in bbox)
-        return cls(frame, (x, y, x + w, y + h), subject_id)
+        return cls(frame, (x, y, x + w, y + h), subject_id, raised)
 
 
 def frame_of(captured_at: float, fps: float, start: float = 0.0) -> int:
@@ -375,7 +379,8 @@ def score_alerts(
             kind = None
             true_events.add((track.track, alert.subject_id))
             prev = found_at.get(track.track)
-            found_at[track.track] = alert.frame if prev is None else min(prev, alert.frame)
+            at = alert.frame if alert.raised is None else max(alert.frame, alert.raised)
+            found_at[track.track] = at if prev is None else min(prev, at)
         else:
             kind = "wrong_subject" if track.watchlisted else "not_watchlisted"
             false_events.add((track.track, alert.subject_id))

@@ -63,6 +63,7 @@ class TrackDecider:
         decision: Decision = "template",
         weight: Weight = "quality",
         metric: Metric = "euclidean",
+        min_embeddings: int = 1,
     ) -> None:
         if not math.isfinite(threshold):
             raise ValueError("threshold must be a finite similarity")
@@ -70,6 +71,9 @@ class TrackDecider:
             raise ValueError("max_embeds_per_track must be >= 1")
         if cooldown_s < 0 or min_quality_gain < 0 or min_hits < 1 or max_remembered < 1:
             raise ValueError("cooldown_s, min_quality_gain >= 0; min_hits, max_remembered >= 1")
+        if not 1 <= min_embeddings <= max_embeds_per_track:
+            raise ValueError("min_embeddings must be between 1 and max_embeds_per_track")
+        self.min_embeddings = min_embeddings
         self.threshold = threshold
         self.max_embeds_per_track = max_embeds_per_track
         self.cooldown_s = cooldown_s
@@ -116,6 +120,11 @@ class TrackDecider:
             track.frame_embeddings.pop(worst).fill(0.0)
             track.frame_weights.pop(worst)
         return fuse(np.stack(track.frame_embeddings), self.metric, track.frame_weights)
+
+    def ready(self, track: Track) -> bool:
+        """True when ``track`` is decided on its latest match now; False while its template
+        holds fewer than ``min_embeddings`` embeddings (then it is decided when it ends)."""
+        return self.decision == "embedding" or track.embeds >= self.min_embeddings
 
     @staticmethod
     def forget(track: Track) -> None:

@@ -426,6 +426,14 @@ class RecognitionSettings(Section):
         description="Weight of a frame in its track's template: its quality score, or its "
         "face width.",
     )
+    template_min_embeddings: int = Field(
+        default=1,
+        ge=1,
+        le=20,
+        description="Decide a track once its template holds this many embeddings, or when "
+        "it ends with fewer (1: its first embedding may alert at once); at most "
+        "embeds_per_track.",
+    )
     cooldown_s: float = Field(
         default=60.0,
         ge=0.0,
@@ -438,6 +446,14 @@ class RecognitionSettings(Section):
         "may set (safeguard 9). dlib150: 0.5 (distance 0.5); dlib's 1:1 setting 0.4 "
         "falsely matched 86 % of strangers against an 860-subject LFW gallery.",
     )
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> RecognitionSettings:
+        if self.template_min_embeddings > self.embeds_per_track:
+            _raise_if([("template_min_embeddings",
+                        f"{self.template_min_embeddings} is more than embeds_per_track "
+                        f"{self.embeds_per_track}")])
+        return self
 
     @field_validator("threshold_floor")
     @classmethod
