@@ -55,6 +55,10 @@ without the manager's state are beside it (:mod:`~edge.watchlist.adjudication`,
 
 from __future__ import annotations
 
+from edge.errors import BundleRefused
+from edge.recognition.match import Watchlist
+from edge.watchlist.adjudication import Adjudication, AdjudicationRefused
+from edge.watchlist.bundle import BundleHeader
 from edge.watchlist.deployment_commands import (
     COMMANDS_DIR,
     MAX_COMMAND_FILE,
@@ -79,8 +83,11 @@ from edge.watchlist.deployment_status import (
     Refusal,
     iso,
 )
+from edge.watchlist.signed_commands import CommandRefused
 from edge.watchlist.statefile import shred_file, write_atomic
 
+# What callers import from here: the manager, its constants and types, and what its
+# methods raise and return.
 __all__ = [
     "COMMANDS_DIR",
     "DECISIONS",
@@ -88,9 +95,15 @@ __all__ = [
     "MAX_BUNDLE_READ",
     "MAX_COMMAND_FILE",
     "STATE_FILE",
+    "Adjudication",
+    "AdjudicationRefused",
+    "BundleHeader",
+    "BundleRefused",
+    "CommandRefused",
     "Counters",
     "DeploymentManager",
     "DeploymentStatus",
+    "Watchlist",
     "log",
     "shred_file",
     "write_atomic",
