@@ -52,13 +52,17 @@ Health: :attr:`Publisher.last_checkin` (``time.monotonic()``) is updated by the 
 loop each turn (at least every ``drain_interval_s``) once it has checked paho's thread
 (and rebuilt the client if needed), for the watchdog.
 
-Why one module of ~700 lines: the connection generation, the in-flight maps (outbox and
-held), the cursor and the status/will state are shared by the drain loop and paho's
-callbacks on two threads under one lock; their invariants (what a PUBACK settles, what a
-new connection republishes, when a rebuild may drop in-flight state) are only readable
-in one place. What does not touch that state lives beside it: the client and topics
+Split along its seams, with the invariants kept in one place: the shared state
+(the connection generation, the in-flight maps of outbox and held messages, the cursor,
+the status and will) and the steps that settle it are
+:class:`~edge.delivery.publish_state.PublisherState`; the client's build, watch, rebuild
+and paho's callbacks :class:`~edge.delivery.publish_client.ClientLifecycle`; the outbox
+drain :class:`~edge.delivery.publish_drain.OutboxDrain`. This module is the public face:
+the constructor's contract, enqueueing, status and stats, start and stop, and the drain
+loop's turn. What touches none of that state lives beside them: the client and topics
 (:mod:`~edge.delivery.link`), the inbound gate (:mod:`~edge.delivery.inbound`) and the
-RAM queue (:mod:`~edge.delivery.held`).
+RAM queue (:mod:`~edge.delivery.held`). Every name this module exported is still
+importable from it.
 """
 
 from __future__ import annotations
@@ -67,23 +71,15 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.delivery.alert import DEVICE_ID_RE, encode_alert, rfc3339
-from edge.delivery.alert_sign import outgoing
-from edge.delivery.held import HeldQueue
-from edge.delivery.inbound import Inbound, InboundGate
+from edge.delivery.alert import encode_alert, rfc3339
+from edge.delivery.inbound import Inbound
 from edge.delivery.link import (
     IN_KINDS,
-    MAX_PACKET_BYTES,
     OUT_KINDS,
     BrokerSettings,
     json_bytes,
@@ -91,116 +87,30 @@ from edge.delivery.link import (
     tls_context,
     topic,
 )
-from edge.delivery.outbox import Outbox, OutboxError, OutboxTampered
-from edge.errors import BrokerError
+from edge.delivery.outbox import OutboxError
+from edge.delivery.publish_client import STALL_KEEPALIVES, WILL_WAIT_S, ClientLifecycle
+from edge.delivery.publish_drain import OutboxDrain
+from edge.delivery.publish_state import LOGGER, InboxCallback, RefusedCallback
 from edge.types import AlertRecord
 
 __all__ = [
-    "IN_KINDS", "OUT_KINDS", "BrokerSettings", "Inbound", "Publisher", "new_client",
-    "tls_context", "topic",
+    "IN_KINDS", "OUT_KINDS", "STALL_KEEPALIVES", "WILL_WAIT_S", "BrokerSettings", "Inbound",
+    "InboxCallback", "Publisher", "RefusedCallback", "new_client", "tls_context", "topic",
 ]  # fmt: skip
 
-log = logging.getLogger(__name__)
-
-InboxCallback = Callable[[Inbound], bool]
-"""Takes a message let through by the gate; False if the (bounded) inbox is full."""
-RefusedCallback = Callable[[str, str, int], None]
-"""Told ``(kind, reason, size)`` for each inbound message refused by the gate."""
-STALL_KEEPALIVES = 2.5
-WILL_WAIT_S = 5.0
+log = logging.getLogger(LOGGER)
 
 
-class Publisher:
+class Publisher(ClientLifecycle, OutboxDrain):
     """Publishes the outbox to the broker and hands incoming replies to the inbox.
 
     ``start()`` connects in the background and returns at once; ``stop()``
-    flushes (bounded), publishes the offline status and disconnects.
+    flushes (bounded), publishes the offline status and disconnects. The constructor is
+    :class:`~edge.delivery.publish_state.PublisherState`'s (device id, broker, outbox;
+    inbox and refusal callbacks, limits, stats, held queue, signing key).
     """
 
-    def __init__(
-        self,
-        device_id: str,
-        broker: BrokerSettings,
-        outbox: Outbox,
-        *,
-        inbox: InboxCallback | None = None,
-        on_refused: RefusedCallback | None = None,
-        client_id: str | None = None,
-        inflight_max: int = 20,
-        reconnect_min_s: int = 1,
-        reconnect_max_s: int = 30,
-        drain_interval_s: float = 0.5,
-        session_expiry_s: int = 7 * 24 * 3600,
-        stats_provider: Callable[[], Mapping[str, Any]] | None = None,
-        stats_interval_s: float = 30.0,
-        topic_prefix: str = "lfr",
-        held: HeldQueue | None = None,
-        signing_key: Ed25519PrivateKey | None = None,
-    ) -> None:
-        if not DEVICE_ID_RE.match(device_id):
-            raise BrokerError(f"device id {device_id!r} is not a valid MQTT topic level")
-        self.device_id = device_id
-        self.topic_prefix = topic_prefix
-        topic(device_id, "status", topic_prefix)  # ValueError now, not in a callback
-        self.broker = broker
-        self.outbox = outbox
-        self.held = held if held is not None else HeldQueue()  # (an empty queue is falsy)
-        self.signing_key = signing_key  # signs each alert as it is published (alert_sign)
-        self.gate = InboundGate(inbox or (lambda _m: True), on_refused=on_refused)
-        self.inflight_max = max(1, inflight_max)
-        self.drain_interval_s = drain_interval_s
-        self.stats_provider = stats_provider
-        self.stats_interval_s = stats_interval_s
-        self.last_checkin = time.monotonic()
-        self.acked = 0  # messages delivered (PUBACK success), this process
-        self.connect_count = 0  # successful CONNACKs, this process
-        self.rebuilds = 0  # clients rebuilt after a dead/stalled thread or a will change
-        self.persist_error: str | None = None  # the outbox refused a write, not cleared yet
-
-        self._lock = threading.Lock()
-        self._inflight: dict[int, str] = {}  # paho mid -> outbox msg_id, awaiting PUBACK
-        self._held_inflight: dict[int, str] = {}  # paho mid -> held msg_id
-        self._early: dict[int, ReasonCode] = {}  # on_publish that beat publish()'s return
-        self._other_mids: set[int] = set()  # status/stats publishes (not in the outbox)
-        self._rejected: set[str] = set()  # refused by the broker on this connection
-        self._cursor = 0  # highest outbox seq handed to paho on this connection
-        self._gen = 0  # connection generation
-        self._connected = False
-        self._last_error: str | None = None
-        self._status: dict[str, Any] = {"armed": False, "reason": "starting"}
-        self._will_armed = False  # the armed value in the current connection's will
-        self._will_stale_since: float | None = None
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._next_stats = 0.0
-        self._status_due = False
-        self._client_id = client_id or device_id
-        self._reconnect = (max(1, reconnect_min_s), max(1, reconnect_max_s))
-        self._connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        self._connect_props.SessionExpiryInterval = session_expiry_s
-        self._connect_props.MaximumPacketSize = MAX_PACKET_BYTES
-        self._client = self._make_client()
-
-    def _make_client(self) -> mqtt.Client:
-        client = new_client(self._client_id, self.broker)
-        client.max_inflight_messages_set(self.inflight_max)
-        client.max_queued_messages_set(0)
-        client.reconnect_delay_set(*self._reconnect)
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
-        client.on_pre_connect = self._on_pre_connect
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        self._set_will(client)
-        return client
-
     # -- public -----------------------------------------------------------------------------
-
-    def topic(self, kind: str) -> str:
-        return topic(self.device_id, kind, self.topic_prefix)
 
     @property
     def connected(self) -> bool:
@@ -237,16 +147,6 @@ class Publisher:
             target=self._run, name=f"publisher-{self.device_id}", daemon=True
         )
         self._thread.start()
-
-    def _connect(self, client: mqtt.Client) -> None:
-        client.connect_async(
-            self.broker.host,
-            self.broker.port,
-            keepalive=self.broker.keepalive,
-            clean_start=False,
-            properties=self._connect_props,
-        )
-        client.loop_start()
 
     def wait_connected(self, timeout: float) -> bool:
         """Wait (bounded) for a successful CONNACK; returns :attr:`connected`."""
@@ -359,180 +259,6 @@ class Publisher:
             self._wake.wait(self.drain_interval_s)
             self._wake.clear()
 
-    def _watch_client(self) -> bool:
-        """Rebuild the client if paho's thread died or stalled, or the will is stale.
-
-        Returns True to hold publishing this turn: a stale will waits (up to
-        :data:`WILL_WAIT_S`) for the messages in flight to be acknowledged, so the
-        reconnect repeats none of them.
-        """
-        client = self._client
-        thread = client._thread
-        if thread is None or not thread.is_alive():
-            self._rebuild("the MQTT network thread is not running", graceful=False)
-            return False
-        now = time.monotonic()
-        with self._lock:
-            connected = self._connected
-            will_stale = connected and bool(self._status.get("armed")) != self._will_armed
-            inflight = len(self._inflight) + len(self._held_inflight)
-        if connected:
-            last_read = float(getattr(client, "_last_bytes_received", now))
-            limit = STALL_KEEPALIVES * max(1, self.broker.keepalive)
-            if now - last_read > limit:
-                self._rebuild(f"the MQTT network thread read nothing for {limit:g} s",
-                              graceful=False)  # fmt: skip
-                return False
-        if not will_stale:
-            self._will_stale_since = None
-            return False
-        if self._will_stale_since is None:
-            self._will_stale_since = now
-        if inflight and now - self._will_stale_since < WILL_WAIT_S:
-            return True
-        self._will_stale_since = None
-        self._rebuild("armed state changed: reconnecting with a new last will", graceful=True)
-        return False
-
-    def _rebuild(self, why: str, graceful: bool) -> None:
-        old = self._client
-        log.warning("MQTT client rebuilt: %s", why)
-        with self._lock:
-            self._connected = False
-            self._gen += 1
-            self._inflight.clear()
-            self._held_inflight.clear()
-            self._early.clear()
-            self._other_mids.clear()
-            self._status_due = True
-        self._client = self._make_client()
-        self.rebuilds += 1
-        if not graceful:
-            self._error(why)
-        # The old thread may be stuck in a callback: never wait for it.
-        old._thread_terminate = True
-        if graceful:
-            with contextlib.suppress(Exception):
-                old.disconnect()  # a clean DISCONNECT: the broker drops the old will
-            if old._thread is not None:
-                old._thread.join(timeout=2.0)
-        with contextlib.suppress(Exception):
-            sock = old.socket()
-            if sock is not None:
-                sock.close()
-        self._connect(self._client)
-
-    def _drain_held(self) -> None:
-        """Move held messages into the outbox when it takes them; else publish directly."""
-        items = self.held.items()
-        if not items:
-            if self.persist_error is not None and self._outbox_writable():
-                self.persist_error = None
-            return
-        with self._lock:
-            busy = set(self._held_inflight.values())
-        for item in items:
-            if item.msg_id in busy:
-                continue
-            try:
-                self.outbox.put(item.msg_id, item.topic, item.payload, item.retain,
-                                reserved=item.topic == self.topic("audit"))  # fmt: skip
-            except OutboxError as exc:
-                self.persist_error = str(exc)
-                break
-            self.held.remove(item.msg_id)
-            log.info("held message %s stored in the outbox", item.msg_id)
-        else:
-            self.persist_error = None
-        with self._lock:
-            if not self._connected:
-                return
-            gen = self._gen
-            room = self.inflight_max - len(self._inflight) - len(self._held_inflight)
-            busy = set(self._held_inflight.values())
-        for item in self.held.items():
-            if room <= 0 or item.msg_id in busy:
-                continue
-            if item.first_published is None:
-                item.first_published = time.time()
-            payload = self._outgoing(item.topic, item.payload, item.first_published)
-            info = self._client.publish(item.topic, payload, qos=1, retain=item.retain)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                break
-            with self._lock:
-                if self._gen != gen:
-                    return
-                early = self._early.pop(info.mid, None)
-                if early is None:
-                    self._held_inflight[info.mid] = item.msg_id
-            if early is not None:
-                self._settle_held(item.msg_id, early)
-            room -= 1
-
-    def _outgoing(self, topic_: str, payload: bytes, first: float) -> bytes:
-        return outgoing(payload, first, self.signing_key if topic_ == self.topic("alerts")
-                        else None)  # fmt: skip
-
-    def _outbox_writable(self) -> bool:
-        probe = f"probe-{time.monotonic_ns()}"
-        try:
-            self.outbox.put(probe, self.topic("stats"), b"", False)
-            self.outbox.ack(probe)
-        except OutboxError:
-            return False
-        return True
-
-    def _drain_once(self) -> None:
-        with self._lock:
-            if not self._connected:
-                return
-            gen = self._gen
-            cursor = self._cursor
-            room = self.inflight_max - len(self._inflight) - len(self._held_inflight)
-            busy = set(self._inflight.values()) | self._rejected
-        if room <= 0:
-            return
-        try:
-            items = self.outbox.pending(limit=room + len(busy), after_seq=cursor)
-        except OutboxTampered as exc:
-            self.outbox.mark_bad(exc.msg_id)
-            self._error(str(exc))
-            log.error("%s; taken out of the queue", exc)
-            self._wake.set()
-            return
-        for item in items:
-            if room <= 0 or self._stopping.is_set():
-                break
-            if item.msg_id in busy:
-                cursor = max(cursor, item.seq)
-                continue
-            try:
-                first = self.outbox.mark_sent(item.msg_id, time.time())
-            except OutboxError as exc:  # a full disk: publish anyway, stamp not stored
-                self.persist_error = str(exc)
-                first = item.published_at or time.time()
-            if first is None:  # acked or purged meanwhile
-                cursor = max(cursor, item.seq)
-                continue
-            payload = self._outgoing(item.topic, item.payload, first)
-            info = self._client.publish(item.topic, payload, qos=1, retain=item.retain)
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                self._error(f"paho refused to queue {item.msg_id}: {mqtt.error_string(info.rc)}")
-                break
-            with self._lock:
-                if self._gen != gen:
-                    return
-                early = self._early.pop(info.mid, None)
-                if early is None:
-                    self._inflight[info.mid] = item.msg_id
-            if early is not None:
-                self._settle(item.msg_id, early)
-            cursor = max(cursor, item.seq)
-            room -= 1
-        with self._lock:
-            if self._gen == gen:
-                self._cursor = max(self._cursor, cursor)
-
     def _maybe_status(self) -> None:
         with self._lock:
             due = self._status_due and self._connected
@@ -548,181 +274,3 @@ class Publisher:
             return
         self._next_stats = now + self.stats_interval_s
         self.publish_stats(self.stats_provider())
-
-    def _publish_other(
-        self, topic_: str, payload: bytes, qos: int, retain: bool
-    ) -> mqtt.MQTTMessageInfo:
-        info = self._client.publish(topic_, payload, qos=qos, retain=retain)
-        with self._lock:
-            if self._early.pop(info.mid, None) is None:
-                self._other_mids.add(info.mid)
-        return info
-
-    def _status_payload(self, state: str, will: bool = False) -> bytes:
-        with self._lock:
-            status = dict(self._status)
-        body: dict[str, Any] = {**status, "state": state, "device_id": self.device_id}
-        if will:
-            body["reason"] = "connection lost"  # sent by the broker, at an unknown time
-        else:
-            body["at"] = rfc3339(time.time())
-        return json_bytes(body)
-
-    def _send_status(self, state: str) -> bool:
-        info = self._publish_other(
-            self.topic("status"), self._status_payload(state), qos=1, retain=True
-        )
-        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def _set_will(self, client: mqtt.Client) -> None:
-        with self._lock:
-            armed = bool(self._status.get("armed"))
-        client.will_set(
-            self.topic("status"), self._status_payload("offline", will=True), qos=1, retain=True
-        )
-        self._will_armed = armed
-
-    def _error(self, message: str) -> None:
-        with self._lock:
-            self._last_error = message
-
-    def _settle(self, msg_id: str, rc: ReasonCode) -> None:
-        if rc.is_failure:
-            with self._lock:
-                self._rejected.add(msg_id)
-                self._last_error = f"broker refused message {msg_id}: {rc}"
-            log.error("broker refused message %s on PUBACK: %s (kept in the outbox)", msg_id, rc)
-            return
-        try:
-            self.outbox.ack(msg_id)
-            self.acked += 1
-        except OutboxError as exc:
-            self._error(f"outbox ack failed: {exc}")
-            log.error("outbox ack of %s failed: %s", msg_id, exc)
-        self._wake.set()
-
-    def _settle_held(self, msg_id: str, rc: ReasonCode) -> None:
-        if rc.is_failure:
-            self._error(f"broker refused message {msg_id}: {rc}")
-            return
-        if self.held.remove(msg_id):
-            self.acked += 1
-            log.info("held message %s delivered", msg_id)
-        self._wake.set()
-
-    # -- paho callbacks (network thread): never raise ----------------------------------------
-
-    def _on_pre_connect(self, client: mqtt.Client, _userdata: Any) -> None:
-        try:
-            self._set_will(client)  # the will carries the latest armed state
-        except Exception:
-            log.exception("on_pre_connect failed")
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        _userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        _properties: Properties | None,
-    ) -> None:
-        if client is not self._client:
-            return
-        try:
-            self._on_connect_inner(client, flags, reason_code)
-        except Exception as exc:
-            log.exception("on_connect failed")
-            self._error(f"on_connect failed: {exc}")
-
-    def _on_connect_inner(
-        self, client: mqtt.Client, flags: mqtt.ConnectFlags, reason_code: ReasonCode
-    ) -> None:
-        if reason_code.is_failure:
-            with self._lock:
-                self._connected = False
-                self._last_error = f"broker refused the connection: {reason_code}"
-            log.warning("broker refused the connection: %s", reason_code)
-            return
-        with self._lock:
-            self._connected = True
-            self._last_error = None
-            self.connect_count += 1
-            self._gen += 1
-            self._cursor = 0
-            self._rejected.clear()
-            self._status_due = True  # sent by the drain loop, after paho's resends
-        log.info(
-            "connected to %s:%s (session present: %s)",
-            self.broker.host, self.broker.port, flags.session_present,
-        )  # fmt: skip
-        client.subscribe([(self.topic(kind), 1) for kind in IN_KINDS])
-        self._wake.set()
-
-    def _on_connect_fail(self, client: mqtt.Client, _userdata: Any) -> None:
-        if client is self._client:
-            self._error(f"cannot connect to the broker at {self.broker.host}:{self.broker.port}")
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        _userdata: Any,
-        _flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        _properties: Properties | None,
-    ) -> None:
-        if client is not self._client:
-            return
-        with self._lock:
-            was = self._connected
-            self._connected = False
-            # Keep a CONNACK refusal's reason: the disconnect that follows says less.
-            if was and not self._stopping.is_set():
-                self._last_error = f"disconnected from the broker: {reason_code}"
-            elif self._last_error is None and not self._stopping.is_set():
-                self._last_error = f"connection closed by the broker: {reason_code}"
-        if was and not self._stopping.is_set():
-            log.warning("disconnected from the broker: %s (will reconnect)", reason_code)
-
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        _userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        _properties: Properties,
-    ) -> None:
-        # Called with paho's message lock held: only touch our own state here.
-        if client is not self._client:
-            return
-        try:
-            self._on_publish_inner(mid, reason_code)
-        except Exception:
-            log.exception("on_publish failed")
-
-    def _on_publish_inner(self, mid: int, reason_code: ReasonCode) -> None:
-        with self._lock:
-            msg_id = self._inflight.pop(mid, None)
-            held_id = self._held_inflight.pop(mid, None) if msg_id is None else None
-            if msg_id is None and held_id is None:
-                if mid in self._other_mids:
-                    self._other_mids.discard(mid)
-                else:
-                    self._early[mid] = reason_code
-                return
-        if msg_id is not None:
-            self._settle(msg_id, reason_code)
-        elif held_id is not None:
-            self._settle_held(held_id, reason_code)
-
-    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        """Hand a control-room message to the gate; catches everything (the message is
-        PUBACKed by paho when this returns, whatever it held)."""
-        try:
-            kind = next((k for k in IN_KINDS if msg.topic == self.topic(k)), None)
-            payload = bytes(msg.payload)
-            if kind is None:
-                log.warning("ignoring a message on an unexpected topic (%d bytes)", len(payload))
-                return
-            self.gate.offer(kind, payload, bool(msg.retain))  # refusals counted, logged there
-        except Exception:
-            log.exception("on_message failed (message dropped)")

@@ -1,0 +1,251 @@
+"""The publisher's MQTT client: built, connected, watched, rebuilt, and its callbacks.
+
+Split from :mod:`edge.delivery.publish`. Owns the client's lifecycle: a client is built
+(:meth:`ClientLifecycle._make_client`: in-flight limit, no paho queue, reconnect backoff,
+the last will) and connected in the background; each drain turn
+(:meth:`ClientLifecycle._watch_client`) checks that paho's thread is alive and, while
+connected, has read from the socket within :data:`STALL_KEEPALIVES` keepalives, and that
+the will still says the armed state the device has; a dead or stalled thread or a stale
+will rebuilds the client (:meth:`ClientLifecycle._rebuild`, the one step that drops
+in-flight state). And paho's callbacks, on the network thread, which never raise: the
+connection's (CONNACK, connect failure, disconnect), the PUBACK's (what it settles,
+:mod:`~edge.delivery.publish_state`) and the inbound messages' routing from topic to
+kind into the :class:`~edge.delivery.inbound.InboundGate`. Callbacks from an abandoned
+client are ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge.delivery.link import IN_KINDS, new_client
+from edge.delivery.publish_state import LOGGER, PublisherState
+
+log = logging.getLogger(LOGGER)
+
+STALL_KEEPALIVES = 2.5
+WILL_WAIT_S = 5.0
+
+
+class ClientLifecycle(PublisherState):
+    """The client's build, connect, watch and rebuild, and paho's callbacks."""
+
+    def _make_client(self) -> mqtt.Client:
+        client = new_client(self._client_id, self.broker)
+        client.max_inflight_messages_set(self.inflight_max)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(*self._reconnect)
+        client.enable_logger(logging.getLogger(f"{LOGGER}.paho"))
+        client.on_pre_connect = self._on_pre_connect
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        self._set_will(client)
+        return client
+
+    def _connect(self, client: mqtt.Client) -> None:
+        client.connect_async(
+            self.broker.host,
+            self.broker.port,
+            keepalive=self.broker.keepalive,
+            clean_start=False,
+            properties=self._connect_props,
+        )
+        client.loop_start()
+
+    def _watch_client(self) -> bool:
+        """Rebuild the client if paho's thread died or stalled, or the will is stale.
+
+        Returns True to hold publishing this turn: a stale will waits (up to
+        :data:`WILL_WAIT_S`) for the messages in flight to be acknowledged, so the
+        reconnect repeats none of them.
+        """
+        client = self._client
+        thread = client._thread
+        if thread is None or not thread.is_alive():
+            self._rebuild("the MQTT network thread is not running", graceful=False)
+            return False
+        now = time.monotonic()
+        with self._lock:
+            connected = self._connected
+            will_stale = connected and bool(self._status.get("armed")) != self._will_armed
+            inflight = len(self._inflight) + len(self._held_inflight)
+        if connected:
+            last_read = float(getattr(client, "_last_bytes_received", now))
+            limit = STALL_KEEPALIVES * max(1, self.broker.keepalive)
+            if now - last_read > limit:
+                self._rebuild(f"the MQTT network thread read nothing for {limit:g} s",
+                              graceful=False)  # fmt: skip
+                return False
+        if not will_stale:
+            self._will_stale_since = None
+            return False
+        if self._will_stale_since is None:
+            self._will_stale_since = now
+        if inflight and now - self._will_stale_since < WILL_WAIT_S:
+            return True
+        self._will_stale_since = None
+        self._rebuild("armed state changed: reconnecting with a new last will", graceful=True)
+        return False
+
+    def _rebuild(self, why: str, graceful: bool) -> None:
+        old = self._client
+        log.warning("MQTT client rebuilt: %s", why)
+        with self._lock:
+            self._connected = False
+            self._gen += 1
+            self._inflight.clear()
+            self._held_inflight.clear()
+            self._early.clear()
+            self._other_mids.clear()
+            self._status_due = True
+        self._client = self._make_client()
+        self.rebuilds += 1
+        if not graceful:
+            self._error(why)
+        # The old thread may be stuck in a callback: never wait for it.
+        old._thread_terminate = True
+        if graceful:
+            with contextlib.suppress(Exception):
+                old.disconnect()  # a clean DISCONNECT: the broker drops the old will
+            if old._thread is not None:
+                old._thread.join(timeout=2.0)
+        with contextlib.suppress(Exception):
+            sock = old.socket()
+            if sock is not None:
+                sock.close()
+        self._connect(self._client)
+
+    def _set_will(self, client: mqtt.Client) -> None:
+        with self._lock:
+            armed = bool(self._status.get("armed"))
+        client.will_set(
+            self.topic("status"), self._status_payload("offline", will=True), qos=1, retain=True
+        )
+        self._will_armed = armed
+
+    # -- paho callbacks (network thread): never raise ----------------------------------------
+
+    def _on_pre_connect(self, client: mqtt.Client, _userdata: Any) -> None:
+        try:
+            self._set_will(client)  # the will carries the latest armed state
+        except Exception:
+            log.exception("on_pre_connect failed")
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        if client is not self._client:
+            return
+        try:
+            self._on_connect_inner(client, flags, reason_code)
+        except Exception as exc:
+            log.exception("on_connect failed")
+            self._error(f"on_connect failed: {exc}")
+
+    def _on_connect_inner(
+        self, client: mqtt.Client, flags: mqtt.ConnectFlags, reason_code: ReasonCode
+    ) -> None:
+        if reason_code.is_failure:
+            with self._lock:
+                self._connected = False
+                self._last_error = f"broker refused the connection: {reason_code}"
+            log.warning("broker refused the connection: %s", reason_code)
+            return
+        with self._lock:
+            self._connected = True
+            self._last_error = None
+            self.connect_count += 1
+            self._gen += 1
+            self._cursor = 0
+            self._rejected.clear()
+            self._status_due = True  # sent by the drain loop, after paho's resends
+        log.info(
+            "connected to %s:%s (session present: %s)",
+            self.broker.host, self.broker.port, flags.session_present,
+        )  # fmt: skip
+        client.subscribe([(self.topic(kind), 1) for kind in IN_KINDS])
+        self._wake.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, _userdata: Any) -> None:
+        if client is self._client:
+            self._error(f"cannot connect to the broker at {self.broker.host}:{self.broker.port}")
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        _userdata: Any,
+        _flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        if client is not self._client:
+            return
+        with self._lock:
+            was = self._connected
+            self._connected = False
+            # Keep a CONNACK refusal's reason: the disconnect that follows says less.
+            if was and not self._stopping.is_set():
+                self._last_error = f"disconnected from the broker: {reason_code}"
+            elif self._last_error is None and not self._stopping.is_set():
+                self._last_error = f"connection closed by the broker: {reason_code}"
+        if was and not self._stopping.is_set():
+            log.warning("disconnected from the broker: %s (will reconnect)", reason_code)
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        _userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        _properties: Properties,
+    ) -> None:
+        # Called with paho's message lock held: only touch our own state here.
+        if client is not self._client:
+            return
+        try:
+            self._on_publish_inner(mid, reason_code)
+        except Exception:
+            log.exception("on_publish failed")
+
+    def _on_publish_inner(self, mid: int, reason_code: ReasonCode) -> None:
+        with self._lock:
+            msg_id = self._inflight.pop(mid, None)
+            held_id = self._held_inflight.pop(mid, None) if msg_id is None else None
+            if msg_id is None and held_id is None:
+                if mid in self._other_mids:
+                    self._other_mids.discard(mid)
+                else:
+                    self._early[mid] = reason_code
+                return
+        if msg_id is not None:
+            self._settle(msg_id, reason_code)
+        elif held_id is not None:
+            self._settle_held(held_id, reason_code)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """Hand a control-room message to the gate; catches everything (the message is
+        PUBACKed by paho when this returns, whatever it held)."""
+        try:
+            kind = next((k for k in IN_KINDS if msg.topic == self.topic(k)), None)
+            payload = bytes(msg.payload)
+            if kind is None:
+                log.warning("ignoring a message on an unexpected topic (%d bytes)", len(payload))
+                return
+            self.gate.offer(kind, payload, bool(msg.retain))  # refusals counted, logged there
+        except Exception:
+            log.exception("on_message failed (message dropped)")
