@@ -199,3 +199,19 @@ def test_once_per_track_and_the_cooldown_with_k2(
     later.feed(one)
     later.blank()
     assert len(later.alerts) == 2 and later.decider.suppressed == 0
+
+
+def test_the_daemons_recognizer_takes_template_min_embeddings(engine: FaceEngine) -> None:
+    from edge.errors import ConfigError
+    from edge.service.config import load_settings
+    from edge.service.startup import make_recognizer
+
+    example = ROOT / "examples" / "edge.toml"
+    settings = load_settings(example, overrides={"recognition": {"template_min_embeddings": 2}})
+    assert make_recognizer(settings, engine).decider.min_embeddings == 2
+    assert make_recognizer(load_settings(example), engine).decider.min_embeddings == \
+        load_settings(example).recognition.template_min_embeddings
+    with pytest.raises(ConfigError) as info:
+        load_settings(example, overrides={"recognition": {"template_min_embeddings": 9}})
+    (line,) = info.value.problems
+    assert "template_min_embeddings" in line and "embeds_per_track" in line

@@ -112,6 +112,7 @@ def make_recognizer(settings: Settings, engine: FaceEngine) -> Recognizer:
             cooldown_s=settings.recognition.cooldown_s,
             decision=settings.recognition.decision,
             weight=settings.recognition.template_weight,
+            min_embeddings=settings.recognition.template_min_embeddings,
         ),
         device_id=settings.device.id,
         min_score=settings.detector.score_threshold,
