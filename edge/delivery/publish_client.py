@@ -10,8 +10,8 @@ will rebuilds the client (:meth:`ClientLifecycle._rebuild`, the one step that dr
 in-flight state). And paho's callbacks, on the network thread, which never raise: the
 connection's (CONNACK, connect failure, disconnect), the PUBACK's (what it settles,
 :mod:`~edge.delivery.publish_state`) and the inbound messages' routing from topic to
-kind into the :class:`~edge.delivery.inbound.InboundGate`. Callbacks from an abandoned
-client are ignored.
+kind into the :class:`~edge.delivery.inbound.InboundGate`. The connection's and the
+PUBACK's callbacks from an abandoned client are ignored.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ one place:
 
 A rebuild (:meth:`~edge.delivery.publish_client.ClientLifecycle._rebuild`) is the only
 step that drops in-flight state, because the abandoned client's mids mean nothing to the
-new one. Every method here is safe from either thread.
+new one. The methods here are called from either thread.
 """
 
 from __future__ import annotations
