@@ -1,0 +1,55 @@
+"""The daemon with ``[recognition] template_min_embeddings = 2``: the actor still alerts, and
+no crop or embedding of the passer-by leaves the process (safeguards 5 and 11), the privacy
+test of ``test_daemon.py`` with decisions held back until a track's template holds two
+embeddings or the track ends (its candidate crop kept in RAM meanwhile)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from tests.test_daemon import (  # noqa: F401 (fixtures)
+    CLIP,
+    DaemonProc,
+    alert_payloads,
+    device,
+    keys,
+    nonmatch_needles,
+)
+
+K2 = "\n[recognition]\ntemplate_min_embeddings = 2\n"
+
+
+def test_with_k2_the_actor_alerts_and_nonmatch_faces_leave_nothing(
+    device: Callable[..., DaemonProc], broker: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    recorder = broker.recorder()
+    daemon = device(CLIP, loop=False, extra=K2).start()
+    assert daemon.wait(240) == 0, daemon.text()[-3000:]
+    assert recorder.wait_for(lambda ms: any(m.topic.endswith("/alerts") for m in ms), 10)
+
+    alerts = alert_payloads(recorder)
+    width = cv2.VideoCapture(str(CLIP)).get(cv2.CAP_PROP_FRAME_WIDTH)
+    assert alerts
+    for alert in alerts:
+        assert alert["subject_id"] == "DEMO-0001" and alert["score"] >= alert["threshold"]
+        box = alert["bbox"]
+        assert box["x"] + box["w"] / 2 > width / 2, "an alert on the passer-by (left half)"
+    assert {a["alert_id"] for a in alerts} == set(daemon.alert_ids())
+
+    carried = [m.payload for m in recorder.messages if not m.topic.endswith("/alerts")]
+    carried += [json.dumps({k: v for k, v in a.items() if k != "face_jpeg_b64"}).encode()
+                for a in alerts]
+    state_files = [p.read_bytes() for p in (tmp_path / "state").rglob("*") if p.is_file()]
+    blobs = {"log": daemon.text().encode(), **{f"message {i}": b for i, b in enumerate(carried)},
+             **{f"state file {i}": b for i, b in enumerate(state_files)}}
+    for name, blob in blobs.items():
+        assert b"\xff\xd8\xff" not in blob, f"a JPEG in {name}"
+        assert b"/9j/" not in blob, f"a base64 JPEG in {name}"
+    for needle in nonmatch_needles():
+        for name, blob in blobs.items():
+            assert needle not in blob, f"a non-match embedding in {name}"
