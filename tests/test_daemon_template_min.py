@@ -53,3 +53,21 @@ def test_with_k2_the_actor_alerts_and_nonmatch_faces_leave_nothing(
     for needle in nonmatch_needles():
         for name, blob in blobs.items():
             assert needle not in blob, f"a non-match embedding in {name}"
+
+
+def test_a_stop_decides_the_tracks_still_waiting_for_their_template(
+    device: Callable[..., DaemonProc], broker: Any  # noqa: F811
+) -> None:
+    """The bundled clip alone (no empty stretch, so the actor's track is still live when the
+    file ends) with a template that needs more embeddings than the clip gives: only the stop
+    can decide it, and it must alert rather than drop the candidate."""
+    recorder = broker.recorder()
+    clip = Path(__file__).resolve().parents[1] / "demo" / "clip.gif"
+    k = "\n[recognition]\nembeds_per_track = 20\ntemplate_min_embeddings = 20\n"
+    daemon = device(clip, loop=False, extra=k).start()
+    assert daemon.wait(240) == 0, daemon.text()[-3000:]
+    assert recorder.wait_for(lambda ms: any(m.topic.endswith("/alerts") for m in ms), 10), (
+        daemon.text()[-3000:])
+    alerts = alert_payloads(recorder)
+    assert alerts and all(a["subject_id"] == "DEMO-0001" for a in alerts)
+    assert {a["alert_id"] for a in alerts} == set(daemon.alert_ids())

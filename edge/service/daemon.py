@@ -334,6 +334,14 @@ class Daemon:
         self.notifier.stopping()
         self.capture.stop()
         self.pinger.stop()
+        if self.recognizer.armed:
+            # A track still waiting for [recognition] template_min_embeddings is decided
+            # now, as when it ends: a stop never loses an alert it had earned.
+            try:
+                outcome = self.recognizer.finish(time.time())
+                self._queue_alerts(outcome.alerts, outcome.alert_errors)
+            except Exception:
+                log.exception("the live tracks could not be decided at the stop")
         self.recognizer.disarm()
         self.audit.append("daemon_stop", reason=reason)
         flushed = self.publisher.stop(flush_timeout=5.0)
