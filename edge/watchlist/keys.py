@@ -159,46 +159,40 @@ def _prepare_out(out_dir: Path) -> None:
         raise UsageError(f"{out_dir} is not a directory")
 
 
-def init_signing_key(out_dir: Path, force: bool = False) -> KeyPairFiles:
-    """Create the control room's Ed25519 signing key pair in ``out_dir``."""
+def _new_pair(
+    out_dir: Path, priv_name: str, pub_name: str,
+    key: Ed25519PrivateKey | X25519PrivateKey, force: bool,
+) -> KeyPairFiles:
+    """Write ``key`` and its public half as ``priv_name``/``pub_name`` in ``out_dir``;
+    without ``force`` an existing file of either name is a usage error."""
     _prepare_out(out_dir)
-    priv_path, pub_path = out_dir / SIGNING_KEY_NAME, out_dir / SIGNING_PUB_NAME
+    priv_path, pub_path = out_dir / priv_name, out_dir / pub_name
     if not force:
         for p in (priv_path, pub_path):
             if p.exists():
                 raise UsageError(f"{p} exists; use --force to overwrite it")
-    key = Ed25519PrivateKey.generate()
     _write_private_and_public(key, priv_path, pub_path, force)
     return KeyPairFiles(priv_path, pub_path, key_id(key.public_key()).hex())
+
+
+def init_signing_key(out_dir: Path, force: bool = False) -> KeyPairFiles:
+    """Create the control room's Ed25519 signing key pair in ``out_dir``."""
+    return _new_pair(out_dir, SIGNING_KEY_NAME, SIGNING_PUB_NAME,
+                     Ed25519PrivateKey.generate(), force)
 
 
 def init_device_key(out_dir: Path, device_id: str, force: bool = False) -> KeyPairFiles:
     """Create a device's X25519 key pair ``<device_id>.key`` / ``.pub`` in ``out_dir``."""
     check_device_id(device_id)
-    _prepare_out(out_dir)
-    priv_path, pub_path = out_dir / f"{device_id}.key", out_dir / f"{device_id}.pub"
-    if not force:
-        for p in (priv_path, pub_path):
-            if p.exists():
-                raise UsageError(f"{p} exists; use --force to overwrite it")
-    key = X25519PrivateKey.generate()
-    _write_private_and_public(key, priv_path, pub_path, force)
-    return KeyPairFiles(priv_path, pub_path, key_id(key.public_key()).hex())
+    return _new_pair(out_dir, f"{device_id}.key", f"{device_id}.pub",
+                     X25519PrivateKey.generate(), force)
 
 
 def init_device_signing_key(out_dir: Path, device_id: str, force: bool = False) -> KeyPairFiles:
     """Create a device's Ed25519 signing key pair ``<device_id>.signing.key`` / ``.pub``."""
     check_device_id(device_id)
-    _prepare_out(out_dir)
-    priv_path = out_dir / f"{device_id}.signing.key"
-    pub_path = out_dir / f"{device_id}.signing.pub"
-    if not force:
-        for p in (priv_path, pub_path):
-            if p.exists():
-                raise UsageError(f"{p} exists; use --force to overwrite it")
-    key = Ed25519PrivateKey.generate()
-    _write_private_and_public(key, priv_path, pub_path, force)
-    return KeyPairFiles(priv_path, pub_path, key_id(key.public_key()).hex())
+    return _new_pair(out_dir, f"{device_id}.signing.key", f"{device_id}.signing.pub",
+                     Ed25519PrivateKey.generate(), force)
 
 
 # --- per-deployment keys (RAM only) --------------------------------------------------
