@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -21,15 +20,7 @@ from edge.evaluation.identify import (
     parse_references,
 )
 from edge.recognition.match import Matcher, Watchlist
-
-
-def _tree(root: Path, spec: dict[str, int]) -> Path:
-    for name, n in spec.items():
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            cv2.imwrite(str(root / name / f"{name}_{i + 1:04d}.png"),
-                        np.full((8, 8, 3), 40 * i, np.uint8))
-    return root
+from tests.test_identify_probes import _tree  # one LFW-style tree maker for both
 
 
 def _gallery(sets) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
