@@ -235,12 +235,18 @@ def test_alerts_arrive_and_nonmatch_faces_leave_nothing(
         box = alert["bbox"]
         assert box["x"] + box["w"] / 2 > width / 2, "an alert on the passer-by (left half)"
     assert {a["alert_id"] for a in alerts} == set(daemon.alert_ids())
+    assert_nothing_of_nonmatches_left(daemon, recorder, alerts, tmp_path / "state")
 
-    # Everything the broker carried, except the matched face in the alerts.
+
+def assert_nothing_of_nonmatches_left(
+    daemon: DaemonProc, recorder: Any, alerts: list[dict[str, Any]], state_dir: Path
+) -> None:
+    """No JPEG and no non-match embedding in the log, in anything the broker carried
+    (except the matched face in the alerts) or in the state files."""
     carried = [m.payload for m in recorder.messages if not m.topic.endswith("/alerts")]
     carried += [json.dumps({k: v for k, v in a.items() if k != "face_jpeg_b64"}).encode()
                 for a in alerts]
-    state_files = [p.read_bytes() for p in (tmp_path / "state").rglob("*") if p.is_file()]
+    state_files = [p.read_bytes() for p in state_dir.rglob("*") if p.is_file()]
     blobs = {"log": daemon.text().encode(), **{f"message {i}": b for i, b in enumerate(carried)},
              **{f"state file {i}": b for i, b in enumerate(state_files)}}
     for name, blob in blobs.items():

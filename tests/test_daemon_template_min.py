@@ -5,7 +5,6 @@ embeddings or the track ends (its candidate crop kept in RAM meanwhile)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,9 @@ from tests.test_daemon import (  # noqa: F401 (fixtures)
     CLIP,
     DaemonProc,
     alert_payloads,
+    assert_nothing_of_nonmatches_left,
     device,
     keys,
-    nonmatch_needles,
 )
 
 K2 = "\n[recognition]\ntemplate_min_embeddings = 2\n"
@@ -41,18 +40,7 @@ def test_with_k2_the_actor_alerts_and_nonmatch_faces_leave_nothing(
         assert box["x"] + box["w"] / 2 > width / 2, "an alert on the passer-by (left half)"
     assert {a["alert_id"] for a in alerts} == set(daemon.alert_ids())
 
-    carried = [m.payload for m in recorder.messages if not m.topic.endswith("/alerts")]
-    carried += [json.dumps({k: v for k, v in a.items() if k != "face_jpeg_b64"}).encode()
-                for a in alerts]
-    state_files = [p.read_bytes() for p in (tmp_path / "state").rglob("*") if p.is_file()]
-    blobs = {"log": daemon.text().encode(), **{f"message {i}": b for i, b in enumerate(carried)},
-             **{f"state file {i}": b for i, b in enumerate(state_files)}}
-    for name, blob in blobs.items():
-        assert b"\xff\xd8\xff" not in blob, f"a JPEG in {name}"
-        assert b"/9j/" not in blob, f"a base64 JPEG in {name}"
-    for needle in nonmatch_needles():
-        for name, blob in blobs.items():
-            assert needle not in blob, f"a non-match embedding in {name}"
+    assert_nothing_of_nonmatches_left(daemon, recorder, alerts, tmp_path / "state")
 
 
 def test_a_stop_decides_the_tracks_still_waiting_for_their_template(
