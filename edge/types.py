@@ -27,6 +27,17 @@ Points = npt.NDArray[np.float32]
 
 Metric = Literal["euclidean", "cosine"]
 
+CATEGORIES: tuple[str, ...] = (
+    "wanted_court",
+    "wanted_police",
+    "suspect",
+    "missing_person",
+    "vulnerable_person",
+    "risk_to_others",
+)
+"""The only permitted watchlist categories (safeguard 2): what a bundle may list and an
+alert may carry."""
+
 
 @dataclass(frozen=True, slots=True)
 class Frame:

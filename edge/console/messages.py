@@ -31,7 +31,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge import boundedjson, signing
 from edge.delivery.alert import (
-    CATEGORIES,
     DECISIONS,
     DEVICE_ID_RE,
     AlertFormatError,
@@ -39,6 +38,7 @@ from edge.delivery.alert import (
     parse_rfc3339,
 )
 from edge.delivery.alert_sign import AlertSignatureError
+from edge.types import CATEGORIES
 from edge.watchlist.audit import SIG_CONTEXT as AUDIT_SIG_CONTEXT
 from edge.watchlist.audit import entry_hash
 

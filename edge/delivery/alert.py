@@ -43,21 +43,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from edge import boundedjson
-from edge.types import AlertRecord, ImageU8
+from edge.types import CATEGORIES, AlertRecord, ImageU8
 from edge.uuid7 import uuid7_str
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 SCHEMA_ID: Final = "lfr.alert/1"
-CATEGORIES: Final = (
-    "wanted_court",
-    "wanted_police",
-    "suspect",
-    "missing_person",
-    "vulnerable_person",
-    "risk_to_others",
-)
 DECISIONS: Final = ("confirmed", "rejected", "not_stopped")
 MODEL_KEYS: Final = ("detector", "detector_sha256", "embedder", "embedder_sha256")
 DEVICE_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

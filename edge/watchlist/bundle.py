@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.errors import UsageError
 from edge.recognition.match import DEFAULT_REFERENCE, MAX_REFERENCES, REFERENCES, Reference
+from edge.types import CATEGORIES
 from edge.watchlist.bundle_format import (
     _NONCE,
     BUNDLE_SUFFIX,
-    CATEGORIES,
     F32,
     FORMAT_VERSION,
     ID_RE,

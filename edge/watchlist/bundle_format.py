@@ -66,16 +66,6 @@ from edge.recognition.match import DEFAULT_REFERENCE, MAX_REFERENCES, Reference
 from edge.types import Metric
 from edge.watchlist.keys import DEVICE_ID_RE
 
-CATEGORIES: tuple[str, ...] = (
-    "wanted_court",
-    "wanted_police",
-    "suspect",
-    "missing_person",
-    "vulnerable_person",
-    "risk_to_others",
-)
-"""The only permitted watchlist categories (safeguard 2)."""
-
 MAGIC = b"\x89LFRWL\r\n"
 FORMAT_VERSION = 1
 SIG_CONTEXT = b"lfr-edge bundle v1\x00"

@@ -29,11 +29,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.errors import BundleRefused
 from edge.recognition.match import DEFAULT_REFERENCE, REFERENCES
+from edge.types import CATEGORIES
 from edge.watchlist.bundle_format import (
     _FIXED,
     _NONCE,
     _TAG,
-    CATEGORIES,
     FORMAT_VERSION,
     MAGIC,
     MAX_BUNDLE,
