@@ -139,3 +139,13 @@ def open_args(kit: Kit, **changes: Any) -> dict[str, Any]:
     }
     args.update(changes)
     return args
+
+
+class Clock:
+    """An injected clock for the deployment manager's tests: ``clock()`` is ``clock.t``."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t

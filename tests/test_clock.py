@@ -18,19 +18,11 @@ from edge.errors import AuditError
 from edge.watchlist.audit import AuditLog, canonical, entry_hash, verify
 from edge.watchlist.deployment import DeploymentManager
 from edge.watchlist.signed_commands import CommandRefused, make_command
-from tests.bundle_kit import EMBEDDER_SHA, NOW, make_bundle, make_kit
+from tests.bundle_kit import EMBEDDER_SHA, NOW, Clock, make_bundle, make_kit
 
 HOUR = 3600.0
 T0 = NOW.timestamp()
 END = T0 + 4 * HOUR  # the kit's window: NOW - 1 h .. NOW + 4 h
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

@@ -25,20 +25,12 @@ from edge.service.housekeeping import Housekeeping
 from edge.watchlist.audit import AuditLog, verify
 from edge.watchlist.keys import derive_key
 from edge.watchlist.timeguard import CLOCK_FILE, TimeGuard, lock_state, unlock_state
-from tests.bundle_kit import NOW, make_bundle, make_kit
+from tests.bundle_kit import NOW, Clock, make_bundle, make_kit
 
 DAY = 86400.0
 HOUR = 3600.0
 T0 = NOW.timestamp()
 TOPIC = "lfr/van-01/alerts"
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Sync:

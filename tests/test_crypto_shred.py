@@ -39,17 +39,9 @@ from edge.watchlist.keys import (
     load_signing_key,
 )
 from edge.watchlist.signed_commands import make_command
-from tests.bundle_kit import EMBEDDER, EMBEDDER_SHA, NOW, embeddings, spec, subjects
+from tests.bundle_kit import EMBEDDER, EMBEDDER_SHA, NOW, Clock, embeddings, spec, subjects
 
 DEVICE = "van-01"
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Site:

@@ -17,18 +17,10 @@ from edge.watchlist.adjudication import AdjudicationRefused, sign_adjudication
 from edge.watchlist.audit import AuditLog, verify
 from edge.watchlist.deployment import DeploymentManager, shred_file
 from edge.watchlist.signed_commands import CommandRefused, make_command
-from tests.bundle_kit import EMBEDDER_SHA, NOW, embeddings, make_bundle, make_kit
+from tests.bundle_kit import EMBEDDER_SHA, NOW, Clock, embeddings, make_bundle, make_kit
 
 START = NOW - dt.timedelta(hours=1)
 END = NOW + dt.timedelta(hours=4)
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
