@@ -86,7 +86,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
                  "--models", str(MODELS), "--out", str(d / "watchlist.bundle")),
         check=True, capture_output=True,
     )
-    import tomllib
+    from edge.compat import tomllib
 
     deployment = tomllib.loads((d / "deployment.toml").read_text())
     return Keys(d, d / "watchlist.bundle", deployment["deployment_id"])

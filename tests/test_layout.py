@@ -14,7 +14,7 @@ import pytest
 
 EDGE = Path(__file__).resolve().parents[1] / "edge"
 
-CORE = {"types", "errors", "progress", "uuid7", "boundedjson", "signing"}
+CORE = {"types", "errors", "progress", "uuid7", "boundedjson", "signing", "compat"}
 TOP_LEVEL = {"__init__", "__main__", "cli", *CORE}
 PACKAGES = {
     "vision",

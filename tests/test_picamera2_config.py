@@ -141,7 +141,7 @@ def test_role_writes_the_camera_keys_into_source(tmp_path: Path) -> None:
         env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="False"),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    import tomllib
+    from edge.compat import tomllib
 
     source = tomllib.loads(out.read_text())["source"]
     assert {k: source[k] for k in camera} == camera

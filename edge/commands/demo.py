@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge.compat import UTC
+
 DEVICE_ID = "demo-van-1"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,7 +73,7 @@ def _check(cmd: list[str], what: str, log: Path) -> None:
 
 
 def write_deployment_toml(path: Path, threshold: float) -> None:
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    now = dt.datetime.now(UTC).replace(microsecond=0)
 
     def iso(t: dt.datetime) -> str:
         return t.strftime("%Y-%m-%dT%H:%M:%SZ")

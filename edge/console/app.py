@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from edge.compat import UTC
 from edge.console import auth
 from edge.console.events import Hub
 from edge.console.metrics import Metrics
@@ -79,7 +80,7 @@ def _fmt_time(ts: Any) -> str:
     if ts is None:
         return "–"
     try:
-        return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return dt.datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     except (TypeError, ValueError, OverflowError, OSError):
         return "–"
 

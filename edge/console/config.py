@@ -37,11 +37,11 @@ Problems are collected and raised together as :class:`edge.errors.ConfigError`.
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.compat import tomllib
 from edge.errors import ConfigError
 
 _CONSOLE_KEYS = {"database", "listen", "port", "tls_cert", "tls_key", "key_file",

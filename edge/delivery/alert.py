@@ -39,10 +39,11 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from edge import boundedjson
+from edge.compat import UTC
 from edge.types import CATEGORIES, AlertRecord, ImageU8
 from edge.uuid7 import uuid7_str
 

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edge.compat import UTC
+
 
 @dataclass(frozen=True, slots=True)
 class CertFiles:
@@ -45,7 +47,7 @@ class DevCA:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self._key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
+        now = dt.datetime.now(UTC)
         self._cert = (
             x509.CertificateBuilder()
             .subject_name(_name(name))
@@ -75,7 +77,7 @@ class DevCA:
         """Issue a certificate for ``cn`` (files ``<stem or cn>.crt/.key``); a server
         certificate is valid for 127.0.0.1 and localhost."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
+        now = dt.datetime.now(UTC)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
             x509.CertificateBuilder()

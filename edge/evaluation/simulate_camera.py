@@ -53,7 +53,8 @@ def motion_kernel(dx: float, dy: float) -> F32 | None:
     total = float(k.sum())
     if total <= 0:
         return None
-    return k / np.float32(total)
+    out: F32 = (k / np.float32(total)).astype(np.float32)
+    return out
 
 
 def disc_kernel(radius: float) -> F32 | None:
@@ -64,7 +65,8 @@ def disc_kernel(radius: float) -> F32 | None:
     k = np.zeros((n, n), np.float32)
     c = n // 2
     cv2.circle(k, (c * 16, c * 16), round(radius * 16), 1.0, -1, cv2.LINE_AA, shift=4)
-    return k / np.float32(k.sum())
+    out: F32 = (k / np.float32(k.sum())).astype(np.float32)
+    return out
 
 
 class Camera:

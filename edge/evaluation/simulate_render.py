@@ -139,7 +139,8 @@ class Renderer:
         if cfg.camera.any:
             return self.camera.apply(img, f)
         np.clip(img, 0, 255, out=img)
-        return img.astype(np.uint8)
+        out: ImageU8 = img.astype(np.uint8)
+        return out
 
     def _draw(self, img: npt.NDArray[np.float32], w: Walker, f: int) -> None:
         fw, fh = self.plan.config.size

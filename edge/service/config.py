@@ -31,7 +31,6 @@ algorithm that must be read together.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -54,6 +53,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from edge.compat import tomllib
 from edge.errors import ConfigError
 from edge.service.config_sections import (
     DEFAULT_CONFIG_PATH,
@@ -289,7 +289,8 @@ def config_path(path: Path | None = None) -> Path:
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            doc: dict[str, Any] = tomllib.load(handle)
+            return doc
     except FileNotFoundError:
         problem = "no such file"
     except IsADirectoryError:

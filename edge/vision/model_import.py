@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge.compat import UTC
 from edge.errors import ModelError, UsageError
 from edge.vision.families import BUILTIN, EmbedderFamily
 from edge.vision.manifest import MANIFEST, FamilySpec, Manifest, default_models_dir, sha256_file
@@ -351,7 +352,7 @@ def import_model(
             raise UsageError(f"{directory / (n + '.tflite')} exists; choose another --name")
 
     source = dict(known.get("source") or {"file": src.name, "sha256": digest})
-    today = dt.datetime.now(dt.UTC).date().isoformat()
+    today = dt.datetime.now(UTC).date().isoformat()
     entry: dict[str, Any] = {
         "file": f"{entry_name}.tflite",
         "role": "embedder",

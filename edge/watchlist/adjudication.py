@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from edge import boundedjson, signing
+from edge.compat import UTC
 from edge.errors import EdgeError
 from edge.watchlist.bundle_format import canonical_json
 from edge.watchlist.keys import DEVICE_ID_RE, key_id
@@ -90,7 +91,7 @@ class Adjudication:
 
 
 def _format_at(at: float) -> str:
-    t = dt.datetime.fromtimestamp(at, dt.UTC)
+    t = dt.datetime.fromtimestamp(at, UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge import signing
+from edge.compat import UTC
 from edge.errors import AuditError
 from edge.watchlist.audit_file import append_line, recover_torn_tail
 
@@ -122,7 +123,7 @@ def _check_value(name: str, v: Any, depth: int = 0) -> None:
 
 
 def _utc(t: float) -> str:
-    d = dt.datetime.fromtimestamp(t, dt.UTC)
+    d = dt.datetime.fromtimestamp(t, UTC)
     return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
 
 

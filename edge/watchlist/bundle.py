@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from edge.compat import UTC
 from edge.errors import UsageError
 from edge.recognition.match import DEFAULT_REFERENCE, MAX_REFERENCES, REFERENCES, Reference
 from edge.types import CATEGORIES
@@ -172,7 +173,7 @@ def build_bundle(
             f"{spec.max_watchlist_size}"
         )
     bundle_id = bundle_id or uuid.uuid4().hex
-    created_at = created_at or dt.datetime.now(dt.UTC)
+    created_at = created_at or dt.datetime.now(UTC)
     content_key = AESGCM.generate_key(bit_length=256)
     recips = tuple(
         wrap_content_key(content_key, bundle_id, check_id, pub) for check_id, pub in recipients

@@ -62,6 +62,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from edge.compat import UTC
 from edge.recognition.match import DEFAULT_REFERENCE, MAX_REFERENCES, Reference
 from edge.types import Metric
 from edge.watchlist.keys import DEVICE_ID_RE
@@ -105,14 +106,14 @@ def format_time(t: dt.datetime) -> str:
     """A UTC time as ``YYYY-MM-DDTHH:MM:SSZ`` (whole seconds)."""
     if t.tzinfo is None:
         raise ValueError("naive datetime")
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(s: str) -> dt.datetime:
     """Parse :func:`format_time` output strictly; raises ValueError."""
     if not _TIME_RE.fullmatch(s):
         raise ValueError(f"not a UTC time YYYY-MM-DDTHH:MM:SSZ: {s!r}")
-    return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def _strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

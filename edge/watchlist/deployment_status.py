@@ -14,6 +14,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.compat import UTC
 from edge.errors import BundleRefused
 from edge.recognition.match import Watchlist
 from edge.watchlist.bundle import BundleHeader, OpenedBundle, format_time
@@ -88,4 +89,4 @@ class Opened:
 
 def iso(t: float) -> str:
     """A POSIX time as the bundle's UTC time format."""
-    return format_time(dt.datetime.fromtimestamp(t, dt.UTC))
+    return format_time(dt.datetime.fromtimestamp(t, UTC))

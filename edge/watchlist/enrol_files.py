@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.compat import UTC, fromisoformat, tomllib
 from edge.errors import ConfigError, UsageError
 from edge.watchlist.bundle import CATEGORIES, ID_RE, MAX_TEXT, DeploymentSpec
 
@@ -43,7 +43,8 @@ from edge.watchlist.bundle import CATEGORIES, ID_RE, MAX_TEXT, DeploymentSpec
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            doc: dict[str, Any] = tomllib.load(fh)
+            return doc
     except FileNotFoundError:
         raise UsageError(f"{path} does not exist") from None
     except OSError as exc:
@@ -67,16 +68,16 @@ def _utc(d: dict[str, Any], key: str, problems: list[str], where: str) -> dt.dat
     v = d.get(key)
     if isinstance(v, str):
         try:
-            v = dt.datetime.fromisoformat(v)
+            v = fromisoformat(v)
         except ValueError:
             problems.append(f"{where}: {key} is not a date-time")
-            return dt.datetime.min.replace(tzinfo=dt.UTC)
+            return dt.datetime.min.replace(tzinfo=UTC)
     if not isinstance(v, dt.datetime) or v.tzinfo is None or v.utcoffset() is None:
         problems.append(f"{where}: {key} must be a date-time with a UTC offset (...T10:00:00Z)")
-        return dt.datetime.min.replace(tzinfo=dt.UTC)
+        return dt.datetime.min.replace(tzinfo=UTC)
     if v.microsecond:
         problems.append(f"{where}: {key} must be in whole seconds")
-    return v.astimezone(dt.UTC)
+    return v.astimezone(UTC)
 
 
 def _unknown(d: dict[str, Any], allowed: Sequence[str], where: str) -> list[str]:
@@ -193,7 +194,7 @@ def load_subject(folder: Path) -> SubjectMeta:
         cap_s = ""
     else:
         cap_s = cap.isoformat()
-        if cap > dt.datetime.now(dt.UTC).date():
+        if cap > dt.datetime.now(UTC).date():
             problems.append(f"{w}: capture_date {cap_s} is in the future")
     ref = _text(d, "reference", problems, w)
     src = _text(d, "source", problems, w)

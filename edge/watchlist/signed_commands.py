@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from edge import boundedjson, signing
+from edge.compat import UTC
 from edge.errors import EdgeError
 from edge.watchlist.bundle import ID_RE, canonical_json, format_time, parse_time
 from edge.watchlist.keys import DEVICE_ID_RE, check_device_id, key_id
@@ -104,7 +105,7 @@ def make_command(
         raise ValueError(f"invalid deployment id {deployment_id!r}")
     if not 1 <= valid_for_s <= MAX_VALIDITY_S:
         raise ValueError(f"validity must be 1..{MAX_VALIDITY_S} s")
-    issued = (issued_at or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+    issued = (issued_at or dt.datetime.now(UTC)).replace(microsecond=0)
     body = {
         "command": command,
         "device_id": device_id,

@@ -61,6 +61,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from edge.compat import UTC
 from edge.errors import UsageError
 from edge.watchlist.statefile import write_atomic
 
@@ -138,7 +139,7 @@ def unlock_state(fd: int) -> None:
 
 
 def iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 EventSink = Callable[[str, dict[str, Any]], None]

@@ -22,11 +22,13 @@ import abc
 import contextlib
 import time
 from types import TracebackType
-from typing import Self
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from edge.errors import EdgeError
 from edge.types import Frame, ImageU8
+
+_S = TypeVar("_S", bound="FrameSource")
 
 
 class SourceError(EdgeError):
@@ -139,7 +141,7 @@ class FrameSource(abc.ABC):
         self._is_open = False
         self._close()
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _S) -> _S:
         self.open()
         return self
 
