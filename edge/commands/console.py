@@ -86,6 +86,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from edge import signing
+    from edge.console import routes_api, routes_pages
     from edge.console.app import Context, create_app, templates
     from edge.console.crypto import AtRest
     from edge.console.events import Hub
@@ -116,7 +117,7 @@ def run_serve(args: argparse.Namespace) -> int:
                       templates=templates(), session_ttl_s=cfg.session_ttl_s,
                       secure_cookies=cfg.https, metrics_token=cfg.metrics_token,
                       ingest_connected=lambda: ingest.ready)
-    app = create_app(context)
+    app = create_app(context, [routes_pages.router, routes_api.router])
     ssl: dict[str, Any] = {}
     if cfg.https:
         ssl = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)}

@@ -11,8 +11,10 @@ JavaScript. The parts are separate modules with one direction of use:
   subscription) that feeds the store and the event hub, and sends adjudications;
 - :mod:`~edge.console.service`: what a route may ask for (adjudicate, purge, ...);
 - :mod:`~edge.console.auth`: users, argon2 passwords, sessions, CSRF, login rate limit;
-- :mod:`~edge.console.routes` / :mod:`~edge.console.app`: the pages and the API. A route
-  never talks to MQTT directly; it calls the service.
+- :mod:`~edge.console.app`: the application shell (context, login and role dependencies,
+  headers); :mod:`~edge.console.routes_pages` / :mod:`~edge.console.routes_api`: the pages
+  and the API. A route never talks to MQTT directly; it calls the service. No two modules
+  import each other, even inside a function (``tests/test_layout.py``).
 
 May import: the core, :mod:`edge.delivery` (the alert format and MQTT helpers) and
 :mod:`edge.watchlist` (audit chain format, keys, adjudication signing, reference files).
