@@ -111,6 +111,18 @@ def test_a_real_chain_verifies_and_a_gap_closes_when_the_entry_arrives(
     assert (row["verified_seq"], row["state"], row["received"]) == (5, "ok", 5)
 
 
+def test_a_duplicate_is_judged_by_the_signed_content_not_the_bytes(
+    store: Store, tmp_path: Path
+) -> None:
+    """A resend whose bytes differ but whose signed content (the hash) is the same is a
+    duplicate, never a conflict that would break the chain for ever."""
+    e = _chain(tmp_path, 2)
+    assert _feed(store, e[0])[:2] == ("new", "ok")
+    respelt = {**json.loads(e[0]), "sig": "not the same bytes"}
+    assert _feed(store, json.dumps(respelt, indent=1).encode()) == ("duplicate", "ok", [])
+    assert _feed(store, e[1]) == ("new", "ok", [2])
+
+
 @pytest.mark.parametrize("tamper", ["field", "prev_hash", "time", "conflict"])
 def test_a_modified_reordered_or_conflicting_entry_breaks_the_chain(
     store: Store, tmp_path: Path, tamper: str
@@ -128,8 +140,11 @@ def test_a_modified_reordered_or_conflicting_entry_breaks_the_chain(
         bad["at"] = "2000-01-01T00:00:00.000Z"
         bad["hash"] = entry_hash(bad)  # a consistent entry, but earlier than entry 1
     if tamper == "conflict":
+        from edge.watchlist.audit import entry_hash
+
         _feed(store, e[1])
         bad["officer"] = "someone else"
+        bad["hash"] = entry_hash(bad)  # another signed history for seq 2 (the device's key)
         outcome, state, _ = _feed(store, json.dumps(bad).encode())
         assert (outcome, state) == ("conflict", "broken")
         assert "two different entries with seq 2" in store.chains()[0]["problem"]

@@ -294,6 +294,9 @@ def verify_audit_entry(device_id: str, parsed: Mapping[str, Any], keys: DeviceKe
         raise BadMessage("audit entry is not canonical JSON") from None
     if digest != obj["hash"]:
         raise Unverified("bad_hash", "audit entry's hash does not match its content")
+    if not signing.is_canonical_b64(obj["sig"]):
+        raise Unverified("not_canonical", "audit entry signature is not in its one canonical "
+                         "base64 spelling")  # fmt: skip
     if not signing.verify(public, AUDIT_SIG_CONTEXT, digest.encode("ascii"), obj["sig"]):
         raise Unverified("bad_signature", "audit entry signature does not verify")
 

@@ -302,11 +302,13 @@ class Store(AuthStore):
         body = json.dumps(parsed["entry"], sort_keys=True)
         with self.tx() as conn:
             state = self._chain(conn, device_id)
-            q = sa.select(a.c.body).where(a.c.device_id == device_id, a.c.seq == parsed["seq"])
+            q = sa.select(a.c.hash).where(a.c.device_id == device_id, a.c.seq == parsed["seq"])
             known = conn.execute(q).first()
             outcome = "new"
-            if known is not None:  # a redelivery is byte-identical; anything else conflicts
-                outcome = "duplicate" if known[0] == body else "conflict"
+            if known is not None:
+                # A duplicate is judged by the signed content (the hash the signature covers),
+                # never by the bytes: a re-spelt resend is not a second history.
+                outcome = "duplicate" if known[0] == parsed["hash"] else "conflict"
             else:
                 conn.execute(sa.insert(a).values(
                     device_id=device_id, seq=parsed["seq"], at=parsed["at"],
