@@ -9,10 +9,11 @@ Subscriptions:
 - ``$share/<group>/lfr/+/alerts``, ``.../audit`` and ``.../stats`` are **shared**: several
   console instances in one group (one database) each get a share of the fleet's
   messages, and each message is handled once;
-- ``lfr/+/status`` and ``lfr/+/deployment`` are ordinary subscriptions, because a broker
-  never sends retained messages to a shared subscription (MQTT 5.0, 4.8.2) and these two
-  are retained (the fleet page must know a van that is offline since before the console
-  started). Their handling is an idempotent upsert, so every instance may take them.
+- ``lfr/+/status`` is an ordinary subscription, because a broker never sends retained
+  messages to a shared subscription (MQTT 5.0, 4.8.2) and it is retained (the fleet page
+  must know a van that is offline since before the console started). Its handling is an
+  idempotent upsert, so every instance may take it. (``lfr/+/deployment`` is not taken:
+  unsigned, it may not change a record; deployments come from the signed audit chain.)
 
 paho's callback only puts the message on a bounded queue; one worker thread hands them to
 :class:`~edge.console.handlers.Handler` (which never raises). :meth:`Ingest.publish`
@@ -42,7 +43,7 @@ from edge.delivery.publish import BrokerSettings, new_client
 log = logging.getLogger(__name__)
 
 SHARED_KINDS: Final = ("alerts", "audit", "stats")
-RETAINED_KINDS: Final = ("status", "deployment")
+RETAINED_KINDS: Final = ("status",)
 MAX_QUEUE: Final = 20_000
 
 

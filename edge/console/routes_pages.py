@@ -97,8 +97,14 @@ def home(user: Annotated[User, Depends(current_user)]) -> Response:
 
 
 def _alert_views(c: Context, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each alert row with whether its reference image is there, and the decisions sent on
+    it, each with the van's answer (recorded, or refused and why) as it arrives."""
     refs = c.store.reference_keys({r["deployment_id"] for r in rows})
-    return [{**r, "has_reference": (r["deployment_id"], r["subject_id"]) in refs} for r in rows]
+    sent: dict[str, list[dict[str, Any]]] = {}
+    for j in c.store.adjudications(alert_ids=[r["alert_id"] for r in rows]) if rows else []:
+        sent.setdefault(j["alert_id"], []).append(j)
+    return [{**r, "has_reference": (r["deployment_id"], r["subject_id"]) in refs,
+             "decisions": sent.get(r["alert_id"], [])} for r in rows]  # fmt: skip
 
 
 @router.get("/alerts", response_class=HTMLResponse)
@@ -173,7 +179,7 @@ def deployments_page(
 ) -> Response:
     deps = c.store.deployments()
     for d in deps:
-        d["outcomes"] = c.store.alert_outcomes(d["deployment_id"])
+        d["outcomes"] = c.store.alert_outcomes(d["device_id"], d["deployment_id"])
     return _page(c, request, "deployments.html", user, deployments=deps)
 
 
@@ -192,7 +198,7 @@ def report_page(request: Request, device_id: str, deployment_id: str, c: Ctx,
             ("not stopped", int(adj.get("not_stopped", 0)))]  # fmt: skip
     top = max([v for _, v in bars] + [1])
     return _page(c, request, "report.html", user, d=d, s=s, bars=bars, top=top,
-                 outcomes=c.store.alert_outcomes(deployment_id))
+                 outcomes=c.store.alert_outcomes(device_id, deployment_id))
 
 
 # -- audit ----------------------------------------------------------------------------------

@@ -6,8 +6,9 @@
 - :meth:`Console.crop` / :meth:`Console.reference`: decrypt an image for one user, each
   view written to the console's audit trail with who and when;
 - :meth:`Console.housekeeping` (every minute, and at start): purge alerts and crops older
-  than the retention period unless on legal hold, delete reference images of deployments
-  whose window has closed, import new reference files; each purge and deletion audited.
+  than the retention period unless on legal hold (each purged id kept as a tombstone, so a
+  replay is refused), delete reference images of deployments whose window has closed,
+  import new reference files; each purge and deletion audited.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -45,7 +47,8 @@ class ActionRefused(Exception):  # noqa: N818 (a refusal, shown to the user)
 class Console:
     def __init__(self, store: Store, at_rest: AtRest, hub: Hub, metrics: Metrics,
                  publisher: Publisher, signing_key: Ed25519PrivateKey, *,
-                 retention_days: int = 31, references_dir: Path | None = None) -> None:  # fmt: skip
+                 retention_days: int = 31, references_dir: Path | None = None,
+                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
         self.store = store
         self.at_rest = at_rest
         self.hub = hub
@@ -55,6 +58,7 @@ class Console:
         self.signer: Ed25519PublicKey = signing_key.public_key()
         self.retention_s = retention_days * 86400.0
         self.references_dir = references_dir
+        self.clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -67,7 +71,7 @@ class Console:
         if alert is None:
             raise ActionRefused("no such alert", 404)
         device = str(alert["device_id"])
-        at = time.time()
+        at = self.clock()
         try:
             payload = sign_adjudication(self.signing_key, device_id=device, alert_id=alert_id,
                                         decision=decision, officer=officer, at=at)  # fmt: skip
@@ -121,7 +125,7 @@ class Console:
     def import_references(self, path: Path) -> int:
         """Import one reference file (then remove it); returns the number of images."""
         refs = open_references(path.read_bytes(), self.at_rest.private_key, self.signer)
-        if refs.window_end <= time.time():
+        if refs.window_end <= self.clock():
             path.unlink(missing_ok=True)
             self.store.log("console", "references_refused", file=path.name,
                            deployment_id=refs.deployment_id, reason="window closed")  # fmt: skip
@@ -129,16 +133,16 @@ class Console:
         for r in refs.subjects:
             sealed = self.at_rest.seal(r.jpeg, f"ref:{refs.deployment_id}:{r.subject_id}")
             self.store.put_reference(refs.deployment_id, r.subject_id, r.category, sealed,
-                                     refs.window_end)  # fmt: skip
+                                     refs.window_end, bundle_id=refs.bundle_id)  # fmt: skip
         path.unlink(missing_ok=True)
         self.store.log("console", "references_imported", deployment_id=refs.deployment_id,
                        bundle_id=refs.bundle_id, count=len(refs.subjects))  # fmt: skip
         return len(refs.subjects)
 
     def housekeeping(self, now: float | None = None) -> dict[str, int]:
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         done = {"purged": 0, "references_deleted": 0, "references_imported": 0}
-        ids = self.store.purge_alerts(now - self.retention_s)
+        ids = self.store.purge_alerts(now - self.retention_s, now)
         if ids:
             done["purged"] = len(ids)
             self.store.log("console", "alerts_purged", count=len(ids), alert_ids=ids[:1000],

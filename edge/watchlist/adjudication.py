@@ -272,6 +272,19 @@ class AdjudicationLedger:
         if f"{adj.alert_id}:{adj.decision}" in self._recorded:
             raise AdjudicationRefused("replayed", "this decision on this alert is recorded")
 
+    def outcomes(self) -> dict[str, int]:
+        """How many alerts have each decision as their last one recorded (a changed
+        decision counts once, under what it was changed to: the deployment summary)."""
+        last: dict[str, str] = {}
+        for key in self._recorded:
+            alert_id, _, decision = key.rpartition(":")
+            last[alert_id] = decision
+        counts = dict.fromkeys(DECISIONS, 0)
+        for decision in last.values():
+            if decision in counts:
+                counts[decision] += 1
+        return counts
+
     def record(self, adj: Adjudication) -> None:
         self._recorded[f"{adj.alert_id}:{adj.decision}"] = None
         while len(self._recorded) > MAX_TRACKED:
