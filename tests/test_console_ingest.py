@@ -7,6 +7,7 @@ ingest client against a real mosquitto with a shared subscription.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -259,4 +260,73 @@ def test_alerts_sent_while_the_console_is_away_arrive_when_it_returns(
             time.sleep(0.05)
         assert [r["alert_id"] for r in handler.store.alerts()] == [json.loads(payload)["alert_id"]]
     finally:
+        ingest.stop()
+
+
+def test_a_van_cut_off_for_less_than_its_keepalive_turns_stale_then_fresh(
+    handler: Handler, broker: Broker
+) -> None:
+    """Issue 21: a van whose link stalls for less than its MQTT keepalive leaves no will
+    and would show online; its overdue heartbeat (status, stats) marks it stale."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from edge.console.service import Console
+
+    ingest = _ingest(handler, broker, "console-stale")
+    creds = broker.creds("van-8")
+    script = f"""
+import json, time
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="van-8", protocol=mqtt.MQTTv5)
+c.tls_set(ca_certs={str(creds.ca)!r}, certfile={str(creds.cert)!r}, keyfile={str(creds.key)!r})
+c.will_set("lfr/van-8/status", json.dumps({{"state": "offline", "device_id": "van-8"}}),
+           qos=1, retain=True)
+c.connect({broker.host!r}, {broker.port}, keepalive=120)
+c.loop_start()
+c.publish("lfr/van-8/status", json.dumps({{"state": "online", "armed": True,
+          "reason": "armed", "device_id": "van-8"}}), qos=1, retain=True).wait_for_publish(5)
+print("up", flush=True)
+for _ in range(600):
+    c.publish("lfr/van-8/stats", json.dumps({{"fps": 9.5, "device_id": "van-8"}}), qos=0)
+    time.sleep(0.2)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    stale_after = 1.5
+    console = Console(handler.store, handler.at_rest, handler.hub, handler.metrics,
+                      ingest, Ed25519PrivateKey.generate(), stale_after_s=stale_after)
+
+    def van() -> dict[str, object] | None:
+        rows = [d for d in handler.store.devices(stale_after) if d["device_id"] == "van-8"]
+        return rows[0] if rows else None
+
+    def wait(predicate: object, timeout: float = 15.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():  # type: ignore[operator]
+                return True
+            time.sleep(0.05)
+        return False
+
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+        assert wait(lambda: (v := van()) is not None and v["fps"] == 9.5 and not v["stale"])
+        os.kill(proc.pid, signal.SIGSTOP)  # the link stalls: no packet, the socket stays open
+        assert wait(lambda: (v := van()) is not None and v["stale"])
+        row = van()
+        assert row is not None and row["state"] == "online"  # no will: the broker waits
+        assert console.watch_fleet() == ["van-8"]
+        html = templates().get_template("_device_row.html").render(d=row, user=None)
+        assert 'data-stale="1"' in html and ">stale</span>" in html
+        os.kill(proc.pid, signal.SIGCONT)  # the link comes back: its stats flow again
+        assert wait(lambda: (v := van()) is not None and not v["stale"])
+        assert console.watch_fleet() == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait(5)
         ingest.stop()

@@ -44,6 +44,11 @@ class Context:
     secure_cookies: bool
     metrics_token: str | None = None
     ingest_connected: Callable[[], bool] = lambda: False
+    stale_after_s: float = 180.0
+
+    def devices(self) -> list[dict[str, Any]]:
+        """The fleet, each van marked ``stale`` when its heartbeat is overdue."""
+        return self.store.devices(self.stale_after_s)
 
 
 class NeedLogin(Exception):  # noqa: N818 (control flow)

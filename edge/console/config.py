@@ -20,6 +20,8 @@
     retention_days = 31
     metrics_token_file = "/etc/edge-console/metrics.token"  # optional: Prometheus may
                                                 # scrape /metrics with "Bearer <token>"
+    stale_after_s = 180           # a van online but silent (no status or stats) this long is
+                                  # shown stale: 3 x the vans' [mqtt] stats_interval_s (60)
 
     [mqtt]
     host = "broker.example"
@@ -46,7 +48,7 @@ from edge.errors import ConfigError
 
 _CONSOLE_KEYS = {"database", "listen", "port", "tls_cert", "tls_key", "key_file",
                  "signing_key", "device_keys", "references_dir", "session_ttl_s",
-                 "retention_days", "metrics_token_file"}
+                 "retention_days", "metrics_token_file", "stale_after_s"}
 _MQTT_KEYS = {"host", "port", "ca", "client_cert", "client_key_file", "client_id",
               "share_group", "session_expiry_s"}  # fmt: skip
 
@@ -73,6 +75,7 @@ class ConsoleConfig:
     share_group: str
     session_expiry_s: int
     metrics_token: str | None = None
+    stale_after_s: int = 180
 
     @property
     def https(self) -> bool:
@@ -185,6 +188,7 @@ def from_dict(doc: dict[str, Any], base: Path) -> ConsoleConfig:
         share_group=string(m, "share_group", "mqtt", "console"),
         session_expiry_s=integer(m, "session_expiry_s", "mqtt", 7 * 24 * 3600, 0, 2**31),
         metrics_token=_token(path(c, "metrics_token_file", "console", False), problems),
+        stale_after_s=integer(c, "stale_after_s", "console", 180, 5, 86400),
     )
     if cfg.device_keys.exists():
         from edge import signing

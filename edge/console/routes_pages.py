@@ -113,7 +113,7 @@ def alerts_page(request: Request, c: Ctx, user: Annotated[User, Depends(require(
     device, deployment = _id_or_none(device), _id_or_none(deployment)
     rows = _alert_views(c, c.store.alerts(device_id=device, deployment_id=deployment))
     return _page(c, request, "alerts.html", user, alerts=rows, device=device or "",
-                 deployment=deployment or "", devices=[d["device_id"] for d in c.store.devices()])
+                 deployment=deployment or "", devices=[d["device_id"] for d in c.devices()])
 
 
 @router.get("/fragments/alerts", response_class=HTMLResponse)
@@ -137,17 +137,23 @@ def alert_row(request: Request, alert_id: str, c: Ctx,
 # -- fleet ----------------------------------------------------------------------------------
 
 
+def _fleet_order(d: dict[str, Any]) -> tuple[bool, bool, str]:
+    """Vans that need a look first: offline, then stale, then the rest, each by id."""
+    return d["state"] == "online", not d["stale"], d["device_id"]
+
+
+
 @router.get("/fleet", response_class=HTMLResponse)
 def fleet_page(request: Request, c: Ctx,
                user: Annotated[User, Depends(require("fleet"))]) -> Response:  # fmt: skip
-    devices = sorted(c.store.devices(), key=lambda d: (d["state"] == "online", d["device_id"]))
+    devices = sorted(c.devices(), key=_fleet_order)
     return _page(c, request, "fleet.html", user, devices=devices)
 
 
 @router.get("/fleet/{device_id}", response_class=HTMLResponse)
 def device_page(request: Request, device_id: str, c: Ctx,
                 user: Annotated[User, Depends(require("fleet"))]) -> Response:  # fmt: skip
-    rows = [d for d in c.store.devices() if d["device_id"] == device_id]
+    rows = [d for d in c.devices() if d["device_id"] == device_id]
     if not rows:
         raise HTTPException(404, "no such device")
     return _page(c, request, "device.html", user, d=rows[0],
@@ -157,14 +163,14 @@ def device_page(request: Request, device_id: str, c: Ctx,
 @router.get("/fragments/fleet", response_class=HTMLResponse)
 def fleet_rows(request: Request, c: Ctx,
                user: Annotated[User, Depends(require("fleet"))]) -> Response:  # fmt: skip
-    devices = sorted(c.store.devices(), key=lambda d: (d["state"] == "online", d["device_id"]))
+    devices = sorted(c.devices(), key=_fleet_order)
     return _page(c, request, "_device_rows.html", user, devices=devices)
 
 
 @router.get("/fragments/device/{device_id}", response_class=HTMLResponse)
 def device_row(request: Request, device_id: str, c: Ctx,
                user: Annotated[User, Depends(require("fleet"))]) -> Response:  # fmt: skip
-    rows = [d for d in c.store.devices() if d["device_id"] == device_id]
+    rows = [d for d in c.devices() if d["device_id"] == device_id]
     if not rows:
         raise HTTPException(404, "no such device")
     return _page(c, request, "_device_row.html", user, d=rows[0])

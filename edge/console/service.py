@@ -8,7 +8,9 @@
 - :meth:`Console.housekeeping` (every minute, and at start): purge alerts and crops older
   than the retention period unless on legal hold (each purged id kept as a tombstone, so a
   replay is refused), delete reference images of deployments whose window has closed,
-  import new reference files; each purge and deletion audited.
+  import new reference files; each purge and deletion audited;
+- :meth:`Console.watch_fleet` (every quarter of ``stale_after_s``): a van whose heartbeat is
+  overdue turns stale on every open fleet page.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class Console:
     def __init__(self, store: Store, at_rest: AtRest, hub: Hub, metrics: Metrics,
                  publisher: Publisher, signing_key: Ed25519PrivateKey, *,
                  retention_days: int = 31, references_dir: Path | None = None,
-                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.time,
+                 stale_after_s: float | None = None) -> None:  # fmt: skip
         self.store = store
         self.at_rest = at_rest
         self.hub = hub
@@ -59,6 +62,8 @@ class Console:
         self.retention_s = retention_days * 86400.0
         self.references_dir = references_dir
         self.clock = clock
+        self.stale_after_s = stale_after_s
+        self._stale: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -164,14 +169,31 @@ class Console:
                     path.rename(path.with_suffix(".refused"))
         return done
 
+    def watch_fleet(self) -> list[str]:
+        """Announce each van that went stale or fresh since the last look (its row on every
+        open fleet page changes); returns the vans now stale."""
+        if self.stale_after_s is None:
+            return []
+        stale = {d["device_id"] for d in self.store.devices(self.stale_after_s) if d["stale"]}
+        for device in sorted(stale ^ self._stale):
+            self.hub.publish("device", device_id=device)
+        self._stale = stale
+        return sorted(stale)
+
     def start(self, interval_s: float = 60.0) -> None:
+        tick = 60.0 if self.stale_after_s is None else min(interval_s, self.stale_after_s / 4)
+
         def loop() -> None:
+            due = 0.0
             while not self._stop.is_set():
                 try:
-                    self.housekeeping()
+                    if time.monotonic() >= due:
+                        due = time.monotonic() + interval_s
+                        self.housekeeping()
+                    self.watch_fleet()
                 except Exception:
                     log.exception("housekeeping failed")
-                self._stop.wait(interval_s)
+                self._stop.wait(tick)
 
         self._thread = threading.Thread(target=loop, name="console-housekeeping", daemon=True)
         self._thread.start()
