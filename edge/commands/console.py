@@ -110,7 +110,7 @@ def run_serve(args: argparse.Namespace) -> int:
                       retention_days=cfg.retention_days)
     broker = BrokerSettings(host=cfg.mqtt_host, port=cfg.mqtt_port, ca=cfg.mqtt_ca,
                             cert=cfg.mqtt_cert, key=cfg.mqtt_key)  # fmt: skip
-    ingest = Ingest(broker, handler, metrics, client_id=cfg.client_id, group=cfg.share_group,
+    ingest = Ingest(broker, handler, metrics, client_id=cfg.client_id,
                     session_expiry_s=cfg.session_expiry_s)  # fmt: skip
     console = Console(store, at_rest, hub, metrics, ingest, signing_key,
                       retention_days=cfg.retention_days, references_dir=cfg.references_dir,

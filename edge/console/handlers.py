@@ -170,6 +170,7 @@ class Handler:
             answer = m.device_adjudication(parsed["entry"])
             if answer is not None:  # another instance recorded it: this one's pages hear it
                 self.hub.publish("alert_update", alert_id=answer["alert_id"])
+            self._apply_verified(device, verified, now)  # stored by an instance that stopped
             return "duplicate"
         if state.state == "broken" or outcome == "conflict":
             self.metrics.inc("console_audit_breaks_total")

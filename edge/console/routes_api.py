@@ -137,6 +137,7 @@ def metrics(request: Request, c: Ctx) -> Response:
             raise HTTPException(403, "your role may not see the metrics")
     devices = c.devices()
     chains = c.store.chains()
+    alarms = c.store.alarms()  # not cleared yet (shared by every instance)
     gauges = {
         "console_audit_chains_broken": float(sum(1 for ch in chains if ch["state"] == "broken")),
         "console_audit_chains_with_gaps": float(sum(1 for ch in chains if ch["state"] == "gap")),
@@ -146,6 +147,9 @@ def metrics(request: Request, c: Ctx) -> Response:
         "console_devices_known": float(len(devices)),
         "console_devices_armed": float(sum(1 for d in devices if d["armed"])),
         "console_broker_connected": 1.0 if c.ingest_connected() else 0.0,
+        "console_alarms_active": float(len(alarms)),
+        "console_mqtt_session_lost": float(sum(1 for a in alarms
+                                               if a["kind"] == "mqtt_session_lost")),
         "console_sse_clients": float(c.hub.subscribers),
     }
     return PlainTextResponse(c.metrics.render(gauges, c.store.outcome_counts()),

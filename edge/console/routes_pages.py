@@ -8,6 +8,7 @@ event says that row changed.
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
@@ -24,10 +25,13 @@ Ctx = Annotated[Context, Depends(ctx)]
 
 def _page(c: Context, request: Request, name: str, user: User | None, **data: Any) -> Response:
     broken: list[str] = []
-    if user is not None and user.may("audit") and not name.startswith("_"):
-        broken = [ch["device_id"] for ch in c.store.chains() if ch["state"] == "broken"]
-    return c.templates.TemplateResponse(request, name,
-                                        {"user": user, "broken_chains": broken, **data})
+    alarms: list[dict[str, Any]] = []
+    if user is not None and not name.startswith("_"):
+        alarms = c.store.alarms()  # every page, every role: alerts may be missing
+        if user.may("audit"):
+            broken = [ch["device_id"] for ch in c.store.chains() if ch["state"] == "broken"]
+    return c.templates.TemplateResponse(request, name, {"user": user, "broken_chains": broken,
+                                                        "alarms": alarms, **data})
 
 
 def _id_or_none(value: str | None) -> str | None:
@@ -91,6 +95,31 @@ def home(user: Annotated[User, Depends(current_user)]) -> Response:
         if user.may(perm):
             return RedirectResponse(url, status_code=303)
     raise HTTPException(403, "your role has no pages")
+
+
+# -- alarms ---------------------------------------------------------------------------------
+
+
+@router.get("/fragments/alarms", response_class=HTMLResponse)
+def alarm_banner(request: Request, c: Ctx,
+                 user: Annotated[User, Depends(current_user)]) -> Response:  # fmt: skip
+    return c.templates.TemplateResponse(request, "_alarms.html",
+                                        {"user": user, "alarms": c.store.alarms()})
+
+
+@router.post("/alarms/{alarm_id}/clear")
+def clear_alarm(request: Request, alarm_id: int, c: Ctx,
+                user: Annotated[User, Depends(require("fleet"))],
+                csrf: Annotated[str, Form()] = "") -> Response:  # fmt: skip
+    """A supervisor has followed the runbook: the alarm leaves the pages (on the trail)."""
+    check_csrf(request, user, csrf)
+    row = c.store.clear_alarm(alarm_id, user.name, time.time())
+    if row is None:
+        raise HTTPException(404, "no such alarm, or already cleared")
+    c.store.log(user.name, "alarm_cleared", alarm_id=alarm_id, kind=row["kind"],
+                raised_at=row["raised_at"])  # fmt: skip
+    c.hub.publish("alarm", alarm=str(row["kind"]))
+    return RedirectResponse("/", status_code=303)
 
 
 # -- alerts ---------------------------------------------------------------------------------

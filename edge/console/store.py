@@ -276,54 +276,81 @@ class Store(AuthStore, FleetStore):
         """Store one entry and advance the device's chain.
 
         Returns ``(outcome, state, verified seqs)``: outcome ``new``, ``duplicate`` or
-        ``conflict``.
+        ``conflict``. Each device's chain is locked first (its row: ``SELECT ... FOR
+        UPDATE`` on PostgreSQL, the write lock on SQLite), so console instances taking the
+        same entries at once store each once and never advance a chain from a stale state.
         """
-        a, c = t.audit_entries, t.chains
-        body = json.dumps(parsed["entry"], sort_keys=True)
-        with self.tx() as conn:
-            state = self._chain(conn, device_id)
-            q = sa.select(a.c.hash).where(a.c.device_id == device_id, a.c.seq == parsed["seq"])
-            known = conn.execute(q).first()
-            outcome = "new"
-            if known is not None:
-                # A duplicate is judged by the signed content (the hash the signature covers),
-                # never by the bytes: a re-spelt resend is not a second history.
-                outcome = "duplicate" if known[0] == parsed["hash"] else "conflict"
-            else:
-                conn.execute(sa.insert(a).values(
-                    device_id=device_id, seq=parsed["seq"], at=parsed["at"],
-                    event=parsed["event"], prev_hash=parsed["prev_hash"], hash=parsed["hash"],
-                    body=body, received_at=received_at))  # fmt: skip
-            verified: list[int] = []
-            if outcome == "conflict" and not state.broken:
-                new = conflict(state, parsed["seq"])
-            elif outcome == "new" and not state.broken and parsed["seq"] > state.verified_seq + 1:
-                # Only the next entry can extend the chain: record the gap cheaply.
-                first = conn.execute(sa.select(sa.func.min(a.c.seq)).where(
-                    a.c.device_id == device_id, a.c.seq > state.verified_seq)).scalar_one()
-                new, _ = advance(state, {int(first): Received({}, 0.0)})
-            elif outcome == "new":
-                q2 = (sa.select(a.c.seq, a.c.body, a.c.at)
-                      .where(a.c.device_id == device_id, a.c.seq > state.verified_seq)
-                      .order_by(a.c.seq).limit(5000))  # fmt: skip
-                later = {int(s): Received(json.loads(b), float(at))
-                         for s, b, at in conn.execute(q2)}  # fmt: skip
-                new, verified = advance(state, later)
-            else:
-                new = state
-            if new != state:
-                values = {"verified_seq": new.verified_seq, "last_hash": new.last_hash,
-                          "last_at": new.last_at, "state": new.state, "problem": new.problem,
-                          "problem_at": received_at if new.problem else None}  # fmt: skip
-                upsert(conn, c, {"device_id": device_id}, values)
-            return outcome, new, verified
+        for attempt in range(3):
+            try:
+                with self.tx() as conn:
+                    return self._add_audit_entry(conn, device_id, parsed, received_at)
+            except sa.exc.IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
-    def _chain(self, conn: sa.Connection, device_id: str) -> ChainState:
+    def _add_audit_entry(self, conn: sa.Connection, device_id: str, parsed: Mapping[str, Any],
+                         received_at: float) -> tuple[str, ChainState, list[int]]:  # fmt: skip
+        a, c = t.audit_entries, t.chains
+        state = self._lock_chain(conn, device_id)
+        seq = int(parsed["seq"])
+        q = sa.select(a.c.hash).where(a.c.device_id == device_id, a.c.seq == seq)
+        known = conn.execute(q).first()
+        outcome = "new"
+        if known is not None:
+            # A duplicate is judged by the signed content (the hash the signature covers),
+            # never by the bytes: a re-spelt resend is not a second history.
+            outcome = "duplicate" if known[0] == parsed["hash"] else "conflict"
+        else:
+            conn.execute(sa.insert(a).values(
+                device_id=device_id, seq=seq, at=parsed["at"], event=parsed["event"],
+                prev_hash=parsed["prev_hash"], hash=parsed["hash"],
+                body=json.dumps(parsed["entry"], sort_keys=True),
+                received_at=received_at))  # fmt: skip
+        verified: list[int] = []
+        if state.broken:
+            new = state
+        elif outcome == "conflict":
+            new = conflict(state, seq)
+        elif outcome == "new" and seq > state.verified_seq + 1:
+            # Only the next entry can extend the chain: record the gap cheaply.
+            first = conn.execute(sa.select(sa.func.min(a.c.seq)).where(
+                a.c.device_id == device_id, a.c.seq > state.verified_seq)).scalar_one()
+            new, _ = advance(state, {int(first): Received({}, 0.0)})
+        elif seq == state.verified_seq + 1:  # new, or stored by an instance that stopped
+            q2 = (sa.select(a.c.seq, a.c.body, a.c.at)
+                  .where(a.c.device_id == device_id, a.c.seq > state.verified_seq)
+                  .order_by(a.c.seq).limit(5000))  # fmt: skip
+            later = {int(s): Received(json.loads(b), float(at))
+                     for s, b, at in conn.execute(q2)}  # fmt: skip
+            new, verified = advance(state, later)
+        else:
+            new = state
+        if new != state:
+            conn.execute(sa.update(c).where(c.c.device_id == device_id).values(
+                verified_seq=new.verified_seq, last_hash=new.last_hash, last_at=new.last_at,
+                state=new.state, problem=new.problem,
+                problem_at=received_at if new.problem else None))  # fmt: skip
+        return outcome, new, verified
+
+    def _lock_chain(self, conn: sa.Connection, device_id: str) -> ChainState:
+        """The device's chain, its row created if need be and locked for this transaction.
+        The first statement is a write, so SQLite takes its write lock before reading."""
         c = t.chains
-        row = conn.execute(sa.select(c).where(c.c.device_id == device_id)).first()
-        if row is None:
-            return ChainState()
-        m = row._mapping
+        ins: Any
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as ins
+        else:
+            from sqlalchemy.dialects.sqlite import insert as ins
+        fresh = ChainState()
+        conn.execute(ins(c).values(
+            device_id=device_id, verified_seq=fresh.verified_seq, last_hash=fresh.last_hash,
+            last_at=fresh.last_at, state=fresh.state,
+        ).on_conflict_do_nothing(index_elements=["device_id"]))  # fmt: skip
+        q = sa.select(c).where(c.c.device_id == device_id)
+        if conn.dialect.name == "postgresql":
+            q = q.with_for_update()
+        m = conn.execute(q).one()._mapping
         return ChainState(int(m["verified_seq"]), str(m["last_hash"]), float(m["last_at"]),
                           str(m["state"]), m["problem"])  # fmt: skip
 

@@ -10,7 +10,7 @@ alarms and the console's own MQTT sessions.
   deployment_record`), each row tied to the van whose key signed it;
 - alarms: conditions shown on every page until a supervisor clears them;
 - MQTT sessions: each console instance's session as it last knew it
-  (:mod:`edge.console.sessions`).
+  (:mod:`edge.console.mqtt_session`).
 """
 
 from __future__ import annotations
@@ -32,10 +32,17 @@ def rows(result: sa.CursorResult[Any]) -> list[Row]:
 
 
 def upsert(conn: sa.Connection, table: sa.Table, keys: Mapping[str, Any],
-           values: Mapping[str, Any]) -> None:  # fmt: skip
-    where = sa.and_(*(table.c[k] == v for k, v in keys.items()))
-    if conn.execute(sa.update(table).where(where).values(**values)).rowcount == 0:
-        conn.execute(sa.insert(table).values(**keys, **values))
+           values: Mapping[str, Any], create: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+    """Insert (with ``create`` too), or update ``values`` where ``keys`` exist: one statement
+    (``ON CONFLICT DO UPDATE``, SQLite and PostgreSQL), so two console instances never
+    collide."""
+    ins: Any
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as ins
+    else:
+        from sqlalchemy.dialects.sqlite import insert as ins
+    stmt = ins(table).values(**{**(create or {}), **keys, **values})
+    conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=dict(values)))
 
 
 class FleetStore:
@@ -107,10 +114,8 @@ class FleetStore:
             known = conn.execute(q).first()
             if known is not None and known[0] == "ended" and rec.get("state") != "ended":
                 values.pop("state", None)
-            if known is None:
-                values.setdefault("location", "")
-                values.setdefault("state", "armed")
-            upsert(conn, d, keys, {**values, "updated_at": now})
+            upsert(conn, d, keys, {**values, "updated_at": now},
+                   create={"location": "", "state": "armed"})  # fmt: skip
 
     def deployments(self) -> list[Row]:
         q = sa.select(t.deployments).order_by(t.deployments.c.updated_at.desc())
