@@ -156,6 +156,9 @@ def test_metrics_in_prometheus_format(console: ConsoleServer, van: Van) -> None:
     assert _wait(lambda: value("console_alerts_received_total") == before + 1)
     assert value("console_devices_online") >= 1
     assert value("console_ingest_latency_seconds_count") == before + 1
+    (row,) = [d for d in sup.get("/api/devices").json() if d["device_id"] == van.device_id]
+    assert (row["state"], row["stale"]) == ("online", False)  # its heartbeat is recent
+    assert console.session("pc-ops").get("/api/devices").status_code == 403
     assert console.session("pc-ops").get("/metrics").status_code == 403
     # Prometheus scrapes with the configured bearer token, without a login.
     anon = httpx.Client(base_url=console.url, timeout=10, verify=console.verify)
