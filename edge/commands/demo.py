@@ -181,6 +181,7 @@ key_file = "{keys / "console.key"}"
 signing_key = "{keys / "signing.key"}"
 device_keys = "{keys}"
 references_dir = "{work / "references"}"
+stale_after_s = 30  # the demo van sends stats every 10 s
 
 [mqtt]
 host = "{host}"
