@@ -31,7 +31,10 @@
     share_group = "console"       # instances in one group share the fleet's messages
     session_expiry_s = 604800
 
-Problems are collected and raised together as :class:`edge.errors.ConfigError`.
+Problems are collected and raised together as :class:`edge.errors.ConfigError`. A
+private file the console reads (``key_file``, ``signing_key``, ``tls_key``, the MQTT
+client key, the metrics token) that others may read or write (any group or other
+permission bit) is refused: ``chmod 600`` it.
 """
 
 from __future__ import annotations
@@ -84,6 +87,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+PRIVATE_KEYS = (("console", "key_file"), ("console", "signing_key"), ("console", "tls_key"),
+                ("console", "metrics_token_file"), ("mqtt", "client_key_file"))
+
+
+def private_mode_problem(where: str, path: Path) -> str | None:
+    """One line if ``path`` may be read or written by its group or others, else None."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return None  # reported as missing elsewhere
+    if mode & 0o077:
+        return (f"{where}: {path} is open to others (mode {mode:04o}); it holds a secret: "
+                f"chmod 600 {path}")
+    return None
 
 
 def _token(path: Path | None, problems: list[str]) -> str | None:
@@ -186,6 +205,13 @@ def from_dict(doc: dict[str, Any], base: Path) -> ConsoleConfig:
         session_expiry_s=integer(m, "session_expiry_s", "mqtt", 7 * 24 * 3600, 0, 2**31),
         metrics_token=_token(path(c, "metrics_token_file", "console", False), problems),
     )
+    for section, key in PRIVATE_KEYS:
+        value = (c if section == "console" else m).get(key)
+        if isinstance(value, str) and value:
+            p = Path(value) if Path(value).is_absolute() else base / value
+            line = private_mode_problem(f"[{section}] {key}", p)
+            if line:
+                problems.append(line)
     if cfg.device_keys.exists():
         from edge import signing
 

@@ -17,7 +17,7 @@ import time
 from typing import Any, Final
 
 from edge.console import messages as m
-from edge.console.crypto import AtRest
+from edge.console.crypto import AtRest, DataKeys, crop_key_name
 from edge.console.events import Hub
 from edge.console.metrics import Metrics
 from edge.console.store import Store
@@ -52,6 +52,7 @@ class Handler:
         self._trail_window = (float("-inf"), 0)  # (minute start, lines written in it)
         self.store = store
         self.at_rest = at_rest
+        self.keys = DataKeys(store, at_rest)
         self.hub = hub
         self.metrics = metrics
         self.prefix = prefix
@@ -104,8 +105,10 @@ class Handler:
     def _alerts(self, device: str, payload: bytes, _retained: bool, now: float) -> str:
         alert = m.parse_alert_message(device, payload, self.device_keys)
         crop = base64.b64decode(alert["face_jpeg_b64"])
-        sealed = self.at_rest.seal(crop, f"crop:{alert['alert_id']}")
-        if not self.store.add_alert(alert, sealed, now):
+        key_name = crop_key_name(now)  # the day's random key: destroyed with its last crop
+        sealed = self.at_rest.seal(crop, f"crop:{alert['alert_id']}",
+                                   self.keys.get_or_create(key_name))  # fmt: skip
+        if not self.store.add_alert(alert, sealed, now, crop_key=key_name):
             self.metrics.inc("console_alerts_duplicate_total")
             return "duplicate"
         self.metrics.inc("console_alerts_received_total")
