@@ -91,6 +91,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from edge.console.events import Hub
     from edge.console.handlers import Handler
     from edge.console.ingest import Ingest
+    from edge.console.login import Logins
     from edge.console.metrics import Metrics
     from edge.console.service import Console
     from edge.delivery.publish import BrokerSettings
@@ -112,18 +113,23 @@ def run_serve(args: argparse.Namespace) -> int:
                     session_expiry_s=cfg.session_expiry_s)  # fmt: skip
     console = Console(store, at_rest, hub, metrics, ingest, signing_key,
                       retention_days=cfg.retention_days, references_dir=cfg.references_dir)
+    logins = Logins(store, cfg.session_ttl_s, cfg.login_concurrency)
     context = Context(store=store, console=console, hub=hub, metrics=metrics,
                       templates=templates(), session_ttl_s=cfg.session_ttl_s,
-                      secure_cookies=cfg.https, metrics_token=cfg.metrics_token,
-                      ingest_connected=lambda: ingest.ready)
+                      secure_cookies=cfg.https, logins=logins,
+                      metrics_token=cfg.metrics_token, ingest_connected=lambda: ingest.ready)
     app = create_app(context)
     ssl: dict[str, Any] = {}
     if cfg.https:
         ssl = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)}
-    # Open SSE streams and idle keep-alive connections do not hold up a stop for long.
+    # X-Forwarded-For/-Proto count only from the configured proxies (uvicorn would trust
+    # them from loopback by default: a spoofed client on the trail, the address limit
+    # bypassed). Open SSE streams and idle keep-alives do not hold up a stop for long.
+    proxies: dict[str, Any] = {"proxy_headers": bool(cfg.trusted_proxies),
+                               "forwarded_allow_ips": list(cfg.trusted_proxies)}
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.listen, port=cfg.port,
                                            log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=3, **ssl))
+                                           timeout_graceful_shutdown=3, **proxies, **ssl))
     scheme = "https" if cfg.https else "http"
     ingest.start()
     console.start()
@@ -134,5 +140,6 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         console.stop()
         ingest.stop()
+        logins.close()
         store.close()
     return 0

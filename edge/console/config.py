@@ -20,6 +20,10 @@
     retention_days = 31
     metrics_token_file = "/etc/edge-console/metrics.token"  # optional: Prometheus may
                                                 # scrape /metrics with "Bearer <token>"
+    trusted_proxies = []          # addresses or networks of reverse proxies whose
+                                  # X-Forwarded-For/-Proto count; none by default
+    login_concurrency = 2         # password checks at once (argon2: 64 MiB each);
+                                  # more logins wait a moment or get 429 + Retry-After
 
     [mqtt]
     host = "broker.example"
@@ -49,7 +53,8 @@ from edge.errors import ConfigError
 
 _CONSOLE_KEYS = {"database", "listen", "port", "tls_cert", "tls_key", "key_file",
                  "signing_key", "device_keys", "references_dir", "session_ttl_s",
-                 "retention_days", "metrics_token_file"}
+                 "retention_days", "metrics_token_file", "trusted_proxies",
+                 "login_concurrency"}
 _MQTT_KEYS = {"host", "port", "ca", "client_cert", "client_key_file", "client_id",
               "share_group", "session_expiry_s"}  # fmt: skip
 
@@ -76,6 +81,8 @@ class ConsoleConfig:
     share_group: str
     session_expiry_s: int
     metrics_token: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    login_concurrency: int = 2
 
     @property
     def https(self) -> bool:
@@ -103,6 +110,19 @@ def private_mode_problem(where: str, path: Path) -> str | None:
         return (f"{where}: {path} is open to others (mode {mode:04o}); it holds a secret: "
                 f"chmod 600 {path}")
     return None
+
+
+def _proxies(value: Any, problems: list[str]) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.append("[console] trusted_proxies: must be a list of addresses or networks")
+        return ()
+    for v in value:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            problems.append(f"[console] trusted_proxies: {v!r} is not an address or network")
+            return ()
+    return tuple(value)
 
 
 def _token(path: Path | None, problems: list[str]) -> str | None:
@@ -204,6 +224,8 @@ def from_dict(doc: dict[str, Any], base: Path) -> ConsoleConfig:
         share_group=string(m, "share_group", "mqtt", "console"),
         session_expiry_s=integer(m, "session_expiry_s", "mqtt", 7 * 24 * 3600, 0, 2**31),
         metrics_token=_token(path(c, "metrics_token_file", "console", False), problems),
+        trusted_proxies=_proxies(c.get("trusted_proxies", []), problems),
+        login_concurrency=integer(c, "login_concurrency", "console", 2, 1, 64),
     )
     for section, key in PRIVATE_KEYS:
         value = (c if section == "console" else m).get(key)

@@ -8,8 +8,8 @@
 - :meth:`Console.housekeeping` (every minute, and at start): purge alerts and crops older
   than the retention period unless on legal hold and destroy the data key of each day
   none of whose crops is left, delete reference images (and their deployment's key) of
-  deployments whose window has closed, import new reference files; each purge and
-  deletion audited.
+  deployments whose window has closed, import new reference files, forget login
+  attempts older than the limits' window; each purge and deletion audited.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge.console.auth import WINDOW_S
 from edge.console.crypto import AtRest, DataKeys, SealError, reference_key_name
 from edge.console.events import Hub
 from edge.console.metrics import Metrics
@@ -148,6 +149,7 @@ class Console:
     def housekeeping(self, now: float | None = None) -> dict[str, int]:
         now = time.time() if now is None else now
         done = {"purged": 0, "references_deleted": 0, "references_imported": 0}
+        self.store.purge_login_attempts(now - WINDOW_S)
         ids = self.store.purge_alerts(now - self.retention_s)
         if ids:
             done["purged"] = len(ids)
