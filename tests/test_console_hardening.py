@@ -14,6 +14,7 @@ another's.
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 import threading
 from collections.abc import Iterator
@@ -288,3 +289,55 @@ def test_nested_or_malformed_json_is_a_clear_4xx_never_a_500(console: ConsoleSer
     r = ops.post("/api/alerts/no-such-alert/adjudicate", json={"decision": "confirmed"},
                  headers=headers)
     assert r.status_code == 404  # a well-formed body reaches the service
+
+
+# -- users: a reset, a role change, disable and remove end sessions at once ----------------
+
+
+def test_reset_role_change_disable_and_remove_end_the_users_sessions(
+    console: ConsoleServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge.cli import main
+
+    def edge(*args: str, stdin: str = "") -> tuple[int, str, str]:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        try:
+            code = main(["console", "user", *args, "--config", str(console.config)])
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    def alive(client: httpx.Client) -> bool:
+        return client.get("/alerts").status_code == 200
+
+    first = console.session("pc-fired")
+    new_password = "another horse battery"
+    code, _, err = edge("add", "pc-fired", "--role", "operator", "--replace",
+                        "--password-stdin", stdin=new_password + "\n")
+    assert code == 0, err
+    assert not alive(first)  # a password reset ends the sessions opened before it
+    second = console.session("pc-fired", new_password)
+    assert edge("add", "pc-fired", "--role", "auditor", "--replace", "--password-stdin",
+                stdin=new_password + "\n")[0] == 0
+    assert second.get("/audit").status_code == 303  # a role change too
+    third = console.session("pc-fired", new_password)
+    assert edge("disable", "pc-fired")[:2] == (0, "user pc-fired disabled; 1 session ended\n")
+    assert third.get("/audit").status_code == 303
+    with _client(console, "127.0.0.40") as client:
+        token = _login_token(client, client.get("/login").text)
+        r = client.post("/login", data={"name": "pc-fired", "password": new_password,
+                                        "csrf": token})
+        assert r.status_code == 401
+    assert edge("enable", "pc-fired")[:2] == (0, "user pc-fired enabled\n")
+    fourth = console.session("pc-fired", new_password)
+    code, out, _ = edge("remove", "pc-fired")
+    assert (code, out) == (0, "user pc-fired removed; 1 session ended\n")
+    assert fourth.get("/audit").status_code == 303
+    code, _, err = edge("disable", "pc-fired")
+    assert (code, err.strip()) == (2, "edge: no user pc-fired")
+    code, out, _ = edge("list")
+    assert code == 0 and "pc-fired" not in out and "aud-hard" in out
+    for event in ("user_updated", "user_disabled", "user_enabled", "user_removed"):
+        assert [e["detail"]["user"] for e in _trail(console, event)] != [], event
+    assert [e["detail"]["sessions_ended"] for e in _trail(console, "user_removed")] == [1]

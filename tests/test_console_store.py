@@ -164,6 +164,16 @@ def test_users_sessions_and_login_attempts(store: Store) -> None:
     assert store.login_failures("user:pc-1", since=0.0) == 0
     assert store.login_failures("addr:1.2.3.4", since=0.0) == 2
     assert store.purge_login_attempts(before=6.5) == 1
+    # A new password or role, disabling and removing end the user's sessions at once.
+    for token in ("a", "b"):  # (the first also deletes the expired session)
+        store.add_session(token * 64, user["id"], "c" * 64, now=30.0, expires_at=1e12)
+    assert store.set_password("pc-1", "auditor", "hash2") == 2
+    assert store.session("a" * 64, now=31.0) is None
+    store.add_session("d" * 64, user["id"], "c" * 64, now=10.0, expires_at=1e12)
+    assert store.set_disabled("pc-1", True) == 1 and store.set_disabled("pc-1", False) == 0
+    store.add_session("e" * 64, user["id"], "c" * 64, now=10.0, expires_at=1e12)
+    assert store.remove_user("pc-1") == 1 and store.user_by_name("pc-1") is None
+    assert store.set_password("pc-1", "auditor", "h") is None and store.remove_user("x") is None
 
 
 def test_concurrent_login_attempts_are_counted_atomically(store: Store) -> None:

@@ -12,6 +12,8 @@
   concurrent burst cannot pass the count): :data:`MAX_FAILURES` within :data:`WINDOW_S`
   refuses further attempts until the window passes (:data:`MAX_FAILURES_PER_ADDRESS` per
   address); the login itself is :mod:`edge.console.login`.
+- Resetting a password, changing a role, disabling or removing a user ends the user's
+  sessions at once (:func:`set_user`, :func:`disable_user`, :func:`remove_user`).
 - Roles: operators see the alert queue and adjudicate; supervisors also see the fleet
   and the deployments; auditors read the audit trail and the deployment reports.
 """
@@ -67,8 +69,10 @@ def check_name(name: str) -> str:
     return name
 
 
-def add_user(store: Store, name: str, role: str, password: str, *, replace: bool = False) -> str:
-    """Create (or with ``replace``, re-set) a user; returns ``created`` or ``updated``."""
+def add_user(store: Store, name: str, role: str, password: str, *, replace: bool = False,
+             actor: str = "console") -> str:  # fmt: skip
+    """Create (or with ``replace``, re-set: new password and role, the user's sessions
+    ended) a user, on the console's trail; returns ``created`` or ``updated``."""
     check_name(name)
     if role not in ROLES:
         raise UsageError(f"role must be one of {', '.join(ROLES)}")
@@ -78,10 +82,36 @@ def add_user(store: Store, name: str, role: str, password: str, *, replace: bool
     if store.user_by_name(name) is not None:
         if not replace:
             raise UsageError(f"user {name} exists (use --replace to set a new password)")
-        store.set_password(name, role, hashed)
+        ended = store.set_password(name, role, hashed)
+        store.log(actor, "user_updated", user=name, role=role, sessions_ended=ended or 0)
         return "updated"
     store.add_user(name, role, hashed, time.time())
+    store.log(actor, "user_added", user=name, role=role)
     return "created"
+
+
+def disable_user(store: Store, name: str, actor: str = "console") -> int:
+    """Refuse the user's logins and end their sessions at once; returns the sessions ended."""
+    ended = store.set_disabled(check_name(name), True)
+    if ended is None:
+        raise UsageError(f"no user {name}")
+    store.log(actor, "user_disabled", user=name, sessions_ended=ended)
+    return ended
+
+
+def enable_user(store: Store, name: str, actor: str = "console") -> None:
+    if store.set_disabled(check_name(name), False) is None:
+        raise UsageError(f"no user {name}")
+    store.log(actor, "user_enabled", user=name)
+
+
+def remove_user(store: Store, name: str, actor: str = "console") -> int:
+    """Delete the user (their password hash) and their sessions; returns the sessions ended."""
+    ended = store.remove_user(check_name(name))
+    if ended is None:
+        raise UsageError(f"no user {name}")
+    store.log(actor, "user_removed", user=name, sessions_ended=ended)
+    return ended
 
 
 def token_hash(token: str) -> str:

@@ -1,7 +1,8 @@
 """Users, sessions and login attempts in the console's database (mixed into the Store).
 
 Sessions are stored by the SHA-256 of their token, never the token itself, so a copy of
-the database does not let anyone log in.
+the database does not let anyone log in. Changing a user's password or role, disabling
+or removing them deletes their sessions in the same transaction.
 
 Login attempts (table ``login_failures``): :meth:`AuthStore.begin_login_attempt`
 records an attempt for each of its keys (the user name, the client address) *before*
@@ -47,16 +48,45 @@ def _lock_id(key: str) -> int:
 class AuthStore:
     engine: sa.Engine
 
+    def scrub(self) -> None:  # provided by the Store (SQLite: truncate the WAL)
+        raise NotImplementedError
+
     def add_user(self, name: str, role: str, password_hash: str, now: float) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.insert(t.users).values(
                 name=name, role=role, password_hash=password_hash, created_at=now,
                 disabled=False))  # fmt: skip
 
-    def set_password(self, name: str, role: str, password_hash: str) -> bool:
+    def _end_sessions(self, conn: sa.Connection, name: str) -> int:
+        ids = sa.select(t.users.c.id).where(t.users.c.name == name).scalar_subquery()
+        return int(conn.execute(sa.delete(t.sessions).where(t.sessions.c.user_id == ids))
+                   .rowcount)  # fmt: skip
+
+    def set_password(self, name: str, role: str, password_hash: str) -> int | None:
+        """Set a user's password and role and end their sessions; returns how many were
+        ended, or None if there is no such user."""
         with self.engine.begin() as conn:
             q = sa.update(t.users).where(t.users.c.name == name)
-            return conn.execute(q.values(role=role, password_hash=password_hash)).rowcount > 0
+            if conn.execute(q.values(role=role, password_hash=password_hash)).rowcount == 0:
+                return None
+            return self._end_sessions(conn, name)
+
+    def set_disabled(self, name: str, disabled: bool) -> int | None:
+        """Disable (ending their sessions) or enable a user; None if there is no such user."""
+        with self.engine.begin() as conn:
+            q = sa.update(t.users).where(t.users.c.name == name).values(disabled=disabled)
+            if conn.execute(q).rowcount == 0:
+                return None
+            return self._end_sessions(conn, name) if disabled else 0
+
+    def remove_user(self, name: str) -> int | None:
+        """Delete a user and their sessions; returns the sessions ended, None if unknown."""
+        with self.engine.begin() as conn:
+            ended = self._end_sessions(conn, name)
+            if conn.execute(sa.delete(t.users).where(t.users.c.name == name)).rowcount == 0:
+                return None
+        self.scrub()  # the password hash leaves the files too
+        return ended
 
     def user_by_name(self, name: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
