@@ -43,7 +43,7 @@ from edge.console.auth import (
 )
 from edge.console.store import Store
 
-WAITING_PER_CHECK: Final = 4
+WAITING_PER_CHECK: Final = 2
 TRAIL_LINES_PER_MINUTE: Final = 30
 MESSAGES: Final = {
     "wrong": "wrong user name or password",
