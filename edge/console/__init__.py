@@ -10,7 +10,11 @@ JavaScript. The parts are separate modules with one direction of use:
 - :mod:`~edge.console.ingest`: the MQTT 5 client (mutual TLS, persistent session, shared
   subscription) that feeds the store and the event hub, and sends adjudications;
 - :mod:`~edge.console.service`: what a route may ask for (adjudicate, purge, ...);
-- :mod:`~edge.console.auth`: users, argon2 passwords, sessions, CSRF, login rate limit;
+- :mod:`~edge.console.auth` / :mod:`~edge.console.login`: users, argon2 passwords,
+  sessions, CSRF; the login (attempts recorded before the check, checks bounded);
+- :mod:`~edge.console.limits`: request bodies, forms and JSON bounded before parsing;
+- :mod:`~edge.console.crypto`: images at rest under random data keys destroyed with
+  their last row;
 - :mod:`~edge.console.routes` / :mod:`~edge.console.app`: the pages and the API. A route
   never talks to MQTT directly; it calls the service.
 
