@@ -7,16 +7,18 @@ event says that row changed.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from edge.console import auth
+from edge.console import auth, limits
 from edge.console.app import Context, check_csrf, ctx, current_user, require
 from edge.console.auth import User
+from edge.console.login import MESSAGES, LoginRefused
 from edge.delivery.alert import DEVICE_ID_RE
 
 router = APIRouter()
@@ -47,29 +49,36 @@ def _id_or_none(value: str | None) -> str | None:
 
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, c: Ctx, error: str | None = None) -> Response:
+    """The login page; ``error`` is a code of :data:`edge.console.login.MESSAGES` (any
+    other value shows nothing: the page never shows text from a request)."""
     token = secrets.token_urlsafe(24)
-    resp = _page(c, request, "login.html", None, login_csrf=token, error=error)
+    resp = _page(c, request, "login.html", None, login_csrf=token,
+                 error=MESSAGES.get(error or ""))  # fmt: skip
     resp.set_cookie(auth.LOGIN_COOKIE, token, httponly=True, samesite="strict",
                     secure=c.secure_cookies, max_age=1800)  # fmt: skip
     return resp
 
 
 @router.post("/login")
-def login(
-    request: Request, c: Ctx, name: Annotated[str, Form()], password: Annotated[str, Form()],
-    csrf: Annotated[str, Form()] = "",
-) -> Response:
-    if not auth.csrf_ok(request.cookies.get(auth.LOGIN_COOKIE) or "", csrf):
+async def login(request: Request, c: Ctx) -> Response:
+    f = await limits.form(request, "name", "password", "csrf")
+    if not auth.csrf_ok(request.cookies.get(auth.LOGIN_COOKIE) or "", f["csrf"]):
         raise HTTPException(403, "missing or wrong CSRF token")
-    client = request.client.host if request.client else "unknown"
+    name, client = f["name"], request.client.host if request.client else "unknown"
     try:
-        token, user = auth.login(c.store, name, password, client, c.session_ttl_s)
-    except auth.LoginRefused as exc:
-        c.store.log(name[:64] or "-", "login_refused", client=client, reason=str(exc))
-        resp = login_form(request, c, error=str(exc))
-        resp.status_code = 429 if exc.limited else 401
+        token, user = await c.logins.login(name, f["password"], client)
+    except LoginRefused as exc:
+        c.metrics.inc("console_logins_refused_total", reason=exc.code)
+        count = c.logins.trail_line(exc.code, client, time.time())
+        if count is not None:
+            await asyncio.to_thread(c.store.log, name[:64] or "-", "login_refused",
+                                    client=client, reason=exc.code, count=count)  # fmt: skip
+        resp = login_form(request, c, error=exc.code)
+        resp.status_code = 401 if exc.retry_after_s is None else 429
+        if exc.retry_after_s is not None:
+            resp.headers["Retry-After"] = str(exc.retry_after_s)
         return resp
-    c.store.log(user.name, "login", client=client, role=user.role)
+    await asyncio.to_thread(c.store.log, user.name, "login", client=client, role=user.role)
     resp = RedirectResponse("/", status_code=303)
     resp.set_cookie(auth.COOKIE, token, httponly=True, samesite="strict",
                     secure=c.secure_cookies, max_age=c.session_ttl_s)  # fmt: skip
@@ -78,11 +87,11 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request, c: Ctx, user: Annotated[User, Depends(current_user)],
-           csrf: Annotated[str, Form()] = "") -> Response:  # fmt: skip
-    check_csrf(request, user, csrf)
-    c.store.drop_session(user.token_hash)
-    c.store.log(user.name, "logout")
+async def logout(request: Request, c: Ctx,
+                 user: Annotated[User, Depends(current_user)]) -> Response:  # fmt: skip
+    check_csrf(request, user, (await limits.form(request, "csrf"))["csrf"])
+    await asyncio.to_thread(c.store.drop_session, user.token_hash)
+    await asyncio.to_thread(c.store.log, user.name, "logout")
     resp = RedirectResponse("/login", status_code=303)
     resp.delete_cookie(auth.COOKIE)
     return resp
@@ -108,11 +117,10 @@ def alarm_banner(request: Request, c: Ctx,
 
 
 @router.post("/alarms/{alarm_id}/clear")
-def clear_alarm(request: Request, alarm_id: int, c: Ctx,
-                user: Annotated[User, Depends(require("fleet"))],
-                csrf: Annotated[str, Form()] = "") -> Response:  # fmt: skip
+async def clear_alarm(request: Request, alarm_id: int, c: Ctx,
+                      user: Annotated[User, Depends(require("fleet"))]) -> Response:
     """A supervisor has followed the runbook: the alarm leaves the pages (on the trail)."""
-    check_csrf(request, user, csrf)
+    check_csrf(request, user, (await limits.form(request, "csrf"))["csrf"])
     row = c.store.clear_alarm(alarm_id, user.name, time.time())
     if row is None:
         raise HTTPException(404, "no such alarm, or already cleared")
