@@ -138,7 +138,7 @@ def test_the_ingest_client_takes_the_fleet_through_a_shared_subscription(
     handler: Handler, broker: Broker
 ) -> None:
     assert [t for t, _ in subscriptions("console")][:1] == ["$share/console/lfr/+/alerts"]
-    cr = broker.control_room
+    cr = broker.console()
     ingest = Ingest(BrokerSettings(broker.host, broker.port, cr.ca, cr.cert, cr.key), handler,
                     handler.metrics, client_id="console-ingest-test")
     ingest.start()
@@ -160,8 +160,8 @@ def test_the_ingest_client_takes_the_fleet_through_a_shared_subscription(
         ingest.stop()
 
 
-def _ingest(handler: Handler, broker: Broker, client_id: str) -> Ingest:
-    cr = broker.control_room
+def _ingest(handler: Handler, broker: Broker, client_id: str, n: int = 1) -> Ingest:
+    cr = broker.console(n)  # each console instance its own certificate (CN = client id)
     ingest = Ingest(BrokerSettings(broker.host, broker.port, cr.ca, cr.cert, cr.key), handler,
                     handler.metrics, client_id=client_id)
     ingest.start()
@@ -176,7 +176,7 @@ def test_two_consoles_share_the_fleet_and_each_alert_is_stored_once(
     stores = [Store.open(url), Store.open(url)]
     key = X25519PrivateKey.generate()
     handlers = [Handler(s, AtRest(key), Hub(), Metrics(), device_keys=PUBLIC) for s in stores]
-    ingests = [_ingest(h, broker, f"console-{i}") for i, h in enumerate(handlers)]
+    ingests = [_ingest(h, broker, f"console-{i}", n=i + 1) for i, h in enumerate(handlers)]
     try:
         van = broker.client("van-1")
         sent = []

@@ -46,7 +46,10 @@ ANSIBLE_DIR = REPO / "ansible"
 VENV_BIN = Path(sys.executable).parent
 DEVICE_ID = "cam-01"
 OTHER_DEVICE_ID = "cam-02"
-CONTROL_ROOM = "control-room"
+CONTROL_ROOM = "control-room-console-1"
+"""The console's identity: reads every device's messages (the role's default clients)."""
+END_DEPLOYMENT = "control-room-end-deployment"
+"""end-deployment.yml's own identity: may write commands and nothing else."""
 CONVERGE_TIMEOUT = 600.0
 MQTT_WAIT = 20.0
 
@@ -113,7 +116,7 @@ def make_pki(directory: Path) -> Pki:
     certs: dict[str, tuple[Path, Path]] = {}
     server = ca.issue("broker", server=True)
     certs["broker"] = (server.cert, server.key)
-    for cn in (DEVICE_ID, OTHER_DEVICE_ID, CONTROL_ROOM):
+    for cn in (DEVICE_ID, OTHER_DEVICE_ID, CONTROL_ROOM, END_DEPLOYMENT):
         files = ca.issue(cn)
         certs[cn] = (files.cert, files.key)
     return Pki(ca=ca.cert, certs=certs)
@@ -374,8 +377,8 @@ def fleet(nspawn_host: NspawnHost) -> Fleet:
         "lfr_broker_address": "127.0.0.1",
         "lfr_broker_port": broker_port,
         "lfr_ca_cert": str(pki.ca),
-        "lfr_control_room_cert": str(pki.certs[CONTROL_ROOM][0]),
-        "lfr_control_room_key": str(pki.certs[CONTROL_ROOM][1]),
+        "lfr_end_deployment_cert": str(pki.certs[END_DEPLOYMENT][0]),
+        "lfr_end_deployment_key": str(pki.certs[END_DEPLOYMENT][1]),
         "lfr_signing_key": str(keys / "signing.key"),
         "lfr_edge_cli": str(VENV_BIN / "edge"),
     }

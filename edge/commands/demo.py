@@ -236,7 +236,7 @@ def _looping(clip: Path, work: Path) -> Path:
     return clip_with_gap(clip.resolve(), work / "clip-loop.avi")
 
 def run(args: argparse.Namespace) -> int:
-    from edge.dev.devbroker import CONTROL_ROOM_CN, DevBroker, free_port
+    from edge.dev.devbroker import ALERTS_CN, CONSOLE_CN, DevBroker, free_port
     from edge.errors import UsageError
 
     for what, path in (("clip", args.clip), ("subjects", args.subjects),
@@ -290,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
         )
         _say("local mosquitto with mutual TLS on 127.0.0.1")
         broker.start()
-        cr = broker.client(CONTROL_ROOM_CN)
+        cr = broker.client(CONSOLE_CN)  # each control-room client its own identity
         dev = broker.client(DEVICE_ID)
         write_device_config(
             work / "edge.toml", device_id=DEVICE_ID, state_dir=work / "state",
@@ -301,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
             deployment_keys_dir=run_dir,
         )
         _say(f"control room subscriber (edge alerts); crops go to {work / 'crops'}")
-        sub = broker.client("control-room-alerts")  # one certificate per client (CN = id)
+        sub = broker.client(ALERTS_CN)
         alerts = subprocess.Popen(
             _edge("alerts", "--host", broker.host, "--port", str(broker.port),
                   "--ca", str(broker.ca_cert), "--cert", str(sub.cert), "--key", str(sub.key),
