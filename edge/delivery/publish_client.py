@@ -22,6 +22,8 @@ import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import LOGGING_LEVEL
+from paho.mqtt.enums import LogLevel
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -29,6 +31,7 @@ from edge.delivery.link import IN_KINDS, new_client
 from edge.delivery.publish_state import LOGGER, PublisherState
 
 log = logging.getLogger(LOGGER)
+paho_log = logging.getLogger(f"{LOGGER}.paho")
 
 STALL_KEEPALIVES = 2.5
 WILL_WAIT_S = 5.0
@@ -42,7 +45,7 @@ class ClientLifecycle(PublisherState):
         client.max_inflight_messages_set(self.inflight_max)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(*self._reconnect)
-        client.enable_logger(logging.getLogger(f"{LOGGER}.paho"))
+        client.on_log = self._on_log  # paho's own log, an outage said once (_on_log)
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -141,6 +144,23 @@ class ClientLifecycle(PublisherState):
         except Exception:
             log.exception("on_pre_connect failed")
 
+    def _on_log(self, client: mqtt.Client, _userdata: Any, level: int, buf: str) -> None:
+        """paho's log lines into ``edge.delivery.publish.paho`` at paho's level, except
+        "Client is not connected", which paho logs at ERROR after every failed reconnect
+        while the broker is unreachable: once per outage (until the next CONNACK), at
+        WARNING, with how the publisher copes."""
+        if client is not self._client:
+            return
+        with contextlib.suppress(Exception):  # a log line never ends the network thread
+            if buf.startswith("Client is not connected"):
+                with self._lock:
+                    first, self._outage_logged = not self._outage_logged, True
+                if first:
+                    log.warning("the broker is not reachable (%s); retrying, messages kept in "
+                                "the outbox; said once until connected", buf)  # fmt: skip
+                return
+            paho_log.log(LOGGING_LEVEL.get(LogLevel(level), logging.DEBUG), "%s", buf)
+
     def _on_connect(
         self,
         client: mqtt.Client,
@@ -168,6 +188,7 @@ class ClientLifecycle(PublisherState):
             return
         with self._lock:
             self._connected = True
+            self._outage_logged = False
             self._last_error = None
             self.connect_count += 1
             self._gen += 1

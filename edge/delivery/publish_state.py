@@ -113,6 +113,7 @@ class PublisherState:
         self._cursor = 0  # highest outbox seq handed to paho on this connection
         self._gen = 0  # connection generation
         self._connected = False
+        self._outage_logged = False  # "not connected" said once this outage (publish_client)
         self._last_error: str | None = None
         self._status: dict[str, Any] = {"armed": False, "reason": "starting"}
         self._will_armed = False  # the armed value in the current connection's will
