@@ -220,6 +220,7 @@ class MqttClient:
         self._mqtt = mqtt
         self.messages: list[tuple[str, bytes, bool]] = []
         self.pubacks: dict[int, int] = {}
+        self.subacks: set[int] = set()
         self._cond = threading.Condition()
         self._connected: int | None = None
         client = mqtt.Client(
@@ -232,6 +233,7 @@ class MqttClient:
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         self.client = client
         client.connect("127.0.0.1", port, keepalive=30)
         client.loop_start()
@@ -249,6 +251,11 @@ class MqttClient:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
             self._cond.notify_all()
 
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
+        with self._cond:
+            self.subacks.add(mid)
+            self._cond.notify_all()
+
     def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         with self._cond:
             self.pubacks[mid] = int(rc.value) if hasattr(rc, "value") else int(rc)
@@ -264,8 +271,10 @@ class MqttClient:
                 self._cond.wait(left)
 
     def subscribe(self, topic: str) -> None:
-        result, _ = self.client.subscribe(topic, qos=1)
+        """Subscribe and wait (bounded) for the broker's SUBACK."""
+        result, mid = self.client.subscribe(topic, qos=1)
         assert result == 0
+        self._wait(lambda: mid in self.subacks, f"SUBACK for {topic}")
 
     def wait_message(self, topic: str, pred: Any = None, timeout: float = MQTT_WAIT) -> bytes:
         def found() -> bool:
@@ -584,8 +593,7 @@ def test_device_cannot_publish_under_another_devices_topic(fleet: Fleet) -> None
     room = MqttClient(fleet.pki, CONTROL_ROOM, fleet.broker_port)
     other = MqttClient(fleet.pki, OTHER_DEVICE_ID, fleet.broker_port)
     try:
-        room.subscribe("lfr/#")
-        time.sleep(0.5)  # let the SUBACK land; the checks below wait on messages, not time
+        room.subscribe("lfr/#")  # waits for the SUBACK
         forged = b'{"forged": true}'
         rc = other.publish(f"lfr/{DEVICE_ID}/alerts", forged)
         assert rc == 0x87, f"broker answered {rc:#x}, not 'not authorized'"
