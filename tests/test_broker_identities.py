@@ -13,6 +13,7 @@ messages; and the role's ACL means the same as the dev broker's (the demo's and 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -37,7 +38,7 @@ from edge.dev.devbroker import (
     acl_text,
     parse_acl,
 )
-from tests.fixtures.broker import Broker
+from tests.fixtures.broker import Broker, Pki
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLE = ROOT / "ansible" / "roles" / "control_room_broker"
@@ -52,30 +53,43 @@ def _yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def render_role_acl(out: Path, **extra_vars: Any) -> str:
-    """The role's templates/acl.j2 rendered by Ansible itself (ad hoc, on localhost) with
-    the role's defaults and vars (and ``extra_vars``)."""
+def render_role_templates(out: Path, renders: dict[str, tuple[str, dict[str, Any]]]
+                          ) -> dict[str, str]:  # fmt: skip
+    """Render the role's templates with Ansible itself (one ``ansible-playbook`` run on
+    localhost), each ``{name: (template, extra vars)}`` with the role's defaults and vars."""
     import json
 
-    variables = {**_yaml(ROLE / "defaults" / "main.yml"), **_yaml(ROLE / "vars" / "main.yml"),
-                 **extra_vars}  # fmt: skip
-    (out.parent / "acl-vars.json").write_text(json.dumps(variables))
+    role_vars = {**_yaml(ROLE / "defaults" / "main.yml"), **_yaml(ROLE / "vars" / "main.yml")}
+    tasks = [{"ansible.builtin.template": {"src": str(ROLE / "templates" / src),
+                                           "dest": str(out / name)},
+              "vars": {**role_vars, **extra}} for name, (src, extra) in renders.items()]
+    play = out / "render.yml"
+    play.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False,
+                                 "tasks": tasks}]))  # fmt: skip
     proc = subprocess.run(
-        [str(VENV_BIN / "ansible"), "localhost", "-c", "local", "-i", "localhost,",
-         "-e", f"ansible_python_interpreter={sys.executable}",
-         "-e", f"@{out.parent / 'acl-vars.json'}", "-m", "ansible.builtin.template",
-         "-a", f"src={ROLE / 'templates' / 'acl.j2'} dest={out}"],
+        [str(VENV_BIN / "ansible-playbook"), "-c", "local", "-i", "localhost,",
+         "-e", f"ansible_python_interpreter={sys.executable}", str(play)],
         capture_output=True, text=True, timeout=120, check=False,
         env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible" / "ansible.cfg"),
              "ANSIBLE_NOCOLOR": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    return out.read_text()
+    return {name: (out / name).read_text() for name in renders}
 
 
 @pytest.fixture(scope="module")
-def role_acl(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return render_role_acl(tmp_path_factory.mktemp("acl") / "acl")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The role's ACL, and its listener configuration with and without a CRL."""
+    return render_role_templates(tmp_path_factory.mktemp("role"), {
+        "acl": ("acl.j2", {}),
+        "lfr.conf": ("lfr.conf.j2", {"control_room_broker_crl_src": "/secrets/crl.pem"}),
+        "lfr-no-crl.conf": ("lfr.conf.j2", {}),
+    })  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def role_acl(rendered: dict[str, str]) -> str:
+    return rendered["acl"]
 
 
 def test_the_role_and_the_dev_broker_grant_the_same_rights(role_acl: str) -> None:
@@ -277,3 +291,59 @@ def test_no_other_identity_can_take_a_share_of_the_consoles_messages(
     for payload in sent:
         assert van.publish(f"lfr/{VAN}/alerts", payload)
     assert console.wait(lambda: len(console.got) >= len(sent), timeout=3)
+
+
+def can_connect(broker: Broker, cn: str, timeout: float = 5.0) -> bool:
+    """Whether ``cn``'s certificate gets a successful CONNACK (a revoked one fails the TLS
+    handshake: no CONNACK at all)."""
+    got: list[Any] = []
+    done = threading.Event()
+    client = broker.make_client(cn)
+    client.on_connect = lambda _c, _u, _f, rc, _p: (got.append(rc), done.set())
+    client.on_disconnect = lambda *_a: done.set()  # the handshake failed
+    client.on_connect_fail = lambda *_a: done.set()
+    try:
+        client.connect(broker.host, broker.port, keepalive=10)
+    except OSError:
+        return False
+    client.loop_start()
+    try:
+        done.wait(timeout)
+        return bool(got) and not got[0].is_failure
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_a_revoked_certificate_is_refused_and_the_runbook_cuts_it_off(
+    broker_factory: Any, pki: Pki, tmp_path: Path, rendered: dict[str, str]
+) -> None:
+    """The broker role's CRL (``control_room_broker_crl_src`` -> ``crlfile``) on a real
+    mosquitto: a revoked van is refused; revoking a console instance that is connected
+    (ansible/README.md, "Revoking a certificate": a new CRL, then the role restarts
+    mosquitto, since a reload only checks new connections) cuts it off for good."""
+    assert "crlfile /etc/mosquitto/lfr/crl.pem" in rendered["lfr.conf"].splitlines()
+    assert "crlfile" not in rendered["lfr-no-crl.conf"]
+    stolen, console2 = "van-stolen", "control-room-console-2"
+    crl = tmp_path / "crl.pem"
+    pki.authority.revocation_list([pki.client(stolen).cert], crl)
+    broker = broker_factory(crl=crl)
+    assert can_connect(broker, VAN)
+    assert not can_connect(broker, stolen)
+    assert "certificate verify failed" in broker.log_text()
+    live = Client(broker, console2)  # a console instance whose certificate was lost
+    try:
+        pki.authority.revocation_list([pki.client(stolen).cert, pki.client(console2).cert], crl)
+        assert broker._proc is not None
+        broker._proc.send_signal(signal.SIGHUP)  # a reload reads the CRL for new connections
+        deadline = time.monotonic() + WAIT
+        while can_connect(broker, console2) and time.monotonic() < deadline:
+            pass  # (each attempt is bounded)
+        assert not can_connect(broker, console2)
+        assert live.client.is_connected()  # ... but the one already connected stays
+        broker.restart()  # what the role's handler does: every connection checked again
+        assert live.wait(lambda: not live.client.is_connected(), timeout=WAIT)
+        assert not can_connect(broker, console2)
+        assert can_connect(broker, VAN) and can_connect(broker, CONSOLE_CN)
+    finally:
+        live.close()

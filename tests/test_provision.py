@@ -382,6 +382,10 @@ def fleet(nspawn_host: NspawnHost) -> Fleet:
         # A container has no time daemon (systemd-timesyncd and systemd-time-wait-sync are
         # skipped by ConditionVirtualization=!container): the host keeps the time.
         "edge_device_require_clock_sync": False,
+        # A container has no TPM2: accept credentials a copy of its storage opens (the role
+        # refuses that otherwise), plain first; test_encrypted_credentials encrypts them.
+        "edge_device_credentials_without_tpm2": True,
+        "edge_device_credentials_encrypted": False,
         # controller side (end-deployment.yml)
         "lfr_broker_address": "127.0.0.1",
         "lfr_broker_port": broker_port,

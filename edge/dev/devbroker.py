@@ -151,6 +151,7 @@ class DevBroker:
         port: int = 0,
         extra_config: Iterable[str] = (),
         clients: Mapping[str, ClientKind] | None = None,
+        crl: Path | None = None,
     ) -> None:
         self.workdir = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -196,6 +197,7 @@ class DevBroker:
                     f"cafile {self.ca}",
                     f"certfile {self.server.cert}",
                     f"keyfile {self.server.key}",
+                    f"crlfile {crl}" if crl is not None else "",
                     "require_certificate true",
                     "use_identity_as_username true",
                     "use_username_as_clientid true",
