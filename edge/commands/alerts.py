@@ -2,7 +2,9 @@
 
 Listen (mutual TLS, QoS 1) to ``lfr/<device>/alerts`` (plus ``status`` and
 ``deployment``), print one line per alert, save each matched-face crop as
-``<alert_id>.jpg``, and drop redeliveries by ``alert_id``::
+``<alert_id>.jpg`` (``--save-crops``: a private directory, each crop 0600, audited and
+purged after 31 days, :mod:`edge.commands.alerts_crops`), and drop redeliveries by
+``alert_id``::
 
     edge alerts --host H --port P --ca CA --cert C --key K --device-keys DIR|FILE
                 [--device ID|+] [--save-crops DIR] [--count N] [--timeout S] [--json]
@@ -84,7 +86,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--device-keys", type=Path, metavar="PATH",
                    help="the devices' signing public keys: a directory of "
                    "<device_id>.signing.pub files, or one such file (required to listen)")
-    p.add_argument("--save-crops", type=Path, metavar="DIR", help="save face crops here")
+    p.add_argument("--save-crops", type=Path, metavar="DIR",
+                   help="save face crops here: a private directory (0700, crops 0600), each "
+                   "save audited in DIR/crops-audit.log, crops deleted after 31 days")
     p.add_argument("--count", type=int, metavar="N", help="stop after N distinct alerts")
     p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -187,14 +191,6 @@ def _client(args: argparse.Namespace, settings: BrokerSettings, prefix: str) -> 
 # --- listen ----------------------------------------------------------------------------------
 
 
-def _save_crop(directory: Path, alert_id: str, jpeg: bytes) -> Path:
-    path = directory / f"{alert_id}.jpg"
-    tmp = path.with_suffix(".jpg.tmp")
-    tmp.write_bytes(jpeg)
-    tmp.replace(path)
-    return path
-
-
 def safe(value: object, limit: int = 120) -> str:
     """``value`` as one printable line: control and non-printable characters escaped."""
     text = str(value)
@@ -235,8 +231,12 @@ def run_listen(args: argparse.Namespace) -> int:
         topics = [topic(args.device, kind) for kind in ("alerts", "status", "deployment")]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    args.crops = None
     if args.save_crops is not None:
-        args.save_crops.mkdir(parents=True, exist_ok=True)
+        from edge.commands.alerts_crops import CropStore
+
+        args.crops = CropStore(args.save_crops)
+        args.crops.purge(force=True)
     settings = _settings(args)
     client = _client(args, settings, "edge-alerts")
     inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
@@ -271,6 +271,8 @@ def run_listen(args: argparse.Namespace) -> int:
                         f"{args.count} alerts"
                     )
                 break
+            if args.crops is not None:
+                args.crops.purge()  # hourly
             try:
                 msg = inbox.get(timeout=wait)
             except queue.Empty:
@@ -324,8 +326,8 @@ def _handle(msg: mqtt.MQTTMessage, seen: set[str], args: argparse.Namespace,
     seen.add(alert["alert_id"])
     jpeg = base64.b64decode(alert["face_jpeg_b64"])
     crop = (
-        _save_crop(args.save_crops, alert["alert_id"], jpeg)
-        if args.save_crops is not None
+        args.crops.save(alert["alert_id"], alert["device_id"], jpeg)
+        if args.crops is not None
         else None
     )
     if args.json:
