@@ -31,7 +31,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -152,6 +152,7 @@ class DevBroker:
         extra_config: Iterable[str] = (),
         clients: Mapping[str, ClientKind] | None = None,
         crl: Path | None = None,
+        spawn: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
     ) -> None:
         self.workdir = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -166,6 +167,7 @@ class DevBroker:
         self.config_path = directory / "mosquitto.conf"
         self.log_path = directory / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._spawn = spawn  # e.g. edge.dev.children.ChildGroup.popen (the demo's)
         self._clients: dict[str, CertFiles] = {}
         self._lock = threading.Lock()
         self.config_path.write_text(
@@ -230,7 +232,7 @@ class DevBroker:
         if self.running:
             return
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
+            self._proc = self._spawn(
                 [find_mosquitto(), "-c", str(self.config_path)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
