@@ -160,7 +160,7 @@ def test_adjudicate_signs_and_reaches_the_device(
         arrived.set()
         return True
 
-    publisher.gate = InboundGate(deliver)
+    publisher.state.gate = InboundGate(deliver)
     publisher.start()
     assert publisher.wait_connected(10)
     wait_for_subscriber(broker, "dev-a")  # the device's SUBSCRIBE to its adjudications

@@ -493,13 +493,13 @@ def test_a_dead_or_stalled_network_thread_is_rebuilt_in_process(
     first = make_record("dev-z", track_id=1)
     pub.enqueue_alert(first)
     assert rec.wait_for(lambda m: alert_ids(m, "dev-z") == [first.alert_id], 10)
-    old = pub._client
+    old = pub.client
     if fault == "dead":
         old.loop_stop()  # the network thread ends, as an escaped exception would end it
     else:
         cr = broker.client("control-room")
         cr.publish("lfr/dev-z/commands", b"{}", qos=1).wait_for_publish(5)  # blocks the thread
-    assert wait_until(lambda: pub.rebuilds >= 1 and pub._client is not old, 60), pub.last_error
+    assert wait_until(lambda: pub.rebuilds >= 1 and pub.client is not old, 60), pub.last_error
     checkin = pub.last_checkin
     second = make_record("dev-z", track_id=2)
     pub.enqueue_alert(second)
