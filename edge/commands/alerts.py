@@ -47,6 +47,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge.commands.alerts_output import alert_line, print_other, safe
 from edge.errors import BrokerError, EdgeError, UsageError
 
 if TYPE_CHECKING:
@@ -191,24 +192,6 @@ def _client(args: argparse.Namespace, settings: BrokerSettings, prefix: str) -> 
 # --- listen ----------------------------------------------------------------------------------
 
 
-def safe(value: object, limit: int = 120) -> str:
-    """``value`` as one printable line: control and non-printable characters escaped."""
-    text = str(value)
-    out = "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
-                  for c in text[:limit])  # fmt: skip
-    return out + ("..." if len(text) > limit else "")
-
-
-def _alert_line(alert: dict[str, Any], crop: Path | None) -> str:
-    line = (
-        f"{safe(alert['captured_at'])} ALERT device={safe(alert['device_id'])} "
-        f"subject={safe(alert['subject_id'])} category={safe(alert['category'])} "
-        f"score={float(alert['score']):.4f} threshold={float(alert['threshold']):.4f} "
-        f"alert_id={safe(alert['alert_id'])}"
-    )
-    return line + (f" crop={crop}" if crop else "")
-
-
 def run_listen(args: argparse.Namespace) -> int:
     from edge.delivery.alert import AlertFormatError, parse_alert
     from edge.delivery.publish import topic
@@ -299,7 +282,7 @@ def _handle(msg: mqtt.MQTTMessage, seen: set[str], args: argparse.Namespace,
     kind = msg.topic.rsplit("/", 1)[-1]
     device = safe(msg.topic.split("/")[1] if msg.topic.count("/") >= 2 else "?", 64)
     if kind != "alerts":
-        _print_other(kind, device, bytes(msg.payload), msg.retain, args.json)
+        print_other(kind, device, bytes(msg.payload), msg.retain, args.json)
         return 0
     if msg.retain:
         print(f"edge: ignoring a retained alert on {safe(msg.topic)}", file=sys.stderr)
@@ -336,35 +319,8 @@ def _handle(msg: mqtt.MQTTMessage, seen: set[str], args: argparse.Namespace,
                    crop=None if crop is None else str(crop))  # fmt: skip
         print(json.dumps(out, sort_keys=True), flush=True)
     else:
-        print(_alert_line(alert, crop), flush=True)
+        print(alert_line(alert, crop), flush=True)
     return 0
-
-
-def _print_other(kind: str, device: str, payload: bytes, retained: bool, as_json: bool) -> None:
-    from edge import boundedjson
-
-    try:
-        body = boundedjson.loads(payload, max_bytes=64 * 1024) if payload else None
-    except boundedjson.JSONRefused:
-        body = None
-    kind = safe(kind, 32)
-    if as_json:
-        print(json.dumps({"type": kind, "device_id": device, "retained": retained,
-                          "payload": body}, sort_keys=True), flush=True)  # fmt: skip
-        return
-    if kind == "status" and isinstance(body, dict):
-        armed = "yes" if body.get("armed") else "no"
-        print(
-            f"{safe(body.get('at', '-'))} STATUS device={device} state={safe(body.get('state'))} "
-            f"armed={armed} reason={json.dumps(safe(body.get('reason', ''), 200))}"
-            + (" (retained)" if retained else ""),
-            flush=True,
-        )
-    elif isinstance(body, dict):
-        keys = ", ".join(safe(k, 32) for k in sorted(body)[:8])
-        print(f"- {kind.upper()} device={device} fields: {keys}", flush=True)
-    elif payload:
-        print(f"- {kind.upper()} device={device} ({len(payload)} bytes, not JSON)", flush=True)
 
 
 # --- adjudicate ------------------------------------------------------------------------------
