@@ -1,15 +1,16 @@
 """``edge demo`` leaves nothing running when it is stopped from outside (issue 21).
 
 SIGTERM is tested with the whole demo in ``test_console_demo.py`` (after the officer's
-decision). Here: SIGHUP stops it as Ctrl-C does, and a SIGKILLed demo (no chance to
-clean up) takes its children with it: they are in its process group and asked the kernel
-for SIGTERM when it dies (``PR_SET_PDEATHSIG``). Each run waits until the demo says it is
-running (broker, ``edge alerts``, console and daemon started), about 20-30 s each on the
-2-core development machine.
+decision; SIGHUP takes the same handler). Here a SIGKILLed demo (no chance to clean up)
+takes its children with it: they are in its process group and asked the kernel for
+SIGTERM when it dies (``PR_SET_PDEATHSIG``). The run waits until the demo says it is
+running (broker, ``edge alerts``, console and daemon started): about 30 s on the 2-core
+development machine under load. ``LFR_TEST_DEMO_SIGHUP=1`` also runs it with SIGHUP.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -21,8 +22,10 @@ import pytest
 from edge.commands.demo import ROOT
 from tests.fixtures.procs import descendants, wait_gone
 
+SIGNALS = [signal.SIGKILL] + ([signal.SIGHUP] if os.environ.get("LFR_TEST_DEMO_SIGHUP") else [])
 
-@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGKILL], ids=["SIGHUP", "SIGKILL"])
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=[s.name for s in SIGNALS])
 def test_a_stopped_or_killed_demo_leaves_no_child(tmp_path: Path, sig: signal.Signals) -> None:
     if not (ROOT / "demo" / "clip.gif").exists():
         pytest.skip("the demo clip is absent")
