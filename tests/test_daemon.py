@@ -507,7 +507,7 @@ def test_corrupt_model_is_one_clear_line(
 ) -> None:
     models = tmp_path / "models"
     shutil.copytree(MODELS, models, ignore=shutil.ignore_patterns("build", "*.py"))
-    target = models / "dlib_resnet_v1_int8.tflite"
+    target = models / "sface_2021dec_int8.tflite"  # the default embedder's file
     target.write_bytes(target.read_bytes()[:1000])
     daemon = device(CLIP)
     daemon.config.write_text(daemon.config.read_text().replace(str(MODELS), str(models)))
@@ -516,7 +516,7 @@ def test_corrupt_model_is_one_clear_line(
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "dlib_resnet_v1_int8.tflite" in lines[0]
+    assert "sface_2021dec_int8.tflite" in lines[0]
 
 
 def test_a_camera_that_cannot_work_exits_non_zero(device: Callable[..., DaemonProc]) -> None:

@@ -221,7 +221,7 @@ def test_the_threshold_floor_is_per_family() -> None:
 
     rec = RecognitionSettings()
     assert rec.model_name == "sface_2021dec_int8"
-    assert rec.floor_for("arcface112") == 0.45 and rec.floor_for("dlib150") == 0.5
+    assert rec.floor_for("arcface112") == 0.5 and rec.floor_for("dlib150") == 0.5
     only_dlib = RecognitionSettings(threshold_floor={"dlib150": 0.5})
     with pytest.raises(ConfigError, match="arcface112"):
         only_dlib.floor_for("arcface112")

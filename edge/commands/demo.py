@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
                         help="stop by itself after this many seconds (default: until Ctrl-C)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="the deployment's threshold, a similarity (default: the default "
-                        "embedder's floor, [recognition.threshold_floor]; SFace's is 0.45, "
+                        "embedder's floor, [recognition.threshold_floor]; SFace's is 0.5, "
                         "above `edge eval calibrate`'s FPIR-0.001 threshold for one subject)")
     parser.set_defaults(func=run)
 
