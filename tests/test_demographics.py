@@ -527,3 +527,46 @@ def test_small_lfw_run_with_the_gender_labels(
         assert v["fnir"]["rate"] < 0.5  # the right person is found for most at 0.5
     assert rep["fmr_matrix"]["cells"]["F"]["M"]["n"] == 32 * 20
     assert rep["sweep"]["points"] and rep["operating_point"]["threshold"] == 0.5
+
+
+def test_bootstrap_replicates_weigh_each_pair_by_its_identities_draws() -> None:
+    """The fast replicates (cumulative sums over sorted pairs, denominators from pair counts
+    per identity) equal the sum over every impostor pair of w[probe] * w[subject]."""
+    from edge.evaluation.demographics import PairCell, genuine_units
+
+    ss, labels = synth({"A": (6, 3), "B": (5, 4)}, {"A": uniform(), "B": uniform()}, seed=5)
+    scores = ss.scores.copy()
+    scores[3, :] = -np.inf  # a probe without a face: in no pair
+    ss = ScoreSet(scores, ss.mate, ss.gallery_ids, probe_ids=ss.probe_ids)
+    pop = population(ss, labels)
+    w = identity_weights(pop.group_of, reps=7, seed=1)
+    thr = np.array([0.2, 0.5, 0.8])
+    for ga in range(2):
+        for gb in range(2):
+            cell = PairCell(pop, ga, gb, float(thr[0]))
+            num, den = cell.weighted(w, thr)
+            want_num = np.zeros((7, 3))
+            want_den = np.zeros(7)
+            for i, a in enumerate(pop.probe_id):
+                for j, b in enumerate(pop.subject_id):
+                    if (pop.group_of[a], pop.group_of[b]) != (ga, gb) or ss.mate[i] == j:
+                        continue
+                    s = float(ss.scores[i, j])
+                    if not np.isfinite(s):
+                        continue
+                    want_den += w[:, a] * w[:, b]
+                    want_num += (w[:, a] * w[:, b])[:, None] * (s >= thr)[None, :]
+            assert np.allclose(den, want_den) and np.allclose(num, want_num)
+            assert list(cell.counts(thr)) == [int(np.sum(
+                [(pop.group_of[pop.probe_id[i]], pop.group_of[pop.subject_id[j]]) == (ga, gb)
+                 and ss.mate[i] != j and ss.scores[i, j] >= t
+                 for i in range(ss.scores.shape[0]) for j in range(ss.scores.shape[1])]))
+                for t in thr]
+    g = genuine_units(pop, 0)
+    num, den = g.weighted(w, thr)
+    rows = [i for i in range(len(pop.probe_id)) if ss.mate[i] >= 0
+            and pop.group_of[pop.probe_id[i]] == 0]
+    want_den = sum(w[:, pop.probe_id[i]] for i in rows)
+    want_num = sum(w[:, pop.probe_id[i]][:, None]
+                   * (ss.scores[i, ss.mate[i]] < thr)[None, :] for i in rows)
+    assert np.allclose(den, want_den) and np.allclose(num, want_num)

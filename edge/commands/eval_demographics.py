@@ -29,7 +29,7 @@ def register_demographics(evsub: Any) -> None:
         help="false match and miss rates per demographic group, with intervals, and the "
         "threshold from which the differences are no longer significant",
         description="Per group of a label file (identity<TAB>group): FMR within and across "
-        "groups, FNMR, FPIR and FNIR at one threshold with 95 %% intervals (a bootstrap over "
+        "groups, FNMR, FPIR and FNIR at one threshold with 95 % intervals (a bootstrap over "
         "identities for pairs, Clopper-Pearson for searches), the max/min ratios, and a "
         "sweep of thresholds (docs/fairness.md).",
     )
@@ -149,8 +149,9 @@ def run_demographics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_line(args: argparse.Namespace) -> str:
-    """The command as it could be re-run (the options that were given)."""
+def _command_line(args: argparse.Namespace, flip: bool) -> str:
+    """The command as it could be re-run: the options that were given, and the embedder,
+    its precision and flip always (defaults change; the record must not)."""
     parts = ["edge eval demographics", f"--labels {args.labels}"]
     for opt in ("scores", "lfw", "gallery", "probes", "face", "probe_images", "gallery_images",
                 "reference", "holdout", "threshold", "watchlist_size", "sweep",
@@ -162,16 +163,22 @@ def _command_line(args: argparse.Namespace) -> str:
             parts.append(f"--{opt.replace('_', '-')} {v}")
     if args.watchlist_size is not None:
         parts.append(f"--fpir {args.fpir:g}")
-    if args.model != "int8":
-        parts.append(f"--model {args.model}")
-    if args.flip is not None:
-        parts.append("--flip" if args.flip else "--no-flip")
+    parts.append(f"--model {args.model}")
+    parts.append("--flip" if flip else "--no-flip")
     if args.no_fallback:
         parts.append("--no-fallback")
     for opt, default in (("reps", 1000), ("seed", 0), ("min_identities", 10)):
         if getattr(args, opt) != default:
             parts.append(f"--{opt.replace('_', '-')} {getattr(args, opt)}")
     return " ".join([*parts, "--record-manifest"])
+
+
+def _data(args: argparse.Namespace, protocol: str) -> str:
+    if args.lfw is not None:
+        return f"{protocol}: {args.lfw}"
+    if args.gallery is not None:
+        return f"{protocol}: gallery {args.gallery}, probes {args.probes}"
+    return protocol
 
 
 def _record(args: argparse.Namespace, out: dict[str, Any]) -> Path:
@@ -199,7 +206,7 @@ def _record(args: argparse.Namespace, out: dict[str, Any]) -> Path:
         "flip": flip,
         "labels": str(args.labels),
         "groups": {g: v["identities"] for g, v in out["groups"].items()},
-        "data": out["protocol"],
+        "data": _data(args, out["protocol"]),
         "operating_point": {
             "threshold": op["threshold"],
             "source": op["source"],
@@ -213,7 +220,9 @@ def _record(args: argparse.Namespace, out: dict[str, Any]) -> Path:
         },
         "intervals": "95 %: bootstrap over identities (FMR, FNMR, ratios), Clopper-Pearson "
                      "(FPIR, FNIR); docs/fairness.md",
-        "command": _command_line(args),
+        "command": _command_line(args, flip),
         "date": dt.date.today().isoformat(),
     }
+    if sw.get("note"):
+        record["note"] = sw["note"]
     return record_measurement(args.models_dir, name, "demographics", record)

@@ -39,7 +39,9 @@ def plot_demographics(rep: dict[str, Any], out: Path) -> Path:
             shown = np.where(zero & log, np.nan, rate)
             (line,) = ax.plot(t, shown, marker=".", linewidth=1.4,
                               label=f"{g} ({rep['groups'][g]['identities']:,} identities)")
-            band_lo = np.where(log & (lo <= 0), np.nan, lo)
+            positive = rate[np.isfinite(rate) & (rate > 0)]
+            floor = positive.min() / 10 if positive.size else 1e-7
+            band_lo = np.where(log & (lo <= 0), floor, lo)  # a lower bound of 0, on a log axis
             ax.fill_between(t, band_lo, hi, color=line.get_color(), alpha=0.18, linewidth=0)
             if log and zero.any():
                 ax.plot(t[zero], hi[zero], linestyle="none", marker="v",

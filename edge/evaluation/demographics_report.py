@@ -125,6 +125,7 @@ def _sweep(meas: Measurement, sweep: Sequence[float], min_identities: int) -> di
                                           min_identities=min_identities))
                      for k, g in enumerate(pop.groups)},
             "fmr_ratio": ratio,
+            "fnir_ratio": ratio_at(meas, "fnir", i, min_identities),
         })
 
     def tail_from(ok: list[bool]) -> float | None:
@@ -203,7 +204,8 @@ def report(
             "unlabelled_gallery_subjects_left_out": pop.unlabelled_subjects,
             "labels_not_in_the_data": pop.labels_not_in_data,
         },
-        "operating_point": {"threshold": _r(threshold, 6), **operating},
+        "operating_point": {"threshold": _r(threshold, 6), **operating,
+                            "searches_against_gallery_subjects": len(pop.ss.gallery_ids)},
         "intervals": {**INTERVALS, "bootstrap_replicates": meas.reps, "seed": seed,
                       "min_identities": min_identities},
         "groups": groups,
@@ -305,7 +307,9 @@ def format_text(rep: dict[str, Any]) -> list[str]:
         f"  left out, no label: {lab['unlabelled_identities_left_out']} identities "
         f"({lab['unlabelled_probes_left_out']} probes, "
         f"{lab['unlabelled_gallery_subjects_left_out']} gallery subjects)",
-        f"  operating point: threshold {op['threshold']} ({how})",
+        f"  operating point: threshold {op['threshold']} ({how}); FPIR and FNIR are of "
+        f"searches against the whole gallery ({op['searches_against_gallery_subjects']:,} "
+        "subjects)",
         f"  95 % intervals: FMR, FNMR and ratios by a bootstrap over identities "
         f"({rep['intervals']['bootstrap_replicates']} replicates); FPIR, FNIR by "
         "Clopper-Pearson",
