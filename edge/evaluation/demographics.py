@@ -51,7 +51,7 @@ def load_labels(path: Path) -> dict[str, str]:
     try:
         if path.stat().st_size > MAX_LABEL_BYTES:
             raise UsageError(f"--labels {path}: larger than {MAX_LABEL_BYTES >> 20} MiB")
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark too
     except FileNotFoundError:
         raise UsageError(f"--labels {path}: no such file") from None
     except UnicodeDecodeError:
@@ -232,8 +232,7 @@ class PairCell(Units):
     def weighted(self, w: F64, thresholds: F64) -> tuple[F64, F64]:
         if self.denominators is None:
             self.denominators = ((w[:, self._agg_ids] @ self._agg) * w[:, self._subjects]).sum(1)
-        num, den = super().weighted(w, thresholds)
-        return num, den
+        return super().weighted(w, thresholds)
 
 
 def search_units(pop: Population, group: int, *, mated: bool) -> Units:
