@@ -1,27 +1,34 @@
 """The FastAPI application: one context, the auth dependencies, the routers.
 
-:func:`create_app` takes the parts already built (store, service, hub, metrics); the
-routers (:mod:`edge.console.routes_pages`, :mod:`edge.console.routes_api`) only read the
-store and call the service. Every response carries a strict Content-Security-Policy (no
-inline script, no third-party origin), ``nosniff`` and ``no-referrer``.
+:func:`create_app` takes the parts already built (store, service, hub, metrics) and the
+routers (:mod:`edge.console.routes_pages`, :mod:`edge.console.routes_api`, which only read
+the store and call the service; they import this module's dependencies, so this module
+never imports them: ``edge console serve`` hands them in). Every response carries a strict
+Content-Security-Policy (no inline script, no third-party origin), ``nosniff`` and
+``no-referrer``. No request body over :data:`edge.console.limits.MAX_BODY_BYTES` is read
+(:class:`~edge.console.limits.BodyLimit`, outermost).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.compat import UTC
 from edge.console import auth
 from edge.console.events import Hub
+from edge.console.limits import BodyLimit
+from edge.console.login import Logins
 from edge.console.metrics import Metrics
 from edge.console.service import Console
 from edge.console.store import Store
@@ -40,8 +47,14 @@ class Context:
     templates: Jinja2Templates
     session_ttl_s: int
     secure_cookies: bool
+    logins: Logins
     metrics_token: str | None = None
     ingest_connected: Callable[[], bool] = lambda: False
+    stale_after_s: float = 180.0
+
+    def devices(self) -> list[dict[str, Any]]:
+        """The fleet, each van marked ``stale`` when its heartbeat is overdue."""
+        return self.store.devices(self.stale_after_s)
 
 
 class NeedLogin(Exception):  # noqa: N818 (control flow)
@@ -92,14 +105,12 @@ def templates() -> Jinja2Templates:
     return t
 
 
-def create_app(context: Context) -> FastAPI:
-    from edge.console import routes_api, routes_pages
-
+def create_app(context: Context, routers: Sequence[APIRouter]) -> FastAPI:
     app = FastAPI(title="edge console", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ctx = context
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    app.include_router(routes_pages.router)
-    app.include_router(routes_api.router)
+    for router in routers:
+        app.include_router(router)
 
     @app.exception_handler(NeedLogin)
     async def _need_login(request: Request, _exc: NeedLogin) -> Response:
@@ -107,15 +118,32 @@ def create_app(context: Context) -> FastAPI:
             return JSONResponse({"detail": "login required"}, status_code=401)
         return RedirectResponse("/login", status_code=303)
 
-    @app.middleware("http")
-    async def _headers(request: Request,
-                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers.setdefault("Cache-Control", "no-store")
-        return response
-
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodyLimit)  # added last: the outermost, before anything reads a body
     return app
+
+
+class SecurityHeaders:
+    """ASGI middleware: the headers of every response (plain ASGI, not Starlette's
+    ``BaseHTTPMiddleware``: a route's errors, a 413 among them, pass through unwrapped)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = raw = list(message.get("headers", []))
+                headers = MutableHeaders(raw=raw)
+                headers["Content-Security-Policy"] = CSP
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "no-referrer"
+                headers["X-Frame-Options"] = "DENY"
+                headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

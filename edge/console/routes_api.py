@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -17,6 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from edge.console.app import Context, NeedLogin, check_csrf, ctx, current_user, require
 from edge.console.auth import User, session_user
+from edge.console.limits import json_object
 from edge.console.service import ActionRefused
 
 router = APIRouter()
@@ -33,11 +33,7 @@ async def adjudicate(
     request: Request, alert_id: str, c: Ctx, user: Annotated[User, Depends(require("adjudicate"))]
 ) -> Response:
     check_csrf(request, user)
-    try:
-        body = json.loads(await request.body())
-        decision = str(body["decision"]) if isinstance(body, dict) else ""
-    except (ValueError, KeyError):
-        raise HTTPException(400, "body must be {\"decision\": ...}") from None
+    decision = (await json_object(request, {"decision": str}))["decision"]
     try:
         result = await asyncio.to_thread(c.console.adjudicate, user.name, alert_id, decision)
     except ActionRefused as exc:
@@ -51,13 +47,7 @@ async def legal_hold(
 ) -> Response:
     """A supervisor puts an alert (and its crop) on legal hold, or lifts it: kept past 31 days."""
     check_csrf(request, user)
-    try:
-        body = json.loads(await request.body())
-        on = body["on"] if isinstance(body, dict) else None
-    except (ValueError, KeyError):
-        on = None
-    if not isinstance(on, bool):
-        raise HTTPException(400, 'body must be {"on": true|false}')
+    on = (await json_object(request, {"on": bool}))["on"]
     if not await asyncio.to_thread(c.store.set_legal_hold, alert_id, on):
         raise HTTPException(404, "no such alert")
     await asyncio.to_thread(c.store.log, user.name, "legal_hold", alert_id=alert_id, on=on)
@@ -113,6 +103,17 @@ async def events(request: Request, c: Ctx,
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
+_DEVICE_FIELDS = ("device_id", "state", "stale", "silent_s", "armed", "reason", "deployment_id",
+                  "window_end", "last_seen", "fps", "camera", "outbox_pending")
+
+
+@router.get("/api/devices")
+def devices(c: Ctx, user: Annotated[User, Depends(require("fleet"))]) -> Response:
+    """The fleet as the fleet page shows it: ``state`` as the van last said (online or
+    offline), ``stale`` when it is online but its heartbeat is overdue (``stale_after_s``)."""
+    return JSONResponse([{k: d[k] for k in _DEVICE_FIELDS} for d in c.devices()])
+
+
 @router.get("/metrics")
 def metrics(request: Request, c: Ctx) -> Response:
     bearer = request.headers.get("authorization", "")
@@ -124,15 +125,21 @@ def metrics(request: Request, c: Ctx) -> Response:
             raise NeedLogin()
         if not (user.may("fleet") or user.may("audit")):
             raise HTTPException(403, "your role may not see the metrics")
-    devices = c.store.devices()
+    devices = c.devices()
     chains = c.store.chains()
+    alarms = c.store.alarms()  # not cleared yet (shared by every instance)
     gauges = {
         "console_audit_chains_broken": float(sum(1 for ch in chains if ch["state"] == "broken")),
         "console_audit_chains_with_gaps": float(sum(1 for ch in chains if ch["state"] == "gap")),
-        "console_devices_online": float(sum(1 for d in devices if d["state"] == "online")),
+        "console_devices_online": float(sum(1 for d in devices
+                                            if d["state"] == "online" and not d["stale"])),
+        "console_devices_stale": float(sum(1 for d in devices if d["stale"])),
         "console_devices_known": float(len(devices)),
         "console_devices_armed": float(sum(1 for d in devices if d["armed"])),
         "console_broker_connected": 1.0 if c.ingest_connected() else 0.0,
+        "console_alarms_active": float(len(alarms)),
+        "console_mqtt_session_lost": float(sum(1 for a in alarms
+                                               if a["kind"] == "mqtt_session_lost")),
         "console_sse_clients": float(c.hub.subscribers),
     }
     return PlainTextResponse(c.metrics.render(gauges, c.store.outcome_counts()),

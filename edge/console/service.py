@@ -6,8 +6,13 @@
 - :meth:`Console.crop` / :meth:`Console.reference`: decrypt an image for one user, each
   view written to the console's audit trail with who and when;
 - :meth:`Console.housekeeping` (every minute, and at start): purge alerts and crops older
-  than the retention period unless on legal hold, delete reference images of deployments
-  whose window has closed, import new reference files; each purge and deletion audited.
+  than the retention period unless on legal hold (each purged id kept as a tombstone, so a
+  replay is refused) and destroy the data key of each day none of whose crops is left,
+  delete reference images (and their deployment's key) of deployments whose window has
+  closed, import new reference files, forget login attempts older than the limits'
+  window; each purge and deletion audited;
+- :meth:`Console.watch_fleet` (every quarter of ``stale_after_s``): a van whose heartbeat is
+  overdue turns stale on every open fleet page.
 """
 
 from __future__ import annotations
@@ -15,15 +20,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge.console.crypto import AtRest, SealError
+from edge.console.auth import WINDOW_S
+from edge.console.crypto import AtRest, DataKeys, SealError, reference_key_name
 from edge.console.events import Hub
 from edge.console.metrics import Metrics
 from edge.console.store import Store
+from edge.console.store_images import CROP_KEY_PERIOD_S
 from edge.delivery.alert import DECISIONS
 from edge.delivery.publish import topic
 from edge.watchlist.adjudication import sign_adjudication
@@ -45,9 +53,12 @@ class ActionRefused(Exception):  # noqa: N818 (a refusal, shown to the user)
 class Console:
     def __init__(self, store: Store, at_rest: AtRest, hub: Hub, metrics: Metrics,
                  publisher: Publisher, signing_key: Ed25519PrivateKey, *,
-                 retention_days: int = 31, references_dir: Path | None = None) -> None:  # fmt: skip
+                 retention_days: int = 31, references_dir: Path | None = None,
+                 clock: Callable[[], float] = time.time,
+                 stale_after_s: float | None = None) -> None:  # fmt: skip
         self.store = store
         self.at_rest = at_rest
+        self.keys = DataKeys(store, at_rest)
         self.hub = hub
         self.metrics = metrics
         self.publisher = publisher
@@ -55,6 +66,9 @@ class Console:
         self.signer: Ed25519PublicKey = signing_key.public_key()
         self.retention_s = retention_days * 86400.0
         self.references_dir = references_dir
+        self.clock = clock
+        self.stale_after_s = stale_after_s
+        self._stale: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -67,7 +81,7 @@ class Console:
         if alert is None:
             raise ActionRefused("no such alert", 404)
         device = str(alert["device_id"])
-        at = time.time()
+        at = self.clock()
         try:
             payload = sign_adjudication(self.signing_key, device_id=device, alert_id=alert_id,
                                         decision=decision, officer=officer, at=at)  # fmt: skip
@@ -93,25 +107,29 @@ class Console:
 
     # -- images (every view audited) --------------------------------------------------------
 
-    def crop(self, viewer: str, alert_id: str) -> bytes:
-        blob = self.store.crop(alert_id)
-        if blob is None:
-            raise ActionRefused("no crop for this alert (unknown or purged)", 404)
+    def _open(self, sealed: tuple[bytes, str | None], aad: str) -> bytes:
+        blob, key_name = sealed
         try:
-            jpeg = self.at_rest.open(blob, f"crop:{alert_id}")
+            key = None if key_name is None else self.keys.get(key_name)
+            if key_name is not None and key is None:
+                raise ActionRefused("this image's key has been destroyed", 404)
+            return self.at_rest.open(blob, aad, key)
         except SealError as exc:
             raise ActionRefused(str(exc), 500) from None
+
+    def crop(self, viewer: str, alert_id: str) -> bytes:
+        sealed = self.store.crop_sealed(alert_id)
+        if sealed is None:
+            raise ActionRefused("no crop for this alert (unknown or purged)", 404)
+        jpeg = self._open(sealed, f"crop:{alert_id}")
         self.store.log(viewer, "crop_viewed", alert_id=alert_id)
         return jpeg
 
     def reference(self, viewer: str, deployment_id: str, subject_id: str) -> bytes:
-        blob = self.store.reference(deployment_id, subject_id)
-        if blob is None:
+        sealed = self.store.reference_sealed(deployment_id, subject_id)
+        if sealed is None:
             raise ActionRefused("no reference image (not imported, or deleted)", 404)
-        try:
-            jpeg = self.at_rest.open(blob, f"ref:{deployment_id}:{subject_id}")
-        except SealError as exc:
-            raise ActionRefused(str(exc), 500) from None
+        jpeg = self._open(sealed, f"ref:{deployment_id}:{subject_id}")
         self.store.log(viewer, "reference_viewed", deployment_id=deployment_id,
                        subject_id=subject_id)  # fmt: skip
         return jpeg
@@ -121,28 +139,36 @@ class Console:
     def import_references(self, path: Path) -> int:
         """Import one reference file (then remove it); returns the number of images."""
         refs = open_references(path.read_bytes(), self.at_rest.private_key, self.signer)
-        if refs.window_end <= time.time():
+        if refs.window_end <= self.clock():
             path.unlink(missing_ok=True)
             self.store.log("console", "references_refused", file=path.name,
                            deployment_id=refs.deployment_id, reason="window closed")  # fmt: skip
             return 0
+        key_name = reference_key_name(refs.deployment_id)  # destroyed with the images
+        key = self.keys.get_or_create(key_name)
         for r in refs.subjects:
-            sealed = self.at_rest.seal(r.jpeg, f"ref:{refs.deployment_id}:{r.subject_id}")
+            sealed = self.at_rest.seal(r.jpeg, f"ref:{refs.deployment_id}:{r.subject_id}", key)
             self.store.put_reference(refs.deployment_id, r.subject_id, r.category, sealed,
-                                     refs.window_end)  # fmt: skip
+                                     refs.window_end, image_key=key_name,
+                                     bundle_id=refs.bundle_id)  # fmt: skip
         path.unlink(missing_ok=True)
         self.store.log("console", "references_imported", deployment_id=refs.deployment_id,
                        bundle_id=refs.bundle_id, count=len(refs.subjects))  # fmt: skip
         return len(refs.subjects)
 
     def housekeeping(self, now: float | None = None) -> dict[str, int]:
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         done = {"purged": 0, "references_deleted": 0, "references_imported": 0}
-        ids = self.store.purge_alerts(now - self.retention_s)
+        self.store.purge_login_attempts(now - WINDOW_S)
+        ids = self.store.purge_alerts(now - self.retention_s, now)
         if ids:
             done["purged"] = len(ids)
             self.store.log("console", "alerts_purged", count=len(ids), alert_ids=ids[:1000],
                            retention_days=round(self.retention_s / 86400))  # fmt: skip
+        # A day's crop key goes with its last crop, once the day (and the next) is over.
+        days = self.store.shred_crop_keys(int(now // CROP_KEY_PERIOD_S) - 1)
+        if days:
+            self.store.log("console", "crop_keys_destroyed", keys=days)
         for dep, (n, end) in self.store.reference_deployments().items():
             if end <= now:
                 deleted = self.store.delete_references(dep)
@@ -160,14 +186,31 @@ class Console:
                     path.rename(path.with_suffix(".refused"))
         return done
 
+    def watch_fleet(self) -> list[str]:
+        """Announce each van that went stale or fresh since the last look (its row on every
+        open fleet page changes); returns the vans now stale."""
+        if self.stale_after_s is None:
+            return []
+        stale = {d["device_id"] for d in self.store.devices(self.stale_after_s) if d["stale"]}
+        for device in sorted(stale ^ self._stale):
+            self.hub.publish("device", device_id=device)
+        self._stale = stale
+        return sorted(stale)
+
     def start(self, interval_s: float = 60.0) -> None:
+        tick = 60.0 if self.stale_after_s is None else min(interval_s, self.stale_after_s / 4)
+
         def loop() -> None:
+            due = 0.0
             while not self._stop.is_set():
                 try:
-                    self.housekeeping()
+                    if time.monotonic() >= due:
+                        due = time.monotonic() + interval_s
+                        self.housekeeping()
+                    self.watch_fleet()
                 except Exception:
                     log.exception("housekeeping failed")
-                self._stop.wait(interval_s)
+                self._stop.wait(tick)
 
         self._thread = threading.Thread(target=loop, name="console-housekeeping", daemon=True)
         self._thread.start()

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import UsageError
+from edge.vision.defaults import DEFAULT_EMBEDDER
 
 DEVICE_ID = "bench"
 
@@ -78,7 +79,7 @@ def run_bench(
     *,
     models_dir: Path | None,
     precision: str = "int8",
-    embedder: str = "dlib_resnet_v1",
+    embedder: str = DEFAULT_EMBEDDER,
     subjects: Path | None = None,
     truth: Path | None = None,
     threshold: float | None = None,
@@ -91,6 +92,7 @@ def run_bench(
     decision: str | None = None,
     template_weight: str | None = None,
     template_min: int | None = None,
+    flip: bool | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline over ``video`` and return the figures (see the module doc)."""
     from edge.delivery.outbox import Outbox
@@ -121,7 +123,7 @@ def run_bench(
     engine = FaceEngine.from_models(
         models_dir, embedder=embedder, precision=precision,
         detector=detector or defaults.model,
-        detector_input=detector_input or defaults.input_size,
+        detector_input=detector_input or defaults.input_size, flip=flip,
     )
     # As the daemon: detect on a copy at the lores size (source.lores_size's default).
     lores = SourceSettings().lores_size if detect_size == "default" else detect_size
