@@ -454,7 +454,7 @@ def test_watchlist_build_warns_below_the_recorded_threshold(
         argv = ["watchlist", "build", "--subjects", str(subjects), "--deployment", str(dep),
                 "--signing-key", str(keys / "signing.key"), "--recipients",
                 str(keys / "van-01.pub"), "--out", str(tmp_path / "wl.lfrb"),
-                "--models", str(models_copy), "--no-progress"]
+                "--models", str(models_copy), "--embedder", "dlib_resnet_v1", "--no-progress"]
         capsys.readouterr()
         assert main(argv) == 0
         return capsys.readouterr().out
