@@ -123,6 +123,7 @@ def run_build(args: argparse.Namespace) -> int:
     from edge.recognition.match import DEFAULT_REFERENCE
     from edge.watchlist.bundle import build_bundle
     from edge.watchlist.enrol import (
+        demographics_warning,
         describe_spec,
         enrol,
         images_in,
@@ -156,6 +157,9 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"left out (--skip-bad): {', '.join(sid for sid, _ in report.failed)}")
     if not report.subjects:
         raise UsageError("no subject could be enrolled; no bundle written")
+    warning = demographics_warning(info, args.models, spec.threshold)
+    if warning is not None:
+        print(warning)
     import uuid
 
     bundle_id = uuid.uuid4().hex

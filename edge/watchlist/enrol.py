@@ -43,8 +43,8 @@ from edge.watchlist.enrol_files import (
 
 __all__ = [
     "DEPLOYMENT_KEYS", "SUBJECT_KEYS", "EnrolmentReport", "ImageVerdict", "SubjectMeta",
-    "describe_spec", "embedder_info", "enrol", "images_in", "load_deployment", "load_subject",
-    "load_subjects", "subject_folders", "thumbnail",
+    "demographics_warning", "describe_spec", "embedder_info", "enrol", "images_in",
+    "load_deployment", "load_subject", "load_subjects", "subject_folders", "thumbnail",
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -283,6 +283,35 @@ def embedder_info(engine: _EngineInfo, models_dir: Path | None) -> EmbedderInfo:
         metric=engine.family.metric,
         dim=int(engine.family.dim),
     )
+
+
+def demographics_warning(
+    info: EmbedderInfo, models_dir: Path | None, threshold: float
+) -> str | None:
+    """One line when ``threshold`` lies below the lowest threshold from which the embedder
+    (as enrolled: the same file and flip, ``info.sha256``) was measured free of significant
+    differences in false match rate between groups: the manifest's
+    ``measured.demographics``, written by ``edge eval demographics --record-manifest``
+    (safeguard 16, docs/fairness.md). None when it does not, or nothing was recorded for
+    this embedder as enrolled."""
+    from edge.vision.manifest import Manifest
+
+    rec = Manifest.load(models_dir).entry(info.name).measured.get("demographics")
+    if not isinstance(rec, dict) or rec.get("embedder_sha256") != info.sha256:
+        return None
+    floor = rec.get("threshold_free_of_significant_differences")
+    swept = rec.get("swept") or [None, None]
+    groups = ", ".join(str(g) for g in rec.get("groups") or {})
+    where = f"groups {groups} of {rec.get('labels', '?')}; docs/fairness.md"
+    if floor is None:
+        top = f" up to {swept[1]}" if swept[1] is not None else ""
+        return (f"warning: {info.name} showed significant differences in false match rate "
+                f"between groups at every threshold measured{top} ({where})")
+    if not isinstance(floor, (int, float)) or threshold >= floor:
+        return None
+    return (f"warning: threshold {threshold:.3f} is below {floor:.3f}, the lowest threshold "
+            f"from which {info.name} was measured free of significant differences in false "
+            f"match rate between groups ({where})")
 
 
 def describe_spec(spec: DeploymentSpec) -> str:
