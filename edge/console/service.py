@@ -4,7 +4,9 @@
   (:func:`edge.watchlist.adjudication.sign_adjudication`, the logged-in user as the
   officer), publish it QoS 1 through the ingest client, record it and announce it;
 - :meth:`Console.crop` / :meth:`Console.reference`: decrypt an image for one user, each
-  view written to the console's audit trail with who and when;
+  view written to the console's audit trail with who and when (a subject's reference
+  images are one sealed set, :mod:`edge.console.refimages`; :meth:`Console.reference_info`
+  gives their provenance and pixel sizes, no image);
 - :meth:`Console.housekeeping` (every minute, and at start): purge alerts and crops older
   than the retention period unless on legal hold, delete reference images of deployments
   whose window has closed, import new reference files; each purge and deletion audited.
@@ -20,11 +22,12 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge.console import refimages
 from edge.console.crypto import AtRest, SealError
 from edge.console.events import Hub
 from edge.console.metrics import Metrics
 from edge.console.store import Store
-from edge.delivery.alert import DECISIONS
+from edge.delivery.alert import DECISIONS, AlertFormatError, jpeg_size
 from edge.delivery.publish import topic
 from edge.watchlist.adjudication import sign_adjudication
 from edge.watchlist.references import ReferencesRefused, open_references
@@ -104,17 +107,43 @@ class Console:
         self.store.log(viewer, "crop_viewed", alert_id=alert_id)
         return jpeg
 
-    def reference(self, viewer: str, deployment_id: str, subject_id: str) -> bytes:
+    def crop_size(self, alert_id: str) -> tuple[int, int] | None:
+        """The crop's (width, height) in pixels, read from its JPEG header (not a view)."""
+        blob = self.store.crop(alert_id)
+        if blob is None:
+            return None
+        try:
+            return jpeg_size(self.at_rest.open(blob, f"crop:{alert_id}"))
+        except (SealError, AlertFormatError):
+            return None
+
+    def _reference_set(self, deployment_id: str, subject_id: str) -> refimages.ReferenceSet:
         blob = self.store.reference(deployment_id, subject_id)
         if blob is None:
             raise ActionRefused("no reference image (not imported, or deleted)", 404)
         try:
-            jpeg = self.at_rest.open(blob, f"ref:{deployment_id}:{subject_id}")
-        except SealError as exc:
+            return refimages.unpack(self.at_rest.open(blob, f"ref:{deployment_id}:{subject_id}"))
+        except (SealError, refimages.ReferenceBlobError) as exc:
             raise ActionRefused(str(exc), 500) from None
+
+    def reference(self, viewer: str, deployment_id: str, subject_id: str,
+                  index: int = 0) -> bytes:  # fmt: skip
+        """Reference image ``index`` (0: the best) of a subject, for ``viewer`` (audited)."""
+        images = self._reference_set(deployment_id, subject_id).images
+        if not 0 <= index < len(images):
+            raise ActionRefused("no such reference image", 404)
         self.store.log(viewer, "reference_viewed", deployment_id=deployment_id,
-                       subject_id=subject_id)  # fmt: skip
-        return jpeg
+                       subject_id=subject_id, image=index)  # fmt: skip
+        return images[index]
+
+    def reference_info(self, deployment_id: str, subject_id: str) -> dict[str, object] | None:
+        """Provenance and pixel sizes of a subject's reference images (no image: not a view)."""
+        try:
+            refs = self._reference_set(deployment_id, subject_id)
+        except ActionRefused:
+            return None
+        return {"source": refs.source, "capture_date": refs.capture_date,
+                "sizes": refs.sizes()}  # fmt: skip
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -127,7 +156,8 @@ class Console:
                            deployment_id=refs.deployment_id, reason="window closed")  # fmt: skip
             return 0
         for r in refs.subjects:
-            sealed = self.at_rest.seal(r.jpeg, f"ref:{refs.deployment_id}:{r.subject_id}")
+            sealed = self.at_rest.seal(refimages.pack(r),
+                                       f"ref:{refs.deployment_id}:{r.subject_id}")
             self.store.put_reference(refs.deployment_id, r.subject_id, r.category, sealed,
                                      refs.window_end)  # fmt: skip
         path.unlink(missing_ok=True)
