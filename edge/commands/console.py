@@ -115,7 +115,7 @@ def run_serve(args: argparse.Namespace) -> int:
     context = Context(store=store, console=console, hub=hub, metrics=metrics,
                       templates=templates(), session_ttl_s=cfg.session_ttl_s,
                       secure_cookies=cfg.https, metrics_token=cfg.metrics_token,
-                      ingest_connected=lambda: ingest.ready)
+                      ingest_connected=lambda: ingest.ready, alert_stale_s=cfg.alert_stale_s)
     app = create_app(context)
     ssl: dict[str, Any] = {}
     if cfg.https:

@@ -42,6 +42,7 @@ class Context:
     secure_cookies: bool
     metrics_token: str | None = None
     ingest_connected: Callable[[], bool] = lambda: False
+    alert_stale_s: int = 120
 
 
 class NeedLogin(Exception):  # noqa: N818 (control flow)
@@ -85,10 +86,28 @@ def _fmt_time(ts: Any) -> str:
         return "–"
 
 
+def ago(seconds: Any) -> str:
+    """An age in words, as the page's script writes it live: "42 s ago", "3 min ago"."""
+    try:
+        s = max(0, int(float(seconds)))
+    except (TypeError, ValueError, OverflowError):
+        return "–"
+    if s < 120:
+        return f"{s} s ago"
+    if s < 7200:
+        return f"{s // 60} min ago"
+    if s < 172800:
+        return f"{s // 3600} h ago"
+    return f"{s // 86400} days ago"
+
+
 def templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=str(HERE / "templates"))
     t.env.autoescape = True
     t.env.filters["utc"] = _fmt_time
+    t.env.filters["ago"] = ago
+    t.env.filters["duration"] = lambda s: ago(s).removesuffix(" ago")
+    t.env.filters["words"] = lambda v: str(v).replace("_", " ")
     return t
 
 

@@ -18,6 +18,7 @@
     references_dir = "/var/lib/edge-console/references"  # reference files to import
     session_ttl_s = 28800
     retention_days = 31
+    alert_stale_s = 120           # an undecided alert older than this is marked stale
     metrics_token_file = "/etc/edge-console/metrics.token"  # optional: Prometheus may
                                                 # scrape /metrics with "Bearer <token>"
 
@@ -46,7 +47,7 @@ from edge.errors import ConfigError
 
 _CONSOLE_KEYS = {"database", "listen", "port", "tls_cert", "tls_key", "key_file",
                  "signing_key", "device_keys", "references_dir", "session_ttl_s",
-                 "retention_days", "metrics_token_file"}
+                 "retention_days", "metrics_token_file", "alert_stale_s"}
 _MQTT_KEYS = {"host", "port", "ca", "client_cert", "client_key_file", "client_id",
               "share_group", "session_expiry_s"}  # fmt: skip
 
@@ -73,6 +74,7 @@ class ConsoleConfig:
     share_group: str
     session_expiry_s: int
     metrics_token: str | None = None
+    alert_stale_s: int = 120
 
     @property
     def https(self) -> bool:
@@ -185,6 +187,7 @@ def from_dict(doc: dict[str, Any], base: Path) -> ConsoleConfig:
         share_group=string(m, "share_group", "mqtt", "console"),
         session_expiry_s=integer(m, "session_expiry_s", "mqtt", 7 * 24 * 3600, 0, 2**31),
         metrics_token=_token(path(c, "metrics_token_file", "console", False), problems),
+        alert_stale_s=integer(c, "alert_stale_s", "console", 120, 10, 24 * 3600),
     )
     if cfg.device_keys.exists():
         from edge import signing

@@ -1,12 +1,21 @@
-// The console's only script: live updates over Server-Sent Events and the adjudication
-// buttons. Rows are rendered by the server (escaped by Jinja2) and fetched as fragments;
-// nothing a device sent is ever turned into markup here.
+// The console's only script: live updates over Server-Sent Events, the new-alert banner,
+// its tone and the tab title's count, the live ages and stale markers, and the decisions
+// (buttons and keyboard shortcuts). Rows, panels and banners are rendered by the server
+// (escaped by Jinja2) and fetched as fragments; nothing a device sent is ever turned into
+// markup here. No inline script anywhere: the Content-Security-Policy forbids it.
 "use strict";
 
 (function () {
-  const page = document.body.dataset.page;
+  const body = document.body;
+  const page = body.dataset.page;
   const csrfMeta = document.querySelector('meta[name="csrf-token"]');
   const csrf = csrfMeta ? csrfMeta.content : "";
+  const mayAlerts = body.dataset.alerts === "1";
+  const staleS = Number(body.dataset.staleS || 120);
+  // The server's clock, as the page was rendered: ages agree with the server's, whatever
+  // this computer's clock says.
+  const skew = body.dataset.now ? Number(body.dataset.now) - Date.now() / 1000 : 0;
+  const serverNow = () => Date.now() / 1000 + skew;
 
   async function fragment(url) {
     const r = await fetch(url, { credentials: "same-origin" });
@@ -15,6 +24,164 @@
     tpl.innerHTML = (await r.text()).trim();  // server-rendered, autoescaped HTML
     return tpl.content.firstElementChild;
   }
+
+  // Each cell labelled with its column's heading: on a phone, tables are shown as cards.
+  function labelCells() {
+    for (const table of document.querySelectorAll("main table")) {
+      const head = table.tHead && table.tHead.rows[0];
+      if (!head) continue;
+      const names = Array.from(head.cells, (th) => th.textContent.trim());
+      for (const tbody of table.tBodies) {
+        for (const row of tbody.rows) {
+          Array.from(row.cells).forEach((td, i) => {
+            if (names[i] && !td.dataset.label) td.dataset.label = names[i];
+          });
+        }
+      }
+    }
+  }
+  labelCells();
+
+  // -- ages ("42 s ago") and stale markers, every second ----------------------------------
+
+  function ago(s) {
+    s = Math.max(0, Math.floor(s));
+    if (s < 120) return s + " s ago";
+    if (s < 7200) return Math.floor(s / 60) + " min ago";
+    if (s < 172800) return Math.floor(s / 3600) + " h ago";
+    return Math.floor(s / 86400) + " days ago";
+  }
+
+  function tick() {
+    const now = serverNow();
+    for (const t of document.querySelectorAll("time.age[data-ts]")) {
+      const text = ago(now - Number(t.dataset.ts));
+      if (t.textContent !== text) t.textContent = text;
+    }
+    for (const el of document.querySelectorAll("[data-captured][data-decided='0']")) {
+      const stale = now - Number(el.dataset.captured) > staleS;
+      el.classList.toggle("stale", stale);
+      const flag = el.querySelector(".stale-flag");
+      if (flag) flag.hidden = !stale;
+    }
+  }
+  tick();
+  setInterval(tick, 1000);
+
+  // -- the tab title counts undecided alerts ----------------------------------------------
+
+  const baseTitle = document.title.replace(/^\(\d+\) /, "");
+  function setCount(n) {
+    document.title = (n > 0 ? "(" + n + ") " : "") + baseTitle;
+    body.dataset.undecided = String(n);
+  }
+
+  // -- the tone: generated here (Web Audio), no file; muted per user, remembered ----------
+
+  const soundButton = document.getElementById("sound");
+  const muteKey = "lfr-console:mute:" + (body.dataset.user || "");
+  let muted = false;
+  try { muted = localStorage.getItem(muteKey) === "1"; } catch (e) { muted = false; }
+  let audio = null;
+  let lastTone = 0;
+  body.dataset.tones = "0";
+  body.dataset.tonesEnded = "0";
+
+  function audioContext() {
+    if (!audio) {
+      const AC = window.AudioContext || window.webkitAudioContext;
+      if (!AC) return null;
+      audio = new AC();
+      audio.onstatechange = showSound;
+    }
+    return audio;
+  }
+
+  function showSound() {
+    body.dataset.audio = audio ? audio.state : "none";
+    body.dataset.muted = muted ? "1" : "0";
+    if (!soundButton) return;
+    soundButton.setAttribute("aria-pressed", muted ? "false" : "true");
+    if (muted) soundButton.textContent = "Sound off";
+    else if (audio && audio.state !== "running") soundButton.textContent = "Sound blocked: click to allow";
+    else soundButton.textContent = "Sound on";
+  }
+
+  // Browsers start audio only after a gesture on the page: the first click or key does it.
+  function unlock() {
+    if (muted || !mayAlerts) return;
+    const c = audioContext();
+    if (c && c.state !== "running") c.resume().then(showSound, showSound);
+  }
+  document.addEventListener("pointerdown", unlock, true);
+  document.addEventListener("keydown", unlock, true);
+
+  async function tone() {
+    if (muted) return;
+    const c = audioContext();
+    if (!c) return;
+    if (c.state !== "running") {
+      try { await c.resume(); } catch (e) { /* blocked until a gesture */ }
+    }
+    showSound();
+    if (c.state !== "running" || Date.now() - lastTone < 1500) return;
+    lastTone = Date.now();
+    const t = c.currentTime;
+    const osc = c.createOscillator();
+    const gain = c.createGain();
+    osc.type = "sine";
+    osc.frequency.setValueAtTime(880, t);
+    osc.frequency.setValueAtTime(660, t + 0.2);
+    gain.gain.setValueAtTime(0.0001, t);
+    gain.gain.exponentialRampToValueAtTime(0.4, t + 0.02);
+    gain.gain.exponentialRampToValueAtTime(0.0001, t + 0.45);
+    osc.connect(gain);
+    gain.connect(c.destination);
+    osc.onended = () => {
+      body.dataset.tonesEnded = String(Number(body.dataset.tonesEnded) + 1);
+    };
+    osc.start(t);
+    osc.stop(t + 0.5);
+    body.dataset.tones = String(Number(body.dataset.tones) + 1);
+  }
+
+  if (soundButton) {
+    soundButton.addEventListener("click", () => {
+      if (!muted && audio && audio.state !== "running") { unlock(); return; }
+      muted = !muted;
+      try { localStorage.setItem(muteKey, muted ? "1" : "0"); } catch (e) { /* private mode */ }
+      if (!muted) unlock();
+      showSound();
+    });
+  }
+  showSound();
+
+  // -- the banner: on every page, while alerts wait for a decision -------------------------
+
+  let bannerTimer = null;
+  let raised = false;      // a new alert arrived: the banner says so until hidden or emptied
+  let hiddenByUser = false;
+
+  function refreshBanner(isNew) {
+    if (!mayAlerts) return;
+    if (isNew) { raised = true; hiddenByUser = false; }
+    if (bannerTimer) return;  // a fetch is due: it will show this event too
+    bannerTimer = setTimeout(async () => {
+      bannerTimer = null;
+      const el = await fragment("/fragments/alert-banner" + (raised ? "?new=1" : ""));
+      if (!el) return;
+      const n = Number(el.dataset.count || 0);
+      if (n === 0) raised = false;
+      if (hiddenByUser) el.hidden = true;
+      const old = document.getElementById("alert-banner");
+      if (old) old.replaceWith(el);
+      else document.getElementById("banners").append(el);
+      setCount(n);
+      tick();
+    }, 200);
+  }
+
+  // -- alert rows, the focused alert panel ------------------------------------------------
 
   async function alertRow(id, isNew) {
     const table = document.getElementById("alerts");
@@ -28,42 +195,118 @@
     else if (isNew) table.tBodies[0].prepend(row);
     const none = document.getElementById("no-alerts");
     if (none) none.remove();
+    labelCells();
+    tick();
   }
 
-  async function deviceRow(id) {
-    const table = document.getElementById("fleet");
-    if (!table) return;
-    const row = await fragment("/fragments/device/" + encodeURIComponent(id));
-    if (!row) return;
-    const old = document.getElementById(row.id);
-    if (old) old.replaceWith(row);
-    else table.tBodies[0].append(row);
+  // The focus (the alert page, or the top of the queue) shows one alert large. On the
+  // queue a new alert takes it unless the one there is undecided and not yet stale: the
+  // alert an officer is judging does not change under their hand (the banner and the
+  // tone say a newer one is waiting). After a change, the keys wait a second.
+  async function panel(id, isNew) {
+    const focus = document.getElementById("focus");
+    if (!focus) return;
+    const current = focus.querySelector(".panel");
+    if (current && current.dataset.alertId !== id) {
+      const judging = current.dataset.decided === "0" && !current.classList.contains("stale");
+      if (!isNew || judging) return;
+    }
+    if (!current && !isNew) return;
+    if (page === "alerts") {
+      const table = document.getElementById("alerts");
+      const dev = table ? table.dataset.device : "", dep = table ? table.dataset.deployment : "";
+      if (isNew && (dev || dep)) {  // a filtered queue focuses only its own alerts
+        const row = await fragment("/fragments/alert/" + encodeURIComponent(id));
+        if (!row || (dev && row.dataset.device !== dev) || (dep && row.dataset.deployment !== dep)) return;
+      }
+    }
+    const el = await fragment("/fragments/alert-panel/" + encodeURIComponent(id));
+    if (!el) return;
+    const now = focus.querySelector(".panel");
+    if (now && now.dataset.alertId === el.dataset.alertId) {
+      // The same alert, changed (a decision, the van's record): update its words in place;
+      // its images stay (fetching them again would be another audited view).
+      now.className = el.className;
+      now.dataset.decided = el.dataset.decided;
+      for (const sel of [".state-line", ".facts", ".decision-state"]) {
+        const old = now.querySelector(sel), fresh = el.querySelector(sel);
+        if (old && fresh) old.replaceWith(fresh);
+      }
+    } else {
+      el.dataset.keys = "off";  // no keypress meant for the alert before lands on this one
+      setTimeout(() => { el.dataset.keys = "on"; }, 1000);
+      if (now) now.replaceWith(el);
+      else focus.replaceChildren(el);
+    }
+    tick();
   }
 
-  document.addEventListener("click", async (ev) => {
-    const button = ev.target.closest("button[data-decision]");
-    if (button) {
-      const row = button.closest("tr[data-alert-id]");
-      const result = row.querySelector(".result");
-      result.textContent = "sending…";
-      const r = await fetch("/api/alerts/" + encodeURIComponent(row.dataset.alertId) + "/adjudicate", {
+  async function decide(container, decision) {
+    if (container.dataset.sending === "1") return;
+    container.dataset.sending = "1";
+    const id = container.dataset.alertId;
+    const result = container.querySelector(".result");
+    if (result) result.textContent = "sending…";
+    try {
+      const r = await fetch("/api/alerts/" + encodeURIComponent(id) + "/adjudicate", {
         method: "POST",
         credentials: "same-origin",
         headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
-        body: JSON.stringify({ decision: button.dataset.decision }),
+        body: JSON.stringify({ decision: decision }),
       });
       let detail = "";
       try { detail = (await r.json()).detail || ""; } catch (e) { detail = ""; }
-      if (r.ok) { await alertRow(row.dataset.alertId, false); }
-      else { result.textContent = "not sent: " + (detail || r.status); }
+      if (r.ok) {
+        await Promise.all([alertRow(id, false), panel(id, false)]);
+        refreshBanner(false);
+      } else if (result) {
+        result.textContent = "not sent: " + (detail || r.status);
+      }
+    } finally {
+      container.dataset.sending = "0";
+    }
+  }
+
+  document.addEventListener("click", (ev) => {
+    const button = ev.target.closest("button[data-decision]");
+    if (button) {
+      const container = button.closest("[data-alert-id]");
+      if (container) decide(container, button.dataset.decision);
+      return;
+    }
+    if (ev.target.closest(".banner-hide")) {
+      hiddenByUser = true;
+      raised = false;
+      const banner = document.getElementById("alert-banner");
+      if (banner) banner.hidden = true;
       return;
     }
     if (ev.target.id === "print") window.print();
   });
 
+  // Keyboard: C confirmed, R rejected, N not stopped, for the alert in focus while it is
+  // undecided (a decided one is changed with the buttons only: no stray key re-decides).
+  const KEYS = { c: "confirmed", r: "rejected", n: "not_stopped" };
+  document.addEventListener("keydown", (ev) => {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || ev.repeat) return;
+    if (ev.target.closest && ev.target.closest("input, select, textarea, [contenteditable]")) return;
+    const decision = KEYS[(ev.key || "").toLowerCase()];
+    if (!decision) return;
+    const focused = document.querySelector("#focus .panel[data-decided='0'][data-keys='on']");
+    if (!focused) return;
+    const button = focused.querySelector('button[data-decision="' + decision + '"]');
+    if (!button) return;
+    ev.preventDefault();
+    button.focus();
+    button.click();
+  });
+
   // Whenever the stream (re)connects, fetch the current rows: anything that changed
   // between the page's render and the stream's start (or while it was down) is shown.
   async function resync() {
+    refreshBanner(false);
+    const focused = document.querySelector("#focus .panel");
+    if (focused) await panel(focused.dataset.alertId, false);
     let url = null, table = null;
     if (page === "alerts") {
       table = document.getElementById("alerts");
@@ -83,23 +326,48 @@
       const none = document.getElementById("no-alerts");
       if (none) none.remove();
     }
+    labelCells();
+    tick();
+  }
+
+  async function deviceRow(id) {
+    const table = document.getElementById("fleet");
+    if (!table) return;
+    const row = await fragment("/fragments/device/" + encodeURIComponent(id));
+    if (!row) return;
+    const old = document.getElementById(row.id);
+    if (old) old.replaceWith(row);
+    else table.tBodies[0].append(row);
+    labelCells();
   }
 
   if (!csrf) return;  // not logged in: no stream
   const live = document.getElementById("live");
+  const liveText = live ? live.querySelector(".live-text") : null;
+  function setLive(on) {
+    if (!live) return;
+    live.classList.toggle("on", on);
+    if (liveText) liveText.textContent = on ? "live" : "offline, reconnecting";
+  }
   const source = new EventSource("/events");
   source.onopen = async () => {
     await resync();
-    if (live) live.classList.add("on");
-    document.body.dataset.live = "1";
+    setLive(true);
+    body.dataset.live = "1";
   };
-  source.onerror = () => { if (live) live.classList.remove("on"); };
+  source.onerror = () => setLive(false);
   source.onmessage = (msg) => {
     let ev;
     try { ev = JSON.parse(msg.data); } catch (e) { return; }
-    if (page === "alerts") {
-      if (ev.type === "alert") alertRow(ev.alert_id, true);
-      else if (ev.type === "alert_update") alertRow(ev.alert_id, false);
+    if (ev.type === "alert") {
+      refreshBanner(true);
+      if (mayAlerts) tone();
+      if (page === "alerts") alertRow(ev.alert_id, true);
+      panel(ev.alert_id, page === "alerts");
+    } else if (ev.type === "alert_update") {
+      refreshBanner(false);
+      if (page === "alerts") alertRow(ev.alert_id, false);
+      panel(ev.alert_id, false);
     } else if (page === "fleet" && ev.type === "device") {
       deviceRow(ev.device_id);
     }
