@@ -26,21 +26,21 @@
   }
 
   // Each cell labelled with its column's heading: on a phone, tables are shown as cards.
-  function labelCells() {
-    for (const table of document.querySelectorAll("main table")) {
-      const head = table.tHead && table.tHead.rows[0];
-      if (!head) continue;
-      const names = Array.from(head.cells, (th) => th.textContent.trim());
-      for (const tbody of table.tBodies) {
-        for (const row of tbody.rows) {
-          Array.from(row.cells).forEach((td, i) => {
-            if (names[i] && !td.dataset.label) td.dataset.label = names[i];
-          });
-        }
-      }
-    }
+  function labelRow(row) {
+    const table = row.closest("table");
+    const head = table && table.tHead && table.tHead.rows[0];
+    if (!head) return;
+    Array.from(row.cells).forEach((td, i) => {
+      const th = head.cells[i];
+      if (th && !td.dataset.label) td.dataset.label = th.textContent.trim();
+    });
   }
-  labelCells();
+  function labelRows(tbody) {
+    for (const row of tbody.rows) labelRow(row);
+  }
+  for (const table of document.querySelectorAll("main table")) {
+    for (const tbody of table.tBodies) labelRows(tbody);
+  }
 
   // -- ages ("42 s ago") and stale markers, every second ----------------------------------
 
@@ -52,21 +52,24 @@
     return Math.floor(s / 86400) + " days ago";
   }
 
-  function tick() {
+  // Only what changed is written: a queue of many alerts stays cheap to keep live.
+  function tick(root) {
+    root = root || document;
     const now = serverNow();
-    for (const t of document.querySelectorAll("time.age[data-ts]")) {
+    for (const t of root.querySelectorAll("time.age[data-ts]")) {
       const text = ago(now - Number(t.dataset.ts));
       if (t.textContent !== text) t.textContent = text;
     }
-    for (const el of document.querySelectorAll("[data-captured][data-decided='0']")) {
+    for (const el of root.querySelectorAll("[data-captured][data-decided='0']")) {
       const stale = now - Number(el.dataset.captured) > staleS;
+      if (el.classList.contains("stale") === stale) continue;
       el.classList.toggle("stale", stale);
       const flag = el.querySelector(".stale-flag");
       if (flag) flag.hidden = !stale;
     }
   }
   tick();
-  setInterval(tick, 1000);
+  setInterval(() => tick(), 1000);
 
   // -- the tab title counts undecided alerts ----------------------------------------------
 
@@ -103,7 +106,7 @@
     if (!soundButton) return;
     soundButton.setAttribute("aria-pressed", muted ? "false" : "true");
     if (muted) soundButton.textContent = "Sound off";
-    else if (audio && audio.state !== "running") soundButton.textContent = "Sound blocked: click to allow";
+    else if (!audio || audio.state !== "running") soundButton.textContent = "Sound blocked: click to allow";
     else soundButton.textContent = "Sound on";
   }
 
@@ -116,15 +119,14 @@
   document.addEventListener("pointerdown", unlock, true);
   document.addEventListener("keydown", unlock, true);
 
-  async function tone() {
-    if (muted) return;
-    const c = audioContext();
-    if (!c) return;
-    if (c.state !== "running") {
-      try { await c.resume(); } catch (e) { /* blocked until a gesture */ }
-    }
-    showSound();
-    if (c.state !== "running" || Date.now() - lastTone < 1500) return;
+  // Where the browser allows audio without a gesture (a kiosk started with
+  // --autoplay-policy=no-user-gesture-required), the context runs at once.
+  if (mayAlerts && !muted) audioContext();
+
+  function tone() {
+    const c = audio;
+    if (muted || !c || c.state !== "running") { showSound(); return; }
+    if (Date.now() - lastTone < 1500) return;
     lastTone = Date.now();
     const t = c.currentTime;
     const osc = c.createOscillator();
@@ -177,7 +179,7 @@
       if (old) old.replaceWith(el);
       else document.getElementById("banners").append(el);
       setCount(n);
-      tick();
+      tick(el);
     }, 200);
   }
 
@@ -195,8 +197,7 @@
     else if (isNew) table.tBodies[0].prepend(row);
     const none = document.getElementById("no-alerts");
     if (none) none.remove();
-    labelCells();
-    tick();
+    labelRow(row);
   }
 
   // The focus (the alert page, or the top of the queue) shows one alert large. On the
@@ -238,7 +239,7 @@
       if (now) now.replaceWith(el);
       else focus.replaceChildren(el);
     }
-    tick();
+    tick(focus);
   }
 
   async function decide(container, decision) {
@@ -326,7 +327,7 @@
       const none = document.getElementById("no-alerts");
       if (none) none.remove();
     }
-    labelCells();
+    labelRows(table.tBodies[0]);
     tick();
   }
 
@@ -338,7 +339,7 @@
     const old = document.getElementById(row.id);
     if (old) old.replaceWith(row);
     else table.tBodies[0].append(row);
-    labelCells();
+    labelRow(row);
   }
 
   if (!csrf) return;  // not logged in: no stream
