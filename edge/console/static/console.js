@@ -52,15 +52,54 @@
     return Math.floor(s / 86400) + " days ago";
   }
 
-  // Only what changed is written: a queue of many alerts stays cheap to keep live.
-  function tick(root) {
-    root = root || document;
+  // Ages on the screen are written every second, the others when they come into view:
+  // a long live queue is not laid out again every second. Only what changed is written.
+  const onScreen = new Set();
+  const seen = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
     const now = serverNow();
-    for (const t of root.querySelectorAll("time.age[data-ts]")) {
-      const text = ago(now - Number(t.dataset.ts));
-      if (t.textContent !== text) t.textContent = text;
+    for (const e of entries) {
+      if (e.isIntersecting) { onScreen.add(e.target); age(e.target, now); }
+      else onScreen.delete(e.target);
     }
-    for (const el of root.querySelectorAll("[data-captured][data-decided='0']")) {
+  }) : null;
+
+  function age(t, now) {
+    const text = ago(now - Number(t.dataset.ts));
+    if (t.textContent !== text) t.textContent = text;
+  }
+
+  function watch(root) {
+    for (const t of root.querySelectorAll("time.age[data-ts]")) {
+      if (seen) seen.observe(t);
+      else onScreen.add(t);
+    }
+  }
+
+  function forget(root) {
+    for (const t of root.querySelectorAll("time.age[data-ts]")) {
+      onScreen.delete(t);
+      if (seen) seen.unobserve(t);
+    }
+  }
+
+  // Put a freshly fetched element in the place of another (or in a parent): its ages are
+  // written at once and watched, the old one's are forgotten.
+  function swap(old, fresh) {
+    if (old) { forget(old); old.replaceWith(fresh); }
+    watch(fresh);
+    tick(fresh);
+  }
+
+  function tick(root) {
+    const now = serverNow();
+    if (root) {
+      for (const t of root.querySelectorAll("time.age[data-ts]")) age(t, now);
+    }
+    for (const t of onScreen) {
+      if (t.isConnected) age(t, now);
+      else { onScreen.delete(t); if (seen) seen.unobserve(t); }
+    }
+    for (const el of (root || document).querySelectorAll("[data-captured][data-decided='0']")) {
       const stale = now - Number(el.dataset.captured) > staleS;
       if (el.classList.contains("stale") === stale) continue;
       el.classList.toggle("stale", stale);
@@ -68,7 +107,8 @@
       if (flag) flag.hidden = !stale;
     }
   }
-  tick();
+  watch(document);
+  tick(document);
   setInterval(() => tick(), 1000);
 
   // -- the tab title counts undecided alerts ----------------------------------------------
@@ -176,10 +216,9 @@
       if (n === 0) raised = false;
       if (hiddenByUser) el.hidden = true;
       const old = document.getElementById("alert-banner");
-      if (old) old.replaceWith(el);
-      else document.getElementById("banners").append(el);
+      if (!old) document.getElementById("banners").append(el);
+      swap(old, el);
       setCount(n);
-      tick(el);
     }, 200);
   }
 
@@ -193,8 +232,8 @@
     const dev = table.dataset.device, dep = table.dataset.deployment;
     if ((dev && row.dataset.device !== dev) || (dep && row.dataset.deployment !== dep)) return;
     const old = document.getElementById(row.id);
-    if (old) old.replaceWith(row);
-    else if (isNew) table.tBodies[0].prepend(row);
+    if (old) swap(old, row);
+    else if (isNew) { table.tBodies[0].prepend(row); swap(null, row); }
     const none = document.getElementById("no-alerts");
     if (none) none.remove();
     labelRow(row);
@@ -231,15 +270,14 @@
       now.dataset.decided = el.dataset.decided;
       for (const sel of [".state-line", ".facts", ".decision-state"]) {
         const old = now.querySelector(sel), fresh = el.querySelector(sel);
-        if (old && fresh) old.replaceWith(fresh);
+        if (old && fresh) swap(old, fresh);
       }
     } else {
       el.dataset.keys = "off";  // no keypress meant for the alert before lands on this one
       setTimeout(() => { el.dataset.keys = "on"; }, 1000);
-      if (now) now.replaceWith(el);
-      else focus.replaceChildren(el);
+      if (now) swap(now, el);
+      else { forget(focus); focus.replaceChildren(el); swap(null, el); }
     }
-    tick(focus);
   }
 
   async function decide(container, decision) {
@@ -322,7 +360,9 @@
     if (!r.ok) return;
     const tpl = document.createElement("template");
     tpl.innerHTML = await r.text();  // server-rendered, autoescaped HTML
+    forget(table.tBodies[0]);
     table.tBodies[0].replaceChildren(tpl.content);
+    watch(table.tBodies[0]);
     if (table.tBodies[0].rows.length) {
       const none = document.getElementById("no-alerts");
       if (none) none.remove();
