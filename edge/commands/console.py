@@ -176,7 +176,7 @@ def run_serve(args: argparse.Namespace) -> int:
                       templates=templates(), session_ttl_s=cfg.session_ttl_s,
                       secure_cookies=cfg.https, logins=logins,
                       metrics_token=cfg.metrics_token, ingest_connected=lambda: ingest.ready,
-                      stale_after_s=cfg.stale_after_s)
+                      stale_after_s=cfg.stale_after_s, alert_stale_s=cfg.alert_stale_s)
     app = create_app(context, [routes_pages.router, routes_api.router])
     ssl: dict[str, Any] = {}
     if cfg.https:

@@ -51,6 +51,7 @@ class Context:
     metrics_token: str | None = None
     ingest_connected: Callable[[], bool] = lambda: False
     stale_after_s: float = 180.0
+    alert_stale_s: int = 120
 
     def devices(self) -> list[dict[str, Any]]:
         """The fleet, each van marked ``stale`` when its heartbeat is overdue."""
@@ -98,10 +99,28 @@ def _fmt_time(ts: Any) -> str:
         return "–"
 
 
+def ago(seconds: Any) -> str:
+    """An age in words, as the page's script writes it live: "42 s ago", "3 min ago"."""
+    try:
+        s = max(0, int(float(seconds)))
+    except (TypeError, ValueError, OverflowError):
+        return "–"
+    if s < 120:
+        return f"{s} s ago"
+    if s < 7200:
+        return f"{s // 60} min ago"
+    if s < 172800:
+        return f"{s // 3600} h ago"
+    return f"{s // 86400} days ago"
+
+
 def templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=str(HERE / "templates"))
     t.env.autoescape = True
     t.env.filters["utc"] = _fmt_time
+    t.env.filters["ago"] = ago
+    t.env.filters["duration"] = lambda s: ago(s).removesuffix(" ago")
+    t.env.filters["words"] = lambda v: str(v).replace("_", " ")
     return t
 
 

@@ -18,6 +18,7 @@
     references_dir = "/var/lib/edge-console/references"  # reference files to import
     session_ttl_s = 28800
     retention_days = 31
+    alert_stale_s = 120           # an undecided alert older than this is marked stale
     metrics_token_file = "/etc/edge-console/metrics.token"  # optional: Prometheus may
                                                 # scrape /metrics with "Bearer <token>"
     stale_after_s = 180           # a van online but silent (no status or stats) this long is
@@ -64,7 +65,7 @@ log = logging.getLogger(__name__)
 _CONSOLE_KEYS = {"database", "listen", "port", "tls_cert", "tls_key", "key_file",
                  "signing_key", "device_keys", "references_dir", "session_ttl_s",
                  "retention_days", "metrics_token_file", "stale_after_s", "trusted_proxies",
-                 "login_concurrency"}
+                 "login_concurrency", "alert_stale_s"}
 _MQTT_KEYS = {"host", "port", "ca", "client_cert", "client_key_file", "client_id",
               "share_group", "session_expiry_s"}  # fmt: skip
 _OBSOLETE = {("mqtt", "share_group"): "every console instance now holds its own "
@@ -95,6 +96,7 @@ class ConsoleConfig:
     stale_after_s: int = 180
     trusted_proxies: tuple[str, ...] = ()
     login_concurrency: int = 2
+    alert_stale_s: int = 120
 
     @property
     def https(self) -> bool:
@@ -241,6 +243,7 @@ def from_dict(doc: dict[str, Any], base: Path) -> ConsoleConfig:
         stale_after_s=integer(c, "stale_after_s", "console", 180, 5, 86400),
         trusted_proxies=_proxies(c.get("trusted_proxies", []), problems),
         login_concurrency=integer(c, "login_concurrency", "console", 2, 1, 64),
+        alert_stale_s=integer(c, "alert_stale_s", "console", 120, 10, 24 * 3600),
     )
     for section, key in PRIVATE_KEYS:
         value = (c if section == "console" else m).get(key)

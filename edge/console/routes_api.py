@@ -77,6 +77,16 @@ def reference(deployment_id: str, subject_id: str, c: Ctx,
         return _refused(exc)
 
 
+@router.get("/images/reference/{deployment_id}/{subject_id}/{index}.jpg")
+def reference_n(deployment_id: str, subject_id: str, index: int, c: Ctx,
+                user: Annotated[User, Depends(require("alerts"))]) -> Response:  # fmt: skip
+    """Reference image ``index`` of a subject (0 is the best, as the route above)."""
+    try:
+        return _jpeg(c.console.reference(user.name, deployment_id, subject_id, index))
+    except ActionRefused as exc:
+        return _refused(exc)
+
+
 @router.get("/events")
 async def events(request: Request, c: Ctx,
                  user: Annotated[User, Depends(current_user)]) -> Response:  # fmt: skip

@@ -4,7 +4,9 @@
   (:func:`edge.watchlist.adjudication.sign_adjudication`, the logged-in user as the
   officer), publish it QoS 1 through the ingest client, record it and announce it;
 - :meth:`Console.crop` / :meth:`Console.reference`: decrypt an image for one user, each
-  view written to the console's audit trail with who and when;
+  view written to the console's audit trail with who and when (a subject's reference
+  images are one sealed set, :mod:`edge.console.refimages`; :meth:`Console.reference_info`
+  gives their provenance and pixel sizes, no image);
 - :meth:`Console.housekeeping` (every minute, and at start): purge alerts and crops older
   than the retention period unless on legal hold (each purged id kept as a tombstone, so a
   replay is refused) and destroy the data key of each day none of whose crops is left,
@@ -26,13 +28,14 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge.console import refimages
 from edge.console.auth import WINDOW_S
 from edge.console.crypto import AtRest, DataKeys, SealError, reference_key_name
 from edge.console.events import Hub
 from edge.console.metrics import Metrics
 from edge.console.store import Store
 from edge.console.store_images import CROP_KEY_PERIOD_S
-from edge.delivery.alert import DECISIONS
+from edge.delivery.alert import DECISIONS, AlertFormatError, jpeg_size
 from edge.delivery.publish import topic
 from edge.watchlist.adjudication import sign_adjudication
 from edge.watchlist.references import ReferencesRefused, open_references
@@ -125,14 +128,44 @@ class Console:
         self.store.log(viewer, "crop_viewed", alert_id=alert_id)
         return jpeg
 
-    def reference(self, viewer: str, deployment_id: str, subject_id: str) -> bytes:
+    def crop_size(self, alert_id: str) -> tuple[int, int] | None:
+        """The crop's (width, height) in pixels, read from its JPEG header (not a view)."""
+        sealed = self.store.crop_sealed(alert_id)
+        if sealed is None:
+            return None
+        try:
+            return jpeg_size(self._open(sealed, f"crop:{alert_id}"))
+        except (ActionRefused, AlertFormatError):
+            return None
+
+    def _reference_set(self, deployment_id: str, subject_id: str) -> refimages.ReferenceSet:
         sealed = self.store.reference_sealed(deployment_id, subject_id)
         if sealed is None:
             raise ActionRefused("no reference image (not imported, or deleted)", 404)
-        jpeg = self._open(sealed, f"ref:{deployment_id}:{subject_id}")
+        blob = self._open(sealed, f"ref:{deployment_id}:{subject_id}")
+        try:
+            return refimages.unpack(blob)
+        except refimages.ReferenceBlobError as exc:
+            raise ActionRefused(str(exc), 500) from None
+
+    def reference(self, viewer: str, deployment_id: str, subject_id: str,
+                  index: int = 0) -> bytes:  # fmt: skip
+        """Reference image ``index`` (0: the best) of a subject, for ``viewer`` (audited)."""
+        images = self._reference_set(deployment_id, subject_id).images
+        if not 0 <= index < len(images):
+            raise ActionRefused("no such reference image", 404)
         self.store.log(viewer, "reference_viewed", deployment_id=deployment_id,
-                       subject_id=subject_id)  # fmt: skip
-        return jpeg
+                       subject_id=subject_id, image=index)  # fmt: skip
+        return images[index]
+
+    def reference_info(self, deployment_id: str, subject_id: str) -> dict[str, object] | None:
+        """Provenance and pixel sizes of a subject's reference images (no image: not a view)."""
+        try:
+            refs = self._reference_set(deployment_id, subject_id)
+        except ActionRefused:
+            return None
+        return {"source": refs.source, "capture_date": refs.capture_date,
+                "sizes": refs.sizes()}  # fmt: skip
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -147,7 +180,8 @@ class Console:
         key_name = reference_key_name(refs.deployment_id)  # destroyed with the images
         key = self.keys.get_or_create(key_name)
         for r in refs.subjects:
-            sealed = self.at_rest.seal(r.jpeg, f"ref:{refs.deployment_id}:{r.subject_id}", key)
+            sealed = self.at_rest.seal(refimages.pack(r),
+                                       f"ref:{refs.deployment_id}:{r.subject_id}", key)
             self.store.put_reference(refs.deployment_id, r.subject_id, r.category, sealed,
                                      refs.window_end, image_key=key_name,
                                      bundle_id=refs.bundle_id)  # fmt: skip

@@ -183,6 +183,16 @@ class Store(AuthStore, FleetStore, ImageStore):
         with self.engine.connect() as conn:
             return _rows(conn.execute(q.where(cond)))
 
+    def undecided(self, limit: int = 1) -> tuple[int, list[Row]]:
+        """How many alerts no officer has decided yet, and the newest ``limit`` of them."""
+        cond = t.alerts.c.decision.is_(None)
+        q = (sa.select(*self._ALERT_COLS, (t.alerts.c.crop.is_not(None)).label("has_crop"))
+             .where(cond).order_by(t.alerts.c.received_at.desc(), t.alerts.c.alert_id.desc())
+             .limit(limit))  # fmt: skip
+        with self.engine.connect() as conn:
+            n = conn.execute(sa.select(sa.func.count()).select_from(t.alerts).where(cond))
+            return int(n.scalar_one()), _rows(conn.execute(q))
+
     def crop(self, alert_id: str) -> bytes | None:
         sealed = self.crop_sealed(alert_id)
         return None if sealed is None else sealed[0]
