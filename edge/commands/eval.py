@@ -17,7 +17,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge.vision.defaults import DEFAULT_EMBEDDER, DLIB_EMBEDDER
+from edge.commands.eval_args import (
+    add_model_args,
+    add_search_args,
+    gallery_images,
+    parse_size,
+    probe_images,
+    references,
+    score_searches,
+)
 
 
 def register(sub: Any) -> None:
@@ -33,45 +41,12 @@ def register(sub: Any) -> None:
     register_detect(evsub)
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--models-dir",
-        type=Path,
-        default=None,
-        help="models directory (default: EDGE_MODELS_DIR, "
-        "the checkout's models/, or the installed models)",
-    )
-    p.add_argument(
-        "--model",
-        choices=("int8", "float", "float32"),
-        default="int8",
-        help="embedder precision (default int8)",
-    )
-    p.add_argument("--embedder", default=DEFAULT_EMBEDDER,
-                   help=f"embedder name in the manifest (default {DEFAULT_EMBEDDER}; "
-                   f"dlib: {DLIB_EMBEDDER})")
-    p.add_argument(
-        "--landmarks",
-        choices=("mesh", "blazeface", "retina", "mesh_raw"),
-        default=None,
-        help="how the 5 alignment points are found (default: the best measured for the "
-        "detector, mesh)",
-    )
-    p.add_argument("--detector", default="retinaface_mnet025_int8",
-                   help="detector name in the manifest (default retinaface_mnet025_int8)")
-    p.add_argument("--detector-input", type=_size, default=None, metavar="WxH",
-                   help="RetinaFace input size, multiples of 32 (default 640x384)")
-    p.add_argument("--threads", type=int, default=2, help="TFLite threads (default 2)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="flip-averaged embeddings, each chip and its mirror image "
-                   "(default: the embedder family's setting)")
-
 
 def register_verify(evsub: Any) -> None:
     p = evsub.add_parser("verify", help="1:1 verification on LFW-format pairs (10-fold protocol)")
     p.add_argument("--images", type=Path, required=True, help="directory of <Name>/<Name>_NNNN.jpg")
     p.add_argument("--pairs", type=Path, required=True, help="LFW pairs.txt format file")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run_verify)
@@ -117,132 +92,12 @@ def summary_line(report: dict[str, Any]) -> str:
     )
 
 
-def _engine_from_args(args: argparse.Namespace) -> tuple[Any, str]:
-    """The FaceEngine the model arguments ask for, and its precision."""
-    from edge.vision.faces import FaceEngine
-
-    precision = "float32" if args.model in ("float", "float32") else "int8"
-    engine = FaceEngine.from_models(
-        args.models_dir, embedder=args.embedder, precision=precision,
-        detector=args.detector, landmarks=args.landmarks, threads=args.threads,
-        detector_input=args.detector_input, flip=args.flip,
-    )
-    return engine, precision
-
-
-def _add_search_args(p: argparse.ArgumentParser) -> None:
-    """Where the gallery and probes come from (identify and calibrate)."""
-    p.add_argument("--lfw", type=Path, help="LFW-style folder: gallery = first image of each "
-                   "identity with >= 2 images, mated probes = its others, non-mated = the rest")
-    p.add_argument("--gallery", type=Path, help="one folder of images per gallery subject")
-    p.add_argument("--probes", type=Path, help="one folder per probe identity (with --gallery); "
-                   "identities absent from the gallery are non-mated")
-    p.add_argument("--face", choices=("centre", "largest"), default=None,
-                   help="which face of an image is searched (default: centre with --lfw, "
-                   "else largest)")
-    p.add_argument("--no-fallback", action="store_true", help="with --lfw: an image without a "
-                   "detection has no template (default: retry at a lower score, then a fixed "
-                   "central box, as `eval verify` does)")
-    p.add_argument("--probe-images", default=None, metavar="K[,K...]",
-                   help="fuse K images of a probe identity into one template per search, as "
-                   "the daemon fuses a track (default 1; identify takes several K, e.g. 1,2,3, "
-                   "embedding each image once)")
-    p.add_argument("--gallery-images", default=None, metavar="K[,K...]",
-                   help="up to K images per gallery subject, as a watchlist holds several "
-                   "references (default 1; with --lfw an identity's first min(K, n-1) images, "
-                   "the probes cut at the largest K so that every K searches the same probes)")
-    p.add_argument("--reference", default=None, metavar="fused|best",
-                   help="score a subject with several gallery images by the best of them or "
-                   "by their fused template, as the device does (default: the device's "
-                   "default; identify takes both, fused,best)")
-    p.add_argument("--holdout", type=float, default=None, metavar="SHARE",
-                   help="with --lfw: share of the multi-image identities kept out of the "
-                   "gallery as non-mated (default 0.5 with --probe-images, else 0)")
-
-
-def _search_set(args: argparse.Namespace) -> Any:
-    from edge.errors import UsageError
-    from edge.evaluation.identify import check_paths, folder_sets, lfw_sets
-
-    if args.lfw is not None:
-        if args.gallery is not None or args.probes is not None:
-            raise UsageError("use either --lfw or --gallery with --probes, not both")
-        holdout = args.holdout
-        if holdout is None:
-            holdout = 0.5 if args.probe_images is not None else 0.0
-        sets = lfw_sets(args.lfw, holdout, max(_gallery_images(args, several=True)))
-    elif args.gallery is not None and args.probes is not None:
-        if args.holdout is not None:
-            raise UsageError("--holdout is for --lfw (with folders, the probes folder says "
-                             "who is non-mated)")
-        sets = folder_sets(args.gallery, args.probes)
-    else:
-        raise UsageError("say where the faces are: --lfw DIR, or --gallery DIR --probes DIR")
-    check_paths([p for files in sets.gallery.values() for p in files])
-    check_paths([p.path for p in sets.probes])
-    return sets
-
-
-def _probe_images(args: argparse.Namespace, several: bool) -> list[int]:
-    from edge.errors import UsageError
-    from edge.evaluation.identify import parse_probe_images
-
-    ks = parse_probe_images(args.probe_images or "1")
-    if len(ks) > 1 and not several:
-        raise UsageError(f"--probe-images {args.probe_images}: calibrate takes one K")
-    return ks
-
-
-def _gallery_images(args: argparse.Namespace, several: bool) -> list[int]:
-    from edge.errors import UsageError
-    from edge.evaluation.identify import parse_gallery_images
-
-    ks = parse_gallery_images(args.gallery_images or "1")
-    if len(ks) > 1 and not several:
-        raise UsageError(f"--gallery-images {args.gallery_images}: calibrate takes one K")
-    return ks
-
-
-def _references(args: argparse.Namespace, several: bool) -> list[str]:
-    from edge.errors import UsageError
-    from edge.evaluation.identify import parse_references
-    from edge.recognition.match import DEFAULT_REFERENCE
-
-    refs = parse_references(args.reference or DEFAULT_REFERENCE)
-    if len(refs) > 1 and not several:
-        raise UsageError(f"--reference {args.reference}: calibrate takes one mode")
-    return refs
-
-
-def _score_searches(
-    args: argparse.Namespace, fpirs: list[float], ks: list[int], several: bool = True
-) -> list[tuple[Any, dict[str, Any]]]:
-    from edge.evaluation.identify import group_probes, limit_gallery, run_identify_many
-
-    gks = _gallery_images(args, several)
-    refs = _references(args, several)
-    sets = _search_set(args)  # fail on bad input before loading any model
-    for k in ks:
-        for gk in gks:
-            group_probes(limit_gallery(sets, gk), k)
-    engine, precision = _engine_from_args(args)
-    label = getattr(args, "label", None) or f"{args.embedder} {precision}"
-    runs = run_identify_many(
-        engine, sets, fpirs, label=label,
-        choose=args.face or ("centre" if args.lfw is not None else "largest"),
-        fallback=args.lfw is not None and not args.no_fallback,
-        progress=not args.no_progress, probe_images=ks, gallery_images=gks, references=refs,
-    )
-    for _, rep in runs:
-        rep["precision"] = precision
-    return runs
-
 
 def register_identify(evsub: Any) -> None:
     p = evsub.add_parser(
         "identify", help="open-set 1:N identification: TPIR at FPIR, FNIR, rank-1, DET plot"
     )
-    _add_search_args(p)
+    add_search_args(p)
     p.add_argument("--scores", type=Path, metavar="NPZ",
                    help="report (and plot) a saved score set instead of embedding images")
     p.add_argument("--fpir", default="0.001,0.000167",
@@ -253,7 +108,7 @@ def register_identify(evsub: Any) -> None:
     p.add_argument("--save-scores", type=Path, metavar="NPZ",
                    help="save the probe x gallery scores (no embeddings) for calibrate/plots")
     p.add_argument("--label", help="curve label (default: embedder and precision)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run_identify)
@@ -264,12 +119,12 @@ def run_identify(args: argparse.Namespace) -> int:
     from edge.evaluation.identify import ScoreSet, det_curve, format_text, parse_fpirs, report
 
     fpirs = parse_fpirs(args.fpir)
-    ks = _probe_images(args, several=True)
+    ks = probe_images(args, several=True)
     extra = [ScoreSet.load(p) for p in args.plot_scores]
     if extra and args.plot is None:
         raise UsageError("--plot-scores needs --plot")
-    several = (len(ks) > 1 or len(_gallery_images(args, True)) > 1
-               or len(_references(args, True)) > 1)
+    several = (len(ks) > 1 or len(gallery_images(args, True)) > 1
+               or len(references(args, True)) > 1)
     if args.save_scores is not None and several:
         raise UsageError("--save-scores takes one --probe-images K, --gallery-images K and "
                          "--reference")
@@ -279,7 +134,7 @@ def run_identify(args: argparse.Namespace) -> int:
         ss = ScoreSet.load(args.scores)
         runs = [(ss, report(ss, fpirs))]
     else:
-        runs = _score_searches(args, fpirs, ks)
+        runs = score_searches(args, fpirs, ks)
     ss, rep = runs[0]
     if args.save_scores is not None:
         ss.save(args.save_scores)
@@ -307,13 +162,13 @@ def register_calibrate(evsub: Any) -> None:
     )
     p.add_argument("--scores", type=Path, metavar="NPZ",
                    help="a score set saved by `eval identify --save-scores`")
-    _add_search_args(p)
+    add_search_args(p)
     p.add_argument("--fpir", type=float, default=0.001, help="target FPIR (default 0.001)")
     p.add_argument("--watchlist-size", required=True, metavar="N[,N...]",
-                   help="watchlist size(s) to calibrate for")
+                   help="watchlist parse_size(s) to calibrate for")
     p.add_argument("--reps", type=int, default=20, help="random sub-galleries per size")
     p.add_argument("--seed", type=int, default=0, help="seed for the sub-galleries")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run_calibrate)
@@ -332,7 +187,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             raise UsageError("use either --scores or --lfw/--gallery, not both")
         ss = ScoreSet.load(args.scores)
     else:
-        ss = _score_searches(args, [args.fpir], _probe_images(args, several=False),
+        ss = score_searches(args, [args.fpir], probe_images(args, several=False),
                              several=False)[0][0]
     cals = [calibrate(ss, args.fpir, n, reps=args.reps, seed=args.seed) for n in sizes]
     if args.json:
@@ -345,14 +200,6 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 # --- detect ----------------------------------------------------------------------------------
 
-
-def _size(text: str) -> tuple[int, int]:
-    from edge.evaluation.simulate import parse_size
-
-    try:
-        return parse_size(text)
-    except Exception as exc:  # argparse turns this into one usage line
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register_detect(evsub: Any) -> None:
@@ -367,7 +214,7 @@ def register_detect(evsub: Any) -> None:
     p.add_argument("--detector", action="append", default=None, metavar="NAME[@WxH]",
                    help="detector in the manifest, optionally with RetinaFace's input size "
                    "(repeatable; default retinaface_mnet025_int8@640x384)")
-    p.add_argument("--detect-size", type=_size, default=None, metavar="WxH",
+    p.add_argument("--detect-size", type=parse_size, default=None, metavar="WxH",
                    help="scale each frame to this size first, as a lores stream "
                    "(default: detect on the frame as it is)")
     p.add_argument("--score", type=float, default=None,
@@ -395,7 +242,7 @@ def run_detect(args: argparse.Namespace) -> int:
     reports = []
     for spec in args.detector or ["retinaface_mnet025_int8@640x384"]:
         name, _, size_text = spec.partition("@")
-        size = _size(size_text) if size_text else None
+        size = parse_size(size_text) if size_text else None
         resolved, det = make_detector(manifest, name, threads=args.threads, input_size=size,
                                       min_score=args.score)
         label = resolved + (f"@{size[0]}x{size[1]}" if size else "")

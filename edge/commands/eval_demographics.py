@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge.commands.eval import (
-    _add_model_args,
-    _add_search_args,
-    _probe_images,
-    _score_searches,
+from edge.commands.eval_args import (
+    add_model_args,
+    add_search_args,
+    probe_images,
+    score_searches,
 )
 
 
@@ -41,7 +41,7 @@ def register_demographics(evsub: Any) -> None:
                    "--save-scores here, instead of embedding images")
     p.add_argument("--save-scores", type=Path, metavar="NPZ",
                    help="save the probe x gallery scores (no embeddings) to re-run quickly")
-    _add_search_args(p)
+    add_search_args(p)
     p.add_argument("--threshold", type=float, default=None,
                    help="the operating threshold (similarity)")
     p.add_argument("--watchlist-size", type=int, default=None, metavar="N",
@@ -62,7 +62,7 @@ def register_demographics(evsub: Any) -> None:
                    help="write the figures into the embedder's manifest entry "
                    "(measured.demographics; `edge watchlist build` warns below them)")
     p.add_argument("--label", help="run label (default: embedder and precision)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run_demographics)
@@ -102,7 +102,7 @@ def run_demographics(args: argparse.Namespace) -> int:
         ss = ScoreSet.load(args.scores)
         protocol = f"scores {args.scores}"
     else:
-        ss, rep = _score_searches(args, [args.fpir], _probe_images(args, several=False),
+        ss, rep = score_searches(args, [args.fpir], probe_images(args, several=False),
                                   several=False)[0]
         protocol = rep["protocol"]
         if args.save_scores is not None:
