@@ -112,7 +112,8 @@ def test_debian_keeps_picamera2_and_encrypted_credentials(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("facts", [
     {**UBUNTU_2204, "distribution_version": "24.04", "distribution_major_version": "24"},
-    {**SYSTEMD, "distribution": "Debian", "distribution_version": "11", "distribution_major_version": "11"},
+    {**SYSTEMD, "distribution": "Debian", "distribution_version": "11",
+     "distribution_major_version": "11"},
 ])
 def test_other_distributions_are_refused_naming_the_supported_ones(
     tmp_path: Path, facts: dict[str, str]
