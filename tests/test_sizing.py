@@ -38,7 +38,6 @@ def test_retinaface_work_scales_with_its_input_and_dlib_is_its_known_size() -> N
 
 def test_the_default_pipeline_is_the_detector_plus_the_per_face_models() -> None:
     from edge.service.config_sections import DetectorSettings, RecognitionSettings
-
     from edge.vision.manifest import Manifest
 
     manifest = Manifest.load(MODELS)
