@@ -13,7 +13,7 @@ row-on-the-page time minus publish time (one host, one clock).
     nice .venv/bin/python benchmarks/console_ingest.py --devices 50 --per-minute 1000 \\
         --seconds 60 [--postgres] [--screenshots docs/] [--json]
 
-``--screenshots DIR`` also adjudicates a few alerts, ends two deployments (summaries),
+``--screenshots DIR`` also adjudicates a few alerts, ends two deployments (signed summaries),
 imports reference images and breaks one device's audit chain, then saves the four pages
 as ``DIR/console-{alerts,fleet,deployments,audit}.png`` and the report page.
 """
@@ -286,15 +286,19 @@ def _scenes(out: Path, page: Any, browser: Any, url: str, devices: dict[str, mqt
     """Make the pages worth looking at, then photograph them."""
     out.mkdir(parents=True, exist_ok=True)
     names = list(devices)
-    for i, d in enumerate(names[:2]):
-        summary = {"state": "ended", "deployment_id": f"dep-end-{i}", "device_id": d,
-                   "location": f"High Street, site {i + 1}",
-                   "window": {"start": "2026-11-22T09:00:00Z", "end": "2026-11-22T15:00:00Z"},
+    for i, d in enumerate(names[:2]):  # deployments come from the vans' signed audit chain
+        window = {"start": "2026-11-22T09:00:00Z", "end": "2026-11-22T15:00:00Z"}
+        summary = {"deployment_id": f"dep-end-{i}", "device_id": d, "bundle_id": "b" * 32,
+                   "location": f"High Street, site {i + 1}", "window": window,
+                   "armed_at": window["start"], "ended_at": window["end"],
                    "watchlist_size": 412, "threshold": 0.6, "faces_processed": 18_342 + i,
                    "frames": 250_000, "tracks": 9_000, "alerts": 7 + i,
                    "adjudications": {"confirmed": 4, "rejected": 2 + i, "not_stopped": 1},
                    "end_reason": "window_ended"}  # fmt: skip
-        devices[d].publish(f"lfr/{d}/deployment", json.dumps(summary), qos=1, retain=True)
+        audits[d].append("armed", deployment_id=f"dep-end-{i}", location=summary["location"],
+                         window_start=window["start"], window_end=window["end"],
+                         threshold=0.6)  # fmt: skip
+        audits[d].append("deployment_summary", summary=summary)
     devices[names[-1]].publish(f"lfr/{names[-1]}/status", json.dumps(
         {"state": "offline", "armed": False, "reason": "stopped", "device_id": names[-1]}),
         qos=1, retain=True)  # fmt: skip

@@ -12,6 +12,15 @@ Key files are PEM, as :mod:`edge.watchlist.keys` writes them: the private key un
 PKCS#8, the public key SubjectPublicKeyInfo. The control room holds each device's public
 half as ``<device_id>.signing.pub``; :func:`load_device_keys` reads a directory of them
 (or one such file) into a mapping device id -> key.
+
+What is signed has one spelling (issue 21, medium 1). Base64 has several for the same bytes
+(the unused low bits of the last character; whitespace and padding a lenient decoder skips):
+every Ed25519 signature has 15 other spellings that decode to it and verify. A broker that
+re-spells a signature would make a resent message look different from the first copy.
+:func:`b64decode_canonical` therefore takes only the one spelling ``base64.b64encode``
+gives (decode, re-encode, compare), and :func:`verify` only such a signature; a public key
+file must be exactly the PEM this project writes (:func:`public_from_pem`), and a key id in
+hex is lower case (:func:`canonical_hex`).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 SIGNATURE_B64_RE: Final = re.compile(r"^[A-Za-z0-9+/]{86}==$")
 """An Ed25519 signature (64 bytes) in standard base64."""
@@ -43,18 +53,57 @@ class KeyFileError(ValueError):
     """A key file or directory cannot be used (the message is one line)."""
 
 
+def b64decode_canonical(value: object, what: str = "value") -> bytes:
+    """The bytes of ``value`` if it is base64 in its one canonical spelling (standard
+    alphabet, padded, no whitespace, unused bits zero: what ``base64.b64encode`` gives);
+    :class:`ValueError` (one line) otherwise."""
+    if not isinstance(value, str) or not value.isascii():
+        raise ValueError(f"{what} is not base64 text")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what} is not base64") from None
+    if base64.b64encode(raw).decode("ascii") != value:
+        raise ValueError(f"{what} is not in its one canonical base64 spelling")
+    return raw
+
+
+def is_canonical_b64(value: object) -> bool:
+    try:
+        b64decode_canonical(value)
+    except ValueError:
+        return False
+    return True
+
+
+def canonical_hex(value: object, nbytes: int, what: str = "value") -> bytes:
+    """The bytes of ``value`` if it is exactly ``2 * nbytes`` lower-case hex digits;
+    :class:`ValueError` otherwise (``bytes.fromhex`` alone also takes upper case and
+    spaces: other spellings of the same id)."""
+    if not isinstance(value, str) or len(value) != 2 * nbytes:
+        raise ValueError(f"{what} is not {2 * nbytes} hex digits")
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise ValueError(f"{what} is not hex") from None
+    if raw.hex() != value:
+        raise ValueError(f"{what} is not lower-case hex")
+    return raw
+
+
 def sign(key: Ed25519PrivateKey, context: bytes, message: bytes) -> str:
     """Base64 Ed25519 signature over ``context + message``."""
     return base64.b64encode(key.sign(context + message)).decode("ascii")
 
 
 def verify(public: Ed25519PublicKey, context: bytes, message: bytes, signature: object) -> bool:
-    """True only for a well-formed base64 signature that verifies; never raises."""
+    """True only for a signature in its one canonical base64 spelling that verifies;
+    never raises."""
     if not isinstance(signature, str) or not SIGNATURE_B64_RE.fullmatch(signature):
         return False
     try:
-        public.verify(base64.b64decode(signature, validate=True), context + message)
-    except (InvalidSignature, binascii.Error, ValueError):
+        public.verify(b64decode_canonical(signature), context + message)
+    except (InvalidSignature, ValueError):
         return False
     return True
 
@@ -69,6 +118,14 @@ def private_from_pem(data: bytes, what: str = "device signing key") -> Ed25519Pr
     return key
 
 
+def is_canonical_public_pem(data: bytes, key: PublicKeyTypes) -> bool:
+    """Whether ``data`` is exactly the PEM (SubjectPublicKeyInfo) of ``key`` as this
+    project writes it: no other line breaks, spaces, headers or text around it."""
+    pem = key.public_bytes(serialization.Encoding.PEM,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+    return bytes(data) == pem
+
+
 def public_from_pem(data: bytes, what: str = "device signing public key") -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
@@ -76,6 +133,9 @@ def public_from_pem(data: bytes, what: str = "device signing public key") -> Ed2
         raise KeyFileError(f"{what} is not a PEM public key") from None
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFileError(f"{what} is not an Ed25519 public key")
+    if not is_canonical_public_pem(data, key):
+        raise KeyFileError(f"{what} is not in its canonical PEM form (as `edge keys init` "
+                           "writes it)")  # fmt: skip
     return key
 
 

@@ -92,7 +92,7 @@ def test_minimal_file_gets_defaults_and_derived_paths(tmp_path: Path) -> None:
     assert settings.source.size == (1280, 720)
     assert settings.source.factory_kind == "auto"
     assert settings.source.paced is True
-    assert settings.recognition.model_name == "dlib_resnet_v1_int8"
+    assert settings.recognition.model_name == "sface_2021dec_int8"
     assert settings.recognition.floor_for("dlib150") == 0.5
     with pytest.raises(ConfigError, match=r"recognition\.threshold_floor\.arcface"):
         settings.recognition.floor_for("arcface")

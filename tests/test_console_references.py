@@ -90,22 +90,34 @@ def test_imported_then_deleted_when_the_window_closes_each_step_audited(
                       "references_refused"]
 
 
-def test_references_are_deleted_when_the_summary_arrives(
-    parts: tuple[Console, Ed25519PrivateKey, X25519PrivateKey],
+def test_references_are_deleted_when_the_vans_signed_summary_arrives(
+    parts: tuple[Console, Ed25519PrivateKey, X25519PrivateKey], tmp_path: Path
 ) -> None:
+    from edge.watchlist.audit import AuditLog, canonical
+
     console, signing, key = parts
     path = console.references_dir
     assert path is not None
     (path / "d1.refs").write_bytes(_refs(signing, key, time.time() + 3600))
     console.housekeeping()
+    van_key = Ed25519PrivateKey.generate()
     handler = Handler(console.store, console.at_rest, console.hub, console.metrics,
-                      device_keys={})  # only the deployment summary is fed here
-    summary = {"state": "ended", "deployment_id": "D-1", "device_id": "van-1", "alerts": 2,
-               "faces_processed": 40, "adjudications": {"confirmed": 1, "rejected": 1}}
-    assert handler.handle("lfr/van-1/deployment", json.dumps(summary).encode()) == "stored"
+                      device_keys={"van-1": van_key.public_key()})  # fmt: skip
+    log = AuditLog(tmp_path / "audit.log", signing_key=van_key,
+                   publish=lambda e: handler.handle("lfr/van-1/audit", canonical(e)))
+    summary = {"deployment_id": "D-1", "bundle_id": "b" * 32, "device_id": "van-1",
+               "location": "x", "window": {"start": "2026-11-22T09:00:00Z",
+                                           "end": "2026-11-22T17:00:00Z"},
+               "armed_at": None, "ended_at": "2026-11-22T17:00:00Z",
+               "end_reason": "end_command", "watchlist_size": 1, "threshold": 0.6,
+               "frames": 9, "faces_processed": 40, "tracks": 3, "alerts": 2,
+               "adjudications": {"confirmed": 1, "rejected": 1, "not_stopped": 0}}
+    log.append("deployment_summary", summary={**summary, "bundle_id": "c" * 32})
+    assert console.store.reference("D-1", "S-1") is not None  # another bundle's summary
+    log.append("deployment_summary", summary=summary)
     assert console.store.reference("D-1", "S-1") is None
-    log = console.store.console_log()
-    assert log[0]["event"] == "references_deleted" and "summary" in log[0]["detail"]
+    entry = console.store.console_log()[0]
+    assert entry["event"] == "references_deleted" and "signed summary" in entry["detail"]
 
 
 def test_retention_purges_old_alerts_and_crops_but_not_held_ones_and_audits_it(

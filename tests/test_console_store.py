@@ -55,10 +55,10 @@ def test_the_migrated_schema_is_the_tables_and_sqlite_runs_in_wal(store: Store) 
 
 def test_alerts_are_deduplicated_filtered_and_newest_first(store: Store) -> None:
     a1, a2, b1 = _alert("van-1"), _alert("van-1"), _alert("van-2")
-    assert store.add_alert(a1, b"sealed-1", 100.0)
-    assert not store.add_alert(a1, b"sealed-1", 101.0)  # a redelivery
-    assert store.add_alert(a2, b"sealed-2", 102.0)
-    assert store.add_alert(b1, b"sealed-3", 103.0)
+    assert store.add_alert(a1, b"sealed-1", 100.0) == "new"
+    assert store.add_alert(a1, b"sealed-1", 101.0) == "duplicate"  # a redelivery
+    assert store.add_alert(a2, b"sealed-2", 102.0) == "new"
+    assert store.add_alert(b1, b"sealed-3", 103.0) == "new"
     assert [r["alert_id"] for r in store.alerts()] == [b1["alert_id"], a2["alert_id"],
                                                        a1["alert_id"]]
     assert [r["alert_id"] for r in store.alerts(device_id="van-1")] == [a2["alert_id"],
@@ -73,11 +73,14 @@ def test_purge_keeps_alerts_on_legal_hold(store: Store) -> None:
     old, held, new = _alert(), _alert(), _alert()
     store.add_alert(old, b"x", 10.0)
     store.add_alert(held, b"y", 10.0)
-    store.add_alert(new, b"z", 1000.0)
+    store.add_alert(new, b"z", time.time())
     assert store.set_legal_hold(str(held["alert_id"]), True)
-    assert store.purge_alerts(older_than=500.0) == [old["alert_id"]]
+    assert store.purge_alerts(older_than=500.0, now=600.0) == [old["alert_id"]]
     left = {r["alert_id"] for r in store.alerts()}
     assert left == {held["alert_id"], new["alert_id"]}
+    # Its tombstone refuses it again (kept while its capture is within the retention).
+    assert store.add_alert(old, b"x", 700.0) == "purged"
+    assert [r["alert_id"] for r in store.tombstones()] == [old["alert_id"]]
 
 
 def _chain(tmp_path: Path, n: int) -> list[bytes]:
@@ -111,6 +114,18 @@ def test_a_real_chain_verifies_and_a_gap_closes_when_the_entry_arrives(
     assert (row["verified_seq"], row["state"], row["received"]) == (5, "ok", 5)
 
 
+def test_a_duplicate_is_judged_by_the_signed_content_not_the_bytes(
+    store: Store, tmp_path: Path
+) -> None:
+    """A resend whose bytes differ but whose signed content (the hash) is the same is a
+    duplicate, never a conflict that would break the chain for ever."""
+    e = _chain(tmp_path, 2)
+    assert _feed(store, e[0])[:2] == ("new", "ok")
+    respelt = {**json.loads(e[0]), "sig": "not the same bytes"}
+    assert _feed(store, json.dumps(respelt, indent=1).encode()) == ("duplicate", "ok", [])
+    assert _feed(store, e[1]) == ("new", "ok", [2])
+
+
 @pytest.mark.parametrize("tamper", ["field", "prev_hash", "time", "conflict"])
 def test_a_modified_reordered_or_conflicting_entry_breaks_the_chain(
     store: Store, tmp_path: Path, tamper: str
@@ -128,8 +143,11 @@ def test_a_modified_reordered_or_conflicting_entry_breaks_the_chain(
         bad["at"] = "2000-01-01T00:00:00.000Z"
         bad["hash"] = entry_hash(bad)  # a consistent entry, but earlier than entry 1
     if tamper == "conflict":
+        from edge.watchlist.audit import entry_hash
+
         _feed(store, e[1])
         bad["officer"] = "someone else"
+        bad["hash"] = entry_hash(bad)  # another signed history for seq 2 (the device's key)
         outcome, state, _ = _feed(store, json.dumps(bad).encode())
         assert (outcome, state) == ("conflict", "broken")
         assert "two different entries with seq 2" in store.chains()[0]["problem"]
@@ -170,19 +188,33 @@ def test_devices_deployments_and_references(store: Store) -> None:
     (dev,) = store.devices()
     assert (dev["state"], dev["fps"], dev["last_seen"]) == ("offline", 12.5, 6.0)
     assert [h["state"] for h in store.status_history("van-1")] == ["offline", "online"]
-    dep = {"state": "armed", "deployment_id": "D-1", "bundle_id": "b", "location": "x",
-           "window_start": "s", "window_end": "e", "window_end_ts": 50.0, "watchlist_size": 2,
-           "threshold": 0.6, "summary": None}
-    store.record_deployment("van-1", dep, 8.0)
-    store.record_deployment("van-1", {**dep, "state": "ended",
-                                      "summary": {"faces_processed": 9}}, 9.0)
+    assert [d["stale"] for d in store.devices(stale_after_s=10.0, now=16.5)] == [False]
+    store.record_status("van-1", {**status, "status_at": 2.0}, 8.0, retained=False)
+    store.record_status("van-1", {**status, "status_at": 2.0}, 8.5, retained=True)  # again
+    assert [h["state"] for h in store.status_history("van-1")] == ["online", "offline",
+                                                                   "online"]  # fmt: skip
+    assert [d["stale"] for d in store.devices(stale_after_s=10.0, now=18.6)] == [True]
+    armed = {"state": "armed", "deployment_id": "D-1", "location": "x",
+             "window_start": "s", "window_end": "e", "window_end_ts": 50.0, "threshold": 0.6}
+    store.record_deployment("van-1", armed, 8.0, seq=3)
+    store.record_deployment("van-1", {"deployment_id": "D-1", "bundle_id": "b",
+                                      "watchlist_size": 2}, 8.0, seq=4)
+    store.record_deployment("van-1", {**armed, "state": "ended", "ended_at_ts": 40.0,
+                                      "summary": {"faces_processed": 9}}, 9.0, seq=9)
+    store.record_deployment("van-1", armed, 10.0, seq=11)  # armed again: the report stays
     (row,) = store.deployments()
-    assert row["state"] == "ended" and row["summary"] == {"faces_processed": 9}
-    store.put_reference("D-1", "S-1", "suspect", b"sealed", 50.0)
+    assert (row["state"], row["summary"], row["summary_seq"]) == ("ended",
+                                                                  {"faces_processed": 9}, 9)
+    assert (row["bundle_id"], row["watchlist_size"]) == ("b", 2)
+    assert store.deployment_ended_at("van-1", "D-1") == 40.0
+    assert store.deployment_ended_at("van-2", "D-1") is None
+    store.put_reference("D-1", "S-1", "suspect", b"sealed", 50.0, bundle_id="b")
+    store.put_reference("D-1", "S-2", "suspect", b"sealed", 50.0, bundle_id="c")
     assert store.reference("D-1", "S-1") == b"sealed"
-    assert store.reference_deployments() == {"D-1": (1, 50.0)}
+    assert store.reference_deployments() == {"D-1": (2, 50.0)}
+    assert store.delete_references("D-1", "b") == 1
+    assert store.reference("D-1", "S-1") is None and store.reference("D-1", "S-2")
     assert store.delete_references("D-1") == 1
-    assert store.reference("D-1", "S-1") is None
 
 
 def test_the_console_trail_is_hash_chained_and_cannot_fork(store: Store) -> None:

@@ -156,6 +156,9 @@ def test_metrics_in_prometheus_format(console: ConsoleServer, van: Van) -> None:
     assert _wait(lambda: value("console_alerts_received_total") == before + 1)
     assert value("console_devices_online") >= 1
     assert value("console_ingest_latency_seconds_count") == before + 1
+    (row,) = [d for d in sup.get("/api/devices").json() if d["device_id"] == van.device_id]
+    assert (row["state"], row["stale"]) == ("online", False)  # its heartbeat is recent
+    assert console.session("pc-ops").get("/api/devices").status_code == 403
     assert console.session("pc-ops").get("/metrics").status_code == 403
     # Prometheus scrapes with the configured bearer token, without a login.
     anon = httpx.Client(base_url=console.url, timeout=10, verify=console.verify)
@@ -234,28 +237,36 @@ def test_https_from_the_config_and_plain_http_only_on_loopback(
         httpx.get(console.url + "/healthz", timeout=3)
 
 
-def test_deployments_and_the_report_page_from_the_vans_own_messages(
+def test_deployments_and_the_report_page_from_the_vans_signed_audit_entries(
     console: ConsoleServer, van: Van
 ) -> None:
     import json
 
-    armed = {"state": "armed", "deployment_id": "DEP-7", "bundle_id": "b" * 32,
-             "location": "Market <Square>", "subject_count": 12, "threshold": 0.6,
-             "window": {"start": "2026-11-22T09:00:00Z", "end": "2026-11-22T17:00:00Z"}}
-    van.publisher.enqueue("dep-armed", "deployment", json.dumps(armed).encode(), retain=True)
+    window = {"start": "2026-11-22T09:00:00Z", "end": "2026-11-22T17:00:00Z"}
+    van.audit.append("watchlist_loaded", deployment_id="DEP-7", bundle_id="b" * 32,
+                     watchlist_size=12)  # fmt: skip
+    van.audit.append("armed", deployment_id="DEP-7", location="Market <Square>",
+                     window_start=window["start"], window_end=window["end"], threshold=0.6)
     sup = console.session("sgt-sup")
     assert _wait(lambda: "DEP-7" in sup.get("/deployments").text)
     page = sup.get("/deployments").text
     assert "Market &lt;Square&gt;" in page and "Market <Square>" not in page
     report = f"/deployments/{van.device_id}/DEP-7"
     assert "has not ended" in sup.get(report).text
-    ended = {**armed, "state": "ended", "faces_processed": 4321, "alerts": 5, "frames": 9,
-             "tracks": 8, "adjudications": {"confirmed": 2, "rejected": 3, "not_stopped": 0},
-             "end_reason": "end_command"}
-    van.publisher.enqueue("dep-end", "deployment", json.dumps(ended).encode(), retain=True)
+    # The unsigned deployment message (what a broker could forge) changes nothing.
+    forged = {"state": "ended", "deployment_id": "DEP-7", "alerts": 1000, "faces_processed": 1,
+              "adjudications": {"confirmed": 1000, "rejected": 0, "not_stopped": 0}}
+    van.publisher.enqueue("dep-forged", "deployment", json.dumps(forged).encode(), retain=True)
+    summary = {"deployment_id": "DEP-7", "bundle_id": "b" * 32, "device_id": van.device_id,
+               "location": "Market <Square>", "window": window, "armed_at": window["start"],
+               "ended_at": window["end"], "end_reason": "end_command", "watchlist_size": 12,
+               "threshold": 0.6, "frames": 9, "faces_processed": 4321, "tracks": 8,
+               "alerts": 5, "adjudications": {"confirmed": 2, "rejected": 3, "not_stopped": 0}}
+    van.audit.append("deployment_summary", summary=summary)
     assert _wait(lambda: "4321" in sup.get(report).text)
     text = sup.get(report).text
     assert "rejected (false alerts): 60 %" in text and "<svg" in text
+    assert "1000" not in text and "signed audit chain" in text
     assert console.session("aud-1").get(report).status_code == 200  # auditors read reports
     history = sup.get(f"/fleet/{van.device_id}")
     assert history.status_code == 200 and "Status history" in history.text

@@ -271,13 +271,26 @@ def test_end_of_window_wipes_shreds_and_summarises(env) -> None:
     for i, decision in enumerate(("confirmed", "rejected", "rejected")):
         m.note_alert(ALERTS[i])
         m.handle_adjudication(adjudication(env, ALERTS[i], decision), NOW.timestamp())
+    # The first alert's decision changed twice: counted once, as what it ended as; going
+    # back to an earlier decision is refused, and the refusal names what it refused.
+    m.handle_adjudication(adjudication(env, ALERTS[0], "not_stopped"), NOW.timestamp())
+    m.handle_adjudication(adjudication(env, ALERTS[0], "rejected"), NOW.timestamp())
+    with pytest.raises(AdjudicationRefused, match="recorded"):
+        m.handle_adjudication(adjudication(env, ALERTS[0], "confirmed", at=NOW.timestamp()),
+                              NOW.timestamp())  # fmt: skip
+    (refused,) = [e for e in _events(env.audit) if e["event"] == "adjudication_refused"]
+    assert (refused["alert_id"], refused["decision"], refused["reason"]) == (
+        ALERTS[0], "confirmed", "replayed")
+    assert refused["decided_at"] == "2026-11-22T12:00:00.000Z"
     assert m.tick(END.timestamp() - 1) is None and m.armed
     summary = m.tick(END.timestamp())
     assert summary is not None
     _end_of_deployment_checks(env, m, summary, "window_ended", emb, data, wl_matrix)
     assert summary["faces_processed"] == 1234 and summary["tracks"] == 56
     assert summary["alerts"] == 3
-    assert summary["adjudications"] == {"confirmed": 1, "rejected": 2, "not_stopped": 0}
+    assert summary["adjudications"] == {"confirmed": 0, "rejected": 3, "not_stopped": 0}
+    signed = [e for e in _events(env.audit) if e["event"] == "deployment_summary"]
+    assert [e["summary"] for e in signed] == [summary]  # the report's source, signed
     assert m.tick(END.timestamp() + 60) is None  # nothing left to end
 
 

@@ -91,19 +91,23 @@ def _engine(models_dir: Path, **kw: str) -> FaceEngine:
 
 
 @pytest.mark.parametrize(
-    ("detector", "landmarks"),
-    [("retinaface", "mesh"), ("retinaface", "retina"), ("blazeface_full", "mesh"),
-     ("blazeface_full", "blazeface")],
+    ("embedder", "detector", "landmarks"),
+    [("dlib_resnet_v1", "retinaface", "mesh"), ("dlib_resnet_v1", "retinaface", "retina"),
+     ("dlib_resnet_v1", "blazeface_full", "mesh"),
+     ("dlib_resnet_v1", "blazeface_full", "blazeface"),
+     ("sface_2021dec", "retinaface", "retina"), ("sface_2021dec", "retinaface", "mesh"),
+     ("sface_2021dec", "blazeface_full", "mesh")],
 )
 def test_face_engine_same_and_different_people(
-    models_dir: Path, photos_dir: Path, detector: str, landmarks: str
+    models_dir: Path, photos_dir: Path, embedder: str, detector: str, landmarks: str
 ) -> None:
-    engine = _engine(models_dir, detector=detector, landmarks=landmarks)
+    engine = _engine(models_dir, embedder=embedder, detector=detector, landmarks=landmarks)
+    size = engine.family.input_size
 
     def one(rel: str) -> np.ndarray:
         faces = engine.analyse(cv2.imread(str(photos_dir / rel)))
         assert len(faces) == 1
-        assert faces[0].chip.rgb.shape == (150, 150, 3)
+        assert faces[0].chip.rgb.shape == (size, size, 3)
         return engine.embed([faces[0].chip])[0]
 
     obama1 = one("knn_examples/train/obama/obama.jpg")

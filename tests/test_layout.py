@@ -8,6 +8,7 @@ level, inside functions and under ``TYPE_CHECKING`` alike).
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,76 @@ def test_each_sub_package_says_what_it_owns(package: str) -> None:
     assert doc, f"{init} has no docstring"
     if package != "commands":
         assert "May import" in doc, f"{init}: say what the package may import"
+
+
+# --- no import circles between the modules of one sub-package ---------------------------------
+
+CYCLE_FREE = ["console"]
+"""Sub-packages whose modules must not import each other in a circle (at module level or
+inside functions alike). The lead adds ``delivery`` and ``vision`` once theirs are broken."""
+
+
+def _module_graph(package: Path) -> dict[str, dict[str, int]]:
+    """module -> {module of the same package it imports: line}."""
+    prefix = f"edge.{package.name}"
+    graph: dict[str, dict[str, int]] = {}
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).with_suffix("").parts
+        rel = rel[:-1] if rel[-1] == "__init__" else rel
+        name = ".".join((prefix, *rel))
+        deps: dict[str, int] = {}
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                # ``from edge.pkg import mod`` names a module; ``from edge.pkg.mod import x``
+                # names mod (x may be a function or a submodule: the module is what runs).
+                targets = ([f"{node.module}.{a.name}" for a in node.names]
+                           if node.module == prefix else [node.module])  # fmt: skip
+            for target in targets:
+                if target.startswith(prefix + ".") and target != name:
+                    deps.setdefault(target, node.lineno)
+        graph[name] = deps
+    return {m: {d: line for d, line in deps.items() if d in graph} for m, deps in graph.items()}
+
+
+def _cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """Each circle once, as a path ``[a, b, ..., a]`` starting at its smallest module."""
+    found: set[tuple[str, ...]] = set()
+
+    def walk(start: str, node: str, path: list[str]) -> None:
+        for nxt in sorted(graph[node]):
+            if nxt == start:
+                found.add((*path, start))
+            elif nxt not in path and nxt > start:  # each circle from its smallest member
+                walk(start, nxt, [*path, nxt])
+
+    for start in sorted(graph):
+        walk(start, start, [start])
+    return [list(c) for c in sorted(found)]
+
+
+def _describe(graph: dict[str, dict[str, int]], cycle: list[str]) -> str:
+    steps = [f"{a} imports {b} (line {graph[a][b]})" for a, b in itertools.pairwise(cycle)]
+    return "; ".join(steps)
+
+
+@pytest.mark.parametrize("package", CYCLE_FREE)
+def test_no_import_circle_inside_a_package(package: str) -> None:
+    graph = _module_graph(EDGE / package)
+    circles = [_describe(graph, c) for c in _cycles(graph)]
+    assert not circles, f"import circles in edge/{package}:\n" + "\n".join(circles)
+
+
+def test_an_import_circle_is_reported_with_its_lines(tmp_path: Path) -> None:
+    pkg = tmp_path / "edge" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""A package."""\n')
+    (pkg / "a.py").write_text("from edge.pkg.b import g\n")
+    (pkg / "b.py").write_text("import os\n\ndef g():\n    from edge.pkg import a\n")
+    (pkg / "c.py").write_text("from edge.pkg import a, b\n")  # uses both: no circle
+    graph = _module_graph(pkg)
+    assert [_describe(graph, c) for c in _cycles(graph)] == [
+        "edge.pkg.a imports edge.pkg.b (line 1); edge.pkg.b imports edge.pkg.a (line 4)"
+    ]

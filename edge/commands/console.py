@@ -86,6 +86,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from edge import signing
+    from edge.console import routes_api, routes_pages
     from edge.console.app import Context, create_app, templates
     from edge.console.crypto import AtRest
     from edge.console.events import Hub
@@ -105,18 +106,20 @@ def run_serve(args: argparse.Namespace) -> int:
         device_keys = signing.DeviceKeyring(cfg.device_keys)  # re-read for a new van
     except signing.KeyFileError as exc:
         raise ConfigError([f"[console] device_keys: {exc}"]) from None
-    handler = Handler(store, at_rest, hub, metrics, device_keys=device_keys)
+    handler = Handler(store, at_rest, hub, metrics, device_keys=device_keys,
+                      retention_days=cfg.retention_days)
     broker = BrokerSettings(host=cfg.mqtt_host, port=cfg.mqtt_port, ca=cfg.mqtt_ca,
                             cert=cfg.mqtt_cert, key=cfg.mqtt_key)  # fmt: skip
-    ingest = Ingest(broker, handler, metrics, client_id=cfg.client_id, group=cfg.share_group,
+    ingest = Ingest(broker, handler, metrics, client_id=cfg.client_id,
                     session_expiry_s=cfg.session_expiry_s)  # fmt: skip
     console = Console(store, at_rest, hub, metrics, ingest, signing_key,
-                      retention_days=cfg.retention_days, references_dir=cfg.references_dir)
+                      retention_days=cfg.retention_days, references_dir=cfg.references_dir,
+                      stale_after_s=cfg.stale_after_s)
     context = Context(store=store, console=console, hub=hub, metrics=metrics,
                       templates=templates(), session_ttl_s=cfg.session_ttl_s,
                       secure_cookies=cfg.https, metrics_token=cfg.metrics_token,
-                      ingest_connected=lambda: ingest.ready)
-    app = create_app(context)
+                      ingest_connected=lambda: ingest.ready, stale_after_s=cfg.stale_after_s)
+    app = create_app(context, [routes_pages.router, routes_api.router])
     ssl: dict[str, Any] = {}
     if cfg.https:
         ssl = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)}

@@ -49,8 +49,10 @@ def register(subparsers: Any) -> None:
                         "removed at exit)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="stop by itself after this many seconds (default: until Ctrl-C)")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="the deployment's threshold, a similarity (default 0.5: the floor)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="the deployment's threshold, a similarity (default: the default "
+                        "embedder's floor, [recognition.threshold_floor]; SFace's is 0.45, "
+                        "above `edge eval calibrate`'s FPIR-0.001 threshold for one subject)")
     parser.set_defaults(func=run)
 
 
@@ -70,6 +72,17 @@ def _check(cmd: list[str], what: str, log: Path) -> None:
 
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         raise EdgeError(f"{what} failed: {' / '.join(tail) or 'exit ' + str(proc.returncode)}")
+
+
+def default_threshold(models: Path) -> float:
+    """The default embedder's threshold floor: the demo deploys at the floor, which for one
+    subject lies above what `edge eval calibrate` recommends at FPIR 0.001 (models/README.md)."""
+    from edge.service.config_sections import RecognitionSettings
+    from edge.vision.manifest import Manifest
+
+    rec = RecognitionSettings()
+    family = Manifest.load(models).entry(rec.model_name).family or ""
+    return rec.floor_for(family)
 
 
 def write_deployment_toml(path: Path, threshold: float) -> None:
@@ -168,6 +181,7 @@ key_file = "{keys / "console.key"}"
 signing_key = "{keys / "signing.key"}"
 device_keys = "{keys}"
 references_dir = "{work / "references"}"
+stale_after_s = 30  # the demo van sends stats every 10 s
 
 [mqtt]
 host = "{host}"
@@ -272,7 +286,9 @@ def run(args: argparse.Namespace) -> int:
         deployment_pub = next(run_dir.glob("*.pub"))
         (work / "console" / "references").mkdir(parents=True, exist_ok=True)
         _say("control room: signed, encrypted demo watchlist (edge watchlist build)")
-        write_deployment_toml(work / "deployment.toml", args.threshold)
+        threshold = args.threshold if args.threshold is not None else default_threshold(
+            args.models)
+        write_deployment_toml(work / "deployment.toml", threshold)
         _check(
             _edge(
                 "watchlist", "build",

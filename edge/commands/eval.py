@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge.vision.defaults import DEFAULT_EMBEDDER, DLIB_EMBEDDER
+
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("eval", help="evaluate the face pipeline offline (LFW-format data)")
@@ -41,7 +43,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         default="int8",
         help="embedder precision (default int8)",
     )
-    p.add_argument("--embedder", default="dlib_resnet_v1", help="embedder name in the manifest")
+    p.add_argument("--embedder", default=DEFAULT_EMBEDDER,
+                   help=f"embedder name in the manifest (default {DEFAULT_EMBEDDER}; "
+                   f"dlib: {DLIB_EMBEDDER})")
     p.add_argument(
         "--landmarks",
         choices=("mesh", "blazeface", "retina", "mesh_raw"),

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge.vision.defaults import DEFAULT_EMBEDDER, DLIB_EMBEDDER
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("watchlist", help="build and inspect watchlist bundles; signed commands")
@@ -41,6 +43,9 @@ def register(sub: Any) -> None:
     b.add_argument("--skip-bad", action="store_true",
                    help="leave out subjects with no usable image (listed) instead of failing")
     b.add_argument("--models", type=Path, default=None, help="models directory")
+    b.add_argument("--embedder", default=DEFAULT_EMBEDDER,
+                   help=f"embedder name; must be the one the devices run ([recognition] "
+                   f"embedder; default {DEFAULT_EMBEDDER}, dlib: {DLIB_EMBEDDER})")
     b.add_argument("--model", choices=("int8", "float32"), default="int8",
                    help="embedder precision; must be the one the devices run")
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -87,13 +92,17 @@ def register(sub: Any) -> None:
 # --- build -------------------------------------------------------------------------------
 
 
-def _engine(models: Path | None, precision: str) -> tuple[Any, Any, Any]:
+def _engine(
+    models: Path | None, precision: str, embedder: str = DEFAULT_EMBEDDER
+) -> tuple[Any, Any, Any]:
     """The device's face engine, quality gate and embedder description."""
     from edge.vision.faces import FaceEngine
     from edge.vision.quality import QualityGate
     from edge.watchlist.enrol import embedder_info
 
-    engine = FaceEngine.from_models(models, precision="int8" if precision == "int8" else "float32")
+    engine = FaceEngine.from_models(
+        models, embedder=embedder, precision="int8" if precision == "int8" else "float32"
+    )
     return engine, QualityGate(), embedder_info(engine, models)
 
 
@@ -132,7 +141,7 @@ def run_build(args: argparse.Namespace) -> int:
     console_pub = load_device_public(args.console_pub)[1] if args.console_pub else None
     if args.references_out is not None and console_pub is None:
         raise UsageError("--references-out needs --console-pub")
-    engine, gate, info = _engine(args.models, args.model)
+    engine, gate, info = _engine(args.models, args.model, args.embedder)
     with Progress(total, "enrolling", enabled=not args.no_progress) as bar:
         report = enrol(args.subjects, engine, gate, info.metric, progress=bar.advance)
     for line in report.lines():

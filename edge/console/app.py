@@ -1,20 +1,22 @@
 """The FastAPI application: one context, the auth dependencies, the routers.
 
-:func:`create_app` takes the parts already built (store, service, hub, metrics); the
-routers (:mod:`edge.console.routes_pages`, :mod:`edge.console.routes_api`) only read the
-store and call the service. Every response carries a strict Content-Security-Policy (no
-inline script, no third-party origin), ``nosniff`` and ``no-referrer``.
+:func:`create_app` takes the parts already built (store, service, hub, metrics) and the
+routers (:mod:`edge.console.routes_pages`, :mod:`edge.console.routes_api`, which only read
+the store and call the service; they import this module's dependencies, so this module
+never imports them: ``edge console serve`` hands them in). Every response carries a strict
+Content-Security-Policy (no inline script, no third-party origin), ``nosniff`` and
+``no-referrer``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -42,6 +44,11 @@ class Context:
     secure_cookies: bool
     metrics_token: str | None = None
     ingest_connected: Callable[[], bool] = lambda: False
+    stale_after_s: float = 180.0
+
+    def devices(self) -> list[dict[str, Any]]:
+        """The fleet, each van marked ``stale`` when its heartbeat is overdue."""
+        return self.store.devices(self.stale_after_s)
 
 
 class NeedLogin(Exception):  # noqa: N818 (control flow)
@@ -92,14 +99,12 @@ def templates() -> Jinja2Templates:
     return t
 
 
-def create_app(context: Context) -> FastAPI:
-    from edge.console import routes_api, routes_pages
-
+def create_app(context: Context, routers: Sequence[APIRouter]) -> FastAPI:
     app = FastAPI(title="edge console", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ctx = context
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    app.include_router(routes_pages.router)
-    app.include_router(routes_api.router)
+    for router in routers:
+        app.include_router(router)
 
     @app.exception_handler(NeedLogin)
     async def _need_login(request: Request, _exc: NeedLogin) -> Response:

@@ -20,16 +20,23 @@
     retention_days = 31
     metrics_token_file = "/etc/edge-console/metrics.token"  # optional: Prometheus may
                                                 # scrape /metrics with "Bearer <token>"
+    stale_after_s = 180           # a van online but silent (no status or stats) this long is
+                                  # shown stale: 3 x the vans' [mqtt] stats_interval_s (60)
 
     [mqtt]
     host = "broker.example"
     port = 8883
     ca = "/etc/edge-console/ca.crt"
-    client_cert = "/etc/edge-console/console.crt"   # the control room's certificate
-    client_key_file = "/etc/edge-console/console-mqtt.key"
-    client_id = "console-1"       # fixed: the persistent session is kept under it
-    share_group = "console"       # instances in one group share the fleet's messages
-    session_expiry_s = 604800
+    client_cert = "/etc/edge-console/console-1.crt"  # this instance's own certificate
+    client_key_file = "/etc/edge-console/console-1.key"
+    client_id = "console-1"       # fixed, one per instance: its persistent session lives
+                                  # under it (on the role's broker the certificate's CN)
+    session_expiry_s = 604800     # how long the broker keeps the session (and what it
+                                  # queued) while this instance is away: at least 300 s
+
+Each console instance holds its own durable subscription to the whole fleet (see
+:mod:`edge.console.ingest`); ``share_group`` (from when instances shared one) is accepted
+and ignored, with a warning.
 
 Problems are collected and raised together as :class:`edge.errors.ConfigError`.
 """
@@ -37,6 +44,7 @@ Problems are collected and raised together as :class:`edge.errors.ConfigError`.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,11 +52,15 @@ from typing import Any
 from edge.compat import tomllib
 from edge.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 _CONSOLE_KEYS = {"database", "listen", "port", "tls_cert", "tls_key", "key_file",
                  "signing_key", "device_keys", "references_dir", "session_ttl_s",
-                 "retention_days", "metrics_token_file"}
+                 "retention_days", "metrics_token_file", "stale_after_s"}
 _MQTT_KEYS = {"host", "port", "ca", "client_cert", "client_key_file", "client_id",
               "share_group", "session_expiry_s"}  # fmt: skip
+_OBSOLETE = {("mqtt", "share_group"): "every console instance now holds its own "
+             "subscription to the whole fleet (docs/console.md, Running several instances)"}
 
 
 @dataclass(frozen=True)
@@ -70,9 +82,9 @@ class ConsoleConfig:
     mqtt_cert: Path | None
     mqtt_key: Path | None
     client_id: str
-    share_group: str
     session_expiry_s: int
     metrics_token: str | None = None
+    stale_after_s: int = 180
 
     @property
     def https(self) -> bool:
@@ -123,6 +135,9 @@ def from_dict(doc: dict[str, Any], base: Path) -> ConsoleConfig:
         problems.append(f"[{k}]: unknown section")
     if problems:
         raise ConfigError(problems)
+    for (where, key), why in _OBSOLETE.items():
+        if key in doc.get(where, {}):
+            log.warning("[%s] %s is no longer used and is ignored: %s", where, key, why)
 
     def path(section: dict[str, Any], key: str, where: str, required: bool,
              must_exist: bool = True) -> Path | None:  # fmt: skip
@@ -182,9 +197,9 @@ def from_dict(doc: dict[str, Any], base: Path) -> ConsoleConfig:
         mqtt_cert=mqtt_tls[1],
         mqtt_key=mqtt_tls[2],
         client_id=string(m, "client_id", "mqtt", "console-1"),
-        share_group=string(m, "share_group", "mqtt", "console"),
-        session_expiry_s=integer(m, "session_expiry_s", "mqtt", 7 * 24 * 3600, 0, 2**31),
+        session_expiry_s=integer(m, "session_expiry_s", "mqtt", 7 * 24 * 3600, 300, 2**31 - 1),
         metrics_token=_token(path(c, "metrics_token_file", "console", False), problems),
+        stale_after_s=integer(c, "stale_after_s", "console", 180, 5, 86400),
     )
     if cfg.device_keys.exists():
         from edge import signing

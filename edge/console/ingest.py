@@ -1,22 +1,28 @@
 """The console's MQTT client: takes the fleet's messages and sends adjudications.
 
-paho-mqtt 2 (VERSION2 callbacks), MQTT 5, mutual TLS with the control room's
+paho-mqtt 2 (VERSION2 callbacks), MQTT 5, mutual TLS with this console instance's own
 certificate (:func:`edge.delivery.publish.new_client`), a persistent session (fixed
-client id, clean start off, a session expiry), QoS 1.
+client id, clean start off, a session expiry long enough for maintenance), QoS 1.
 
-Subscriptions:
+Nothing lost, even when a session is (issue 21). Every instance holds its **own durable
+subscription to the whole fleet**: ``lfr/+/alerts``, ``lfr/+/audit``, ``lfr/+/stats`` and
+``lfr/+/status``, ordinary (not ``$share``) subscriptions in its own persistent session. A
+broker keeps a QoS 1 message for every session subscribed, so with two instances each
+message waits in two sessions: one instance restarted, stopped for maintenance or its
+session lost, the other still has every alert and audit entry, and the store takes each
+once (alerts by id, audit entries by device and seq under a lock on the device's chain;
+both on one database). A shared subscription would hand each message to one session only,
+and a lost session would take its share with it. ``lfr/+/status`` is retained (a broker
+never sends retained messages to a shared subscription, MQTT 5.0 4.8.2, so it never was
+one). ``lfr/+/deployment`` is not taken: unsigned, it may not change a record.
 
-- ``$share/<group>/lfr/+/alerts``, ``.../audit`` and ``.../stats`` are **shared**: several
-  console instances in one group (one database) each get a share of the fleet's
-  messages, and each message is handled once;
-- ``lfr/+/status`` and ``lfr/+/deployment`` are ordinary subscriptions, because a broker
-  never sends retained messages to a shared subscription (MQTT 5.0, 4.8.2) and these two
-  are retained (the fleet page must know a van that is offline since before the console
-  started). Their handling is an idempotent upsert, so every instance may take them.
+A lost session is an alarm (:class:`~edge.console.mqtt_session.SessionWatch`): on each
+connection the broker's ``session present`` is checked against what this instance expected.
 
 paho's callback only puts the message on a bounded queue; one worker thread hands them to
-:class:`~edge.console.handlers.Handler` (which never raises). :meth:`Ingest.publish`
-sends one QoS 1 message and waits (bounded) for the broker's PUBACK.
+:class:`~edge.console.handlers.Handler` (which never raises), and the connection events to
+the session watch in order with them. :meth:`Ingest.publish` sends one QoS 1 message and
+waits (bounded) for the broker's PUBACK.
 """
 
 from __future__ import annotations
@@ -37,12 +43,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.console.handlers import Handler
 from edge.console.metrics import Metrics
+from edge.console.mqtt_session import ALIVE_EVERY_S, SessionWatch
 from edge.delivery.publish import BrokerSettings, new_client
 
 log = logging.getLogger(__name__)
 
-SHARED_KINDS: Final = ("alerts", "audit", "stats")
-RETAINED_KINDS: Final = ("status", "deployment")
+KINDS: Final = ("alerts", "audit", "stats", "status")
 MAX_QUEUE: Final = 20_000
 
 
@@ -54,24 +60,35 @@ class Inbound:
     received_at: float
 
 
+@dataclass(frozen=True)
+class Connection:
+    """A connection event for the worker: ``connected`` with what the CONNACK said."""
+
+    connected: bool
+    session_present: bool = False
+    expiry_s: int | None = None
+
+
 class PublishFailed(Exception):  # noqa: N818 (a refusal, like BundleRefused)
     """The broker did not take a message (offline, refused, or no PUBACK in time)."""
 
 
-def subscriptions(group: str, prefix: str = "lfr") -> list[tuple[str, int]]:
-    shared = [(f"$share/{group}/{prefix}/+/{k}", 1) for k in SHARED_KINDS]
-    return shared + [(f"{prefix}/+/{k}", 1) for k in RETAINED_KINDS]
+def subscriptions(prefix: str = "lfr") -> list[tuple[str, int]]:
+    """Every instance's own subscriptions to the whole fleet (see the module docstring)."""
+    return [(f"{prefix}/+/{k}", 1) for k in KINDS]
 
 
 class Ingest:
     def __init__(self, broker: BrokerSettings, handler: Handler, metrics: Metrics, *,
-                 client_id: str, group: str = "console", session_expiry_s: int = 7 * 86400,
-                 prefix: str = "lfr") -> None:  # fmt: skip
+                 client_id: str, session_expiry_s: int = 7 * 86400, prefix: str = "lfr",
+                 watch: SessionWatch | None = None) -> None:  # fmt: skip
         self.handler = handler
         self.metrics = metrics
         self.broker = broker
-        self.subs = subscriptions(group, prefix)
-        self._queue: queue.Queue[Inbound | None] = queue.Queue(MAX_QUEUE)
+        self.subs = subscriptions(prefix)
+        self.watch = watch or SessionWatch(handler.store, metrics, handler.hub, client_id,
+                                           session_expiry_s)  # fmt: skip
+        self._queue: queue.Queue[Inbound | Connection | None] = queue.Queue(MAX_QUEUE)
         self._lock = threading.Lock()
         self._connected = False
         self._subscribed = threading.Event()
@@ -154,15 +171,34 @@ class Ingest:
 
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=ALIVE_EVERY_S)
+            except queue.Empty:
+                item = Inbound("", b"", False, 0.0)  # nothing came: only note the session
             if item is None:
                 return
-            self.handler.handle(item.topic, item.payload, item.retained, item.received_at)
+            try:
+                if isinstance(item, Connection):
+                    self._connection(item)
+                    continue
+                if item.topic:
+                    self.handler.handle(item.topic, item.payload, item.retained,
+                                        item.received_at)  # fmt: skip
+                if self.connected:
+                    self.watch.alive()
+            except Exception:  # the database: never stop the loop
+                log.exception("console ingest worker")
+
+    def _connection(self, event: Connection) -> None:
+        if event.connected:
+            self.watch.connected(event.session_present, event.expiry_s)
+        else:
+            self.watch.disconnected()
 
     # -- paho callbacks (network thread; never raise) ---------------------------------------
 
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: mqtt.ConnectFlags,
-                    rc: ReasonCode, _p: Properties | None) -> None:  # fmt: skip
+                    rc: ReasonCode, props: Properties | None) -> None:  # fmt: skip
         if rc.is_failure:
             self.last_error = f"broker refused the connection: {rc}"
             log.warning("%s", self.last_error)
@@ -172,10 +208,21 @@ class Ingest:
         self.last_error = None
         log.info("console connected to %s:%s (session present: %s)", self.broker.host,
                  self.broker.port, flags.session_present)  # fmt: skip
+        expiry = getattr(props, "SessionExpiryInterval", None)  # as granted, if lowered
+        self._control(Connection(True, bool(flags.session_present),
+                                 int(expiry) if isinstance(expiry, int) else None))
         try:
             client.subscribe(self.subs)
         except Exception:
             log.exception("subscribe failed")
+
+    def _control(self, event: Connection) -> None:
+        """A connection event for the worker, in order with the messages (never dropped:
+        the worker drains the queue, and an alarm must not be lost to a full one)."""
+        try:
+            self._queue.put(event, timeout=5)
+        except queue.Full:
+            log.error("console ingest queue full: connection event not handled")
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, rcs: list[ReasonCode],
                       _p: Properties | None) -> None:  # fmt: skip
@@ -189,9 +236,11 @@ class Ingest:
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: mqtt.DisconnectFlags,
                        rc: ReasonCode, _p: Properties | None) -> None:  # fmt: skip
         with self._lock:
-            self._connected = False
+            was, self._connected = self._connected, False
         self._subscribed.clear()
         self.last_error = f"disconnected from the broker: {rc}"
+        if was:
+            self._control(Connection(False))
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:

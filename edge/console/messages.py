@@ -12,6 +12,10 @@ raises anything else for any input (the ingest loop relies on it):
   markup), and ids must match the topic-safe id pattern;
 - a message whose ``device_id`` differs from its topic's device is refused (the broker's
   ACL confines a device to its own prefix; this keeps it so in the store too);
+- status and stats are not signed: they only show state (online, armed, fps...) and
+  never change or delete a record; deployments and their reports come from the van's
+  signed audit entries (:func:`deployment_record`), and the van's answer to an officer's
+  decision too (:func:`device_adjudication`);
 - alerts and audit entries must carry the device's signature (issue 13, items 4 and 9),
   checked against the device's key from ``[console] device_keys`` before anything is
   stored: one without, from a device whose key is not known, or whose signature fails
@@ -30,6 +34,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge import boundedjson, signing
+from edge.compat import fromisoformat
 from edge.delivery.alert import (
     DECISIONS,
     DEVICE_ID_RE,
@@ -59,6 +64,16 @@ class BadMessage(ValueError):  # noqa: N818 (a refusal, not an error of ours)
 
 class Unverified(BadMessage):
     """A message without a valid device signature; ``reason`` is a short code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class Stale(BadMessage):
+    """A genuine (signed) message that is refused because of when it comes: an alert older
+    than the retention, one whose id was purged, or one captured after its deployment's
+    signed end (issue 21, medium 3). ``reason`` is a short code."""
 
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
@@ -192,66 +207,88 @@ def _int(value: Any, name: str) -> int | None:
     return value
 
 
-def _window(obj: dict[str, Any]) -> tuple[str | None, str | None, float | None]:
+def _window(obj: Mapping[str, Any]) -> tuple[str | None, str | None, float | None]:
+    start, end = obj.get("window_start"), obj.get("window_end")
     win = obj.get("window")
-    if win is None:
+    if win is not None:
+        if not isinstance(win, dict):
+            raise BadMessage("window is not an object")
+        start, end = win.get("start"), win.get("end")
+    if start is None and end is None:
         return None, None, None
-    if not isinstance(win, dict):
-        raise BadMessage("window is not an object")
-    start = text(win.get("start"), "window start", 40)
-    end = text(win.get("end"), "window end", 40)
+    start = text(start, "window start", 40)
+    end = text(end, "window end", 40)
+    return start, end, _time(end, "window end")
+
+
+def _time(value: str, name: str) -> float:
+    """A time as the device writes it (RFC 3339 with ``Z``, milliseconds or not)."""
     try:
-        end_ts = parse_rfc3339(end)
+        return parse_rfc3339(value)
     except AlertFormatError:
-        end_ts = _iso_seconds(end)
-    return start, end, end_ts
-
-
-def _iso_seconds(value: str) -> float:
-    import datetime as dt
-
+        pass
     try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise BadMessage("window end is not a time") from None
+        t = fromisoformat(value)
+    except (ValueError, TypeError, AttributeError):
+        raise BadMessage(f"{name} is not a time") from None
+    if t.tzinfo is None:
+        raise BadMessage(f"{name} has no time zone")
+    return t.timestamp()
 
 
-def parse_deployment(device_id: str, payload: bytes) -> dict[str, Any]:
-    """The retained ``deployment`` message: the armed header or the end-of-deployment summary."""
-    obj = load_json(payload, MAX_OTHER_BYTES, "deployment")
-    _same_device(obj, device_id, "deployment")
-    state = obj.get("state")
-    if state not in ("armed", "ended"):
-        raise BadMessage("deployment state is neither armed nor ended")
-    start, end, end_ts = _window(obj)
-    out: dict[str, Any] = {
-        "state": state,
-        "deployment_id": ident(obj.get("deployment_id"), "deployment_id"),
-        "bundle_id": text(obj.get("bundle_id"), "bundle_id", 64, required=False) or None,
-        "location": text(obj.get("location", ""), "location", 300),
-        "window_start": start,
-        "window_end": end,
-        "window_end_ts": end_ts,
-        "watchlist_size": _int(obj.get("watchlist_size", obj.get("subject_count")),
-                               "watchlist_size"),
-        "threshold": number(obj.get("threshold"), "threshold", -1, 1, required=False),
-        "summary": None,
-    }  # fmt: skip
-    if state == "ended":
-        adj = obj.get("adjudications", {})
+def deployment_record(device_id: str, entry: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a van's *signed, verified* audit entry says about a deployment, or None.
+
+    ``armed`` (location, window, threshold), ``watchlist_loaded`` (bundle, watchlist size)
+    and ``deployment_summary`` (the end-of-deployment record, safeguard 14) are the only
+    sources of the console's deployment records and reports (issue 21, medium 4): the
+    unsigned ``deployment`` message never changes a record. A summary must name the van
+    whose key signed it. :class:`BadMessage` for a malformed one.
+    """
+    event = entry.get("event")
+    if event not in ("armed", "watchlist_loaded", "deployment_summary"):
+        return None
+    src: Mapping[str, Any] = entry
+    if event == "deployment_summary":
+        summary = entry.get("summary")
+        if not isinstance(summary, dict):
+            raise BadMessage("deployment_summary carries no summary")
+        if summary.get("device_id") != device_id:
+            raise BadMessage("deployment_summary names another device")
+        src = summary
+    out: dict[str, Any] = {"deployment_id": ident(src.get("deployment_id"), "deployment_id")}
+    if event == "armed":
+        start, end, end_ts = _window(src)
+        out.update(state="armed", location=text(src.get("location", ""), "location", 300),
+                   window_start=start, window_end=end, window_end_ts=end_ts,
+                   threshold=number(src.get("threshold"), "threshold", -1, 1, required=False))
+    elif event == "watchlist_loaded":
+        out.update(bundle_id=text(src.get("bundle_id"), "bundle_id", 64),
+                   watchlist_size=_int(src.get("watchlist_size"), "watchlist_size"))
+    else:
+        start, end, end_ts = _window(src)
+        adj = src.get("adjudications", {})
         if not isinstance(adj, dict):
             raise BadMessage("summary adjudications is not an object")
-        summary = {
-            "faces_processed": _int(obj.get("faces_processed"), "faces_processed") or 0,
-            "frames": _int(obj.get("frames"), "frames") or 0,
-            "tracks": _int(obj.get("tracks"), "tracks") or 0,
-            "alerts": _int(obj.get("alerts"), "alerts") or 0,
-            "adjudications": {d: _int(adj.get(d), d) or 0 for d in DECISIONS},
-            "armed_at": text(obj.get("armed_at"), "armed_at", 40, required=False) or None,
-            "ended_at": text(obj.get("ended_at"), "ended_at", 40, required=False) or None,
-            "end_reason": text(obj.get("end_reason", ""), "end_reason", 100),
-        }
-        out["summary"] = summary
+        ended_at = text(src.get("ended_at"), "ended_at", 40)
+        out.update(
+            state="ended", location=text(src.get("location", ""), "location", 300),
+            bundle_id=text(src.get("bundle_id"), "bundle_id", 64),
+            window_start=start, window_end=end, window_end_ts=end_ts,
+            watchlist_size=_int(src.get("watchlist_size"), "watchlist_size"),
+            threshold=number(src.get("threshold"), "threshold", -1, 1, required=False),
+            ended_at_ts=_time(ended_at, "ended_at"),
+            summary={
+                "faces_processed": _int(src.get("faces_processed"), "faces_processed") or 0,
+                "frames": _int(src.get("frames"), "frames") or 0,
+                "tracks": _int(src.get("tracks"), "tracks") or 0,
+                "alerts": _int(src.get("alerts"), "alerts") or 0,
+                "adjudications": {d: _int(adj.get(d), d) or 0 for d in DECISIONS},
+                "armed_at": text(src.get("armed_at"), "armed_at", 40, required=False) or None,
+                "ended_at": ended_at,
+                "end_reason": text(src.get("end_reason", ""), "end_reason", 100),
+            },
+        )  # fmt: skip
     return out
 
 
@@ -294,6 +331,9 @@ def verify_audit_entry(device_id: str, parsed: Mapping[str, Any], keys: DeviceKe
         raise BadMessage("audit entry is not canonical JSON") from None
     if digest != obj["hash"]:
         raise Unverified("bad_hash", "audit entry's hash does not match its content")
+    if not signing.is_canonical_b64(obj["sig"]):
+        raise Unverified("not_canonical", "audit entry signature is not in its one canonical "
+                         "base64 spelling")  # fmt: skip
     if not signing.verify(public, AUDIT_SIG_CONTEXT, digest.encode("ascii"), obj["sig"]):
         raise Unverified("bad_signature", "audit entry signature does not verify")
 
@@ -313,15 +353,32 @@ def _check_strings(value: Any) -> None:
             text(v, "audit field", 4000)
 
 
-def device_adjudication(entry: dict[str, Any]) -> dict[str, str] | None:
-    """The ``{alert_id, decision, officer}`` a device's ``adjudication`` audit entry records."""
-    if entry.get("event") != "adjudication":
+def device_adjudication(entry: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The van's answer to an officer's decision, from its signed ``adjudication`` or
+    ``adjudication_refused`` entry: ``{alert_id, decision, decided_at, answer, officer}``
+    (``answer``: ``recorded`` or ``refused: <reason>``), or None (a refusal of something
+    that did not verify names no alert)."""
+    event = entry.get("event")
+    if event not in ("adjudication", "adjudication_refused"):
         return None
     alert_id, decision, officer = (entry.get(k) for k in ("alert_id", "decision", "officer"))
-    if not (isinstance(alert_id, str) and len(alert_id) <= 36 and decision in DECISIONS
-            and isinstance(officer, str) and 0 < len(officer) <= 100):  # fmt: skip
+    if not (isinstance(alert_id, str) and len(alert_id) <= 36 and decision in DECISIONS):
         return None
-    return {"alert_id": alert_id, "decision": str(decision), "officer": officer}
+    try:
+        decided_at = _time(str(entry.get("decided_at")), "decided_at")
+    except BadMessage:
+        decided_at = None
+    if event == "adjudication":
+        if not (isinstance(officer, str) and 0 < len(officer) <= 100):
+            return None
+        answer = "recorded"
+    else:
+        reason = entry.get("reason")
+        if not (isinstance(reason, str) and _EVENT.match(reason)):
+            return None
+        officer, answer = None, f"refused: {reason}"
+    return {"alert_id": alert_id, "decision": str(decision), "officer": officer,
+            "decided_at": decided_at, "answer": answer}  # fmt: skip
 
 
-__all__ = ["CATEGORIES", "BadMessage", "DeviceKeys", "Unverified"]
+__all__ = ["CATEGORIES", "BadMessage", "DeviceKeys", "Stale", "Unverified"]

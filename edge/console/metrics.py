@@ -63,7 +63,8 @@ class Metrics:
             for lab, v in sorted(series):
                 tag = ",".join(f'{k}="{_esc(x)}"' for k, x in lab)
                 lines.append(f"{name}{{{tag}}} {v:g}" if tag else f"{name} {v:g}")
-        lines += ["# HELP console_adjudications Adjudications sent, by outcome.",
+        lines += ["# HELP console_adjudications Alerts by outcome: the last decision the van "
+                  "recorded, else the last sent (each alert once).",
                   "# TYPE console_adjudications gauge"]  # fmt: skip
         for decision in ("confirmed", "rejected", "not_stopped"):
             lines.append(f'console_adjudications{{decision="{decision}"}} '

@@ -113,6 +113,17 @@ async def events(request: Request, c: Ctx,
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
+_DEVICE_FIELDS = ("device_id", "state", "stale", "silent_s", "armed", "reason", "deployment_id",
+                  "window_end", "last_seen", "fps", "camera", "outbox_pending")
+
+
+@router.get("/api/devices")
+def devices(c: Ctx, user: Annotated[User, Depends(require("fleet"))]) -> Response:
+    """The fleet as the fleet page shows it: ``state`` as the van last said (online or
+    offline), ``stale`` when it is online but its heartbeat is overdue (``stale_after_s``)."""
+    return JSONResponse([{k: d[k] for k in _DEVICE_FIELDS} for d in c.devices()])
+
+
 @router.get("/metrics")
 def metrics(request: Request, c: Ctx) -> Response:
     bearer = request.headers.get("authorization", "")
@@ -124,15 +135,21 @@ def metrics(request: Request, c: Ctx) -> Response:
             raise NeedLogin()
         if not (user.may("fleet") or user.may("audit")):
             raise HTTPException(403, "your role may not see the metrics")
-    devices = c.store.devices()
+    devices = c.devices()
     chains = c.store.chains()
+    alarms = c.store.alarms()  # not cleared yet (shared by every instance)
     gauges = {
         "console_audit_chains_broken": float(sum(1 for ch in chains if ch["state"] == "broken")),
         "console_audit_chains_with_gaps": float(sum(1 for ch in chains if ch["state"] == "gap")),
-        "console_devices_online": float(sum(1 for d in devices if d["state"] == "online")),
+        "console_devices_online": float(sum(1 for d in devices
+                                            if d["state"] == "online" and not d["stale"])),
+        "console_devices_stale": float(sum(1 for d in devices if d["stale"])),
         "console_devices_known": float(len(devices)),
         "console_devices_armed": float(sum(1 for d in devices if d["armed"])),
         "console_broker_connected": 1.0 if c.ingest_connected() else 0.0,
+        "console_alarms_active": float(len(alarms)),
+        "console_mqtt_session_lost": float(sum(1 for a in alarms
+                                               if a["kind"] == "mqtt_session_lost")),
         "console_sse_clients": float(c.hub.subscribers),
     }
     return PlainTextResponse(c.metrics.render(gauges, c.store.outcome_counts()),

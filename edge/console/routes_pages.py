@@ -8,6 +8,7 @@ event says that row changed.
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
@@ -24,10 +25,13 @@ Ctx = Annotated[Context, Depends(ctx)]
 
 def _page(c: Context, request: Request, name: str, user: User | None, **data: Any) -> Response:
     broken: list[str] = []
-    if user is not None and user.may("audit") and not name.startswith("_"):
-        broken = [ch["device_id"] for ch in c.store.chains() if ch["state"] == "broken"]
-    return c.templates.TemplateResponse(request, name,
-                                        {"user": user, "broken_chains": broken, **data})
+    alarms: list[dict[str, Any]] = []
+    if user is not None and not name.startswith("_"):
+        alarms = c.store.alarms()  # every page, every role: alerts may be missing
+        if user.may("audit"):
+            broken = [ch["device_id"] for ch in c.store.chains() if ch["state"] == "broken"]
+    return c.templates.TemplateResponse(request, name, {"user": user, "broken_chains": broken,
+                                                        "alarms": alarms, **data})
 
 
 def _id_or_none(value: str | None) -> str | None:
@@ -93,12 +97,43 @@ def home(user: Annotated[User, Depends(current_user)]) -> Response:
     raise HTTPException(403, "your role has no pages")
 
 
+# -- alarms ---------------------------------------------------------------------------------
+
+
+@router.get("/fragments/alarms", response_class=HTMLResponse)
+def alarm_banner(request: Request, c: Ctx,
+                 user: Annotated[User, Depends(current_user)]) -> Response:  # fmt: skip
+    return c.templates.TemplateResponse(request, "_alarms.html",
+                                        {"user": user, "alarms": c.store.alarms()})
+
+
+@router.post("/alarms/{alarm_id}/clear")
+def clear_alarm(request: Request, alarm_id: int, c: Ctx,
+                user: Annotated[User, Depends(require("fleet"))],
+                csrf: Annotated[str, Form()] = "") -> Response:  # fmt: skip
+    """A supervisor has followed the runbook: the alarm leaves the pages (on the trail)."""
+    check_csrf(request, user, csrf)
+    row = c.store.clear_alarm(alarm_id, user.name, time.time())
+    if row is None:
+        raise HTTPException(404, "no such alarm, or already cleared")
+    c.store.log(user.name, "alarm_cleared", alarm_id=alarm_id, kind=row["kind"],
+                raised_at=row["raised_at"])  # fmt: skip
+    c.hub.publish("alarm", alarm=str(row["kind"]))
+    return RedirectResponse("/", status_code=303)
+
+
 # -- alerts ---------------------------------------------------------------------------------
 
 
 def _alert_views(c: Context, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each alert row with whether its reference image is there, and the decisions sent on
+    it, each with the van's answer (recorded, or refused and why) as it arrives."""
     refs = c.store.reference_keys({r["deployment_id"] for r in rows})
-    return [{**r, "has_reference": (r["deployment_id"], r["subject_id"]) in refs} for r in rows]
+    sent: dict[str, list[dict[str, Any]]] = {}
+    for j in c.store.adjudications(alert_ids=[r["alert_id"] for r in rows]) if rows else []:
+        sent.setdefault(j["alert_id"], []).append(j)
+    return [{**r, "has_reference": (r["deployment_id"], r["subject_id"]) in refs,
+             "decisions": sent.get(r["alert_id"], [])} for r in rows]  # fmt: skip
 
 
 @router.get("/alerts", response_class=HTMLResponse)
@@ -107,7 +142,7 @@ def alerts_page(request: Request, c: Ctx, user: Annotated[User, Depends(require(
     device, deployment = _id_or_none(device), _id_or_none(deployment)
     rows = _alert_views(c, c.store.alerts(device_id=device, deployment_id=deployment))
     return _page(c, request, "alerts.html", user, alerts=rows, device=device or "",
-                 deployment=deployment or "", devices=[d["device_id"] for d in c.store.devices()])
+                 deployment=deployment or "", devices=[d["device_id"] for d in c.devices()])
 
 
 @router.get("/fragments/alerts", response_class=HTMLResponse)
@@ -131,17 +166,23 @@ def alert_row(request: Request, alert_id: str, c: Ctx,
 # -- fleet ----------------------------------------------------------------------------------
 
 
+def _fleet_order(d: dict[str, Any]) -> tuple[bool, bool, str]:
+    """Vans that need a look first: offline, then stale, then the rest, each by id."""
+    return d["state"] == "online", not d["stale"], d["device_id"]
+
+
+
 @router.get("/fleet", response_class=HTMLResponse)
 def fleet_page(request: Request, c: Ctx,
                user: Annotated[User, Depends(require("fleet"))]) -> Response:  # fmt: skip
-    devices = sorted(c.store.devices(), key=lambda d: (d["state"] == "online", d["device_id"]))
+    devices = sorted(c.devices(), key=_fleet_order)
     return _page(c, request, "fleet.html", user, devices=devices)
 
 
 @router.get("/fleet/{device_id}", response_class=HTMLResponse)
 def device_page(request: Request, device_id: str, c: Ctx,
                 user: Annotated[User, Depends(require("fleet"))]) -> Response:  # fmt: skip
-    rows = [d for d in c.store.devices() if d["device_id"] == device_id]
+    rows = [d for d in c.devices() if d["device_id"] == device_id]
     if not rows:
         raise HTTPException(404, "no such device")
     return _page(c, request, "device.html", user, d=rows[0],
@@ -151,14 +192,14 @@ def device_page(request: Request, device_id: str, c: Ctx,
 @router.get("/fragments/fleet", response_class=HTMLResponse)
 def fleet_rows(request: Request, c: Ctx,
                user: Annotated[User, Depends(require("fleet"))]) -> Response:  # fmt: skip
-    devices = sorted(c.store.devices(), key=lambda d: (d["state"] == "online", d["device_id"]))
+    devices = sorted(c.devices(), key=_fleet_order)
     return _page(c, request, "_device_rows.html", user, devices=devices)
 
 
 @router.get("/fragments/device/{device_id}", response_class=HTMLResponse)
 def device_row(request: Request, device_id: str, c: Ctx,
                user: Annotated[User, Depends(require("fleet"))]) -> Response:  # fmt: skip
-    rows = [d for d in c.store.devices() if d["device_id"] == device_id]
+    rows = [d for d in c.devices() if d["device_id"] == device_id]
     if not rows:
         raise HTTPException(404, "no such device")
     return _page(c, request, "_device_row.html", user, d=rows[0])
@@ -173,7 +214,7 @@ def deployments_page(
 ) -> Response:
     deps = c.store.deployments()
     for d in deps:
-        d["outcomes"] = c.store.alert_outcomes(d["deployment_id"])
+        d["outcomes"] = c.store.alert_outcomes(d["device_id"], d["deployment_id"])
     return _page(c, request, "deployments.html", user, deployments=deps)
 
 
@@ -192,7 +233,7 @@ def report_page(request: Request, device_id: str, deployment_id: str, c: Ctx,
             ("not stopped", int(adj.get("not_stopped", 0)))]  # fmt: skip
     top = max([v for _, v in bars] + [1])
     return _page(c, request, "report.html", user, d=d, s=s, bars=bars, top=top,
-                 outcomes=c.store.alert_outcomes(deployment_id))
+                 outcomes=c.store.alert_outcomes(device_id, deployment_id))
 
 
 # -- audit ----------------------------------------------------------------------------------

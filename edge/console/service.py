@@ -6,8 +6,11 @@
 - :meth:`Console.crop` / :meth:`Console.reference`: decrypt an image for one user, each
   view written to the console's audit trail with who and when;
 - :meth:`Console.housekeeping` (every minute, and at start): purge alerts and crops older
-  than the retention period unless on legal hold, delete reference images of deployments
-  whose window has closed, import new reference files; each purge and deletion audited.
+  than the retention period unless on legal hold (each purged id kept as a tombstone, so a
+  replay is refused), delete reference images of deployments whose window has closed,
+  import new reference files; each purge and deletion audited;
+- :meth:`Console.watch_fleet` (every quarter of ``stale_after_s``): a van whose heartbeat is
+  overdue turns stale on every open fleet page.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -45,7 +49,9 @@ class ActionRefused(Exception):  # noqa: N818 (a refusal, shown to the user)
 class Console:
     def __init__(self, store: Store, at_rest: AtRest, hub: Hub, metrics: Metrics,
                  publisher: Publisher, signing_key: Ed25519PrivateKey, *,
-                 retention_days: int = 31, references_dir: Path | None = None) -> None:  # fmt: skip
+                 retention_days: int = 31, references_dir: Path | None = None,
+                 clock: Callable[[], float] = time.time,
+                 stale_after_s: float | None = None) -> None:  # fmt: skip
         self.store = store
         self.at_rest = at_rest
         self.hub = hub
@@ -55,6 +61,9 @@ class Console:
         self.signer: Ed25519PublicKey = signing_key.public_key()
         self.retention_s = retention_days * 86400.0
         self.references_dir = references_dir
+        self.clock = clock
+        self.stale_after_s = stale_after_s
+        self._stale: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -67,7 +76,7 @@ class Console:
         if alert is None:
             raise ActionRefused("no such alert", 404)
         device = str(alert["device_id"])
-        at = time.time()
+        at = self.clock()
         try:
             payload = sign_adjudication(self.signing_key, device_id=device, alert_id=alert_id,
                                         decision=decision, officer=officer, at=at)  # fmt: skip
@@ -121,7 +130,7 @@ class Console:
     def import_references(self, path: Path) -> int:
         """Import one reference file (then remove it); returns the number of images."""
         refs = open_references(path.read_bytes(), self.at_rest.private_key, self.signer)
-        if refs.window_end <= time.time():
+        if refs.window_end <= self.clock():
             path.unlink(missing_ok=True)
             self.store.log("console", "references_refused", file=path.name,
                            deployment_id=refs.deployment_id, reason="window closed")  # fmt: skip
@@ -129,16 +138,16 @@ class Console:
         for r in refs.subjects:
             sealed = self.at_rest.seal(r.jpeg, f"ref:{refs.deployment_id}:{r.subject_id}")
             self.store.put_reference(refs.deployment_id, r.subject_id, r.category, sealed,
-                                     refs.window_end)  # fmt: skip
+                                     refs.window_end, bundle_id=refs.bundle_id)  # fmt: skip
         path.unlink(missing_ok=True)
         self.store.log("console", "references_imported", deployment_id=refs.deployment_id,
                        bundle_id=refs.bundle_id, count=len(refs.subjects))  # fmt: skip
         return len(refs.subjects)
 
     def housekeeping(self, now: float | None = None) -> dict[str, int]:
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         done = {"purged": 0, "references_deleted": 0, "references_imported": 0}
-        ids = self.store.purge_alerts(now - self.retention_s)
+        ids = self.store.purge_alerts(now - self.retention_s, now)
         if ids:
             done["purged"] = len(ids)
             self.store.log("console", "alerts_purged", count=len(ids), alert_ids=ids[:1000],
@@ -160,14 +169,31 @@ class Console:
                     path.rename(path.with_suffix(".refused"))
         return done
 
+    def watch_fleet(self) -> list[str]:
+        """Announce each van that went stale or fresh since the last look (its row on every
+        open fleet page changes); returns the vans now stale."""
+        if self.stale_after_s is None:
+            return []
+        stale = {d["device_id"] for d in self.store.devices(self.stale_after_s) if d["stale"]}
+        for device in sorted(stale ^ self._stale):
+            self.hub.publish("device", device_id=device)
+        self._stale = stale
+        return sorted(stale)
+
     def start(self, interval_s: float = 60.0) -> None:
+        tick = 60.0 if self.stale_after_s is None else min(interval_s, self.stale_after_s / 4)
+
         def loop() -> None:
+            due = 0.0
             while not self._stop.is_set():
                 try:
-                    self.housekeeping()
+                    if time.monotonic() >= due:
+                        due = time.monotonic() + interval_s
+                        self.housekeeping()
+                    self.watch_fleet()
                 except Exception:
                     log.exception("housekeeping failed")
-                self._stop.wait(interval_s)
+                self._stop.wait(tick)
 
         self._thread = threading.Thread(target=loop, name="console-housekeeping", daemon=True)
         self._thread.start()

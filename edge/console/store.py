@@ -6,12 +6,14 @@ the newest migration. Every method is one short transaction, so the ingest threa
 the web server's threads can share one store; several console instances can share one
 PostgreSQL database (inserts are idempotent on their natural keys).
 
-Users, sessions and login failures: :mod:`edge.console.store_auth` (mixed in here).
+Users, sessions and login failures: :mod:`edge.console.store_auth`; devices, deployments,
+alarms and the console's MQTT sessions: :mod:`edge.console.store_fleet` (both mixed in).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -22,8 +24,8 @@ from edge.console import migrate, trail
 from edge.console import tables as t
 from edge.console.chain import ChainState, Received, advance, conflict
 from edge.console.store_auth import AuthStore
-
-Row = dict[str, Any]
+from edge.console.store_fleet import FleetStore, Row, rows, upsert
+from edge.delivery.alert import parse_rfc3339
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -45,11 +47,10 @@ def make_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
-def _rows(result: sa.CursorResult[Any]) -> list[Row]:
-    return [dict(r._mapping) for r in result]
+_rows = rows
 
 
-class Store(AuthStore):
+class Store(AuthStore, FleetStore):
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
@@ -67,12 +68,6 @@ class Store(AuthStore):
         with self.engine.begin() as conn:
             yield conn
 
-    def _upsert(self, conn: sa.Connection, table: sa.Table, keys: Mapping[str, Any],
-                values: Mapping[str, Any]) -> None:  # fmt: skip
-        where = sa.and_(*(table.c[k] == v for k, v in keys.items()))
-        if conn.execute(sa.update(table).where(where).values(**values)).rowcount == 0:
-            conn.execute(sa.insert(table).values(**keys, **values))
-
     # -- the console's own audit trail ----------------------------------------------------
 
     def log(self, actor: str, event: str, **detail: Any) -> None:
@@ -87,42 +82,12 @@ class Store(AuthStore):
             q = sa.select(t.console_audit).order_by(t.console_audit.c.id.desc()).limit(limit)
             return _rows(conn.execute(q))
 
-    # -- devices ----------------------------------------------------------------------------
-
-    def record_status(self, device_id: str, status: Mapping[str, Any], received_at: float,
-                      retained: bool) -> None:  # fmt: skip
-        with self.tx() as conn:
-            values = {k: status[k] for k in ("state", "armed", "reason", "deployment_id",
-                                             "window_end", "status_at")}  # fmt: skip
-            if status["state"] == "online" or not retained:
-                values["last_seen"] = received_at
-            self._upsert(conn, t.devices, {"device_id": device_id}, values)
-            conn.execute(sa.insert(t.status_history).values(
-                device_id=device_id, received_at=received_at, state=status["state"],
-                armed=status["armed"], reason=status["reason"], retained=retained))  # fmt: skip
-
-    def record_stats(self, device_id: str, stats: Mapping[str, Any], received_at: float) -> None:
-        with self.tx() as conn:
-            values = {k: v for k, v in stats.items() if v is not None}
-            self._upsert(conn, t.devices, {"device_id": device_id},
-                         {**values, "last_seen": received_at})  # fmt: skip
-
-    def devices(self) -> list[Row]:
-        with self.engine.connect() as conn:
-            return _rows(conn.execute(sa.select(t.devices).order_by(t.devices.c.device_id)))
-
-    def status_history(self, device_id: str, limit: int = 50) -> list[Row]:
-        with self.engine.connect() as conn:
-            q = (sa.select(t.status_history).where(t.status_history.c.device_id == device_id)
-                 .order_by(t.status_history.c.id.desc()).limit(limit))  # fmt: skip
-            return _rows(conn.execute(q))
-
     # -- alerts -----------------------------------------------------------------------------
 
-    def add_alert(self, alert: Mapping[str, Any], crop: bytes, received_at: float) -> bool:
-        """Store a checked alert (crop already sealed); False if ``alert_id`` was known."""
-        from edge.delivery.alert import parse_rfc3339
-
+    def add_alert(self, alert: Mapping[str, Any], crop: bytes, received_at: float) -> str:
+        """Store a checked alert (crop already sealed): ``new``, or ``duplicate`` if its
+        ``alert_id`` is known, or ``purged`` if that id was purged (its tombstone: a replay
+        after the retention never brings a face back)."""
         values = {
             "alert_id": alert["alert_id"], "device_id": alert["device_id"],
             "deployment_id": alert["deployment_id"], "subject_id": alert["subject_id"],
@@ -134,16 +99,20 @@ class Store(AuthStore):
             "model": json.dumps(alert["model"], sort_keys=True), "crop": crop,
             "legal_hold": False,
         }  # fmt: skip
+        a, tomb = t.alerts, t.alert_tombstones
         with self.engine.connect() as conn:
-            q = sa.select(t.alerts.c.alert_id).where(t.alerts.c.alert_id == alert["alert_id"])
-            if conn.execute(q).first() is not None:
-                return False
+            if conn.execute(sa.select(a.c.alert_id).where(
+                    a.c.alert_id == alert["alert_id"])).first() is not None:  # fmt: skip
+                return "duplicate"
+            if conn.execute(sa.select(tomb.c.alert_id).where(
+                    tomb.c.alert_id == alert["alert_id"])).first() is not None:  # fmt: skip
+                return "purged"
         try:
             with self.tx() as conn:
-                conn.execute(sa.insert(t.alerts).values(**values))
+                conn.execute(sa.insert(a).values(**values))
         except sa.exc.IntegrityError:
-            return False  # another instance stored it meanwhile
-        return True
+            return "duplicate"  # another instance stored it meanwhile
+        return "new"
 
     _ALERT_COLS: ClassVar[list[sa.Column[Any]]] = [c for c in t.alerts.c if c.name != "crop"]
 
@@ -194,10 +163,14 @@ class Store(AuthStore):
                 t.adjudications.c.alert_id == alert_id, t.adjudications.c.at == at
             ).values(state=state))  # fmt: skip
 
-    def adjudications(self, alert_id: str | None = None) -> list[Row]:
+    def adjudications(self, alert_id: str | None = None,
+                      alert_ids: list[str] | None = None) -> list[Row]:  # fmt: skip
+        """Decisions sent, oldest first, each with the van's ``answer`` once it came."""
         q = sa.select(t.adjudications).order_by(t.adjudications.c.id)
         if alert_id is not None:
             q = q.where(t.adjudications.c.alert_id == alert_id)
+        if alert_ids is not None:
+            q = q.where(t.adjudications.c.alert_id.in_(alert_ids))
         with self.engine.connect() as conn:
             return _rows(conn.execute(q))
 
@@ -206,58 +179,60 @@ class Store(AuthStore):
             q = sa.update(t.alerts).where(t.alerts.c.alert_id == alert_id)
             return conn.execute(q.values(legal_hold=on)).rowcount > 0
 
-    def purge_alerts(self, older_than: float) -> list[str]:
-        """Delete alerts (and crops) received before ``older_than`` unless on legal hold."""
-        cond = sa.and_(t.alerts.c.received_at < older_than, t.alerts.c.legal_hold.is_(False))
+    def purge_alerts(self, older_than: float, now: float | None = None) -> list[str]:
+        """Delete alerts (and crops) received or captured before ``older_than`` unless on
+        legal hold, each leaving a tombstone (its id and capture time: nothing personal);
+        tombstones of captures before ``older_than`` go (such an alert is refused anyway)."""
+        a, tomb = t.alerts, t.alert_tombstones
+        cond = sa.and_(sa.or_(a.c.received_at < older_than, a.c.captured_at < older_than),
+                       a.c.legal_hold.is_(False))  # fmt: skip
+        now = time.time() if now is None else now
         with self.tx() as conn:
-            ids = [str(r[0]) for r in conn.execute(sa.select(t.alerts.c.alert_id).where(cond))]
+            found = conn.execute(sa.select(a.c.alert_id, a.c.captured_at).where(cond)).all()
+            ids = [str(r[0]) for r in found]
             if ids:
-                conn.execute(sa.delete(t.alerts).where(t.alerts.c.alert_id.in_(ids)))
+                conn.execute(sa.delete(a).where(a.c.alert_id.in_(ids)))
                 conn.execute(sa.delete(t.adjudications)
                              .where(t.adjudications.c.alert_id.in_(ids)))  # fmt: skip
+                conn.execute(sa.insert(tomb), [{"alert_id": i, "captured_at": float(c),
+                                                "purged_at": now} for i, c in found])
+            conn.execute(sa.delete(tomb).where(tomb.c.captured_at < older_than))
             return ids
 
+    def tombstones(self) -> list[Row]:
+        with self.engine.connect() as conn:
+            return _rows(conn.execute(sa.select(t.alert_tombstones)))
+
+    _OUTCOME = sa.func.coalesce(t.alerts.c.device_decision, t.alerts.c.decision)
+    """An alert's outcome: the last decision its van recorded (its signed audit chain),
+    else the last one sent. Each alert counts once, however often its decision changed."""
+
     def outcome_counts(self) -> dict[str, int]:
-        q = sa.select(t.adjudications.c.decision, sa.func.count()).group_by(
-            t.adjudications.c.decision)  # fmt: skip
+        """Alerts by outcome (:attr:`_OUTCOME`), those with none left out."""
+        q = (sa.select(self._OUTCOME, sa.func.count()).where(self._OUTCOME.is_not(None))
+             .group_by(self._OUTCOME))  # fmt: skip
         with self.engine.connect() as conn:
             return {str(d): int(n) for d, n in conn.execute(q)}
 
-    # -- deployments ------------------------------------------------------------------------
-
-    def record_deployment(self, device_id: str, dep: Mapping[str, Any], now: float) -> None:
-        values = {k: dep[k] for k in ("bundle_id", "location", "window_start", "window_end",
-                                      "window_end_ts", "watchlist_size", "threshold", "state")}
-        values = {k: v for k, v in values.items() if v is not None}
-        if dep.get("summary") is not None:
-            values["summary"] = json.dumps(dep["summary"], sort_keys=True)
-        with self.tx() as conn:
-            key = {"deployment_id": dep["deployment_id"], "device_id": device_id}
-            self._upsert(conn, t.deployments, key, {**values, "updated_at": now})
-
-    def deployments(self) -> list[Row]:
-        q = sa.select(t.deployments).order_by(t.deployments.c.updated_at.desc())
-        with self.engine.connect() as conn:
-            rows = _rows(conn.execute(q))
-        for r in rows:
-            r["summary"] = json.loads(r["summary"]) if r["summary"] else None
-        return rows
-
-    def alert_outcomes(self, deployment_id: str) -> dict[str, int]:
-        q = (sa.select(t.alerts.c.decision, sa.func.count())
-             .where(t.alerts.c.deployment_id == deployment_id).group_by(t.alerts.c.decision))
+    def alert_outcomes(self, device_id: str, deployment_id: str) -> dict[str, int]:
+        """One van's alerts of a deployment by outcome (``open``: none yet)."""
+        a = t.alerts
+        q = (sa.select(self._OUTCOME, sa.func.count())
+             .where(a.c.device_id == device_id, a.c.deployment_id == deployment_id)
+             .group_by(self._OUTCOME))  # fmt: skip
         with self.engine.connect() as conn:
             return {str(d or "open"): int(n) for d, n in conn.execute(q)}
 
     # -- reference images -------------------------------------------------------------------
 
     def put_reference(self, deployment_id: str, subject_id: str, category: str,
-                      image: bytes, window_end_ts: float) -> None:  # fmt: skip
+                      image: bytes, window_end_ts: float,
+                      bundle_id: str | None = None) -> None:  # fmt: skip
         with self.tx() as conn:
-            self._upsert(conn, t.reference_images,
-                         {"deployment_id": deployment_id, "subject_id": subject_id},
-                         {"category": category, "image": image,
-                          "window_end_ts": window_end_ts})  # fmt: skip
+            upsert(conn, t.reference_images,
+                   {"deployment_id": deployment_id, "subject_id": subject_id},
+                   {"category": category, "image": image, "window_end_ts": window_end_ts,
+                    "bundle_id": bundle_id})  # fmt: skip
 
     def reference(self, deployment_id: str, subject_id: str) -> bytes | None:
         r = t.reference_images
@@ -284,10 +259,15 @@ class Store(AuthStore):
         with self.engine.connect() as conn:
             return {str(d): (int(n), float(e)) for d, n, e in conn.execute(q)}
 
-    def delete_references(self, deployment_id: str) -> int:
+    def delete_references(self, deployment_id: str, bundle_id: str | None = None) -> int:
+        """Delete a deployment's reference images; with ``bundle_id`` only those imported
+        with that bundle (a van's signed summary names the bundle it ended)."""
         r = t.reference_images
+        cond = r.c.deployment_id == deployment_id
+        if bundle_id is not None:
+            cond = sa.and_(cond, r.c.bundle_id == bundle_id)
         with self.tx() as conn:
-            return conn.execute(sa.delete(r).where(r.c.deployment_id == deployment_id)).rowcount
+            return conn.execute(sa.delete(r).where(cond)).rowcount
 
     # -- audit chains -----------------------------------------------------------------------
 
@@ -296,52 +276,81 @@ class Store(AuthStore):
         """Store one entry and advance the device's chain.
 
         Returns ``(outcome, state, verified seqs)``: outcome ``new``, ``duplicate`` or
-        ``conflict``.
+        ``conflict``. Each device's chain is locked first (its row: ``SELECT ... FOR
+        UPDATE`` on PostgreSQL, the write lock on SQLite), so console instances taking the
+        same entries at once store each once and never advance a chain from a stale state.
         """
-        a, c = t.audit_entries, t.chains
-        body = json.dumps(parsed["entry"], sort_keys=True)
-        with self.tx() as conn:
-            state = self._chain(conn, device_id)
-            q = sa.select(a.c.body).where(a.c.device_id == device_id, a.c.seq == parsed["seq"])
-            known = conn.execute(q).first()
-            outcome = "new"
-            if known is not None:  # a redelivery is byte-identical; anything else conflicts
-                outcome = "duplicate" if known[0] == body else "conflict"
-            else:
-                conn.execute(sa.insert(a).values(
-                    device_id=device_id, seq=parsed["seq"], at=parsed["at"],
-                    event=parsed["event"], prev_hash=parsed["prev_hash"], hash=parsed["hash"],
-                    body=body, received_at=received_at))  # fmt: skip
-            verified: list[int] = []
-            if outcome == "conflict" and not state.broken:
-                new = conflict(state, parsed["seq"])
-            elif outcome == "new" and not state.broken and parsed["seq"] > state.verified_seq + 1:
-                # Only the next entry can extend the chain: record the gap cheaply.
-                first = conn.execute(sa.select(sa.func.min(a.c.seq)).where(
-                    a.c.device_id == device_id, a.c.seq > state.verified_seq)).scalar_one()
-                new, _ = advance(state, {int(first): Received({}, 0.0)})
-            elif outcome == "new":
-                q2 = (sa.select(a.c.seq, a.c.body, a.c.at)
-                      .where(a.c.device_id == device_id, a.c.seq > state.verified_seq)
-                      .order_by(a.c.seq).limit(5000))  # fmt: skip
-                later = {int(s): Received(json.loads(b), float(at))
-                         for s, b, at in conn.execute(q2)}  # fmt: skip
-                new, verified = advance(state, later)
-            else:
-                new = state
-            if new != state:
-                values = {"verified_seq": new.verified_seq, "last_hash": new.last_hash,
-                          "last_at": new.last_at, "state": new.state, "problem": new.problem,
-                          "problem_at": received_at if new.problem else None}  # fmt: skip
-                self._upsert(conn, c, {"device_id": device_id}, values)
-            return outcome, new, verified
+        for attempt in range(3):
+            try:
+                with self.tx() as conn:
+                    return self._add_audit_entry(conn, device_id, parsed, received_at)
+            except sa.exc.IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
-    def _chain(self, conn: sa.Connection, device_id: str) -> ChainState:
+    def _add_audit_entry(self, conn: sa.Connection, device_id: str, parsed: Mapping[str, Any],
+                         received_at: float) -> tuple[str, ChainState, list[int]]:  # fmt: skip
+        a, c = t.audit_entries, t.chains
+        state = self._lock_chain(conn, device_id)
+        seq = int(parsed["seq"])
+        q = sa.select(a.c.hash).where(a.c.device_id == device_id, a.c.seq == seq)
+        known = conn.execute(q).first()
+        outcome = "new"
+        if known is not None:
+            # A duplicate is judged by the signed content (the hash the signature covers),
+            # never by the bytes: a re-spelt resend is not a second history.
+            outcome = "duplicate" if known[0] == parsed["hash"] else "conflict"
+        else:
+            conn.execute(sa.insert(a).values(
+                device_id=device_id, seq=seq, at=parsed["at"], event=parsed["event"],
+                prev_hash=parsed["prev_hash"], hash=parsed["hash"],
+                body=json.dumps(parsed["entry"], sort_keys=True),
+                received_at=received_at))  # fmt: skip
+        verified: list[int] = []
+        if state.broken:
+            new = state
+        elif outcome == "conflict":
+            new = conflict(state, seq)
+        elif outcome == "new" and seq > state.verified_seq + 1:
+            # Only the next entry can extend the chain: record the gap cheaply.
+            first = conn.execute(sa.select(sa.func.min(a.c.seq)).where(
+                a.c.device_id == device_id, a.c.seq > state.verified_seq)).scalar_one()
+            new, _ = advance(state, {int(first): Received({}, 0.0)})
+        elif seq == state.verified_seq + 1:  # new, or stored by an instance that stopped
+            q2 = (sa.select(a.c.seq, a.c.body, a.c.at)
+                  .where(a.c.device_id == device_id, a.c.seq > state.verified_seq)
+                  .order_by(a.c.seq).limit(5000))  # fmt: skip
+            later = {int(s): Received(json.loads(b), float(at))
+                     for s, b, at in conn.execute(q2)}  # fmt: skip
+            new, verified = advance(state, later)
+        else:
+            new = state
+        if new != state:
+            conn.execute(sa.update(c).where(c.c.device_id == device_id).values(
+                verified_seq=new.verified_seq, last_hash=new.last_hash, last_at=new.last_at,
+                state=new.state, problem=new.problem,
+                problem_at=received_at if new.problem else None))  # fmt: skip
+        return outcome, new, verified
+
+    def _lock_chain(self, conn: sa.Connection, device_id: str) -> ChainState:
+        """The device's chain, its row created if need be and locked for this transaction.
+        The first statement is a write, so SQLite takes its write lock before reading."""
         c = t.chains
-        row = conn.execute(sa.select(c).where(c.c.device_id == device_id)).first()
-        if row is None:
-            return ChainState()
-        m = row._mapping
+        ins: Any
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as ins
+        else:
+            from sqlalchemy.dialects.sqlite import insert as ins
+        fresh = ChainState()
+        conn.execute(ins(c).values(
+            device_id=device_id, verified_seq=fresh.verified_seq, last_hash=fresh.last_hash,
+            last_at=fresh.last_at, state=fresh.state,
+        ).on_conflict_do_nothing(index_elements=["device_id"]))  # fmt: skip
+        q = sa.select(c).where(c.c.device_id == device_id)
+        if conn.dialect.name == "postgresql":
+            q = q.with_for_update()
+        m = conn.execute(q).one()._mapping
         return ChainState(int(m["verified_seq"]), str(m["last_hash"]), float(m["last_at"]),
                           str(m["state"]), m["problem"])  # fmt: skip
 
@@ -368,9 +377,26 @@ class Store(AuthStore):
             r["body"] = json.loads(r["body"])
         return rows
 
-    def record_device_adjudication(self, alert_id: str, decision: str, officer: str,
-                                   seq: int) -> bool:  # fmt: skip
+    def record_device_answer(self, device_id: str, answer: Mapping[str, Any], seq: int) -> bool:
+        """The van's answer (:func:`~edge.console.messages.device_adjudication`) from its
+        verified audit entry ``seq``, on the alert it names if that alert is this van's own
+        (another van's signed entry never marks it), and on the console's decision it
+        answers (the same decision, signed at the same millisecond). True if recorded."""
+        a, j = t.alerts, t.adjudications
+        alert_id = answer["alert_id"]
         with self.tx() as conn:
-            q = sa.update(t.alerts).where(t.alerts.c.alert_id == alert_id).values(
-                device_decision=decision, device_officer=officer, device_seq=seq)
-            return conn.execute(q).rowcount > 0
+            owner = conn.execute(sa.select(a.c.device_id).where(a.c.alert_id == alert_id)).first()
+            if owner is None or owner[0] != device_id:
+                return False
+            if answer["answer"] == "recorded":
+                conn.execute(sa.update(a).where(a.c.alert_id == alert_id).values(
+                    device_decision=answer["decision"], device_officer=answer["officer"],
+                    device_seq=seq))  # fmt: skip
+            if answer["decided_at"] is not None:
+                at = float(answer["decided_at"])  # milliseconds: the console's time truncated
+                conn.execute(sa.update(j).where(
+                    j.c.alert_id == alert_id, j.c.device_id == device_id,
+                    j.c.decision == answer["decision"], j.c.at > at - 1e-6,
+                    j.c.at < at + 0.001 + 1e-6,
+                ).values(answer=answer["answer"][:48], answer_seq=seq))  # fmt: skip
+            return True

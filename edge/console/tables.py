@@ -75,6 +75,7 @@ status_history = sa.Table(
     sa.Column("armed", sa.Boolean, nullable=False),
     sa.Column("reason", sa.String(500), nullable=False),
     sa.Column("retained", sa.Boolean, nullable=False),
+    sa.Column("status_at", sa.Float),  # the van's time: one line per status, however often seen
 )  # fmt: skip
 
 alerts = sa.Table(
@@ -110,7 +111,20 @@ adjudications = sa.Table(
     sa.Column("decision", sa.String(16), nullable=False),
     sa.Column("officer", sa.String(64), nullable=False),
     sa.Column("at", sa.Float, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),  # sent | acked | refused
+    sa.Column("state", sa.String(16), nullable=False),  # sent | acked | not_sent
+    # The van's answer, from its signed audit chain: recorded | refused: <reason>
+    sa.Column("answer", sa.String(48)),
+    sa.Column("answer_seq", sa.Integer),
+)  # fmt: skip
+
+alert_tombstones = sa.Table(
+    # The id of each purged alert, so a replay of it is refused: no face, no subject, no
+    # personal data. Dropped once the alert's capture is older than the retention (an
+    # alert that old is refused anyway).
+    "alert_tombstones", metadata,
+    sa.Column("alert_id", sa.String(36), primary_key=True),
+    sa.Column("captured_at", sa.Float, nullable=False, index=True),
+    sa.Column("purged_at", sa.Float, nullable=False),
 )  # fmt: skip
 
 deployments = sa.Table(
@@ -127,6 +141,10 @@ deployments = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),  # armed | ended
     sa.Column("summary", sa.Text),  # the end-of-deployment summary, validated JSON
     sa.Column("updated_at", sa.Float, nullable=False),
+    # Every field above comes from the van's signed, verified audit entries (armed,
+    # watchlist_loaded, deployment_summary); the seq of the summary's entry, and its end.
+    sa.Column("summary_seq", sa.Integer),
+    sa.Column("ended_at_ts", sa.Float),
 )  # fmt: skip
 
 audit_entries = sa.Table(
@@ -159,6 +177,28 @@ reference_images = sa.Table(
     sa.Column("category", sa.String(32), nullable=False),
     sa.Column("image", sa.LargeBinary, nullable=False),  # AES-GCM under the console's key
     sa.Column("window_end_ts", sa.Float, nullable=False),
+    sa.Column("bundle_id", sa.String(64)),  # a van's signed summary names it to delete them
+)  # fmt: skip
+
+alarms = sa.Table(
+    # Conditions a person must see on every page until a supervisor clears them (a lost
+    # MQTT session: messages may be gone).
+    "alarms", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("raised_at", sa.Float, nullable=False),
+    sa.Column("detail", sa.String(500), nullable=False),
+    sa.Column("cleared_at", sa.Float),
+    sa.Column("cleared_by", sa.String(64)),
+)  # fmt: skip
+
+mqtt_sessions = sa.Table(
+    # Each console instance's MQTT session as it last knew it: on a (re)connect the
+    # broker must still hold it, or messages acknowledged into it are lost.
+    "mqtt_sessions", metadata,
+    sa.Column("client_id", sa.String(128), primary_key=True),
+    sa.Column("alive_at", sa.Float, nullable=False),
+    sa.Column("expiry_s", sa.Integer, nullable=False),
 )  # fmt: skip
 
 console_audit = sa.Table(

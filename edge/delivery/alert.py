@@ -33,7 +33,6 @@ margin, so a whole frame can never leave as an "alert crop".
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import math
 import re
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from edge import boundedjson
 from edge.compat import UTC
+from edge.signing import b64decode_canonical
 from edge.types import CATEGORIES, AlertRecord, ImageU8
 from edge.uuid7 import uuid7_str
 
@@ -331,9 +331,9 @@ def parse_alert(
     bbox = _need(obj, "bbox", dict)
     box = tuple(_need(bbox, k, int) for k in ("x", "y", "w", "h"))
     try:
-        face = base64.b64decode(_need(obj, "face_jpeg_b64", str), validate=True)
-    except binascii.Error:
-        raise AlertFormatError("face_jpeg_b64 is not base64") from None
+        face = b64decode_canonical(_need(obj, "face_jpeg_b64", str), "face_jpeg_b64")
+    except ValueError as exc:
+        raise AlertFormatError(str(exc)) from None
     check_face_only(face, (box[0], box[1], box[2], box[3]))
     model = _need(obj, "model", dict)
     for key, value in model.items():

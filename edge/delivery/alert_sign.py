@@ -15,8 +15,10 @@ redelivery is still byte-identical.
 :func:`check_signature` refuses (:class:`AlertSignatureError`, a ``reason`` code) an alert
 from a device whose key is not known (``unknown_device``), one without a signature
 (``unsigned``), one whose bytes are not exactly the canonical form (``not_canonical``:
-so a change of any byte fails, even one JSON would not notice) and one whose signature
-does not verify (``bad_signature``).
+so a change of any byte fails, even one JSON would not notice; the signature too must be
+in its one base64 spelling, :func:`edge.signing.b64decode_canonical`, so no two different
+byte strings carry the same signed alert) and one whose signature does not verify
+(``bad_signature``).
 """
 
 from __future__ import annotations
@@ -93,5 +95,8 @@ def check_signature(
         raise AlertSignatureError("unsigned", "alert carries no device signature")
     if canonical(obj) != bytes(payload):
         raise AlertSignatureError("not_canonical", "alert is not in its signed, canonical form")
+    if not signing.is_canonical_b64(sig):
+        raise AlertSignatureError("not_canonical", "alert signature is not in its one canonical "
+                                  "base64 spelling")  # fmt: skip
     if not signing.verify(public, SIG_CONTEXT, _body(obj), sig):
         raise AlertSignatureError("bad_signature", "alert signature does not verify")

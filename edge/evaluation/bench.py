@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import UsageError
+from edge.vision.defaults import DEFAULT_EMBEDDER
 
 DEVICE_ID = "bench"
 
@@ -78,7 +79,7 @@ def run_bench(
     *,
     models_dir: Path | None,
     precision: str = "int8",
-    embedder: str = "dlib_resnet_v1",
+    embedder: str = DEFAULT_EMBEDDER,
     subjects: Path | None = None,
     truth: Path | None = None,
     threshold: float | None = None,

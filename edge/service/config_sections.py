@@ -32,6 +32,7 @@ from pydantic_settings import (
 )
 
 from edge.errors import ConfigError
+from edge.vision.defaults import DEFAULT_EMBEDDER, DLIB_EMBEDDER
 
 if TYPE_CHECKING:
     from edge.service.sources.picamera2_options import Picamera2Options
@@ -403,9 +404,10 @@ class RecognitionSettings(Section):
     """
 
     embedder: str = Field(
-        default="dlib_resnet_v1",
+        default=DEFAULT_EMBEDDER,
         min_length=1,
-        description="Embedder model name; the manifest entry is <embedder>_<precision>.",
+        description="Embedder model name; the manifest entry is <embedder>_<precision> "
+        f"(default {DEFAULT_EMBEDDER}, SFace; dlib's ResNet: {DLIB_EMBEDDER}).",
     )
     precision: Literal["int8", "float32"] = Field(
         default="int8", description="Embedder variant: int8 (quantised) or float32."
@@ -441,10 +443,12 @@ class RecognitionSettings(Section):
         description="After an alert for a subject, no new alert for that subject for this long.",
     )
     threshold_floor: dict[str, float] = Field(
-        default_factory=lambda: {"dlib150": 0.5},
+        default_factory=lambda: {"dlib150": 0.5, "arcface112": 0.45},
         description="Per embedder family, the lowest similarity threshold a watchlist bundle "
         "may set (safeguard 9). dlib150: 0.5 (distance 0.5); dlib's 1:1 setting 0.4 "
-        "falsely matched 86 % of strangers against an 860-subject LFW gallery.",
+        "falsely matched 86 % of strangers against an 860-subject LFW gallery. arcface112 "
+        "(SFace, cosine): 0.45, its FPIR-0.001 threshold for 20 subjects on LFW; SFace's "
+        "family threshold 0.35 falsely matched 85 % of strangers against 860 subjects.",
     )
 
     @model_validator(mode="after")

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from edge.errors import ModelError
 from edge.types import Chip, Detection, ImageU8
 from edge.vision.align import Aligner
+from edge.vision.defaults import DEFAULT_EMBEDDER
 from edge.vision.detectors import DEFAULT_DETECTOR, FaceDetector, kind_of, make_detector
 from edge.vision.embed import Embedder, embedder_identity
 from edge.vision.families import EmbedderFamily
@@ -97,7 +98,7 @@ class FaceEngine:
         cls,
         models_dir: str | Path | None = None,
         *,
-        embedder: str = "dlib_resnet_v1",
+        embedder: str = DEFAULT_EMBEDDER,
         precision: str = "int8",
         detector: str = DEFAULT_DETECTOR,
         landmarks: str | None = None,

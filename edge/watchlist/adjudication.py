@@ -25,8 +25,6 @@ is the deployment's business (``DeploymentManager.record_adjudication``).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import json
 import logging
@@ -175,10 +173,10 @@ def verify_adjudication(
         signer_hex, body_str, sig_b64 = doc["signer"], doc["body"], doc["signature"]
         if not all(isinstance(x, str) for x in (signer_hex, body_str, sig_b64)):
             raise ValueError("signer, body and signature must be strings")
-        signer_id = bytes.fromhex(signer_hex)
-        base64.b64decode(sig_b64.encode("ascii"), validate=True)  # garbled, not forged
+        signer_id = signing.canonical_hex(signer_hex, 32, "signer")  # one spelling
+        signing.b64decode_canonical(sig_b64, "signature")  # garbled (or re-spelt), not forged
         body_bytes = body_str.encode("ascii")
-    except (ValueError, binascii.Error, UnicodeError) as exc:
+    except (ValueError, UnicodeError) as exc:
         raise AdjudicationRefused("garbled", f"adjudication is garbled: {exc}") from None
     if signer_id != key_id(signer):
         raise AdjudicationRefused("unknown_signer", "adjudication is signed by an unknown key")
@@ -273,6 +271,19 @@ class AdjudicationLedger:
             )
         if f"{adj.alert_id}:{adj.decision}" in self._recorded:
             raise AdjudicationRefused("replayed", "this decision on this alert is recorded")
+
+    def outcomes(self) -> dict[str, int]:
+        """How many alerts have each decision as their last one recorded (a changed
+        decision counts once, under what it was changed to: the deployment summary)."""
+        last: dict[str, str] = {}
+        for key in self._recorded:
+            alert_id, _, decision = key.rpartition(":")
+            last[alert_id] = decision
+        counts = dict.fromkeys(DECISIONS, 0)
+        for decision in last.values():
+            if decision in counts:
+                counts[decision] += 1
+        return counts
 
     def record(self, adj: Adjudication) -> None:
         self._recorded[f"{adj.alert_id}:{adj.decision}"] = None

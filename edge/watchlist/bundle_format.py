@@ -44,7 +44,6 @@ format changes.
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import json
 import math
@@ -64,6 +63,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.compat import UTC
 from edge.recognition.match import DEFAULT_REFERENCE, MAX_REFERENCES, Reference
+from edge.signing import b64decode_canonical
 from edge.types import Metric
 from edge.watchlist.keys import DEVICE_ID_RE
 
@@ -202,10 +202,7 @@ class _Shape:
     def b64(v: Any, name: str, max_len: int) -> bytes:
         if not isinstance(v, str) or len(v) > 4 * (max_len // 3 + 2):
             raise ValueError(f"{name} is not base64 of at most {max_len} bytes")
-        try:
-            out = base64.b64decode(v.encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError):
-            raise ValueError(f"{name} is not base64") from None
+        out = b64decode_canonical(v, name)  # one spelling only
         if len(out) > max_len:
             raise ValueError(f"{name} is too long")
         return out

@@ -227,8 +227,11 @@ def _open(
     if h.embedder.sha256 != expected_embedder_sha256:
         raise _refuse(
             "embedder_mismatch",
-            f"bundle was made with embedder {h.embedder.name} (sha256 {h.embedder.sha256[:12]}), "
-            f"this device runs sha256 {expected_embedder_sha256[:12]}",
+            f"bundle was made with embedder {h.embedder.name} (family {h.embedder.family}, "
+            f"sha256 {h.embedder.sha256[:12]}), this device runs another "
+            f"(sha256 {expected_embedder_sha256[:12]}): rebuild the watchlist with the "
+            "device's embedder (edge watchlist build, the device's models and [recognition] "
+            "embedder); an embedding from one model means nothing to another",
         )
     if now < h.start.timestamp():
         raise _refuse(

@@ -141,6 +141,7 @@ class DeploymentCommands(DeploymentEnding):
         Raises :class:`AdjudicationRefused`; each refusal is audited (reason only).
         """
         now = self.clock() if now is None else now
+        adj: Adjudication | None = None
         try:
             adj = self._verify_adjudication(data, now)
             with self._lock:
@@ -149,14 +150,19 @@ class DeploymentCommands(DeploymentEnding):
                     raise AdjudicationRefused("not_armed", "no deployment is armed")
                 self.ledger.check(adj)
                 self.ledger.record(adj)
-                active.adjudications[adj.decision] += 1
                 self.audit.append(
                     "adjudication", alert_id=adj.alert_id, decision=adj.decision,
                     officer=adj.officer, decided_at=adj.at_text, signer=adj.signer,
                     deployment_id=active.opened.header.deployment_id,
                 )
         except AdjudicationRefused as exc:
-            self.audit.append("adjudication_refused", reason=exc.reason, size=len(data))
+            # A verified adjudication that is refused here (not armed, not this
+            # deployment's alert, a decision already recorded) names what it refused, so the
+            # control room shows the van's answer beside the officer's decision.
+            named = {} if adj is None else {"alert_id": adj.alert_id, "decision": adj.decision,
+                                            "decided_at": adj.at_text}  # fmt: skip
+            self.audit.append("adjudication_refused", reason=exc.reason, size=len(data),
+                              **named)  # fmt: skip
             raise
         return adj
 

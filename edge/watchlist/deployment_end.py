@@ -32,7 +32,12 @@ def deployment_summary(
     h: BundleHeader, device_id: str, armed_at: float | None, now: float, reason: str,
     counters: Counters, adjudications: dict[str, int],
 ) -> dict[str, Any]:  # fmt: skip
-    """The end-of-deployment record for publication (safeguard 14): counts only."""
+    """The end-of-deployment record for publication (safeguard 14): counts only.
+
+    ``adjudications``: how many alerts ended with each decision (the last one recorded for
+    each alert, :meth:`~edge.watchlist.adjudication.AdjudicationLedger.outcomes`). The
+    same record is in the signed audit chain (``deployment_summary``): the control room's
+    report is built from that entry, never from the unsigned ``deployment`` message."""
     return {
         "deployment_id": h.deployment_id,
         "bundle_id": h.bundle_id,
@@ -60,7 +65,7 @@ class DeploymentEnding(DeploymentCore):
         assert active is not None
         h = active.opened.header
         summary = deployment_summary(h, self.device_id, active.armed_at, now, reason,
-                                     active.counters, active.adjudications)  # fmt: skip
+                                     active.counters, self.ledger.outcomes())  # fmt: skip
         # Wipe RAM first, then disk.
         active.watchlist.wipe()
         active.opened.wipe()

@@ -67,7 +67,6 @@ class Active:
     length_s: float  # the rest of the window at arming, measured on CLOCK_BOOTTIME
     key_id: str | None  # the deployment key in RAM (None: the device key, tests only)
     counters: Counters = field(default_factory=Counters)
-    adjudications: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DECISIONS, 0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from edge import signing
 from edge.errors import UsageError
 from edge.watchlist.statefile import shred_file
 
@@ -332,9 +333,13 @@ def _load_private(path: Path, what: str) -> object:
 def _load_public(path: Path, what: str) -> object:
     data = _read(path, what)
     try:
-        return serialization.load_pem_public_key(data)
+        key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError):
         raise UsageError(f"{path} is not a PEM public key ({what})") from None
+    if not signing.is_canonical_public_pem(data, key):
+        raise UsageError(f"{path} is not in its canonical PEM form, as `edge keys init` "
+                         f"writes it ({what})")  # fmt: skip
+    return key
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
@@ -383,6 +388,8 @@ def signer_public_from_bytes(data: bytes) -> Ed25519PublicKey:
         raise UsageError("signer credential is not a PEM public key") from None
     if not isinstance(key, Ed25519PublicKey):
         raise UsageError("signer credential is not an Ed25519 public key")
+    if not signing.is_canonical_public_pem(data, key):
+        raise UsageError("signer credential is not in its canonical PEM form")
     return key
 
 

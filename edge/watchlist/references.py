@@ -22,7 +22,6 @@ wrap_content_key`: ephemeral X25519, HKDF-SHA256, AES-256-GCM), bound to the bun
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import secrets
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.errors import BundleRefused, UsageError
+from edge.signing import b64decode_canonical
 from edge.watchlist.bundle import CATEGORIES, Recipient, _unwrap, wrap_content_key
 
 FORMAT: Final = "lfr-edge-references/1"
@@ -95,14 +95,14 @@ def open_references(data: bytes, console_key: X25519PrivateKey,
             raise ReferencesRefused("not a reference file")
         header_s, payload_s = str(doc["header"]), str(doc["payload"])
         try:
-            signer.verify(base64.b64decode(doc["signature"], validate=True),
+            signer.verify(b64decode_canonical(doc["signature"], "signature"),
                           SIG_CONTEXT + header_s.encode() + payload_s.encode())  # fmt: skip
         except InvalidSignature:
             raise ReferencesRefused("reference file signature does not verify") from None
         header = json.loads(header_s)
         recipient = Recipient.from_json(doc["recipient"], 0)
         key = _unwrap(recipient, str(header["bundle_id"]), RECIPIENT, console_key)
-        blob = base64.b64decode(payload_s, validate=True)
+        blob = b64decode_canonical(payload_s, "payload")
         try:
             plain = AESGCM(key).decrypt(blob[:12], blob[12:], header_s.encode())
         except InvalidTag:
@@ -111,7 +111,7 @@ def open_references(data: bytes, console_key: X25519PrivateKey,
         for item in json.loads(plain):
             if item["category"] not in CATEGORIES:
                 raise ReferencesRefused("reference file has an unknown category")
-            jpeg = base64.b64decode(item["jpeg"], validate=True)
+            jpeg = b64decode_canonical(item["jpeg"], "image")
             if len(jpeg) > MAX_IMAGE or not 1 <= len(item["subject_id"]) <= 128:
                 raise ReferencesRefused("reference file has an oversized entry")
             subjects.append(Reference(str(item["subject_id"]), str(item["category"]), jpeg))
@@ -121,5 +121,5 @@ def open_references(data: bytes, console_key: X25519PrivateKey,
         raise
     except BundleRefused as exc:  # "wrong_key" from the unwrap
         raise ReferencesRefused(f"reference file: {exc}") from None
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError):
         raise ReferencesRefused("reference file is garbled") from None

