@@ -16,7 +16,7 @@ MODELS = REPO / "models"
 
 
 def test_float_and_int8_files_of_a_model_do_the_same_work() -> None:
-    for stem in ("retinaface_mnet025", "dlib_resnet_v1", "blazeface_full"):
+    for stem in ("retinaface_mnet025", "dlib_resnet_v1", "blazeface_full", "sface_2021dec"):
         f = measure(MODELS / f"{stem}_float32.tflite", stem, (640, 384))
         q = measure(MODELS / f"{stem}_int8.tflite", stem, (640, 384))
         assert f.macs == q.macs > 0 and f.params == pytest.approx(q.params, rel=0.01)
