@@ -3,6 +3,7 @@ two processors (tests/test_aarch64.py runs it natively and in an arm64 root unde
 
     python tests/arch_probe.py --images DIR --models DIR --out result.json
         [--chips chips.npz] [--save-chips chips.npz] [--no-xnnpack] [--threads N]
+        [--precisions int8 float32]
 
 "The default models" are what the daemon's configuration defaults name (``[detector]
 model`` and ``input_size``, ``[recognition] embedder``), each in its int8 and float32
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "variants": {},
     }
     saved: dict[str, np.ndarray] = {}
-    for p in PRECISIONS:
+    for p in args.precisions:
         if p not in defaults:
             continue
         d = defaults[p]
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-chips", type=Path, help="write this run's chips (npz)")
     parser.add_argument("--no-xnnpack", action="store_true", help="TFLite's own kernels only")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     args = parser.parse_args(argv)
     if args.no_xnnpack:
         disable_xnnpack()

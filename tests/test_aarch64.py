@@ -5,11 +5,13 @@ Python 3.11, the dependencies' aarch64 wheels, the daemon installed with the Ans
 role's pip command) runs under qemu-user, and in it:
 
 - the default models (what the configuration's defaults name, int8 and float32, and the
-  landmark model when the default pipeline uses it) give what they give on x86_64, on the
-  demo frames and a few LFW images when ``../shared`` is there: every face found on both,
-  boxes, the detector's five points and the alignment points within 1 px, embeddings at
-  cosine >= 0.999 end to end and on identical chips (``tests/arch_probe.py`` runs on both
-  sides; the worst figures are printed and recorded as properties);
+  landmark model when the default pipeline uses it) give what they give on x86_64, on
+  demo frames and a few LFW images when ``../shared`` is there (``tests/arch_probe.py``
+  runs on both sides; the worst figures are printed and recorded as properties): every
+  face found on both; the embedder on identical chips at cosine >= 0.999; float32 end to
+  end within 1 px (boxes, the detector's five points, the alignment points) and at cosine
+  >= 0.999; int8 end to end within the bounds measured (``INT8_MAX_PX``: XNNPACK's int8
+  kernels round differently per architecture);
 - ``edge check-config`` accepts ``examples/edge.toml`` as it is, on the layout the role
   makes, and names the camera sources (none in the container);
 - ``edge run`` on frames of the demo clip, against the host's mosquitto over mutual TLS
@@ -36,6 +38,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.arm64 import VENV, Arm64Root
+from tests.fixtures.data import LFW as LFW_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -45,14 +48,23 @@ CLIP = REPO / "demo" / "clip.gif"
 SUBJECTS = REPO / "demo" / "subjects"
 PROBE = REPO / "tests" / "arch_probe.py"
 EXAMPLE = REPO / "examples" / "edge.toml"
-LFW = REPO.parent / "shared" / "data" / "lfw" / "images"
-DEMO_STEP = 8  # every 8th frame of the clip (the actor and the passer-by in each)
-LFW_IMAGES = 3
+LFW = LFW_DIR / "images"
+DEMO_STEP = 20  # frames 0, 20, 40 of the clip (the actor and the passer-by in each)
+LFW_IMAGES = 2
 DEVICE = "van-a64"
 ELF_AARCH64 = 183  # e_machine
 
 MAX_PX = 1.0
 MIN_COSINE = 0.999
+# int8, as measured (README, "Platforms"): XNNPACK's int8 kernels round differently on x86
+# and aarch64 (and TFLite's own int8 kernels differ again), so RetinaFace int8's outputs
+# differ by a few quantisation steps (its landmark output's step is about 0.9 px on the
+# demo's faces): up to 3.7 px on 17 faces, less than int8 differs from itself with
+# XNNPACK on and off on one machine (6.6 px) or from float32 (10 px). SFace moves a lot
+# with its alignment points (cosine 0.64 at 3.3 px on a 61 px face), so end to end int8
+# is bounded loosely; on identical chips the int8 embedder agrees to cosine 1.0.
+INT8_MAX_PX = 6.0
+INT8_MIN_COSINE_END_TO_END = 0.5
 
 
 # ---- inputs and the two runs --------------------------------------------------------
@@ -228,10 +240,11 @@ def test_the_default_models_give_on_aarch64_what_they_give_on_x86(
     for precision, w in diffs.items():
         assert w["faces_x86"] > 0, f"{precision}: no face found: the test would prove nothing"
         assert not w["unmatched"], (precision, w["unmatched"])
-        assert w["box_px"] <= MAX_PX and w["points5_px"] <= MAX_PX, (precision, w)
-        assert w["points_px"] <= MAX_PX, (precision, w)
-        assert w["cosine"] >= MIN_COSINE and w["cosine_same_chips"] >= MIN_COSINE, (
-            precision, w)
+        assert w["cosine_same_chips"] >= MIN_COSINE, (precision, w)
+        px, cosine = (MAX_PX, MIN_COSINE) if precision == "float32" else (
+            INT8_MAX_PX, INT8_MIN_COSINE_END_TO_END)
+        assert max(w["box_px"], w["points5_px"], w["points_px"]) <= px, (precision, w)
+        assert w["cosine"] >= cosine, (precision, w)
 
 
 def test_check_config_accepts_the_example_on_the_roles_layout(
@@ -280,7 +293,7 @@ def test_check_config_accepts_the_example_on_the_roles_layout(
 def test_edge_run_alerts_the_actor_and_never_the_passer_by(
     arm64_root: Arm64Root, work: Path, broker: Any
 ) -> None:
-    from edge.commands.demo import write_deployment_toml, write_device_config
+    from edge.commands.demo import default_threshold, write_deployment_toml, write_device_config
 
     d = work / "run-daemon"
     keys = d / "keys"
@@ -293,7 +306,7 @@ def test_edge_run_alerts_the_actor_and_never_the_passer_by(
     edge("keys", "init", "--out", str(keys))
     edge("keys", "init", "--out", str(keys), "--device", DEVICE)
     edge("keys", "deployment-key", "--dir", str(d / "ram"), "--allow-persistent")
-    write_deployment_toml(keys / "deployment.toml", 0.5)
+    write_deployment_toml(keys / "deployment.toml", default_threshold(MODELS))  # as the demo
     state = d / "state"
     state.mkdir(mode=0o700)
     edge("watchlist", "build", "--subjects", str(SUBJECTS),
