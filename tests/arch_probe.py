@@ -3,7 +3,7 @@ two processors (tests/test_aarch64.py runs it natively and in an arm64 root unde
 
     python tests/arch_probe.py --images DIR --models DIR --out result.json
         [--chips chips.npz] [--save-chips chips.npz] [--no-xnnpack] [--threads N]
-        [--precisions int8 float32]
+        [--precisions int8 float32] [--float32-only NAME ...]
 
 "The default models" are what the daemon's configuration defaults name (``[detector]
 model`` and ``input_size``, ``[recognition] embedder``), each in its int8 and float32
@@ -113,7 +113,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         faces_out: dict[str, list[dict[str, Any]]] = {}
         chips: list[np.ndarray] = []
+        only = args.float32_only if p == "float32" and args.float32_only else None
         for path in images:
+            if only is not None and path.name not in only:
+                continue
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             dets = engine.detect(image)
             points = [engine.landmarker.points(image, d, engine.family.template) for d in dets]
@@ -152,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-xnnpack", action="store_true", help="TFLite's own kernels only")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    parser.add_argument("--float32-only", nargs="+", metavar="NAME",
+                        help="run the float32 models on these images only (slow when emulated)")
     args = parser.parse_args(argv)
     if args.no_xnnpack:
         disable_xnnpack()
