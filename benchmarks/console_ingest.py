@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from edge import signing  # noqa: E402
 from edge.delivery.alert import encode_alert, rfc3339  # noqa: E402
 from edge.delivery.alert_sign import seal_alert  # noqa: E402
-from edge.dev.devbroker import CONTROL_ROOM_CN, DevBroker, free_port  # noqa: E402
+from edge.dev.devbroker import CONSOLE_CN, DevBroker, free_port  # noqa: E402
 from edge.watchlist.audit import AuditLog  # noqa: E402
 from edge.watchlist.keys import init_device_key, init_signing_key  # noqa: E402
 from tests.fixtures.alerts import make_record  # noqa: E402
@@ -77,7 +77,7 @@ def _console(work: Path, broker: DevBroker, references: bool,
     key = init_device_key(keys, "console")
     if references:  # imported when the console starts
         _references(work, signing.private)
-    cr = broker.client(CONTROL_ROOM_CN)
+    cr = broker.client(CONSOLE_CN)
     port = free_port()
     cfg = work / "console.toml"
     (work / "device-keys").mkdir(exist_ok=True)  # each van's .signing.pub, read as they come

@@ -10,6 +10,7 @@ takes from here the three things 3.11 added that it uses: ``UTC``, ``tomllib`` (
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import sys
 
 if sys.version_info >= (3, 11):
@@ -22,8 +23,13 @@ __all__ = ["UTC", "fromisoformat", "tomllib"]
 UTC = _dt.timezone.utc
 
 
+_FRACTION = re.compile(r"(T\d{2}:\d{2}:\d{2})\.(\d{1,6})(?=[+-]\d{2}:\d{2}$|$)")
+
+
 def fromisoformat(text: str) -> _dt.datetime:
-    """``datetime.fromisoformat`` as Python 3.11 reads it for RFC 3339 times: ``Z`` is UTC."""
+    """``datetime.fromisoformat`` as Python 3.11 reads it for RFC 3339 times: ``Z`` is UTC,
+    and a fraction of any length up to 6 digits (3.10 takes exactly 3 or 6)."""
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
+    text = _FRACTION.sub(lambda m: f"{m.group(1)}.{m.group(2).ljust(6, '0')}", text, count=1)
     return _dt.datetime.fromisoformat(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from edge.delivery.alert_sign import seal_alert
 from edge.delivery.inbound import Inbound, InboundGate
 from edge.delivery.outbox import Outbox
 from edge.delivery.publish import BrokerSettings, Publisher
+from edge.dev.devbroker import ALERTS_CN  # edge alerts' own identity: reads alerts, status
 from tests.fixtures.alerts import make_record
 from tests.fixtures.broker import Broker, ClientCreds
 
@@ -75,10 +77,10 @@ def test_listen_prints_dedups_and_saves_crops(
     broker: Broker, publisher: Publisher, tmp_path: Path
 ) -> None:
     crops = tmp_path / "crops"
-    proc = edge("alerts", *listen_args(broker, broker.control_room), "--client-id", "cr-listen",
+    proc = edge("alerts", *listen_args(broker, broker.creds(ALERTS_CN)), "--client-id", "cr-listen",
                 "--device", "dev-a", "--save-crops", str(crops), "--count", "3",
                 "--timeout", "30", "--json")  # fmt: skip
-    wait_for_subscriber(broker, "control-room")  # CN = client id
+    wait_for_subscriber(broker, ALERTS_CN)  # CN = client id
     records = [make_record("dev-a", track_id=i, subject_id=f"S-{i}") for i in range(3)]
     publisher.start()
     assert publisher.wait_connected(10)
@@ -103,13 +105,21 @@ def test_listen_prints_dedups_and_saves_crops(
         assert path.read_bytes() == r.face_jpeg
         img = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
         assert img is not None and img.shape[:2] != (720, 1280)
-    assert sorted(p.name for p in crops.iterdir()) == sorted(f"{r.alert_id}.jpg" for r in records)
+    assert sorted(p.name for p in crops.glob("*.jpg")) == sorted(
+        f"{r.alert_id}.jpg" for r in records)  # fmt: skip
+    # Issue 21: a private directory, each crop 0600, each save audited (never the face).
+    assert stat.S_IMODE(crops.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in crops.glob("*.jpg")} == {0o600}
+    saved = [json.loads(x) for x in (crops / "crops-audit.log").read_text().splitlines()]
+    assert [(e["event"], e["alert_id"], e["device_id"]) for e in saved] == [
+        ("crop_saved", r.alert_id, "dev-a") for r in records]  # fmt: skip
+    assert set(os.listdir(crops)) == {f"{r.alert_id}.jpg" for r in records} | {"crops-audit.log"}
 
 
 def test_listen_human_line_and_invalid_alert(broker: Broker, publisher: Publisher) -> None:
-    proc = edge("alerts", *listen_args(broker, broker.control_room), "--client-id", "cr-human",
+    proc = edge("alerts", *listen_args(broker, broker.creds(ALERTS_CN)), "--client-id", "cr-human",
                 "--count", "1", "--timeout", "30")  # fmt: skip
-    wait_for_subscriber(broker, "control-room")
+    wait_for_subscriber(broker, ALERTS_CN)
     dev = broker.client("dev-a")
     dev.publish("lfr/dev-a/alerts", b'{"schema": "lfr.alert/1"}', qos=1).wait_for_publish(5)
     spoof = sealed(make_record("dev-b"), DEV_B_KEY)  # dev-b's genuine alert on dev-a's topic
@@ -150,12 +160,12 @@ def test_adjudicate_signs_and_reaches_the_device(
         arrived.set()
         return True
 
-    publisher.gate = InboundGate(deliver)
+    publisher.state.gate = InboundGate(deliver)
     publisher.start()
     assert publisher.wait_connected(10)
     wait_for_subscriber(broker, "dev-a")  # the device's SUBSCRIBE to its adjudications
     aid = make_record().alert_id
-    proc = edge("alerts", "adjudicate", *conn_args(broker, broker.control_room),
+    proc = edge("alerts", "adjudicate", *conn_args(broker, broker.creds(ALERTS_CN)),
                 "--alert-id", aid, "--device", "dev-a", "--decision", "not_stopped",
                 "--officer", "PC 4411", "--signing-key", str(signing_key), "--json")  # fmt: skip
     out, err = proc.communicate(timeout=30)
@@ -199,9 +209,9 @@ def test_listener_survives_hostile_alerts_and_escapes_what_it_prints(
                json.dumps(newline).encode(), b"\xff\xfe"]  # fmt: skip
     retained = dict(good, alert_id=make_record().alert_id)
     dev.publish("lfr/dev-a/alerts", json.dumps(retained), qos=1, retain=True).wait_for_publish(5)
-    proc = edge("alerts", *listen_args(broker, broker.control_room), "--count", "1",
+    proc = edge("alerts", *listen_args(broker, broker.creds(ALERTS_CN)), "--count", "1",
                 "--timeout", "30", "--client-id", "cr-hostile")  # fmt: skip
-    wait_for_subscriber(broker, "control-room")
+    wait_for_subscriber(broker, ALERTS_CN)
     for payload in hostile:
         dev.publish("lfr/dev-a/alerts", payload, qos=1).wait_for_publish(5)
     dev.publish("lfr/dev-a/alerts", good_bytes, qos=1).wait_for_publish(5)
@@ -216,12 +226,12 @@ def test_listener_survives_hostile_alerts_and_escapes_what_it_prints(
 
 @pytest.mark.parametrize("case", ["closed port", "rogue certificate", "missing key"])
 def test_connection_failures_are_one_line(broker: Broker, tmp_path: Path, case: str) -> None:
-    creds = broker.control_room
+    creds = broker.creds(ALERTS_CN)
     args = conn_args(broker, creds)
     if case == "closed port":
         args[3] = "1"
     elif case == "rogue certificate":
-        args = conn_args(broker, broker.pki.rogue("control-room"))
+        args = conn_args(broker, broker.pki.rogue(ALERTS_CN))
     else:
         args[-1] = str(tmp_path / "nope.key")
     proc = edge("alerts", *args, "--device-keys", str(KEYS), "--timeout", "5")
@@ -232,7 +242,7 @@ def test_connection_failures_are_one_line(broker: Broker, tmp_path: Path, case: 
 
 
 def test_count_not_reached_before_timeout_fails(broker: Broker) -> None:
-    proc = edge("alerts", *listen_args(broker, broker.control_room), "--count", "2",
+    proc = edge("alerts", *listen_args(broker, broker.creds(ALERTS_CN)), "--count", "2",
                 "--timeout", "1")  # fmt: skip
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
@@ -249,10 +259,10 @@ def test_a_broker_side_forgery_is_refused_and_the_genuine_alert_accepted(
 
     broker = compromised_broker(broker_factory)
     crops = tmp_path / "crops"
-    proc = edge("alerts", *listen_args(broker, broker.control_room), "--client-id", "cr-forge",
+    proc = edge("alerts", *listen_args(broker, broker.creds(ALERTS_CN)), "--client-id", "cr-forge",
                 "--device", "dev-a", "--save-crops", str(crops), "--count", "1",
                 "--timeout", "30", "--json")  # fmt: skip
-    wait_for_subscriber(broker, "control-room")
+    wait_for_subscriber(broker, ALERTS_CN)
     record = make_record("dev-a", subject_id="S-GENUINE")
     genuine = sealed(record)
     attacker = broker.client("control-room-tools")  # holds a control-room certificate
@@ -279,18 +289,50 @@ def test_a_broker_side_forgery_is_refused_and_the_genuine_alert_accepted(
     for reason in ("unsigned", "bad_signature", "not_canonical"):
         assert f"({reason})" in err
     assert f"1 alerts, 0 duplicate deliveries ignored, {len(forged)} refused" in err
-    assert [p.name for p in crops.iterdir()] == [f"{record.alert_id}.jpg"]
-    assert all(p.read_bytes() != ATTACKER_FACE for p in crops.iterdir())
+    assert [p.name for p in crops.glob("*.jpg")] == [f"{record.alert_id}.jpg"]
+    assert all(p.read_bytes() != ATTACKER_FACE for p in crops.glob("*.jpg"))
 
 
 def test_listen_needs_the_device_keys(broker: Broker, tmp_path: Path) -> None:
-    proc = edge("alerts", *conn_args(broker, broker.control_room), "--timeout", "1")
+    proc = edge("alerts", *conn_args(broker, broker.creds(ALERTS_CN)), "--timeout", "1")
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and err.strip() == (
         "edge: --device-keys is required: alerts are verified against the devices' signing keys")
     (tmp_path / "x.signing.pub").write_text("not a key")
-    proc = edge("alerts", *conn_args(broker, broker.control_room), "--device-keys",
+    proc = edge("alerts", *conn_args(broker, broker.creds(ALERTS_CN)), "--device-keys",
                 str(tmp_path), "--timeout", "1")  # fmt: skip
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "is not a PEM public key" in err
     assert "Traceback" not in err
+
+
+def test_saved_crops_are_purged_after_the_retention_and_audited(tmp_path: Path) -> None:
+    """Issue 21: ``--save-crops`` keeps faces as the console does: 31 days, audited; an
+    existing directory others can read is refused with one line."""
+    from edge.commands.alerts_crops import CropStore
+    from edge.errors import UsageError
+    from edge.watchlist.audit import verify
+
+    now = [1_800_000_000.0]
+    crops = tmp_path / "crops"
+    store = CropStore(crops, clock=lambda: now[0])
+    old, new = make_record("dev-a"), make_record("dev-a")
+    for r, age_s in ((old, 32 * 86400), (new, 31 * 86400 - 600)):
+        path = store.save(r.alert_id, "dev-a", r.face_jpeg)
+        os.utime(path, (now[0] - age_s, now[0] - age_s))
+    assert store.purge() == [old.alert_id]  # the first purge runs at once
+    assert sorted(p.stem for p in crops.glob("*.jpg")) == [new.alert_id]
+    now[0] += 1200  # the newer crop is now past the retention, but purges run hourly
+    assert store.purge() == []
+    now[0] += 3600
+    assert store.purge() == [new.alert_id]
+    events = [json.loads(x) for x in (crops / "crops-audit.log").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["crop_saved", "crop_saved", "crops_purged",
+                                            "crops_purged"]  # fmt: skip
+    assert events[2]["alert_ids"] == [old.alert_id] and events[2]["retention_days"] == 31
+    assert verify(crops / "crops-audit.log") == 4
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with pytest.raises(UsageError, match="open to others"):
+        CropStore(shared)

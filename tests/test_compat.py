@@ -34,3 +34,11 @@ def test_fromisoformat_still_refuses_what_is_not_a_time() -> None:
 def test_tomllib_reads_offset_datetimes() -> None:
     doc = tomllib.loads('start = 2026-12-06T10:00:00Z\n')
     assert doc["start"] == dt.datetime(2026, 12, 6, 10, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("digits", ["1", "12", "1234", "12345"])
+def test_fromisoformat_takes_any_fraction_length_as_311_does(digits: str) -> None:
+    """Python 3.10's own fromisoformat takes 3 or 6 digits only."""
+    got = fromisoformat(f"2026-12-06T10:00:00.{digits}Z")
+    assert got.microsecond == int(digits.ljust(6, "0"))
+    assert fromisoformat(f"2026-12-06T11:00:00.{digits}+01:00") == got

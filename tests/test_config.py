@@ -63,7 +63,7 @@ def test_example_config_is_valid_and_complete() -> None:
     assert settings.device.id == "van-07-cam-1"
     assert settings.mqtt.tls is True
     assert settings.mqtt.port == 8883
-    assert settings.recognition.threshold_floor == {"dlib150": 0.5}
+    assert settings.recognition.threshold_floor == {"arcface112": 0.5, "dlib150": 0.5}
     assert settings.retention.days == 31
     # Every field of every section appears in the example (set or commented out).
     text = EXAMPLE.read_text()

@@ -17,6 +17,7 @@ import pytest
 
 from edge.commands.demo import ROOT
 from tests.fixtures.browser import launch_chromium, screenshot_on_failure
+from tests.fixtures.procs import descendants, wait_gone
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -66,6 +67,15 @@ def test_the_demo_shows_the_alert_and_the_van_records_the_officers_decision(
             browser.close()
         (adj,) = _adjudications(work / "state" / "audit.log")
         assert (adj["officer"], adj["decision"]) == ("demo", "confirmed")
+        # Issue 21: stopped by SIGTERM (timeout, a CI runner, a service manager), the demo
+        # stops its broker, subscriber, console and daemon as on Ctrl-C: none is left.
+        children = descendants(proc.pid)
+        names = " ".join(c[2] for c in children)
+        assert len(children) >= 4 and "mosquitto" in names, children
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        assert wait_gone(children, 30) == []
+        assert "stopped (SIGTERM)" in proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)

@@ -138,7 +138,7 @@ def test_the_ingest_client_takes_the_whole_fleet_in_its_own_subscription(
 ) -> None:
     assert subscriptions() == [("lfr/+/alerts", 1), ("lfr/+/audit", 1), ("lfr/+/stats", 1),
                                ("lfr/+/status", 1)]  # no $share: see the next test
-    cr = broker.control_room
+    cr = broker.console()
     ingest = Ingest(BrokerSettings(broker.host, broker.port, cr.ca, cr.cert, cr.key), handler,
                     handler.metrics, client_id="console-ingest-test")
     ingest.start()
@@ -160,8 +160,8 @@ def test_the_ingest_client_takes_the_whole_fleet_in_its_own_subscription(
         ingest.stop()
 
 
-def _ingest(handler: Handler, broker: Broker, client_id: str, cn: str | None = None) -> Ingest:
-    cr = broker.creds(cn) if cn else broker.control_room
+def _ingest(handler: Handler, broker: Broker, client_id: str, n: int = 1) -> Ingest:
+    cr = broker.console(n)  # each console instance its own certificate (CN = client id)
     ingest = Ingest(BrokerSettings(broker.host, broker.port, cr.ca, cr.cert, cr.key), handler,
                     handler.metrics, client_id=client_id)
     ingest.start()
@@ -178,9 +178,7 @@ def test_two_consoles_each_hold_the_whole_fleet_and_store_each_alert_once(
     stores = [Store.open(url), Store.open(url)]
     key = X25519PrivateKey.generate()
     handlers = [Handler(s, AtRest(key), Hub(), Metrics(), device_keys=PUBLIC) for s in stores]
-    ingests = [_ingest(h, broker, f"console-{i}", cn)
-               for i, (h, cn) in enumerate(zip(handlers, ("control-room", "control-room-console"),
-                                               strict=True))]  # fmt: skip
+    ingests = [_ingest(h, broker, f"console-{i}", n=i + 1) for i, h in enumerate(handlers)]
     try:
         van = broker.client("van-1")
         sent = []

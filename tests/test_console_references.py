@@ -17,6 +17,8 @@ from edge.console.handlers import Handler
 from edge.console.metrics import Metrics
 from edge.console.service import ActionRefused, Console
 from edge.console.store import Store
+from edge.delivery.alert import jpeg_size
+from edge.errors import UsageError
 from edge.watchlist.references import (
     Reference,
     ReferencesRefused,
@@ -88,6 +90,85 @@ def test_imported_then_deleted_when_the_window_closes_each_step_audited(
     events = [e["event"] for e in console.store.console_log()]
     assert events == ["references_deleted", "reference_viewed", "references_imported",
                       "references_refused"]
+
+
+def _raw_refs(signing: Ed25519PrivateKey, key: X25519PrivateKey, items: list[dict[str, object]],
+              dep: str = "D-1") -> bytes:  # fmt: skip
+    """A reference file with these payload items as they are (an older writer, or a hostile
+    one holding the control room's key), encrypted and signed as the format says."""
+    import base64
+    import secrets
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from edge.watchlist.bundle import wrap_content_key
+    from edge.watchlist.references import FORMAT, SIG_CONTEXT, _canon
+
+    header = _canon({"deployment_id": dep, "bundle_id": "b" * 32,
+                     "window_end": time.time() + 3600, "count": len(items)})  # fmt: skip
+    content = AESGCM.generate_key(bit_length=256)
+    recipient = wrap_content_key(content, "b" * 32, "console", key.public_key())
+    nonce = secrets.token_bytes(12)
+    payload = base64.b64encode(nonce + AESGCM(content).encrypt(
+        nonce, _canon(items).encode(), header.encode())).decode()  # fmt: skip
+    sig = signing.sign(SIG_CONTEXT + header.encode() + payload.encode())
+    return _canon({"format": FORMAT, "header": header, "recipient": recipient.to_json(),
+                   "payload": payload, "signature": base64.b64encode(sig).decode()}).encode()
+
+
+def test_every_reference_image_and_its_provenance_travel_to_the_console(
+    parts: tuple[Console, Ed25519PrivateKey, X25519PrivateKey], tmp_path: Path
+) -> None:
+    import base64
+
+    from edge.recognition.match import MAX_REFERENCES
+
+    console, signing, key = parts
+    images = (JPEG, JPEG + b"2", JPEG + b"3")
+    data = build_references(signing, key.public_key(), deployment_id="D-1", bundle_id="b" * 32,
+                            window_end=time.time() + 3600, subjects=[Reference(
+                                "S-1", "suspect", images[0], images[1:], "custody image",
+                                "2024-05-01")])  # fmt: skip
+    (ref,) = open_references(data, key, signing.public_key()).subjects
+    assert (ref.images, ref.source, ref.capture_date) == (images, "custody image", "2024-05-01")
+    (tmp_path / "refs" / "d1.refs").write_bytes(data)
+    assert console.housekeeping()["references_imported"] == 1
+    assert [console.reference("pc-1", "D-1", "S-1", i) for i in range(3)] == list(images)
+    with pytest.raises(ActionRefused, match="no such reference image"):
+        console.reference("pc-1", "D-1", "S-1", 3)
+    info = console.reference_info("D-1", "S-1")
+    assert info == {"source": "custody image", "capture_date": "2024-05-01",
+                    "sizes": [None, None, None]}  # these stand-in JPEGs have no frame header
+    details = [json.loads(e["detail"]) for e in console.store.console_log()
+               if e["event"] == "reference_viewed"]  # fmt: skip
+    assert sorted(int(d["image"]) for d in details) == [0, 1, 2]  # each image's view audited
+    # A file from before "more" and provenance existed still opens: one image, no provenance.
+    b64 = base64.b64encode(JPEG).decode()
+    old = _raw_refs(signing, key, [{"subject_id": "S-2", "category": "suspect", "jpeg": b64}])
+    (ref,) = open_references(old, key, signing.public_key()).subjects
+    assert (ref.images, ref.source, ref.capture_date) == ((JPEG,), "", "")
+    # More images than a subject may have, or an oversized or garbled provenance: refused.
+    for bad in ({"more": [b64] * MAX_REFERENCES}, {"source": "x" * 201},
+                {"capture_date": "2024\n05"}, {"more": "not a list"}):  # fmt: skip
+        item = {"subject_id": "S-3", "category": "suspect", "jpeg": b64, **bad}
+        with pytest.raises(ReferencesRefused):
+            open_references(_raw_refs(signing, key, [item]), key, signing.public_key())
+    with pytest.raises(UsageError, match="at most 16 images"):
+        build_references(signing, key.public_key(), deployment_id="D-1", bundle_id="b" * 32,
+                         window_end=time.time() + 60,
+                         subjects=[Reference("S-1", "suspect", JPEG, (JPEG,) * 16)])  # fmt: skip
+
+
+def test_a_reference_stored_before_reference_sets_is_still_shown(
+    parts: tuple[Console, Ed25519PrivateKey, X25519PrivateKey],
+) -> None:
+    console, _signing, _key = parts
+    # as the console stored it before: the bare JPEG, sealed
+    console.store.put_reference("D-1", "S-1", "suspect", console.at_rest.seal(JPEG, "ref:D-1:S-1"),
+                                time.time() + 60)  # fmt: skip
+    assert console.reference("pc-1", "D-1", "S-1") == JPEG
+    assert console.reference_info("D-1", "S-1") == {"source": "", "capture_date": "",
+                                                     "sizes": [None]}  # fmt: skip
 
 
 def test_references_are_deleted_when_the_vans_signed_summary_arrives(
@@ -179,6 +260,14 @@ def test_watchlist_build_writes_the_console_reference_file(tmp_path: Path) -> No
                            load_signer_public(keys / "signing.pub"))
     assert [s.subject_id for s in refs.subjects] == ["DEMO-0001"]
     assert refs.subjects[0].jpeg[:2] == b"\xff\xd8" and refs.deployment_id.startswith("DEMO-")
+    # Every one of the demo subject's sixteen images, at its own size (the faces in these
+    # 480x270 frames are ~95 px: ~142 px with the margin, above the bundle's 112 px
+    # thumbnail, under the 320 px cap), with the provenance from its subject.toml.
+    (demo,) = refs.subjects
+    assert len(demo.images) == 16
+    sizes = [jpeg_size(j) for j in demo.images]
+    assert all(112 < max(s) <= 320 for s in sizes), sizes
+    assert demo.source.startswith("Intel sample video") and demo.capture_date == "2018-01-01"
     assert refs.window_end > time.time()
     r = edge("watchlist", "build", "--subjects", str(ROOT / "demo" / "subjects"),
              "--deployment", str(tmp_path / "dep.toml"), "--signing-key",

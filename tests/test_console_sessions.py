@@ -64,18 +64,18 @@ def test_a_console_restarted_while_a_van_publishes_loses_nothing(
     at_rest_key = X25519PrivateKey.generate()
     keys: dict[str, Ed25519PublicKey] = {}
 
-    def instance(cn: str, client_id: str) -> Instance:
+    def instance(n: int, client_id: str) -> Instance:
         store = Store.open(url)
         handler = Handler(store, AtRest(at_rest_key), Hub(), Metrics(), device_keys=keys)
-        c = broker.creds(cn)
+        c = broker.console(n)  # each instance its own certificate
         ingest = Ingest(BrokerSettings(broker.host, broker.port, c.ca, c.cert, c.key), handler,
                         handler.metrics, client_id=client_id)  # fmt: skip
         ingest.start()
         assert ingest.wait_ready(10), ingest.last_error
         return Instance(store, handler, ingest)
 
-    a = instance("control-room-console", "console-a")
-    b = instance("control-room", "console-b")
+    a = instance(1, "console-a")
+    b = instance(2, "console-b")
     van = Van(broker, tmp_path / "van", "van-r", init_signing_key(tmp_path / "cr").public)
     keys[van.device_id] = van.signing_key.public_key()
     sent: list[str] = []
@@ -93,7 +93,7 @@ def test_a_console_restarted_while_a_van_publishes_loses_nothing(
         publish(10)
         a.stop()  # maintenance, while the van's messages are in flight
         publish(10)
-        instances[0] = a = instance("control-room-console", "console-a")  # back: same session
+        instances[0] = a = instance(1, "console-a")  # back: same session
         publish(10)
         # console-b's session is lost while it is down: another client connects with its
         # identity and a clean start (what per-client certificates prevent; a broker that
@@ -101,11 +101,11 @@ def test_a_console_restarted_while_a_van_publishes_loses_nothing(
         b.stop()
         publish(10)  # acknowledged by the broker (the van forgets them), queued for both
         assert _wait(lambda: van.publisher.pending_count == 0)
-        thief = broker.client("control-room")
+        thief = broker.client("control-room-console-2")
         thief.disconnect()
         thief.loop_stop()
         publish(10)
-        instances[1] = b = instance("control-room", "console-b")
+        instances[1] = b = instance(2, "console-b")
         store = a.store
         entries = len(sent) + 1  # daemon_start and one per alert
 

@@ -115,7 +115,7 @@ def test_the_real_ingest_stores_only_the_genuine_alert_from_a_compromised_broker
     handler: Handler, broker_factory: Any, tmp_path: Path
 ) -> None:
     broker = compromised_broker(broker_factory)
-    cr = broker.control_room
+    cr = broker.console()
     ingest = Ingest(BrokerSettings(broker.host, broker.port, cr.ca, cr.cert, cr.key), handler,
                     handler.metrics, client_id="console-forgery")  # fmt: skip
     ingest.start()

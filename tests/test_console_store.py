@@ -160,7 +160,7 @@ def test_a_modified_reordered_or_conflicting_entry_breaks_the_chain(
     assert store.chains()[0]["verified_seq"] == 1
 
 
-def test_users_sessions_and_login_failures(store: Store) -> None:
+def test_users_sessions_and_login_attempts(store: Store) -> None:
     store.add_user("pc-1", "operator", "hash", 1.0)
     with pytest.raises(sa.exc.IntegrityError):
         store.add_user("pc-1", "auditor", "hash", 1.0)
@@ -170,11 +170,51 @@ def test_users_sessions_and_login_failures(store: Store) -> None:
     live = store.session("t" * 64, now=15.0)
     assert live is not None and (live["name"], live["csrf"]) == ("pc-1", "c" * 64)
     assert store.session("t" * 64, now=21.0) is None
-    store.add_login_failure("pc-1|1.2.3.4", 5.0)
-    store.add_login_failure("pc-1|1.2.3.4", 6.0)
-    assert store.login_failures("pc-1|1.2.3.4", since=5.5) == 1
-    store.clear_login_failures("pc-1|1.2.3.4")
-    assert store.login_failures("pc-1|1.2.3.4", since=0) == 0
+    limits = [("user:pc-1", 2), ("addr:1.2.3.4", 3)]
+    first = store.begin_login_attempt(limits, 5.0, since=0.0)
+    assert len(first.ids) == 2 and first.limited_by is None
+    assert store.begin_login_attempt(limits, 6.0, since=0.0).limited_by is None
+    third = store.begin_login_attempt(limits, 7.0, since=0.0)
+    assert (third.ids, third.limited_by, third.retry_after_s) == ((), "user:pc-1", 5.0)
+    assert store.login_failures("user:pc-1", since=0.0) == 2  # the refused one: not recorded
+    assert store.begin_login_attempt(limits, 8.0, since=5.5).limited_by is None  # window moved
+    store.end_login_attempt(first.ids, clear_key="user:pc-1")  # a success forgets them
+    assert store.login_failures("user:pc-1", since=0.0) == 0
+    assert store.login_failures("addr:1.2.3.4", since=0.0) == 2
+    assert store.purge_login_attempts(before=6.5) == 1
+    # A new password or role, disabling and removing end the user's sessions at once.
+    for token in ("a", "b"):  # (the first also deletes the expired session)
+        store.add_session(token * 64, user["id"], "c" * 64, now=30.0, expires_at=1e12)
+    assert store.set_password("pc-1", "auditor", "hash2") == 2
+    assert store.session("a" * 64, now=31.0) is None
+    store.add_session("d" * 64, user["id"], "c" * 64, now=10.0, expires_at=1e12)
+    assert store.set_disabled("pc-1", True) == 1 and store.set_disabled("pc-1", False) == 0
+    store.add_session("e" * 64, user["id"], "c" * 64, now=10.0, expires_at=1e12)
+    assert store.remove_user("pc-1") == 1 and store.user_by_name("pc-1") is None
+    assert store.set_password("pc-1", "auditor", "h") is None and store.remove_user("x") is None
+
+
+def test_concurrent_login_attempts_are_counted_atomically(store: Store) -> None:
+    """40 attempts on one name at once, across threads (and on PostgreSQL, connections):
+    exactly the limit are recorded; every other one is refused unrecorded."""
+    import threading
+
+    now = time.time()
+    results: list[bool] = []
+    gate = threading.Barrier(40)
+
+    def attempt() -> None:
+        gate.wait()
+        results.append(store.begin_login_attempt([("user:pc-9", 5)], now, now - 900)
+                       .limited_by is None)  # fmt: skip
+
+    threads = [threading.Thread(target=attempt) for _ in range(40)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert (results.count(True), len(results)) == (5, 40)
+    assert store.login_failures("user:pc-9", since=0.0) == 5
 
 
 def test_devices_deployments_and_references(store: Store) -> None:

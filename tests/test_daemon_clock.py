@@ -33,7 +33,10 @@ def test_daemon_on_a_clock_behind_its_mark_holds_purges_and_says_so(
         return False
 
     assert recorder.wait_for(held, 120), daemon.text()[-3000:]
-    time.sleep(1.5)  # a few more turns of the main loop, each asking to purge
+    # More turns of the main loop, each asking to purge: until a stats message (published
+    # every stats_interval_s by the running loop) arrives after the held status.
+    seen = len(recorder.messages)
+    assert recorder.wait_for(lambda ms: any(m.topic.endswith("/stats") for m in ms[seen:]), 60)
     assert daemon.terminate() == 0
     status = [json.loads(m.payload) for m in recorder.on(f"lfr/{DEVICE}/status")]
     last = next(s for s in reversed(status) if "clock" in s)

@@ -161,6 +161,29 @@ def test_enrol_gives_every_image_a_verdict(tmp_path: Path, photos_dir: Path,
     chips = [engine.analyse(img)[0].chip for img in used]
     np.testing.assert_allclose(report.embeddings, engine.embed(chips), atol=1e-4)
     assert report.thumbnails["S-0001"][:2] == b"\xff\xd8"
+    # the console's reference images: every good image's face, the best quality first
+    assert len(report.reference_images["S-0001"]) == 2
+    assert all(j[:2] == b"\xff\xd8" for j in report.reference_images["S-0001"])
+
+
+def test_reference_images_for_the_console_are_larger_than_thumbnails_never_upscaled() -> None:
+    import cv2
+
+    from edge.delivery.alert import jpeg_size
+    from edge.types import Detection
+    from edge.watchlist.enrol import REFERENCE_PX, THUMB_PX, face_image, thumbnail
+
+    image = np.random.default_rng(0).integers(0, 255, (900, 1200, 3), dtype=np.uint8)
+    points = np.zeros((5, 2), np.float32)
+    big = Detection((300.0, 200.0, 700.0, 700.0), points, 0.9)  # a 500 px face
+    small = Detection((100.0, 100.0, 190.0, 200.0), points, 0.9)  # a 100 px face
+    assert max(jpeg_size(face_image(image, big, REFERENCE_PX))) == REFERENCE_PX == 320
+    assert max(jpeg_size(thumbnail(image, big))) == THUMB_PX == 112  # the bundle's: small
+    # a face smaller than REFERENCE_PX keeps its own pixels (box x 1.5), never upscaled
+    assert jpeg_size(face_image(image, small, REFERENCE_PX)) == (150, 150)
+    decoded = cv2.imdecode(np.frombuffer(face_image(image, small, REFERENCE_PX), np.uint8),
+                           cv2.IMREAD_COLOR)  # fmt: skip
+    assert decoded.shape == (150, 150, 3)
 
 
 def test_more_images_than_references_is_refused_before_any_model_runs(tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ class World:
         self.inbox: list[Inbound] = []
         ticks = iter(range(10**9))
         # The real gate, on a clock that moves a second per message: no rate limit here.
-        self.publisher.gate = InboundGate(self._deliver, clock=lambda: float(next(ticks)))
+        self.publisher.state.gate = InboundGate(self._deliver, clock=lambda: float(next(ticks)))
         self.outcomes: dict[str, int] = {}
         self.signed_adjudications = {(ALERTS[0], "confirmed")}
         self.signed_nonces = {json.loads(json.loads(GENUINE_COMMAND)["body"])["nonce"]}
@@ -90,7 +90,7 @@ class World:
         msg = mqtt.MQTTMessage(topic=f"lfr/{DEVICE}/{kind}".encode())
         msg.payload = payload
         msg.retain = retain
-        self.publisher._on_message(self.publisher._client, None, msg)  # never raises
+        self.publisher.clients.on_message(self.publisher.client, None, msg)  # never raises
         while self.inbox:
             item = self.inbox.pop(0)
             before = self.audit.last_seq

@@ -158,3 +158,20 @@ def test_copied_files_are_the_wheel_files(manifest: dict[str, Any]) -> None:
             assert e["source"]["sha256"] == e["sha256"], name
         else:
             assert e["source"]["sha256"] != e["sha256"], name
+
+
+def test_recorded_demographics_belong_to_the_file(manifest: dict[str, Any]) -> None:
+    """A figure of ``edge eval demographics --record-manifest`` (which ``edge watchlist build``
+    warns below) is for this very file: the build keeps it only while the sha256 is unchanged,
+    so a rebuilt embedder must be measured again."""
+    from edge.vision.embed import embedder_identity
+
+    for name, e in _entries(manifest):
+        rec = e.get("measured", {}).get("demographics")
+        if rec is None:
+            continue
+        assert e["role"] == "embedder", name
+        assert rec["embedder_sha256"] == embedder_identity(e["sha256"], rec["flip"]), name
+        floor = rec["threshold_free_of_significant_differences"]
+        assert floor is None or isinstance(floor, float), name
+        assert rec["command"].startswith("edge eval demographics "), name

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -288,6 +289,112 @@ def test_deleted_rows_are_unrecoverable(tmp_path: Path) -> None:
         assert ob.get("new3") is not None and ob.get("new3").payload == marker * 40 + b"3"  # type: ignore[union-attr]
 
 
+def _open_with_every_key_left(path: Path, blob: bytes, aad: bytes) -> list[int]:
+    """What a seized card gives (the outbox key is on it too): every data key still in
+    the files, unwrapped; the ids of those that open ``blob``."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    raw = sqlite3.connect(path)
+    rows = [(int(r[0]), bytes(r[-1])) for r in raw.execute("SELECT * FROM data_keys")]
+    raw.close()
+    opened = []
+    for key_id, wrapped in rows:
+        key = AESGCM(KEY).decrypt(wrapped[:12], wrapped[12:],
+                                  b"lfr-outbox/2 data-key\x00" + str(key_id).encode())
+        try:
+            AESGCM(key).decrypt(blob[:12], blob[12:], aad)
+            opened.append(key_id)
+        except InvalidTag:
+            pass
+    return opened
+
+
+def test_a_key_dies_with_its_last_row_the_same_day(tmp_path: Path) -> None:
+    """Issue 21: a copy of a pending alert's ciphertext (taken from the card while it
+    waited) opens with nothing left on the card once the alert is acknowledged, a minute
+    later on the same day; the next alert gets a fresh key, which lives while any of its
+    rows does."""
+    path = tmp_path / "outbox.db"
+    now = time.time()  # today: the current period, whose key used to live all day
+    if DAY - now % DAY < 120:  # stay inside today (the puts below span 61 s)
+        now -= 300
+
+    def aad(mid: str) -> bytes:
+        return b"lfr-outbox/1\x00" + mid.encode() + b"\x00lfr/dev-a/alerts\x000"
+
+    def ciphertext(mid: str) -> bytes:
+        raw = sqlite3.connect(path)
+        row = raw.execute("SELECT ciphertext FROM outbox WHERE msg_id = ?", (mid,)).fetchone()
+        raw.close()
+        return bytes(row[0])
+
+    with Outbox(path, KEY) as ob:
+        ob.put("a1", "lfr/dev-a/alerts", b"FACE-1", now=now)
+        copy = ciphertext("a1")
+        (first,) = _open_with_every_key_left(path, copy, aad("a1"))  # it opens while pending
+        assert ob.ack("a1")
+        assert _open_with_every_key_left(path, copy, aad("a1")) == []  # the key died with it
+        ob.put("a2", "lfr/dev-a/alerts", b"FACE-2", now=now + 60)  # same day: a new key
+        ob.put("a3", "lfr/dev-a/alerts", b"FACE-3", now=now + 61)  # shares a2's
+        (second,) = _open_with_every_key_left(path, ciphertext("a2"), aad("a2"))
+        assert second != first
+        assert _open_with_every_key_left(path, ciphertext("a3"), aad("a3")) == [second]
+        assert _open_with_every_key_left(path, copy, aad("a1")) == []
+        copy2 = ciphertext("a2")
+        assert ob.ack("a2")  # a3 still needs the key
+        assert _open_with_every_key_left(path, copy2, aad("a2")) == [second]
+        assert ob.ack("a3")
+        assert _open_with_every_key_left(path, copy2, aad("a2")) == []
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT COUNT(*) FROM data_keys").fetchone()[0] == 0
+    raw.close()
+    assert copy[12:40] not in _raw_files(path)
+
+
+def test_a_format_2_file_is_migrated_and_its_keys_still_open(tmp_path: Path) -> None:
+    """A file of the previous format (one key per period, keyed by the period) keeps its
+    pending rows, and their key dies with the last of them."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    path = tmp_path / "outbox.db"
+    with Outbox(path, KEY):
+        pass
+    period = 20_833
+    key = AESGCM.generate_key(bit_length=256)
+    nonce = os.urandom(12)
+    wrapped = nonce + AESGCM(KEY).encrypt(nonce, key,
+                                          b"lfr-outbox/2 data-key\x00" + str(period).encode())
+    nonce = os.urandom(12)
+    blob = nonce + AESGCM(key).encrypt(nonce, b"pending", b"lfr-outbox/1\x00P\x00t/a\x000")
+    raw = sqlite3.connect(path)  # rewrite it as format 2 wrote it
+    raw.executescript("""
+        DROP TABLE data_keys;
+        CREATE TABLE data_keys (period INTEGER PRIMARY KEY, wrapped BLOB NOT NULL);
+        DROP INDEX outbox_key_id;
+        ALTER TABLE outbox RENAME COLUMN key_id TO key_period;
+        CREATE INDEX outbox_key_period ON outbox (key_period);
+        UPDATE meta SET value = x'32' WHERE key = 'format';
+    """)
+    raw.execute("INSERT INTO data_keys VALUES (?, ?)", (period, wrapped))
+    raw.execute("INSERT INTO outbox (msg_id, topic, retain, created_at, ciphertext, key_period) "
+                "VALUES ('P', 't/a', 0, ?, ?, ?)", (period * DAY, blob, period))  # fmt: skip
+    raw.commit()
+    raw.close()
+    with Outbox(path, KEY) as ob:
+        assert [i.payload for i in ob.pending(10)] == [b"pending"]
+        ob.put("n", "t/a", b"new", now=period * DAY + 10)  # the same period: its live key
+        assert [i.payload for i in ob.pending(10)] == [b"pending", b"new"]
+        assert ob.ack("P") and ob.ack("n")
+        raw = sqlite3.connect(path)
+        assert raw.execute("SELECT COUNT(*) FROM data_keys").fetchone()[0] == 0  # died with n
+        ob.put("m", "t/a", b"next", now=period * DAY + 20)
+        assert [r[0] for r in raw.execute("SELECT id FROM data_keys")] == [period + 1]  # fresh
+        assert raw.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0] == b"3"
+        raw.close()
+        assert [i.payload for i in ob.pending(10)] == [b"next"]
+
+
 def test_a_format_1_file_is_migrated_and_its_rows_still_open(tmp_path: Path) -> None:
     """A file written before data keys (rows under the outbox key) keeps working."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -296,8 +403,8 @@ def test_a_format_1_file_is_migrated_and_its_rows_still_open(tmp_path: Path) -> 
     with Outbox(path, KEY) as ob:
         ob.put("m", "t/a", b"x")
     raw = sqlite3.connect(path)  # rewrite it as format 1 wrote it
-    raw.execute("DROP INDEX outbox_key_period")
-    raw.execute("ALTER TABLE outbox DROP COLUMN key_period")
+    raw.execute("DROP INDEX outbox_key_id")
+    raw.execute("ALTER TABLE outbox DROP COLUMN key_id")
     raw.execute("DELETE FROM outbox")
     nonce = os.urandom(12)
     blob = nonce + AESGCM(KEY).encrypt(nonce, b"legacy", b"lfr-outbox/1\x00L\x00t/a\x000")

@@ -46,7 +46,10 @@ ANSIBLE_DIR = REPO / "ansible"
 VENV_BIN = Path(sys.executable).parent
 DEVICE_ID = "cam-01"
 OTHER_DEVICE_ID = "cam-02"
-CONTROL_ROOM = "control-room"
+CONTROL_ROOM = "control-room-console-1"
+"""The console's identity: reads every device's messages (the role's default clients)."""
+END_DEPLOYMENT = "control-room-end-deployment"
+"""end-deployment.yml's own identity: may write commands and nothing else."""
 CONVERGE_TIMEOUT = 600.0
 MQTT_WAIT = 20.0
 
@@ -113,7 +116,7 @@ def make_pki(directory: Path) -> Pki:
     certs: dict[str, tuple[Path, Path]] = {}
     server = ca.issue("broker", server=True)
     certs["broker"] = (server.cert, server.key)
-    for cn in (DEVICE_ID, OTHER_DEVICE_ID, CONTROL_ROOM):
+    for cn in (DEVICE_ID, OTHER_DEVICE_ID, CONTROL_ROOM, END_DEPLOYMENT):
         files = ca.issue(cn)
         certs[cn] = (files.cert, files.key)
     return Pki(ca=ca.cert, certs=certs)
@@ -217,6 +220,7 @@ class MqttClient:
         self._mqtt = mqtt
         self.messages: list[tuple[str, bytes, bool]] = []
         self.pubacks: dict[int, int] = {}
+        self.subacks: set[int] = set()
         self._cond = threading.Condition()
         self._connected: int | None = None
         client = mqtt.Client(
@@ -229,6 +233,7 @@ class MqttClient:
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         self.client = client
         client.connect("127.0.0.1", port, keepalive=30)
         client.loop_start()
@@ -246,6 +251,11 @@ class MqttClient:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
             self._cond.notify_all()
 
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
+        with self._cond:
+            self.subacks.add(mid)
+            self._cond.notify_all()
+
     def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         with self._cond:
             self.pubacks[mid] = int(rc.value) if hasattr(rc, "value") else int(rc)
@@ -261,8 +271,10 @@ class MqttClient:
                 self._cond.wait(left)
 
     def subscribe(self, topic: str) -> None:
-        result, _ = self.client.subscribe(topic, qos=1)
+        """Subscribe and wait (bounded) for the broker's SUBACK."""
+        result, mid = self.client.subscribe(topic, qos=1)
         assert result == 0
+        self._wait(lambda: mid in self.subacks, f"SUBACK for {topic}")
 
     def wait_message(self, topic: str, pred: Any = None, timeout: float = MQTT_WAIT) -> bytes:
         def found() -> bool:
@@ -370,12 +382,16 @@ def fleet(nspawn_host: NspawnHost) -> Fleet:
         # A container has no time daemon (systemd-timesyncd and systemd-time-wait-sync are
         # skipped by ConditionVirtualization=!container): the host keeps the time.
         "edge_device_require_clock_sync": False,
+        # A container has no TPM2: accept credentials a copy of its storage opens (the role
+        # refuses that otherwise), plain first; test_encrypted_credentials encrypts them.
+        "edge_device_credentials_without_tpm2": True,
+        "edge_device_credentials_encrypted": False,
         # controller side (end-deployment.yml)
         "lfr_broker_address": "127.0.0.1",
         "lfr_broker_port": broker_port,
         "lfr_ca_cert": str(pki.ca),
-        "lfr_control_room_cert": str(pki.certs[CONTROL_ROOM][0]),
-        "lfr_control_room_key": str(pki.certs[CONTROL_ROOM][1]),
+        "lfr_end_deployment_cert": str(pki.certs[END_DEPLOYMENT][0]),
+        "lfr_end_deployment_key": str(pki.certs[END_DEPLOYMENT][1]),
         "lfr_signing_key": str(keys / "signing.key"),
         "lfr_edge_cli": str(VENV_BIN / "edge"),
     }
@@ -611,8 +627,7 @@ def test_device_cannot_publish_under_another_devices_topic(fleet: Fleet) -> None
     room = MqttClient(fleet.pki, CONTROL_ROOM, fleet.broker_port)
     other = MqttClient(fleet.pki, OTHER_DEVICE_ID, fleet.broker_port)
     try:
-        room.subscribe("lfr/#")
-        time.sleep(0.5)  # let the SUBACK land; the checks below wait on messages, not time
+        room.subscribe("lfr/#")  # waits for the SUBACK
         forged = b'{"forged": true}'
         rc = other.publish(f"lfr/{DEVICE_ID}/alerts", forged)
         assert rc == 0x87, f"broker answered {rc:#x}, not 'not authorized'"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -492,16 +493,43 @@ def test_a_dead_or_stalled_network_thread_is_rebuilt_in_process(
     first = make_record("dev-z", track_id=1)
     pub.enqueue_alert(first)
     assert rec.wait_for(lambda m: alert_ids(m, "dev-z") == [first.alert_id], 10)
-    old = pub._client
+    old = pub.client
     if fault == "dead":
         old.loop_stop()  # the network thread ends, as an escaped exception would end it
     else:
         cr = broker.client("control-room")
         cr.publish("lfr/dev-z/commands", b"{}", qos=1).wait_for_publish(5)  # blocks the thread
-    assert wait_until(lambda: pub.rebuilds >= 1 and pub._client is not old, 60), pub.last_error
+    assert wait_until(lambda: pub.rebuilds >= 1 and pub.client is not old, 60), pub.last_error
     checkin = pub.last_checkin
     second = make_record("dev-z", track_id=2)
     pub.enqueue_alert(second)
     assert rec.wait_for(lambda m: second.alert_id in alert_ids(m, "dev-z"), 30)
     assert pub.last_checkin > checkin
     release.set()
+
+
+def test_a_broker_outage_is_logged_once_at_warning(
+    broker: Broker, make_publisher: Callable[..., Publisher], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 21: paho logs "Client is not connected" at ERROR after every failed
+    reconnect while the broker is down (17 lines in one run); the publisher says it once
+    per outage, at WARNING, and nothing of an outage is an ERROR."""
+
+    def failed_reconnects() -> int:  # paho's own DEBUG line for each failed attempt
+        return sum("Connection failed, retrying" in r.getMessage() for r in caplog.records)
+
+    pub = make_publisher(broker, "dev-o")
+    with caplog.at_level("DEBUG", logger="edge.delivery.publish"):
+        pub.start()
+        assert pub.wait_connected(10)
+        for _outage in (1, 2):
+            connects, failed = pub.connect_count, failed_reconnects()
+            broker.stop()
+            assert wait_until(lambda f=failed: failed_reconnects() >= f + 3, 60)  # 3 attempts
+            broker.start()
+            assert wait_until(lambda c=connects: pub.connect_count > c, 30), pub.last_error
+    lines = [r for r in caplog.records if "not connected" in r.getMessage()]
+    assert [r.levelname for r in lines] == ["WARNING", "WARNING"], [
+        (r.levelname, r.getMessage()) for r in lines]  # fmt: skip
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []

@@ -177,3 +177,51 @@ def test_arcface_alignment_puts_the_five_points_on_the_template() -> None:
         tx, ty = ARCFACE5_TEMPLATE[i]
         # pixel centres: the warp maps point p to template t exactly
         assert abs(cx - tx) < 0.3 and abs(cy - ty) < 0.3, (i, cx, cy, tx, ty)
+
+
+# ------------------------------------------------------------------------------- binding
+
+
+def test_a_dlib_watchlist_is_refused_by_an_sface_device_saying_to_rebuild() -> None:
+    """Bundles stay bound to their embedder: the device's identity comes from the engine
+    it runs; one line, with what to do."""
+    from edge.errors import BundleRefused
+    from edge.watchlist.bundle import open_bundle
+    from edge.watchlist.enrol import embedder_info
+    from tests.bundle_kit import make_bundle, make_kit, open_args
+
+    sface_engine = FaceEngine.from_models(MODELS, threads=1)
+    dlib_engine = FaceEngine.from_models(MODELS, embedder="dlib_resnet_v1", threads=1)
+    sface_info = embedder_info(sface_engine, MODELS)
+    dlib_info = embedder_info(dlib_engine, MODELS)
+    assert sface_info.family == "arcface112" and dlib_info.family == "dlib150"
+    kit = make_kit()
+    device_sha = sface_engine.model_info["embedder_sha256"]
+    with pytest.raises(BundleRefused) as exc:
+        open_bundle(make_bundle(kit, embedder=dlib_info),
+                    **open_args(kit, expected_embedder_sha256=device_sha, threshold_floor=0.45))
+    line = str(exc.value)
+    assert exc.value.reason == "embedder_mismatch" and "\n" not in line
+    assert "dlib_resnet_v1_int8" in line and "rebuild the watchlist" in line
+    opened = open_bundle(make_bundle(kit, embedder=sface_info),
+                         **open_args(kit, expected_embedder_sha256=device_sha,
+                                     threshold_floor=0.45))
+    assert opened.header.embedder.metric == "cosine" and opened.embeddings.shape[1] == 128
+    # and a dlib device refuses the SFace watchlist the same way
+    with pytest.raises(BundleRefused) as exc2:
+        open_bundle(make_bundle(kit, embedder=sface_info),
+                    **open_args(kit, expected_embedder_sha256=dlib_engine.model_info[
+                        "embedder_sha256"]))
+    assert exc2.value.reason == "embedder_mismatch" and "sface_2021dec_int8" in str(exc2.value)
+
+
+def test_the_threshold_floor_is_per_family() -> None:
+    from edge.errors import ConfigError
+    from edge.service.config_sections import RecognitionSettings
+
+    rec = RecognitionSettings()
+    assert rec.model_name == "sface_2021dec_int8"
+    assert rec.floor_for("arcface112") == 0.5 and rec.floor_for("dlib150") == 0.5
+    only_dlib = RecognitionSettings(threshold_floor={"dlib150": 0.5})
+    with pytest.raises(ConfigError, match="arcface112"):
+        only_dlib.floor_for("arcface112")

@@ -104,7 +104,8 @@ def exposure(unit: Path) -> float:
 
 @pytest.fixture(scope="module")
 def rendered_unit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The role's unit template rendered by Ansible with the role's defaults and vars."""
+    """The role's unit template rendered by Ansible with the role's defaults and vars
+    (credentials unencrypted, as the reference unit has them)."""
     out = tmp_path_factory.mktemp("unit") / "edge.service"
     playbook = out.with_name("render.yml")
     play = [
@@ -138,7 +139,10 @@ def rendered_unit(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "-e",
             f"ansible_python_interpreter={sys.executable}",
             "-e",
-            json.dumps({"edge_device_broker_allow": ["192.0.2.10"]}),
+            # The reference unit loads plain credentials (a manual install); the role's
+            # default encrypts them with the TPM2 (test_provision.py converges both).
+            json.dumps({"edge_device_broker_allow": ["192.0.2.10"],
+                        "edge_device_credentials_encrypted": False}),
             str(playbook),
         ],
         capture_output=True,

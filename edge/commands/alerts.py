@@ -2,7 +2,9 @@
 
 Listen (mutual TLS, QoS 1) to ``lfr/<device>/alerts`` (plus ``status`` and
 ``deployment``), print one line per alert, save each matched-face crop as
-``<alert_id>.jpg``, and drop redeliveries by ``alert_id``::
+``<alert_id>.jpg`` (``--save-crops``: a private directory, each crop 0600, audited and
+purged after 31 days, :mod:`edge.commands.alerts_crops`), and drop redeliveries by
+``alert_id``::
 
     edge alerts --host H --port P --ca CA --cert C --key K --device-keys DIR|FILE
                 [--device ID|+] [--save-crops DIR] [--count N] [--timeout S] [--json]
@@ -45,6 +47,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge.commands.alerts_output import alert_line, print_other, safe
 from edge.errors import BrokerError, EdgeError, UsageError
 
 if TYPE_CHECKING:
@@ -84,7 +87,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--device-keys", type=Path, metavar="PATH",
                    help="the devices' signing public keys: a directory of "
                    "<device_id>.signing.pub files, or one such file (required to listen)")
-    p.add_argument("--save-crops", type=Path, metavar="DIR", help="save face crops here")
+    p.add_argument("--save-crops", type=Path, metavar="DIR",
+                   help="save face crops here: a private directory (0700, crops 0600), each "
+                   "save audited in DIR/crops-audit.log, crops deleted after 31 days")
     p.add_argument("--count", type=int, metavar="N", help="stop after N distinct alerts")
     p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -187,32 +192,6 @@ def _client(args: argparse.Namespace, settings: BrokerSettings, prefix: str) -> 
 # --- listen ----------------------------------------------------------------------------------
 
 
-def _save_crop(directory: Path, alert_id: str, jpeg: bytes) -> Path:
-    path = directory / f"{alert_id}.jpg"
-    tmp = path.with_suffix(".jpg.tmp")
-    tmp.write_bytes(jpeg)
-    tmp.replace(path)
-    return path
-
-
-def safe(value: object, limit: int = 120) -> str:
-    """``value`` as one printable line: control and non-printable characters escaped."""
-    text = str(value)
-    out = "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
-                  for c in text[:limit])  # fmt: skip
-    return out + ("..." if len(text) > limit else "")
-
-
-def _alert_line(alert: dict[str, Any], crop: Path | None) -> str:
-    line = (
-        f"{safe(alert['captured_at'])} ALERT device={safe(alert['device_id'])} "
-        f"subject={safe(alert['subject_id'])} category={safe(alert['category'])} "
-        f"score={float(alert['score']):.4f} threshold={float(alert['threshold']):.4f} "
-        f"alert_id={safe(alert['alert_id'])}"
-    )
-    return line + (f" crop={crop}" if crop else "")
-
-
 def run_listen(args: argparse.Namespace) -> int:
     from edge.delivery.alert import AlertFormatError, parse_alert
     from edge.delivery.publish import topic
@@ -235,8 +214,12 @@ def run_listen(args: argparse.Namespace) -> int:
         topics = [topic(args.device, kind) for kind in ("alerts", "status", "deployment")]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    args.crops = None
     if args.save_crops is not None:
-        args.save_crops.mkdir(parents=True, exist_ok=True)
+        from edge.commands.alerts_crops import CropStore
+
+        args.crops = CropStore(args.save_crops)
+        args.crops.purge(force=True)
     settings = _settings(args)
     client = _client(args, settings, "edge-alerts")
     inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
@@ -271,6 +254,8 @@ def run_listen(args: argparse.Namespace) -> int:
                         f"{args.count} alerts"
                     )
                 break
+            if args.crops is not None:
+                args.crops.purge()  # hourly
             try:
                 msg = inbox.get(timeout=wait)
             except queue.Empty:
@@ -297,7 +282,7 @@ def _handle(msg: mqtt.MQTTMessage, seen: set[str], args: argparse.Namespace,
     kind = msg.topic.rsplit("/", 1)[-1]
     device = safe(msg.topic.split("/")[1] if msg.topic.count("/") >= 2 else "?", 64)
     if kind != "alerts":
-        _print_other(kind, device, bytes(msg.payload), msg.retain, args.json)
+        print_other(kind, device, bytes(msg.payload), msg.retain, args.json)
         return 0
     if msg.retain:
         print(f"edge: ignoring a retained alert on {safe(msg.topic)}", file=sys.stderr)
@@ -324,8 +309,8 @@ def _handle(msg: mqtt.MQTTMessage, seen: set[str], args: argparse.Namespace,
     seen.add(alert["alert_id"])
     jpeg = base64.b64decode(alert["face_jpeg_b64"])
     crop = (
-        _save_crop(args.save_crops, alert["alert_id"], jpeg)
-        if args.save_crops is not None
+        args.crops.save(alert["alert_id"], alert["device_id"], jpeg)
+        if args.crops is not None
         else None
     )
     if args.json:
@@ -334,35 +319,8 @@ def _handle(msg: mqtt.MQTTMessage, seen: set[str], args: argparse.Namespace,
                    crop=None if crop is None else str(crop))  # fmt: skip
         print(json.dumps(out, sort_keys=True), flush=True)
     else:
-        print(_alert_line(alert, crop), flush=True)
+        print(alert_line(alert, crop), flush=True)
     return 0
-
-
-def _print_other(kind: str, device: str, payload: bytes, retained: bool, as_json: bool) -> None:
-    from edge import boundedjson
-
-    try:
-        body = boundedjson.loads(payload, max_bytes=64 * 1024) if payload else None
-    except boundedjson.JSONRefused:
-        body = None
-    kind = safe(kind, 32)
-    if as_json:
-        print(json.dumps({"type": kind, "device_id": device, "retained": retained,
-                          "payload": body}, sort_keys=True), flush=True)  # fmt: skip
-        return
-    if kind == "status" and isinstance(body, dict):
-        armed = "yes" if body.get("armed") else "no"
-        print(
-            f"{safe(body.get('at', '-'))} STATUS device={device} state={safe(body.get('state'))} "
-            f"armed={armed} reason={json.dumps(safe(body.get('reason', ''), 200))}"
-            + (" (retained)" if retained else ""),
-            flush=True,
-        )
-    elif isinstance(body, dict):
-        keys = ", ".join(safe(k, 32) for k in sorted(body)[:8])
-        print(f"- {kind.upper()} device={device} fields: {keys}", flush=True)
-    elif payload:
-        print(f"- {kind.upper()} device={device} ({len(payload)} bytes, not JSON)", flush=True)
 
 
 # --- adjudicate ------------------------------------------------------------------------------

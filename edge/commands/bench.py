@@ -28,6 +28,8 @@ def register(subparsers: Any) -> None:
                         help="embedder precision (default int8)")
     parser.add_argument("--embedder", default=DEFAULT_EMBEDDER,
                         help=f"embedder name (default {DEFAULT_EMBEDDER}; dlib: {DLIB_EMBEDDER})")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="flip-averaged embeddings (default: the embedder family's setting)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="match threshold, a similarity (default: the family's)")
     parser.add_argument("--realtime", action="store_true", help="pace at the clip's fps")
@@ -128,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         realtime=args.realtime, max_frames=args.max_frames, tiles=_grid(args.tiles),
         detector=args.detector, detector_input=_wxh(args.detector_input, "--detector-input"),
         detect_size=detect_size, decision=args.decision, template_weight=args.template_weight,
-        template_min=args.template_min,
+        template_min=args.template_min, flip=args.flip,
     )
     if args.peer:
         peer = run_peer_subprocess(args.video, args.subjects, args.truth, args.max_frames,

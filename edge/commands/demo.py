@@ -7,7 +7,9 @@ the device runs ``edge run`` on ``demo/clip.gif`` (looping); and the control
 room's subscriber ``edge alerts`` prints each alert it receives; and the control room's
 web console (``edge console serve``) runs on loopback with a demo login, showing the
 alert beside the subject's enrolled image, live, with the buttons that send a signed
-adjudication back to the van. Ctrl-C (or ``--seconds``) stops everything cleanly.
+adjudication back to the van. Ctrl-C, SIGTERM or SIGHUP (or ``--seconds``) stops
+everything cleanly; the children are in their own process group and die with the demo
+even if it is killed (:class:`edge.dev.children.ChildGroup`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.compat import UTC
+from edge.dev.children import ChildGroup
 
 DEVICE_ID = "demo-van-1"
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +54,7 @@ def register(subparsers: Any) -> None:
                         help="stop by itself after this many seconds (default: until Ctrl-C)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="the deployment's threshold, a similarity (default: the default "
-                        "embedder's floor, [recognition.threshold_floor]; SFace's is 0.45, "
+                        "embedder's floor, [recognition.threshold_floor]; SFace's is 0.5, "
                         "above `edge eval calibrate`'s FPIR-0.001 threshold for one subject)")
     parser.set_defaults(func=run)
 
@@ -64,14 +67,22 @@ def _say(text: str) -> None:
     print(f"demo: {text}", file=sys.stderr, flush=True)
 
 
-def _check(cmd: list[str], what: str, log: Path) -> None:
+class _Signalled(Exception):  # noqa: N818 (a request, like KeyboardInterrupt)
+    """SIGTERM or SIGHUP: stop as on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _check(group: ChildGroup, cmd: list[str], what: str, log: Path) -> None:
     with log.open("ab") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
-    if proc.returncode != 0:
+        returncode = group.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    if returncode != 0:
         from edge.errors import EdgeError
 
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-        raise EdgeError(f"{what} failed: {' / '.join(tail) or 'exit ' + str(proc.returncode)}")
+        raise EdgeError(f"{what} failed: {' / '.join(tail) or 'exit ' + str(returncode)}")
 
 
 def default_threshold(models: Path) -> float:
@@ -195,9 +206,11 @@ client_id = "demo-console"
 
 
 def _wait_console(port: int, proc: subprocess.Popen[bytes], log: Path,
-                  timeout: float = 30.0) -> None:  # fmt: skip
+                  timeout: float = 120.0) -> None:  # fmt: skip
     """Wait (bounded) until the console answers and its MQTT subscriptions are granted, so
-    it sees the van's first alert and its whole audit chain."""
+    it sees the van's first alert and its whole audit chain. The bound is generous: on a
+    busy 2-core machine the console's start (migrations, its argon2 hashes, the broker's
+    grants) took more than 30 s once."""
     import urllib.request
 
     from edge.errors import EdgeError
@@ -250,7 +263,7 @@ def _looping(clip: Path, work: Path) -> Path:
     return clip_with_gap(clip.resolve(), work / "clip-loop.avi")
 
 def run(args: argparse.Namespace) -> int:
-    from edge.dev.devbroker import CONTROL_ROOM_CN, DevBroker, free_port
+    from edge.dev.devbroker import ALERTS_CN, CONSOLE_CN, DevBroker, free_port
     from edge.errors import UsageError
 
     for what, path in (("clip", args.clip), ("subjects", args.subjects),
@@ -262,25 +275,33 @@ def run(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     (work / "state").mkdir(exist_ok=True, mode=0o700)
     log = work / "demo.log"
-    broker = DevBroker(work / "broker")
+    group = ChildGroup()  # every child in one process group, each dying with the demo
+    broker = DevBroker(work / "broker", spawn=group.popen)
     daemon: subprocess.Popen[bytes] | None = None
     alerts: subprocess.Popen[bytes] | None = None
     console: subprocess.Popen[bytes] | None = None
-    interrupted = False
+    interrupted = ""
     run_dir: Path | None = None
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not stopping:  # once: the orderly stop below is not interrupted again
+            raise _Signalled(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         _say(f"working in {work}")
         _say("control room: signing key and device key (edge keys init)")
-        _check(_edge("keys", "init", "--out", str(work / "keys")), "edge keys init", log)
-        _check(_edge("keys", "init", "--out", str(work / "keys"), "--device", DEVICE_ID),
+        _check(group, _edge("keys", "init", "--out", str(work / "keys")), "edge keys init", log)
+        _check(group, _edge("keys", "init", "--out", str(work / "keys"), "--device", DEVICE_ID),
                "edge keys init --device", log)
-        _check(_edge("keys", "init", "--out", str(work / "keys"), "--device", "console"),
+        _check(group, _edge("keys", "init", "--out", str(work / "keys"), "--device", "console"),
                "edge keys init --device console", log)
         _say("device: this deployment's key, in RAM (edge keys deployment-key)")
         from edge.watchlist.keys import is_ram_backed
 
         run_dir = _ram_dir(work)
-        _check(_edge("keys", "deployment-key", "--dir", str(run_dir),
+        _check(group, _edge("keys", "deployment-key", "--dir", str(run_dir),
                      *([] if is_ram_backed(run_dir) else ["--allow-persistent"])),
                "edge keys deployment-key", log)
         deployment_pub = next(run_dir.glob("*.pub"))
@@ -290,6 +311,7 @@ def run(args: argparse.Namespace) -> int:
             args.models)
         write_deployment_toml(work / "deployment.toml", threshold)
         _check(
+            group,
             _edge(
                 "watchlist", "build",
                 "--subjects", str(args.subjects),
@@ -306,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
         )
         _say("local mosquitto with mutual TLS on 127.0.0.1")
         broker.start()
-        cr = broker.client(CONTROL_ROOM_CN)
+        cr = broker.client(CONSOLE_CN)  # each control-room client its own identity
         dev = broker.client(DEVICE_ID)
         write_device_config(
             work / "edge.toml", device_id=DEVICE_ID, state_dir=work / "state",
@@ -317,8 +339,8 @@ def run(args: argparse.Namespace) -> int:
             deployment_keys_dir=run_dir,
         )
         _say(f"control room subscriber (edge alerts); crops go to {work / 'crops'}")
-        sub = broker.client("control-room-alerts")  # one certificate per client (CN = id)
-        alerts = subprocess.Popen(
+        sub = broker.client(ALERTS_CN)
+        alerts = group.popen(
             _edge("alerts", "--host", broker.host, "--port", str(broker.port),
                   "--ca", str(broker.ca_cert), "--cert", str(sub.cert), "--key", str(sub.key),
                   "--device", "+", "--save-crops", str(work / "crops"),
@@ -332,18 +354,18 @@ def run(args: argparse.Namespace) -> int:
         )
         password = secrets.token_urlsafe(12)
         with log.open("ab") as fh:
-            add = subprocess.run(
+            add = group.popen(
                 _edge("console", "user", "add", "demo", "--role", "supervisor", "--config",
                       str(work / "console.toml"), "--password-stdin"),
-                input=(password + "\n").encode(), stdout=fh, stderr=subprocess.STDOUT,
-                check=False,
+                stdin=subprocess.PIPE, stdout=fh, stderr=subprocess.STDOUT,
             )
+            add.communicate((password + "\n").encode())
         if add.returncode != 0:
             from edge.errors import EdgeError
 
             raise EdgeError("edge console user add failed (see demo.log)")
         with (work / "console.log").open("ab") as clog:
-            console = subprocess.Popen(
+            console = group.popen(
                 _edge("console", "serve", "--config", str(work / "console.toml")),
                 stdout=clog, stderr=subprocess.STDOUT,
             )
@@ -352,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
              f"(login: demo / {password}; its log: {work / 'console.log'})")
         _say(f"device: edge run on {args.clip.name} (looping); its log: {work / 'daemon.log'}")
         with (work / "daemon.log").open("ab") as dlog:
-            daemon = subprocess.Popen(
+            daemon = group.popen(
                 _edge("-v", "run", "--config", str(work / "edge.toml")),
                 stdout=dlog, stderr=subprocess.STDOUT,
                 env={**os.environ, "EDGE_CONFIG": str(work / "edge.toml")},
@@ -373,16 +395,22 @@ def run(args: argparse.Namespace) -> int:
                 return 1
             time.sleep(0.2)
     except KeyboardInterrupt:
-        interrupted = True
+        interrupted = "Ctrl-C"
+    except _Signalled as exc:
+        interrupted = str(exc)
     finally:
+        stopping = True
         _stop(daemon)
         _stop(alerts)
         _stop(console)
         broker.stop()
+        group.kill()  # anything left (a child that ignored SIGTERM), then reaped
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if run_dir is not None:  # the deployment key goes with the demo
             shutil.rmtree(run_dir.parent if run_dir.parent.name.startswith("edge-demo-run-")
                           else run_dir, ignore_errors=True)  # fmt: skip
         if own_workdir:
             shutil.rmtree(work, ignore_errors=True)
-    _say("stopped" + (" (Ctrl-C)" if interrupted else ""))
+    _say("stopped" + (f" ({interrupted})" if interrupted else ""))
     return 0

@@ -3,6 +3,7 @@
 Subcommands (one function each): ``verify`` — 1:1 verification on LFW-format
 pairs with LFW's 10-fold protocol; ``identify`` — open-set 1:N (TPIR at FPIR,
 DET plot); ``calibrate`` — the threshold for a target FPIR at a watchlist size;
+``demographics`` — rates per demographic group (:mod:`edge.commands.eval_demographics`);
 ``detect`` — detection recall by face width on a simulated clip. About 410 lines, one
 function per sub-command and the search options identify and calibrate share (which
 faces, how many images per probe and per gallery subject, how several are scored).
@@ -26,6 +27,9 @@ def register(sub: Any) -> None:
     register_verify(evsub)
     register_identify(evsub)
     register_calibrate(evsub)
+    from edge.commands.eval_demographics import register_demographics
+
+    register_demographics(evsub)
     register_detect(evsub)
 
 

@@ -13,7 +13,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge.watchlist.bundle import Subject
+    from edge.watchlist.references import Reference
 
 from edge.vision.defaults import DEFAULT_EMBEDDER, DLIB_EMBEDDER
 
@@ -117,12 +121,22 @@ def _recipient(arg: Path) -> tuple[str, Any]:
     return load_device_public(arg)
 
 
+def _reference(subject: Subject, images: list[bytes]) -> Reference:
+    """A subject's entry in the console's reference file: every image, its provenance."""
+    from edge.watchlist.references import Reference
+
+    first, *more = images or [b""]
+    return Reference(subject.subject_id, subject.category, first, tuple(more),
+                     source=subject.source, capture_date=subject.capture_date)
+
+
 def run_build(args: argparse.Namespace) -> int:
     from edge.errors import UsageError
     from edge.progress import Progress
     from edge.recognition.match import DEFAULT_REFERENCE
     from edge.watchlist.bundle import build_bundle
     from edge.watchlist.enrol import (
+        demographics_warning,
         describe_spec,
         enrol,
         images_in,
@@ -156,6 +170,9 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"left out (--skip-bad): {', '.join(sid for sid, _ in report.failed)}")
     if not report.subjects:
         raise UsageError("no subject could be enrolled; no bundle written")
+    warning = demographics_warning(info, args.models, spec.threshold)
+    if warning is not None:
+        print(warning)
     import uuid
 
     bundle_id = uuid.uuid4().hex
@@ -173,13 +190,13 @@ def run_build(args: argparse.Namespace) -> int:
     report.embeddings.fill(0.0)
     write_atomic(args.out, data, 0o600, force=True)
     if console_pub is not None:
-        from edge.watchlist.references import Reference, build_references
+        from edge.watchlist.references import build_references
 
         refs_out = args.references_out or args.out.with_suffix(".refs")
         refs = build_references(
             signing_key, console_pub, deployment_id=spec.deployment_id, bundle_id=bundle_id,
             window_end=spec.end.timestamp(),
-            subjects=[Reference(s.subject_id, s.category, report.thumbnails.get(s.subject_id, b""))
+            subjects=[_reference(s, report.reference_images.get(s.subject_id, []))
                       for s in report.subjects],
         )  # fmt: skip
         write_atomic(refs_out, refs, 0o600, force=True)

@@ -13,7 +13,11 @@ JavaScript. The parts are separate modules with one direction of use:
   hub, and sends adjudications; :mod:`~edge.console.mqtt_session`: a lost session is an
   alarm;
 - :mod:`~edge.console.service`: what a route may ask for (adjudicate, purge, ...);
-- :mod:`~edge.console.auth`: users, argon2 passwords, sessions, CSRF, login rate limit;
+- :mod:`~edge.console.auth` / :mod:`~edge.console.login`: users, argon2 passwords,
+  sessions, CSRF; the login (attempts recorded before the check, checks bounded);
+- :mod:`~edge.console.limits`: request bodies, forms and JSON bounded before parsing;
+- :mod:`~edge.console.crypto`: images at rest under random data keys destroyed with
+  their last row;
 - :mod:`~edge.console.app`: the application shell (context, login and role dependencies,
   headers); :mod:`~edge.console.routes_pages` / :mod:`~edge.console.routes_api`: the pages
   and the API. A route never talks to MQTT directly; it calls the service. No two modules

@@ -7,9 +7,13 @@
   after ``session_ttl_s``; logging out deletes the row.
 - Every state change (every POST) must carry the session's CSRF token (a form field
   ``csrf`` or the ``X-CSRF-Token`` header); the login form carries a double-submit token.
-- Failed logins are counted per user name and per client address in the database (so
-  all instances share them): :data:`MAX_FAILURES` within :data:`WINDOW_S` refuses further
-  attempts until the window passes (:data:`MAX_FAILURES_PER_ADDRESS` per address).
+- Login attempts are recorded per user name and per client address in the database
+  before the password is checked, atomically (so all instances share them and a
+  concurrent burst cannot pass the count): :data:`MAX_FAILURES` within :data:`WINDOW_S`
+  refuses further attempts until the window passes (:data:`MAX_FAILURES_PER_ADDRESS` per
+  address); the login itself is :mod:`edge.console.login`.
+- Resetting a password, changing a role, disabling or removing a user ends the user's
+  sessions at once (:func:`set_user`, :func:`disable_user`, :func:`remove_user`).
 - Roles: operators see the alert queue and adjudicate; supervisors also see the fleet
   and the deployments; auditors read the audit trail and the deployment reports.
 """
@@ -18,13 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Final
 
 from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 
 from edge.console.store import Store
 from edge.errors import UsageError
@@ -45,8 +47,8 @@ WINDOW_S: Final = 15 * 60
 COOKIE: Final = "console_session"
 LOGIN_COOKIE: Final = "console_login"
 _NAME_OK: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-_hasher = PasswordHasher()
-_DUMMY_HASH: Final = _hasher.hash("not a password anyone has")
+hasher: Final = PasswordHasher()
+"""argon2id with argon2-cffi's defaults (RFC 9106 low-memory: 64 MiB, 3 passes, 4 lanes)."""
 
 
 @dataclass(frozen=True)
@@ -67,58 +69,53 @@ def check_name(name: str) -> str:
     return name
 
 
-def add_user(store: Store, name: str, role: str, password: str, *, replace: bool = False) -> str:
-    """Create (or with ``replace``, re-set) a user; returns ``created`` or ``updated``."""
+def add_user(store: Store, name: str, role: str, password: str, *, replace: bool = False,
+             actor: str = "console") -> str:  # fmt: skip
+    """Create (or with ``replace``, re-set: new password and role, the user's sessions
+    ended) a user, on the console's trail; returns ``created`` or ``updated``."""
     check_name(name)
     if role not in ROLES:
         raise UsageError(f"role must be one of {', '.join(ROLES)}")
     if len(password) < 10:
         raise UsageError("the password must have at least 10 characters")
-    hashed = _hasher.hash(password)
+    hashed = hasher.hash(password)
     if store.user_by_name(name) is not None:
         if not replace:
             raise UsageError(f"user {name} exists (use --replace to set a new password)")
-        store.set_password(name, role, hashed)
+        ended = store.set_password(name, role, hashed)
+        store.log(actor, "user_updated", user=name, role=role, sessions_ended=ended or 0)
         return "updated"
     store.add_user(name, role, hashed, time.time())
+    store.log(actor, "user_added", user=name, role=role)
     return "created"
+
+
+def disable_user(store: Store, name: str, actor: str = "console") -> int:
+    """Refuse the user's logins and end their sessions at once; returns the sessions ended."""
+    ended = store.set_disabled(check_name(name), True)
+    if ended is None:
+        raise UsageError(f"no user {name}")
+    store.log(actor, "user_disabled", user=name, sessions_ended=ended)
+    return ended
+
+
+def enable_user(store: Store, name: str, actor: str = "console") -> None:
+    if store.set_disabled(check_name(name), False) is None:
+        raise UsageError(f"no user {name}")
+    store.log(actor, "user_enabled", user=name)
+
+
+def remove_user(store: Store, name: str, actor: str = "console") -> int:
+    """Delete the user (their password hash) and their sessions; returns the sessions ended."""
+    ended = store.remove_user(check_name(name))
+    if ended is None:
+        raise UsageError(f"no user {name}")
+    store.log(actor, "user_removed", user=name, sessions_ended=ended)
+    return ended
 
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-class LoginRefused(Exception):  # noqa: N818 (a refusal)
-    """Wrong name or password, or too many attempts (the message is safe to show)."""
-
-    def __init__(self, message: str, limited: bool = False) -> None:
-        self.limited = limited
-        super().__init__(message)
-
-
-def login(store: Store, name: str, password: str, client: str, ttl_s: int) -> tuple[str, User]:
-    """Check the password (rate-limited) and open a session; returns (cookie token, user)."""
-    now = time.time()
-    keys = (f"user:{name[:64]}", f"addr:{client}")
-    limits = (MAX_FAILURES, MAX_FAILURES_PER_ADDRESS)
-    if any(store.login_failures(k, now - WINDOW_S) >= n for k, n in zip(keys, limits, strict=True)):
-        raise LoginRefused("too many failed attempts; wait 15 minutes", limited=True)
-    user = store.user_by_name(name) if len(name) <= 64 else None
-    ok = False
-    try:  # verify against a dummy hash for unknown users too: no timing oracle
-        ok = _hasher.verify(user["password_hash"] if user else _DUMMY_HASH, password)
-    except (VerificationError, InvalidHashError):
-        ok = False
-    if not ok or user is None or user["disabled"]:
-        for k in keys:
-            store.add_login_failure(k, now)
-        raise LoginRefused("wrong user name or password")
-    store.clear_login_failures(keys[0])
-    token = secrets.token_urlsafe(32)
-    csrf = secrets.token_urlsafe(32)
-    th = token_hash(token)
-    store.add_session(th, int(user["id"]), csrf, now, now + ttl_s)
-    return token, User(int(user["id"]), str(user["name"]), str(user["role"]), csrf, th)
 
 
 def session_user(store: Store, token: str | None) -> User | None:

@@ -18,10 +18,15 @@
     references_dir = "/var/lib/edge-console/references"  # reference files to import
     session_ttl_s = 28800
     retention_days = 31
+    alert_stale_s = 120           # an undecided alert older than this is marked stale
     metrics_token_file = "/etc/edge-console/metrics.token"  # optional: Prometheus may
                                                 # scrape /metrics with "Bearer <token>"
     stale_after_s = 180           # a van online but silent (no status or stats) this long is
                                   # shown stale: 3 x the vans' [mqtt] stats_interval_s (60)
+    trusted_proxies = []          # addresses or networks of reverse proxies whose
+                                  # X-Forwarded-For/-Proto count; none by default
+    login_concurrency = 2         # password checks at once (argon2: 64 MiB each);
+                                  # more logins wait a moment or get 429 + Retry-After
 
     [mqtt]
     host = "broker.example"
@@ -38,7 +43,10 @@ Each console instance holds its own durable subscription to the whole fleet (see
 :mod:`edge.console.ingest`); ``share_group`` (from when instances shared one) is accepted
 and ignored, with a warning.
 
-Problems are collected and raised together as :class:`edge.errors.ConfigError`.
+Problems are collected and raised together as :class:`edge.errors.ConfigError`. A
+private file the console reads (``key_file``, ``signing_key``, ``tls_key``, the MQTT
+client key, the metrics token) that others may read or write (any group or other
+permission bit) is refused: ``chmod 600`` it.
 """
 
 from __future__ import annotations
@@ -56,7 +64,8 @@ log = logging.getLogger(__name__)
 
 _CONSOLE_KEYS = {"database", "listen", "port", "tls_cert", "tls_key", "key_file",
                  "signing_key", "device_keys", "references_dir", "session_ttl_s",
-                 "retention_days", "metrics_token_file", "stale_after_s"}
+                 "retention_days", "metrics_token_file", "stale_after_s", "trusted_proxies",
+                 "login_concurrency", "alert_stale_s"}
 _MQTT_KEYS = {"host", "port", "ca", "client_cert", "client_key_file", "client_id",
               "share_group", "session_expiry_s"}  # fmt: skip
 _OBSOLETE = {("mqtt", "share_group"): "every console instance now holds its own "
@@ -85,6 +94,9 @@ class ConsoleConfig:
     session_expiry_s: int
     metrics_token: str | None = None
     stale_after_s: int = 180
+    trusted_proxies: tuple[str, ...] = ()
+    login_concurrency: int = 2
+    alert_stale_s: int = 120
 
     @property
     def https(self) -> bool:
@@ -96,6 +108,35 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+PRIVATE_KEYS = (("console", "key_file"), ("console", "signing_key"), ("console", "tls_key"),
+                ("console", "metrics_token_file"), ("mqtt", "client_key_file"))
+
+
+def private_mode_problem(where: str, path: Path) -> str | None:
+    """One line if ``path`` may be read or written by its group or others, else None."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return None  # reported as missing elsewhere
+    if mode & 0o077:
+        return (f"{where}: {path} is open to others (mode {mode:04o}); it holds a secret: "
+                f"chmod 600 {path}")
+    return None
+
+
+def _proxies(value: Any, problems: list[str]) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.append("[console] trusted_proxies: must be a list of addresses or networks")
+        return ()
+    for v in value:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            problems.append(f"[console] trusted_proxies: {v!r} is not an address or network")
+            return ()
+    return tuple(value)
 
 
 def _token(path: Path | None, problems: list[str]) -> str | None:
@@ -200,7 +241,17 @@ def from_dict(doc: dict[str, Any], base: Path) -> ConsoleConfig:
         session_expiry_s=integer(m, "session_expiry_s", "mqtt", 7 * 24 * 3600, 300, 2**31 - 1),
         metrics_token=_token(path(c, "metrics_token_file", "console", False), problems),
         stale_after_s=integer(c, "stale_after_s", "console", 180, 5, 86400),
+        trusted_proxies=_proxies(c.get("trusted_proxies", []), problems),
+        login_concurrency=integer(c, "login_concurrency", "console", 2, 1, 64),
+        alert_stale_s=integer(c, "alert_stale_s", "console", 120, 10, 24 * 3600),
     )
+    for section, key in PRIVATE_KEYS:
+        value = (c if section == "console" else m).get(key)
+        if isinstance(value, str) and value:
+            p = Path(value) if Path(value).is_absolute() else base / value
+            line = private_mode_problem(f"[{section}] {key}", p)
+            if line:
+                problems.append(line)
     if cfg.device_keys.exists():
         from edge import signing
 

@@ -28,7 +28,7 @@ import time
 from typing import Any, Final
 
 from edge.console import messages as m
-from edge.console.crypto import AtRest
+from edge.console.crypto import AtRest, DataKeys, crop_key_name
 from edge.console.events import Hub
 from edge.console.metrics import Metrics
 from edge.console.store import Store
@@ -68,6 +68,7 @@ class Handler:
         self._trail_window = (float("-inf"), 0)  # (minute start, lines written in it)
         self.store = store
         self.at_rest = at_rest
+        self.keys = DataKeys(store, at_rest)
         self.hub = hub
         self.metrics = metrics
         self.prefix = prefix
@@ -135,8 +136,9 @@ class Handler:
             raise m.Stale("deployment_ended", f"alert {alert_id} was captured after "
                           f"deployment {deployment} ended (the van's signed summary)")
         crop = base64.b64decode(alert["face_jpeg_b64"])
-        sealed = self.at_rest.seal(crop, f"crop:{alert_id}")
-        outcome = self.store.add_alert(alert, sealed, now)
+        key_name = crop_key_name(now)  # the day's random key: destroyed with its last crop
+        sealed = self.at_rest.seal(crop, f"crop:{alert_id}", self.keys.get_or_create(key_name))
+        outcome = self.store.add_alert(alert, sealed, now, crop_key=key_name)
         if outcome == "purged":
             raise m.Stale("purged", f"alert {alert_id} was purged (retention) and is not "
                           "taken again")  # fmt: skip

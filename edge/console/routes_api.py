@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -17,6 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from edge.console.app import Context, NeedLogin, check_csrf, ctx, current_user, require
 from edge.console.auth import User, session_user
+from edge.console.limits import json_object
 from edge.console.service import ActionRefused
 
 router = APIRouter()
@@ -33,11 +33,7 @@ async def adjudicate(
     request: Request, alert_id: str, c: Ctx, user: Annotated[User, Depends(require("adjudicate"))]
 ) -> Response:
     check_csrf(request, user)
-    try:
-        body = json.loads(await request.body())
-        decision = str(body["decision"]) if isinstance(body, dict) else ""
-    except (ValueError, KeyError):
-        raise HTTPException(400, "body must be {\"decision\": ...}") from None
+    decision = (await json_object(request, {"decision": str}))["decision"]
     try:
         result = await asyncio.to_thread(c.console.adjudicate, user.name, alert_id, decision)
     except ActionRefused as exc:
@@ -51,13 +47,7 @@ async def legal_hold(
 ) -> Response:
     """A supervisor puts an alert (and its crop) on legal hold, or lifts it: kept past 31 days."""
     check_csrf(request, user)
-    try:
-        body = json.loads(await request.body())
-        on = body["on"] if isinstance(body, dict) else None
-    except (ValueError, KeyError):
-        on = None
-    if not isinstance(on, bool):
-        raise HTTPException(400, 'body must be {"on": true|false}')
+    on = (await json_object(request, {"on": bool}))["on"]
     if not await asyncio.to_thread(c.store.set_legal_hold, alert_id, on):
         raise HTTPException(404, "no such alert")
     await asyncio.to_thread(c.store.log, user.name, "legal_hold", alert_id=alert_id, on=on)
@@ -83,6 +73,16 @@ def reference(deployment_id: str, subject_id: str, c: Ctx,
               user: Annotated[User, Depends(require("alerts"))]) -> Response:  # fmt: skip
     try:
         return _jpeg(c.console.reference(user.name, deployment_id, subject_id))
+    except ActionRefused as exc:
+        return _refused(exc)
+
+
+@router.get("/images/reference/{deployment_id}/{subject_id}/{index}.jpg")
+def reference_n(deployment_id: str, subject_id: str, index: int, c: Ctx,
+                user: Annotated[User, Depends(require("alerts"))]) -> Response:  # fmt: skip
+    """Reference image ``index`` of a subject (0 is the best, as the route above)."""
+    try:
+        return _jpeg(c.console.reference(user.name, deployment_id, subject_id, index))
     except ActionRefused as exc:
         return _refused(exc)
 

@@ -1,37 +1,51 @@
-"""The pages: login, the alert queue, the fleet, deployments and their report, the audit.
+"""The pages: login, the alert queue and each alert, the fleet, deployments and their
+report, the audit.
 
 Server-rendered with Jinja2 (autoescaped: a device's strings are shown as text). The
-``/fragments/...`` routes render one row, which the page's script fetches when an SSE
-event says that row changed.
+``/fragments/...`` routes render one row, one alert's panel or the new-alert banner,
+which the page's script fetches when an SSE event says something changed. Every page of
+a user who may see alerts carries the count of undecided alerts (the tab title, the
+banner) and the stale time (``[console] alert_stale_s``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
 import secrets
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from edge.console import auth
+from edge.console import auth, limits
+from edge.console.alertview import alert_detail
 from edge.console.app import Context, check_csrf, ctx, current_user, require
 from edge.console.auth import User
+from edge.console.login import MESSAGES, LoginRefused
 from edge.delivery.alert import DEVICE_ID_RE
 
 router = APIRouter()
 Ctx = Annotated[Context, Depends(ctx)]
+ALERT_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def _page(c: Context, request: Request, name: str, user: User | None, **data: Any) -> Response:
     broken: list[str] = []
+    full = not name.startswith("_")
     alarms: list[dict[str, Any]] = []
-    if user is not None and not name.startswith("_"):
+    if user is not None and full:
         alarms = c.store.alarms()  # every page, every role: alerts may be missing
         if user.may("audit"):
             broken = [ch["device_id"] for ch in c.store.chains() if ch["state"] == "broken"]
-    return c.templates.TemplateResponse(request, name, {"user": user, "broken_chains": broken,
-                                                        "alarms": alarms, **data})
+    pending: dict[str, Any] = {}
+    if user is not None and user.may("alerts") and (full or name == "_alert_banner.html"):
+        count, newest = c.store.undecided(limit=1)
+        pending = {"undecided": count, "newest": newest[0] if newest else None}
+    return c.templates.TemplateResponse(request, name, {
+        "user": user, "broken_chains": broken, "alarms": alarms, "stale_s": c.alert_stale_s,
+        "now": time.time(), "undecided": 0, "newest": None, **pending, **data})  # fmt: skip
 
 
 def _id_or_none(value: str | None) -> str | None:
@@ -47,29 +61,36 @@ def _id_or_none(value: str | None) -> str | None:
 
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, c: Ctx, error: str | None = None) -> Response:
+    """The login page; ``error`` is a code of :data:`edge.console.login.MESSAGES` (any
+    other value shows nothing: the page never shows text from a request)."""
     token = secrets.token_urlsafe(24)
-    resp = _page(c, request, "login.html", None, login_csrf=token, error=error)
+    resp = _page(c, request, "login.html", None, login_csrf=token,
+                 error=MESSAGES.get(error or ""))  # fmt: skip
     resp.set_cookie(auth.LOGIN_COOKIE, token, httponly=True, samesite="strict",
                     secure=c.secure_cookies, max_age=1800)  # fmt: skip
     return resp
 
 
 @router.post("/login")
-def login(
-    request: Request, c: Ctx, name: Annotated[str, Form()], password: Annotated[str, Form()],
-    csrf: Annotated[str, Form()] = "",
-) -> Response:
-    if not auth.csrf_ok(request.cookies.get(auth.LOGIN_COOKIE) or "", csrf):
+async def login(request: Request, c: Ctx) -> Response:
+    f = await limits.form(request, "name", "password", "csrf")
+    if not auth.csrf_ok(request.cookies.get(auth.LOGIN_COOKIE) or "", f["csrf"]):
         raise HTTPException(403, "missing or wrong CSRF token")
-    client = request.client.host if request.client else "unknown"
+    name, client = f["name"], request.client.host if request.client else "unknown"
     try:
-        token, user = auth.login(c.store, name, password, client, c.session_ttl_s)
-    except auth.LoginRefused as exc:
-        c.store.log(name[:64] or "-", "login_refused", client=client, reason=str(exc))
-        resp = login_form(request, c, error=str(exc))
-        resp.status_code = 429 if exc.limited else 401
+        token, user = await c.logins.login(name, f["password"], client)
+    except LoginRefused as exc:
+        c.metrics.inc("console_logins_refused_total", reason=exc.code)
+        count = c.logins.trail_line(exc.code, client, time.time())
+        if count is not None:
+            await asyncio.to_thread(c.store.log, name[:64] or "-", "login_refused",
+                                    client=client, reason=exc.code, count=count)  # fmt: skip
+        resp = login_form(request, c, error=exc.code)
+        resp.status_code = 401 if exc.retry_after_s is None else 429
+        if exc.retry_after_s is not None:
+            resp.headers["Retry-After"] = str(exc.retry_after_s)
         return resp
-    c.store.log(user.name, "login", client=client, role=user.role)
+    await asyncio.to_thread(c.store.log, user.name, "login", client=client, role=user.role)
     resp = RedirectResponse("/", status_code=303)
     resp.set_cookie(auth.COOKIE, token, httponly=True, samesite="strict",
                     secure=c.secure_cookies, max_age=c.session_ttl_s)  # fmt: skip
@@ -78,11 +99,11 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request, c: Ctx, user: Annotated[User, Depends(current_user)],
-           csrf: Annotated[str, Form()] = "") -> Response:  # fmt: skip
-    check_csrf(request, user, csrf)
-    c.store.drop_session(user.token_hash)
-    c.store.log(user.name, "logout")
+async def logout(request: Request, c: Ctx,
+                 user: Annotated[User, Depends(current_user)]) -> Response:  # fmt: skip
+    check_csrf(request, user, (await limits.form(request, "csrf"))["csrf"])
+    await asyncio.to_thread(c.store.drop_session, user.token_hash)
+    await asyncio.to_thread(c.store.log, user.name, "logout")
     resp = RedirectResponse("/login", status_code=303)
     resp.delete_cookie(auth.COOKIE)
     return resp
@@ -108,11 +129,10 @@ def alarm_banner(request: Request, c: Ctx,
 
 
 @router.post("/alarms/{alarm_id}/clear")
-def clear_alarm(request: Request, alarm_id: int, c: Ctx,
-                user: Annotated[User, Depends(require("fleet"))],
-                csrf: Annotated[str, Form()] = "") -> Response:  # fmt: skip
+async def clear_alarm(request: Request, alarm_id: int, c: Ctx,
+                      user: Annotated[User, Depends(require("fleet"))]) -> Response:
     """A supervisor has followed the runbook: the alarm leaves the pages (on the trail)."""
-    check_csrf(request, user, csrf)
+    check_csrf(request, user, (await limits.form(request, "csrf"))["csrf"])
     row = c.store.clear_alarm(alarm_id, user.name, time.time())
     if row is None:
         raise HTTPException(404, "no such alarm, or already cleared")
@@ -141,8 +161,39 @@ def alerts_page(request: Request, c: Ctx, user: Annotated[User, Depends(require(
                 device: str | None = None, deployment: str | None = None) -> Response:  # fmt: skip
     device, deployment = _id_or_none(device), _id_or_none(deployment)
     rows = _alert_views(c, c.store.alerts(device_id=device, deployment_id=deployment))
+    # The top of the queue: the newest undecided alert, as large as on its own page.
+    first = next((r for r in rows if r["decision"] is None), None)
+    focus = alert_detail(c.store, c.console, first, c.alert_stale_s) if first else None
     return _page(c, request, "alerts.html", user, alerts=rows, device=device or "",
-                 deployment=deployment or "", devices=[d["device_id"] for d in c.devices()])
+                 deployment=deployment or "", devices=[d["device_id"] for d in c.devices()],
+                 a=focus)  # fmt: skip
+
+
+def _detail(c: Context, alert_id: str) -> dict[str, Any]:
+    row = c.store.alert(alert_id) if ALERT_ID_RE.match(alert_id) else None
+    if row is None:
+        raise HTTPException(404, "no such alert")
+    return alert_detail(c.store, c.console, row, c.alert_stale_s)
+
+
+@router.get("/alerts/{alert_id}", response_class=HTMLResponse)
+def alert_page(request: Request, alert_id: str, c: Ctx,
+               user: Annotated[User, Depends(require("alerts"))]) -> Response:  # fmt: skip
+    """One alert, judged at a glance: both faces large, the score, the three decisions."""
+    return _page(c, request, "alert.html", user, a=_detail(c, alert_id))
+
+
+@router.get("/fragments/alert-panel/{alert_id}", response_class=HTMLResponse)
+def alert_panel(request: Request, alert_id: str, c: Ctx,
+                user: Annotated[User, Depends(require("alerts"))]) -> Response:  # fmt: skip
+    return _page(c, request, "_alert_panel.html", user, a=_detail(c, alert_id))
+
+
+@router.get("/fragments/alert-banner", response_class=HTMLResponse)
+def alert_banner(request: Request, c: Ctx, user: Annotated[User, Depends(require("alerts"))],
+                 new: str | None = None) -> Response:  # fmt: skip
+    """The banner every page shows while alerts wait for a decision (``new``: just raised)."""
+    return _page(c, request, "_alert_banner.html", user, raised=bool(new))
 
 
 @router.get("/fragments/alerts", response_class=HTMLResponse)

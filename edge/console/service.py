@@ -4,11 +4,15 @@
   (:func:`edge.watchlist.adjudication.sign_adjudication`, the logged-in user as the
   officer), publish it QoS 1 through the ingest client, record it and announce it;
 - :meth:`Console.crop` / :meth:`Console.reference`: decrypt an image for one user, each
-  view written to the console's audit trail with who and when;
+  view written to the console's audit trail with who and when (a subject's reference
+  images are one sealed set, :mod:`edge.console.refimages`; :meth:`Console.reference_info`
+  gives their provenance and pixel sizes, no image);
 - :meth:`Console.housekeeping` (every minute, and at start): purge alerts and crops older
   than the retention period unless on legal hold (each purged id kept as a tombstone, so a
-  replay is refused), delete reference images of deployments whose window has closed,
-  import new reference files; each purge and deletion audited;
+  replay is refused) and destroy the data key of each day none of whose crops is left,
+  delete reference images (and their deployment's key) of deployments whose window has
+  closed, import new reference files, forget login attempts older than the limits'
+  window; each purge and deletion audited;
 - :meth:`Console.watch_fleet` (every quarter of ``stale_after_s``): a van whose heartbeat is
   overdue turns stale on every open fleet page.
 """
@@ -24,11 +28,14 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge.console.crypto import AtRest, SealError
+from edge.console import refimages
+from edge.console.auth import WINDOW_S
+from edge.console.crypto import AtRest, DataKeys, SealError, reference_key_name
 from edge.console.events import Hub
 from edge.console.metrics import Metrics
 from edge.console.store import Store
-from edge.delivery.alert import DECISIONS
+from edge.console.store_images import CROP_KEY_PERIOD_S
+from edge.delivery.alert import DECISIONS, AlertFormatError, jpeg_size
 from edge.delivery.publish import topic
 from edge.watchlist.adjudication import sign_adjudication
 from edge.watchlist.references import ReferencesRefused, open_references
@@ -54,6 +61,7 @@ class Console:
                  stale_after_s: float | None = None) -> None:  # fmt: skip
         self.store = store
         self.at_rest = at_rest
+        self.keys = DataKeys(store, at_rest)
         self.hub = hub
         self.metrics = metrics
         self.publisher = publisher
@@ -102,28 +110,62 @@ class Console:
 
     # -- images (every view audited) --------------------------------------------------------
 
-    def crop(self, viewer: str, alert_id: str) -> bytes:
-        blob = self.store.crop(alert_id)
-        if blob is None:
-            raise ActionRefused("no crop for this alert (unknown or purged)", 404)
+    def _open(self, sealed: tuple[bytes, str | None], aad: str) -> bytes:
+        blob, key_name = sealed
         try:
-            jpeg = self.at_rest.open(blob, f"crop:{alert_id}")
+            key = None if key_name is None else self.keys.get(key_name)
+            if key_name is not None and key is None:
+                raise ActionRefused("this image's key has been destroyed", 404)
+            return self.at_rest.open(blob, aad, key)
         except SealError as exc:
             raise ActionRefused(str(exc), 500) from None
+
+    def crop(self, viewer: str, alert_id: str) -> bytes:
+        sealed = self.store.crop_sealed(alert_id)
+        if sealed is None:
+            raise ActionRefused("no crop for this alert (unknown or purged)", 404)
+        jpeg = self._open(sealed, f"crop:{alert_id}")
         self.store.log(viewer, "crop_viewed", alert_id=alert_id)
         return jpeg
 
-    def reference(self, viewer: str, deployment_id: str, subject_id: str) -> bytes:
-        blob = self.store.reference(deployment_id, subject_id)
-        if blob is None:
-            raise ActionRefused("no reference image (not imported, or deleted)", 404)
+    def crop_size(self, alert_id: str) -> tuple[int, int] | None:
+        """The crop's (width, height) in pixels, read from its JPEG header (not a view)."""
+        sealed = self.store.crop_sealed(alert_id)
+        if sealed is None:
+            return None
         try:
-            jpeg = self.at_rest.open(blob, f"ref:{deployment_id}:{subject_id}")
-        except SealError as exc:
+            return jpeg_size(self._open(sealed, f"crop:{alert_id}"))
+        except (ActionRefused, AlertFormatError):
+            return None
+
+    def _reference_set(self, deployment_id: str, subject_id: str) -> refimages.ReferenceSet:
+        sealed = self.store.reference_sealed(deployment_id, subject_id)
+        if sealed is None:
+            raise ActionRefused("no reference image (not imported, or deleted)", 404)
+        blob = self._open(sealed, f"ref:{deployment_id}:{subject_id}")
+        try:
+            return refimages.unpack(blob)
+        except refimages.ReferenceBlobError as exc:
             raise ActionRefused(str(exc), 500) from None
+
+    def reference(self, viewer: str, deployment_id: str, subject_id: str,
+                  index: int = 0) -> bytes:  # fmt: skip
+        """Reference image ``index`` (0: the best) of a subject, for ``viewer`` (audited)."""
+        images = self._reference_set(deployment_id, subject_id).images
+        if not 0 <= index < len(images):
+            raise ActionRefused("no such reference image", 404)
         self.store.log(viewer, "reference_viewed", deployment_id=deployment_id,
-                       subject_id=subject_id)  # fmt: skip
-        return jpeg
+                       subject_id=subject_id, image=index)  # fmt: skip
+        return images[index]
+
+    def reference_info(self, deployment_id: str, subject_id: str) -> dict[str, object] | None:
+        """Provenance and pixel sizes of a subject's reference images (no image: not a view)."""
+        try:
+            refs = self._reference_set(deployment_id, subject_id)
+        except ActionRefused:
+            return None
+        return {"source": refs.source, "capture_date": refs.capture_date,
+                "sizes": refs.sizes()}  # fmt: skip
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -135,10 +177,14 @@ class Console:
             self.store.log("console", "references_refused", file=path.name,
                            deployment_id=refs.deployment_id, reason="window closed")  # fmt: skip
             return 0
+        key_name = reference_key_name(refs.deployment_id)  # destroyed with the images
+        key = self.keys.get_or_create(key_name)
         for r in refs.subjects:
-            sealed = self.at_rest.seal(r.jpeg, f"ref:{refs.deployment_id}:{r.subject_id}")
+            sealed = self.at_rest.seal(refimages.pack(r),
+                                       f"ref:{refs.deployment_id}:{r.subject_id}", key)
             self.store.put_reference(refs.deployment_id, r.subject_id, r.category, sealed,
-                                     refs.window_end, bundle_id=refs.bundle_id)  # fmt: skip
+                                     refs.window_end, image_key=key_name,
+                                     bundle_id=refs.bundle_id)  # fmt: skip
         path.unlink(missing_ok=True)
         self.store.log("console", "references_imported", deployment_id=refs.deployment_id,
                        bundle_id=refs.bundle_id, count=len(refs.subjects))  # fmt: skip
@@ -147,11 +193,16 @@ class Console:
     def housekeeping(self, now: float | None = None) -> dict[str, int]:
         now = self.clock() if now is None else now
         done = {"purged": 0, "references_deleted": 0, "references_imported": 0}
+        self.store.purge_login_attempts(now - WINDOW_S)
         ids = self.store.purge_alerts(now - self.retention_s, now)
         if ids:
             done["purged"] = len(ids)
             self.store.log("console", "alerts_purged", count=len(ids), alert_ids=ids[:1000],
                            retention_days=round(self.retention_s / 86400))  # fmt: skip
+        # A day's crop key goes with its last crop, once the day (and the next) is over.
+        days = self.store.shred_crop_keys(int(now // CROP_KEY_PERIOD_S) - 1)
+        if days:
+            self.store.log("console", "crop_keys_destroyed", keys=days)
         for dep, (n, end) in self.store.reference_deployments().items():
             if end <= now:
                 deleted = self.store.delete_references(dep)

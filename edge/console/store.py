@@ -1,21 +1,30 @@
 """The console's store: SQLAlchemy Core over SQLite (WAL) or PostgreSQL.
 
-``Store.open(url)`` makes the engine (``sqlite:///path`` gets WAL, a busy timeout and
-foreign keys; ``postgresql+psycopg://...`` is used as it is) and brings the schema to
-the newest migration. Every method is one short transaction, so the ingest thread and
+``Store.open(url)`` makes the engine (``sqlite:///path`` gets WAL, a busy timeout,
+foreign keys and ``secure_delete``, its files are made mode 0600 - a wider mode is
+repaired, with a warning; ``postgresql+psycopg://...`` is used as it is) and brings the
+schema to the newest migration. After every deletion of images, keys or a user,
+:meth:`Store.scrub` truncates SQLite's WAL, so a deleted row stays in none of the files
+(PostgreSQL keeps dead rows until VACUUM; what they held no longer decrypts:
+:mod:`edge.console.crypto`). Every method is one short transaction, so the ingest thread and
 the web server's threads can share one store; several console instances can share one
 PostgreSQL database (inserts are idempotent on their natural keys).
 
-Users, sessions and login failures: :mod:`edge.console.store_auth`; devices, deployments,
-alarms and the console's MQTT sessions: :mod:`edge.console.store_fleet` (both mixed in).
+Users, sessions and login attempts: :mod:`edge.console.store_auth`; devices,
+deployments, alarms and the console's MQTT sessions: :mod:`edge.console.store_fleet`;
+reference images and the wrapped data keys: :mod:`edge.console.store_images` (all three
+mixed in).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -24,12 +33,34 @@ from edge.console import migrate, trail
 from edge.console import tables as t
 from edge.console.chain import ChainState, Received, advance, conflict
 from edge.console.store_auth import AuthStore
-from edge.console.store_fleet import FleetStore, Row, rows, upsert
+from edge.console.store_fleet import FleetStore, Row, rows
+from edge.console.store_images import ImageStore
 from edge.delivery.alert import parse_rfc3339
+
+log = logging.getLogger(__name__)
+
+
+def private_files(path: str) -> None:
+    """Create the database file mode 0600 before SQLite does (SQLite gives ``-wal`` and
+    ``-shm`` the database's mode); repair a wider mode of any of the three, saying so."""
+    if not Path(path).exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for p in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = p.stat().st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            p.chmod(0o600)
+            log.warning("%s was mode %04o (password and session hashes, sealed images): "
+                        "set to 0600", p, mode)  # fmt: skip
 
 
 def make_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
+        database = sa.engine.make_url(url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            private_files(database)
         engine = sa.create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
         )
@@ -41,6 +72,8 @@ def make_engine(url: str) -> sa.Engine:
             cur.execute("PRAGMA synchronous=NORMAL")  # WAL: consistent; fsync at checkpoints
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA secure_delete=ON")  # deleted rows are zeroed in the file
+            cur.execute("PRAGMA journal_size_limit=0")  # and the WAL truncated
             cur.close()
 
         return engine
@@ -50,7 +83,7 @@ def make_engine(url: str) -> sa.Engine:
 _rows = rows
 
 
-class Store(AuthStore, FleetStore):
+class Store(AuthStore, FleetStore, ImageStore):
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
@@ -62,6 +95,16 @@ class Store(AuthStore, FleetStore):
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def scrub(self) -> None:
+        """After a deletion: checkpoint and truncate SQLite's WAL, so no earlier copy of a
+        deleted row stays in it (``secure_delete`` zeroed it in the database file)."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        with self.engine.connect() as conn:
+            busy, _, _ = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+        if busy:  # a long reader held it: the next deletion's scrub truncates it
+            log.warning("the database's WAL could not be truncated now (busy)")
 
     @contextmanager
     def tx(self) -> Iterator[sa.Connection]:
@@ -84,10 +127,11 @@ class Store(AuthStore, FleetStore):
 
     # -- alerts -----------------------------------------------------------------------------
 
-    def add_alert(self, alert: Mapping[str, Any], crop: bytes, received_at: float) -> str:
-        """Store a checked alert (crop already sealed): ``new``, or ``duplicate`` if its
-        ``alert_id`` is known, or ``purged`` if that id was purged (its tombstone: a replay
-        after the retention never brings a face back)."""
+    def add_alert(self, alert: Mapping[str, Any], crop: bytes, received_at: float,
+                  crop_key: str | None = None) -> str:  # fmt: skip
+        """Store a checked alert (crop already sealed under the data key ``crop_key``):
+        ``new``, or ``duplicate`` if its ``alert_id`` is known, or ``purged`` if that id
+        was purged (its tombstone: a replay after the retention never brings a face back)."""
         values = {
             "alert_id": alert["alert_id"], "device_id": alert["device_id"],
             "deployment_id": alert["deployment_id"], "subject_id": alert["subject_id"],
@@ -97,7 +141,7 @@ class Store(AuthStore, FleetStore):
             "published_at": parse_rfc3339(alert["published_at"]),
             "received_at": received_at, "bbox": json.dumps(alert["bbox"], sort_keys=True),
             "model": json.dumps(alert["model"], sort_keys=True), "crop": crop,
-            "legal_hold": False,
+            "crop_key": crop_key, "legal_hold": False,
         }  # fmt: skip
         a, tomb = t.alerts, t.alert_tombstones
         with self.engine.connect() as conn:
@@ -114,7 +158,8 @@ class Store(AuthStore, FleetStore):
             return "duplicate"  # another instance stored it meanwhile
         return "new"
 
-    _ALERT_COLS: ClassVar[list[sa.Column[Any]]] = [c for c in t.alerts.c if c.name != "crop"]
+    _ALERT_COLS: ClassVar[list[sa.Column[Any]]] = [c for c in t.alerts.c
+                                                   if c.name not in ("crop", "crop_key")]
 
     def alerts(self, *, device_id: str | None = None, deployment_id: str | None = None,
                limit: int = 100, before: float | None = None) -> list[Row]:  # fmt: skip
@@ -138,11 +183,27 @@ class Store(AuthStore, FleetStore):
         with self.engine.connect() as conn:
             return _rows(conn.execute(q.where(cond)))
 
-    def crop(self, alert_id: str) -> bytes | None:
+    def undecided(self, limit: int = 1) -> tuple[int, list[Row]]:
+        """How many alerts no officer has decided yet, and the newest ``limit`` of them."""
+        cond = t.alerts.c.decision.is_(None)
+        q = (sa.select(*self._ALERT_COLS, (t.alerts.c.crop.is_not(None)).label("has_crop"))
+             .where(cond).order_by(t.alerts.c.received_at.desc(), t.alerts.c.alert_id.desc())
+             .limit(limit))  # fmt: skip
         with self.engine.connect() as conn:
-            q = sa.select(t.alerts.c.crop).where(t.alerts.c.alert_id == alert_id)
+            n = conn.execute(sa.select(sa.func.count()).select_from(t.alerts).where(cond))
+            return int(n.scalar_one()), _rows(conn.execute(q))
+
+    def crop(self, alert_id: str) -> bytes | None:
+        sealed = self.crop_sealed(alert_id)
+        return None if sealed is None else sealed[0]
+
+    def crop_sealed(self, alert_id: str) -> tuple[bytes, str | None] | None:
+        """(the sealed crop, the name of its data key), or None (unknown or purged)."""
+        with self.engine.connect() as conn:
+            q = sa.select(t.alerts.c.crop, t.alerts.c.crop_key).where(
+                t.alerts.c.alert_id == alert_id)
             row = conn.execute(q).first()
-            return None if row is None else row[0]
+            return None if row is None or row[0] is None else (bytes(row[0]), row[1])
 
     def set_decision(self, alert_id: str, decision: str, officer: str, at: float) -> None:
         with self.tx() as conn:
@@ -197,7 +258,9 @@ class Store(AuthStore, FleetStore):
                 conn.execute(sa.insert(tomb), [{"alert_id": i, "captured_at": float(c),
                                                 "purged_at": now} for i, c in found])
             conn.execute(sa.delete(tomb).where(tomb.c.captured_at < older_than))
-            return ids
+        if ids:
+            self.scrub()
+        return ids
 
     def tombstones(self) -> list[Row]:
         with self.engine.connect() as conn:
@@ -222,52 +285,6 @@ class Store(AuthStore, FleetStore):
              .group_by(self._OUTCOME))  # fmt: skip
         with self.engine.connect() as conn:
             return {str(d or "open"): int(n) for d, n in conn.execute(q)}
-
-    # -- reference images -------------------------------------------------------------------
-
-    def put_reference(self, deployment_id: str, subject_id: str, category: str,
-                      image: bytes, window_end_ts: float,
-                      bundle_id: str | None = None) -> None:  # fmt: skip
-        with self.tx() as conn:
-            upsert(conn, t.reference_images,
-                   {"deployment_id": deployment_id, "subject_id": subject_id},
-                   {"category": category, "image": image, "window_end_ts": window_end_ts,
-                    "bundle_id": bundle_id})  # fmt: skip
-
-    def reference(self, deployment_id: str, subject_id: str) -> bytes | None:
-        r = t.reference_images
-        q = sa.select(r.c.image).where(r.c.deployment_id == deployment_id,
-                                       r.c.subject_id == subject_id)  # fmt: skip
-        with self.engine.connect() as conn:
-            row = conn.execute(q).first()
-            return None if row is None else bytes(row[0])
-
-    def reference_keys(self, deployment_ids: set[str]) -> set[tuple[str, str]]:
-        """Which (deployment, subject) pairs have a reference image (no image read)."""
-        r = t.reference_images
-        if not deployment_ids:
-            return set()
-        q = sa.select(r.c.deployment_id, r.c.subject_id).where(
-            r.c.deployment_id.in_(sorted(deployment_ids)))
-        with self.engine.connect() as conn:
-            return {(str(d), str(sid)) for d, sid in conn.execute(q)}
-
-    def reference_deployments(self) -> dict[str, tuple[int, float]]:
-        r = t.reference_images
-        q = sa.select(r.c.deployment_id, sa.func.count(), sa.func.max(r.c.window_end_ts)
-                      ).group_by(r.c.deployment_id)  # fmt: skip
-        with self.engine.connect() as conn:
-            return {str(d): (int(n), float(e)) for d, n, e in conn.execute(q)}
-
-    def delete_references(self, deployment_id: str, bundle_id: str | None = None) -> int:
-        """Delete a deployment's reference images; with ``bundle_id`` only those imported
-        with that bundle (a van's signed summary names the bundle it ended)."""
-        r = t.reference_images
-        cond = r.c.deployment_id == deployment_id
-        if bundle_id is not None:
-            cond = sa.and_(cond, r.c.bundle_id == bundle_id)
-        with self.tx() as conn:
-            return conn.execute(sa.delete(r).where(cond)).rowcount
 
     # -- audit chains -----------------------------------------------------------------------
 

@@ -5,8 +5,10 @@ The schema in a database is made by the Alembic migrations in
 the migrated schema with these tables, so they cannot drift apart.
 
 Times are Unix seconds (float). Face crops and reference images are AES-GCM ciphertext
-(:mod:`edge.console.crypto`), never plaintext. JSON columns are text written by the
-console after validation.
+(:mod:`edge.console.crypto`), never plaintext: each under a random data key (crops: one
+per UTC day of arrival; reference images: one per deployment) kept in ``data_keys``
+wrapped by the console's key and deleted with the last row it encrypts. JSON columns
+are text written by the console after validation.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ alerts = sa.Table(
     sa.Column("bbox", sa.String(200), nullable=False),
     sa.Column("model", sa.Text, nullable=False),
     sa.Column("crop", sa.LargeBinary, nullable=True),  # AES-GCM; NULL once purged
+    # The crop's data key (data_keys.name); NULL: sealed under the console key (before 0004)
+    sa.Column("crop_key", sa.String(80), index=True),
     sa.Column("legal_hold", sa.Boolean, nullable=False, default=False),
     sa.Column("decision", sa.String(16)),  # what the console sent
     sa.Column("decided_by", sa.String(64)),
@@ -175,9 +179,11 @@ reference_images = sa.Table(
     sa.Column("deployment_id", sa.String(64), primary_key=True),
     sa.Column("subject_id", sa.String(128), primary_key=True),
     sa.Column("category", sa.String(32), nullable=False),
-    sa.Column("image", sa.LargeBinary, nullable=False),  # AES-GCM under the console's key
+    sa.Column("image", sa.LargeBinary, nullable=False),  # AES-GCM under its data key
     sa.Column("window_end_ts", sa.Float, nullable=False),
     sa.Column("bundle_id", sa.String(64)),  # a van's signed summary names it to delete them
+    # The image's data key (data_keys.name); NULL: sealed under the console key (before 0004)
+    sa.Column("image_key", sa.String(80)),
 )  # fmt: skip
 
 alarms = sa.Table(
@@ -199,6 +205,13 @@ mqtt_sessions = sa.Table(
     sa.Column("client_id", sa.String(128), primary_key=True),
     sa.Column("alive_at", sa.Float, nullable=False),
     sa.Column("expiry_s", sa.Integer, nullable=False),
+)  # fmt: skip
+
+data_keys = sa.Table(
+    "data_keys", metadata,
+    sa.Column("name", sa.String(80), primary_key=True),  # crop:<UTC day> | ref:<deployment>
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),  # AES-GCM under the console's key
+    sa.Column("created_at", sa.Float, nullable=False),
 )  # fmt: skip
 
 console_audit = sa.Table(

@@ -33,16 +33,19 @@ margin, so a whole frame can never leave as an "alert crop".
 from __future__ import annotations
 
 import base64
-import json
 import math
 import re
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from edge import boundedjson
-from edge.compat import UTC
+from edge.delivery.alert_sign import check_signature
+from edge.delivery.wire import AlertFormatError as AlertFormatError  # re-exported, as
+from edge.delivery.wire import dumps  # the wire's other primitives (edge.delivery.wire)
+from edge.delivery.wire import parse_rfc3339 as parse_rfc3339
+from edge.delivery.wire import rfc3339 as rfc3339
+from edge.delivery.wire import stamp_published_at as stamp_published_at
 from edge.signing import b64decode_canonical
 from edge.types import CATEGORIES, AlertRecord, ImageU8
 from edge.uuid7 import uuid7_str
@@ -66,36 +69,12 @@ _SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
 _UUID7_RE: Final = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 )
-_RFC3339_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 _SIG_RE: Final = re.compile(r"^[A-Za-z0-9+/]{86}==$")
-
-
-class AlertFormatError(ValueError):
-    """A payload is not a valid alert / adjudication (the message says which field)."""
 
 
 def new_alert_id() -> str:
     """A fresh alert id: a UUIDv7 string (time-ordered; the control room's dedup key)."""
     return uuid7_str()
-
-
-# --- time ------------------------------------------------------------------------------------
-
-
-def rfc3339(ts: float) -> str:
-    """Unix seconds -> RFC 3339 UTC with milliseconds, e.g. ``2026-11-22T11:28:13.123Z``."""
-    dt = datetime.fromtimestamp(ts, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def parse_rfc3339(text: str) -> float:
-    """The inverse of :func:`rfc3339` (any fraction length, ``Z`` only) -> Unix seconds."""
-    if not isinstance(text, str) or not _RFC3339_RE.fullmatch(text):
-        raise AlertFormatError(f"not an RFC 3339 UTC time ending in Z: {text!r}")
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:  # month 13, day 32, hour 25...
-        raise AlertFormatError(f"not a valid time: {text!r}") from None
 
 
 # --- the face crop ---------------------------------------------------------------------------
@@ -262,31 +241,9 @@ def build_alert(record: AlertRecord, published_at: float | None = None) -> dict[
     }
 
 
-def _dumps(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
-
-
 def encode_alert(record: AlertRecord, published_at: float | None = None) -> bytes:
     """Alert JSON bytes (compact, keys sorted: deterministic for a given record)."""
-    return _dumps(build_alert(record, published_at))
-
-
-def stamp_published_at(payload: bytes, at: float) -> bytes:
-    """Fill ``"published_at": null`` in a JSON object payload; anything else is returned as is.
-
-    Deterministic: the same payload and ``at`` give the same bytes, so a
-    redelivered alert is identical to the first delivery.
-    """
-    if b'"published_at":null' not in payload:
-        return payload
-    try:
-        obj = json.loads(payload)
-    except ValueError:
-        return payload
-    if not isinstance(obj, dict) or obj.get("published_at", 0) is not None:
-        return payload
-    obj["published_at"] = rfc3339(at)
-    return _dumps(obj)
+    return dumps(build_alert(record, published_at))
 
 
 def _need(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -354,8 +311,6 @@ def parse_alert(
     if "signature" in obj and not _SIG_RE.fullmatch(_need(obj, "signature", str)):
         raise AlertFormatError("signature is not a base64 Ed25519 signature")
     if keys is not None:
-        from edge.delivery.alert_sign import check_signature
-
         check_signature(payload, obj, keys)
     return obj
 
@@ -366,7 +321,7 @@ def parse_alert(
 def make_adjudication(alert_id: str, decision: str, officer: str, at: float) -> dict[str, str]:
     """The ``{alert_id, decision, officer, at}`` object the control room sends back."""
     adj = {"alert_id": alert_id, "decision": decision, "officer": officer, "at": rfc3339(at)}
-    return parse_adjudication(_dumps(adj))
+    return parse_adjudication(dumps(adj))
 
 
 def parse_adjudication(payload: bytes) -> dict[str, str]:

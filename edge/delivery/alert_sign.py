@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from edge import signing
-from edge.delivery.alert import AlertFormatError, rfc3339, stamp_published_at
+from edge.delivery.wire import AlertFormatError, rfc3339, stamp_published_at
 
 SIG_CONTEXT: Final = b"lfr-edge alert v1\x00"
 SIGNATURE_FIELD: Final = "signature"
@@ -74,7 +74,7 @@ def seal_alert(payload: bytes, published_at: float, key: Ed25519PrivateKey) -> b
 def outgoing(payload: bytes, first: float, key: Ed25519PrivateKey | None) -> bytes:
     """What the publisher sends for an outbox payload first handed to MQTT at ``first``:
     an alert (``key`` given) stamped and sealed, anything else stamped if it has a null
-    ``published_at`` (:func:`~edge.delivery.alert.stamp_published_at`) and otherwise as is."""
+    ``published_at`` (:func:`~edge.delivery.wire.stamp_published_at`) and otherwise as is."""
     if key is None:
         return stamp_published_at(payload, first)
     return seal_alert(payload, first, key)

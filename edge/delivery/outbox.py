@@ -11,11 +11,13 @@ SQLite in WAL mode, one table, payloads encrypted at rest with AES-256-GCM.
   zeroes deleted cells and freed pages; every ack and purge that deleted something
   then checkpoints with ``wal_checkpoint(TRUNCATE)``, and ``journal_size_limit=0``
   truncates the WAL after automatic checkpoints too, so the WAL never keeps an old
-  copy of a deleted row. Retention is also a crypto-shred: rows are encrypted with a
-  random data key per period (a UTC day), wrapped under the outbox key
-  (:mod:`edge.delivery.outbox_keys`), and a period's key is destroyed as soon as none
-  of its rows is left. ``test_outbox.py::test_deleted_rows_are_unrecoverable`` scans
-  the raw db, ``-wal`` and ``-shm`` bytes.
+  copy of a deleted row. Retention is also a crypto-shred: rows are encrypted with
+  random data keys (a new one at least every period, a UTC day), wrapped under the
+  outbox key (:mod:`edge.delivery.outbox_keys`), and a key is destroyed as soon as none
+  of its rows is left, the current one too (the next row gets a fresh key).
+  ``test_outbox.py::test_deleted_rows_are_unrecoverable`` scans the raw db, ``-wal``
+  and ``-shm`` bytes; ``::test_a_key_dies_with_its_last_row_the_same_day`` opens a
+  pending row's copy with every key left after its acknowledgement.
 - **Encryption.** The caller passes a 32-byte outbox key (derived from a systemd
   credential, never the config); it wraps the data keys. Each row is ``nonce(12) ||
   AESGCM(data key of its period).encrypt(nonce, payload, aad)`` with a random
@@ -40,9 +42,10 @@ SQLite in WAL mode, one table, payloads encrypted at rest with AES-256-GCM.
 
 Any message kind can go through it (alerts, retained deployment records, audit
 entries): rows are ``(seq, msg_id, topic, retain, created_at, ciphertext,
-attempts, legal_hold, published_at, delivered, bad, key_period)`` and come out in
-``seq`` (insertion) order. A file of format 1 (no data keys) is migrated at open: its
-rows stay under the outbox key until they are acknowledged or purged.
+attempts, legal_hold, published_at, delivered, bad, key_id)`` and come out in
+``seq`` (insertion) order. Files of earlier formats are migrated at open
+(:func:`~edge.delivery.outbox_keys.migrate`): format 1's rows (no data keys) stay under
+the outbox key until they are acknowledged or purged.
 
 Over 400 lines: one class around one connection and its lock; the data keys
 (:mod:`~edge.delivery.outbox_keys`) and the errors and records
@@ -95,14 +98,14 @@ DEFAULT_MAX_ITEMS: Final = 10_000
 DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
 KEEP_UNDELIVERED: Final = ("/audit",)
 """Topic suffixes whose undelivered rows retention never purges."""
-_FORMAT: Final = b"2"
+_FORMAT: Final = b"3"
 _AAD_PREFIX: Final = b"lfr-outbox/1\x00"
 _KEY_CHECK_AAD: Final = b"lfr-outbox/1 key-check"
 _KEY_CHECK_PLAIN: Final = b"lfr-outbox key check"
 _NONCE: Final = 12
 _COLUMNS: Final = (
     "seq, msg_id, topic, retain, created_at, ciphertext, attempts, legal_hold, "
-    "published_at, key_period"
+    "published_at, key_id"
 )
 
 _SCHEMA: Final = """
@@ -278,7 +281,7 @@ class Outbox:
                     self._db.execute("ROLLBACK")
                     return False
                 nonce = os.urandom(_NONCE)
-                aes = self._keys.get_or_create(period)
+                key_id, aes = self._keys.current(period)
                 blob = nonce + aes.encrypt(nonce, bytes(payload), _aad(msg_id, topic, retain))
                 items, size = self._db.execute(
                     "SELECT COUNT(*), COALESCE(SUM(LENGTH(ciphertext)), 0) FROM outbox"
@@ -295,8 +298,8 @@ class Outbox:
                     )
                 self._db.execute(
                     "INSERT INTO outbox (msg_id, topic, retain, created_at, ciphertext, "
-                    "key_period) VALUES (?, ?, ?, ?, ?, ?)",
-                    (msg_id, topic, int(retain), created, blob, period),
+                    "key_id) VALUES (?, ?, ?, ?, ?, ?)",
+                    (msg_id, topic, int(retain), created, blob, key_id),
                 )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -329,8 +332,9 @@ class Outbox:
         """The broker acknowledged ``msg_id`` (PUBACK success): delete it.
 
         A row on legal hold is kept, marked delivered (no longer pending). Returns
-        True if the row existed. A deletion destroys its period's data key if it was
-        the last row of a past period, then scrubs the WAL.
+        True if the row existed. A deletion destroys its data key if it was the key's
+        last row (the current period's too: the next row gets a new key), then scrubs
+        the WAL.
         """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -340,7 +344,7 @@ class Outbox:
                 )
                 deleted = cur.rowcount > 0
                 if deleted:
-                    self._keys.shred_unused(self._keys.period_of(time.time()))
+                    self._keys.shred_unused()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -385,7 +389,7 @@ class Outbox:
                     )
                 )
                 self._db.execute(f"DELETE FROM outbox WHERE {where}", (cutoff,))  # noqa: S608
-                shredded = self._keys.shred_unused(self._keys.period_of(at))
+                shredded = self._keys.shred_unused()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -400,10 +404,10 @@ class Outbox:
 
     def _item(self, row: Any) -> OutboxItem:
         """Decrypt one row (caller holds the lock: a data key may be read)."""
-        seq, msg_id, topic, retain, created, blob, attempts, hold, published, period = row
+        seq, msg_id, topic, retain, created, blob, attempts, hold, published, key_id = row
         mid, tpc, ret, raw = str(msg_id), str(topic), bool(retain), bytes(blob)
         try:
-            aes = self._aes if period is None else self._keys.get(int(period))
+            aes = self._aes if key_id is None else self._keys.get(int(key_id))
         except DataKeyError:
             raise OutboxTampered(mid) from None
         if aes is None or len(raw) < _NONCE + 16:

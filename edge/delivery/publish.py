@@ -52,17 +52,18 @@ Health: :attr:`Publisher.last_checkin` (``time.monotonic()``) is updated by the 
 loop each turn (at least every ``drain_interval_s``) once it has checked paho's thread
 (and rebuilt the client if needed), for the watchdog.
 
-Split along its seams, with the invariants kept in one place: the shared state
-(the connection generation, the in-flight maps of outbox and held messages, the cursor,
-the status and will) and the steps that settle it are
-:class:`~edge.delivery.publish_state.PublisherState`; the client's build, watch, rebuild
-and paho's callbacks :class:`~edge.delivery.publish_client.ClientLifecycle`; the outbox
-drain :class:`~edge.delivery.publish_drain.OutboxDrain`. This module is the public face:
-the constructor's contract, enqueueing, status and stats, start and stop, and the drain
-loop's turn. What touches none of that state lives beside them: the client and topics
-(:mod:`~edge.delivery.link`), the inbound gate (:mod:`~edge.delivery.inbound`) and the
-RAM queue (:mod:`~edge.delivery.held`). Every name this module exported is still
-importable from it.
+Built by composition along its seams, with the invariants kept in one place: the shared
+state (the connection generation, the in-flight maps of outbox and held messages, the
+cursor, the status and will, the current client) and the steps that settle it are one
+:class:`~edge.delivery.publish_state.PublisherState`, owned by the Publisher and handed
+to its two parts: the :class:`~edge.delivery.publish_client.ClientManager` (the client's
+build, watch, rebuild and paho's callbacks) and the
+:class:`~edge.delivery.publish_drain.OutboxDrainer` (the outbox drain). This module is
+the public face: the constructor's contract, enqueueing, status and stats, start and
+stop, and the drain loop's turn. What touches none of that state lives beside them: the
+client and topics (:mod:`~edge.delivery.link`), the inbound gate
+(:mod:`~edge.delivery.inbound`) and the RAM queue (:mod:`~edge.delivery.held`). Every
+name this module exported is still importable from it.
 """
 
 from __future__ import annotations
@@ -71,13 +72,16 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import MQTTErrorCode
 
 from edge.delivery.alert import encode_alert, rfc3339
-from edge.delivery.inbound import Inbound
+from edge.delivery.held import HeldQueue
+from edge.delivery.inbound import Inbound, InboundGate
 from edge.delivery.link import (
     IN_KINDS,
     OUT_KINDS,
@@ -87,10 +91,10 @@ from edge.delivery.link import (
     tls_context,
     topic,
 )
-from edge.delivery.outbox import OutboxError
-from edge.delivery.publish_client import STALL_KEEPALIVES, WILL_WAIT_S, ClientLifecycle
-from edge.delivery.publish_drain import OutboxDrain
-from edge.delivery.publish_state import LOGGER, InboxCallback, RefusedCallback
+from edge.delivery.outbox import Outbox, OutboxError
+from edge.delivery.publish_client import STALL_KEEPALIVES, WILL_WAIT_S, ClientManager
+from edge.delivery.publish_drain import OutboxDrainer
+from edge.delivery.publish_state import LOGGER, InboxCallback, PublisherState, RefusedCallback
 from edge.types import AlertRecord
 
 __all__ = [
@@ -101,29 +105,117 @@ __all__ = [
 log = logging.getLogger(LOGGER)
 
 
-class Publisher(ClientLifecycle, OutboxDrain):
+class Publisher:
     """Publishes the outbox to the broker and hands incoming replies to the inbox.
 
     ``start()`` connects in the background and returns at once; ``stop()``
-    flushes (bounded), publishes the offline status and disconnects. The constructor is
-    :class:`~edge.delivery.publish_state.PublisherState`'s (device id, broker, outbox;
-    inbox and refusal callbacks, limits, stats, held queue, signing key).
+    flushes (bounded), publishes the offline status and disconnects.
     """
+
+    def __init__(
+        self,
+        device_id: str,
+        broker: BrokerSettings,
+        outbox: Outbox,
+        *,
+        inbox: InboxCallback | None = None,
+        on_refused: RefusedCallback | None = None,
+        client_id: str | None = None,
+        inflight_max: int = 20,
+        reconnect_min_s: int = 1,
+        reconnect_max_s: int = 30,
+        drain_interval_s: float = 0.5,
+        session_expiry_s: int = 7 * 24 * 3600,
+        stats_provider: Callable[[], Mapping[str, Any]] | None = None,
+        stats_interval_s: float = 30.0,
+        topic_prefix: str = "lfr",
+        held: HeldQueue | None = None,
+        signing_key: Ed25519PrivateKey | None = None,
+    ) -> None:
+        self.state = PublisherState(
+            device_id, broker, outbox, inbox=inbox, on_refused=on_refused,
+            inflight_max=inflight_max, topic_prefix=topic_prefix, held=held,
+            signing_key=signing_key,
+        )  # fmt: skip
+        self.clients = ClientManager(self.state, client_id=client_id or device_id,
+                                     reconnect=(reconnect_min_s, reconnect_max_s),
+                                     session_expiry_s=session_expiry_s)  # fmt: skip
+        self.drainer = OutboxDrainer(self.state)
+        self.drain_interval_s = drain_interval_s
+        self.stats_provider = stats_provider
+        self.stats_interval_s = stats_interval_s
+        self.last_checkin = time.monotonic()
+        self._thread: threading.Thread | None = None
+        self._next_stats = 0.0
+
+    # -- the shared state, read (and the broker settings set) from outside -------------------
+
+    @property
+    def device_id(self) -> str:
+        return self.state.device_id
+
+    @property
+    def outbox(self) -> Outbox:
+        return self.state.outbox
+
+    @property
+    def held(self) -> HeldQueue:
+        return self.state.held
+
+    @property
+    def gate(self) -> InboundGate:
+        return self.state.gate
+
+    @property
+    def broker(self) -> BrokerSettings:
+        return self.state.broker
+
+    @broker.setter
+    def broker(self, value: BrokerSettings) -> None:
+        self.state.broker = value  # used from the next connection (or rebuild) on
+
+    @property
+    def client(self) -> mqtt.Client:
+        """The current paho client (a rebuild replaces it)."""
+        return self.state.client
+
+    @property
+    def acked(self) -> int:
+        """Messages delivered (PUBACK success), this process."""
+        return self.state.acked
+
+    @property
+    def connect_count(self) -> int:
+        """Successful CONNACKs, this process."""
+        return self.state.connect_count
+
+    @property
+    def rebuilds(self) -> int:
+        """Clients rebuilt after a dead or stalled thread or a will change."""
+        return self.clients.rebuilds
+
+    @property
+    def persist_error(self) -> str | None:
+        """The outbox refused a write and has not taken one since (for ``status``)."""
+        return self.state.persist_error
+
+    def topic(self, kind: str) -> str:
+        return self.state.topic(kind)
 
     # -- public -----------------------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
         """True only between a successful CONNACK and the next disconnect."""
-        with self._lock:
-            return self._connected
+        with self.state.lock:
+            return self.state.connected
 
     @property
     def last_error(self) -> str | None:
         """The latest problem (connect failure, refused PUBACK, outbox error); None once
         a connection succeeds after it."""
-        with self._lock:
-            return self._last_error
+        with self.state.lock:
+            return self.state.last_error
 
     @property
     def pending_count(self) -> int:
@@ -135,14 +227,14 @@ class Publisher(ClientLifecycle, OutboxDrain):
 
     @property
     def inflight_count(self) -> int:
-        with self._lock:
-            return len(self._inflight) + len(self._held_inflight)
+        with self.state.lock:
+            return len(self.state.inflight) + len(self.state.held_inflight)
 
     def start(self) -> None:
         """Connect in the background (paho's loop thread) and start the drain loop."""
         if self._thread is not None:
             return
-        self._connect(self._client)
+        self.clients.connect(self.state.client)
         self._thread = threading.Thread(
             target=self._run, name=f"publisher-{self.device_id}", daemon=True
         )
@@ -167,10 +259,10 @@ class Publisher(ClientLifecycle, OutboxDrain):
         try:
             added = self.outbox.put(msg_id, target, payload, retain, reserved=kind == "audit")
         except OutboxError as exc:
-            self.persist_error = str(exc)
+            self.state.persist_error = str(exc)
             log.error("outbox cannot store %s (%s); held in memory", msg_id, exc)
             added = self.held.hold(msg_id, target, payload, retain)
-        self._wake.set()
+        self.state.wake.set()
         return added
 
     def enqueue_alert(self, record: AlertRecord) -> bool:
@@ -179,7 +271,7 @@ class Publisher(ClientLifecycle, OutboxDrain):
 
     def wake(self) -> None:
         """Ask the drain loop to look at the outbox now (after an external ``put``)."""
-        self._wake.set()
+        self.state.wake.set()
 
     def publish_status(self, armed: bool, reason: str, **extra: Any) -> bool:
         """Set the retained online status; the drain loop publishes it at once if connected.
@@ -188,11 +280,12 @@ class Publisher(ClientLifecycle, OutboxDrain):
         ``armed`` makes the drain loop reconnect so the last will says the same. Returns
         whether the publisher is connected now (else it goes out on connect).
         """
-        with self._lock:
-            self._status = {"armed": bool(armed), "reason": str(reason), **extra}
-            self._status_due = True
-            connected = self._connected
-        self._wake.set()
+        s = self.state
+        with s.lock:
+            s.status = {"armed": bool(armed), "reason": str(reason), **extra}
+            s.status_due = True
+            connected = s.connected
+        s.wake.set()
         return connected
 
     def publish_stats(self, stats: Mapping[str, Any]) -> bool:
@@ -200,7 +293,8 @@ class Publisher(ClientLifecycle, OutboxDrain):
         if not self.connected:
             return False
         body = {**stats, "device_id": self.device_id, "at": rfc3339(time.time())}
-        info = self._publish_other(self.topic("stats"), json_bytes(body), qos=0, retain=False)
+        info = self.state.publish_other(self.topic("stats"), json_bytes(body), qos=0,
+                                        retain=False)  # fmt: skip
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def stop(self, flush_timeout: float = 5.0) -> bool:
@@ -209,33 +303,34 @@ class Publisher(ClientLifecycle, OutboxDrain):
         Returns True if nothing was left pending. Undelivered outbox rows stay for the
         next start (what is held in RAM only is lost, and logged).
         """
+        s = self.state
         deadline = time.monotonic() + max(0.0, flush_timeout)
-        self._wake.set()
+        s.wake.set()
         while self._thread is not None and time.monotonic() < deadline:
             pending = self.pending_count
-            with self._lock:
-                stuck = self._connected and not self._inflight and pending <= len(self._rejected)
+            with s.lock:
+                stuck = s.connected and not s.inflight and pending <= len(s.rejected)
             if pending == 0 or stuck:
                 break
             time.sleep(0.05)
-        self._stopping.set()
-        self._wake.set()
+        s.stopping.set()
+        s.wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
-        client = self._client
+        client = s.client
         if self.connected:
-            with self._lock:
-                self._status = {**self._status, "reason": "stopped"}
-            info = self._publish_other(
-                self.topic("status"), self._status_payload("offline"), qos=1, retain=True
+            with s.lock:
+                s.status = {**s.status, "reason": "stopped"}
+            info = s.publish_other(
+                self.topic("status"), s.status_payload("offline"), qos=1, retain=True
             )
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=max(0.5, min(2.0, deadline - time.monotonic())))
         client.disconnect()
         client.loop_stop()
-        with self._lock:
-            self._connected = False
+        with s.lock:
+            s.connected = False
         if len(self.held):
             log.error("%d message(s) held in memory were never stored or delivered",
                       len(self.held))  # fmt: skip
@@ -244,27 +339,29 @@ class Publisher(ClientLifecycle, OutboxDrain):
     # -- drain loop -------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
+        s = self.state
+        while not s.stopping.is_set():
             try:
-                hold = self._watch_client()
+                hold = self.clients.watch()
                 self.last_checkin = time.monotonic()
                 if not hold:
                     self._maybe_status()
-                    self._drain_held()
-                    self._drain_once()
+                    self.drainer.drain_held()
+                    self.drainer.drain_once()
                     self._maybe_stats()
             except Exception as exc:
                 log.exception("publisher drain failed")
-                self._error(f"drain failed: {exc}")
-            self._wake.wait(self.drain_interval_s)
-            self._wake.clear()
+                s.error(f"drain failed: {exc}")
+            s.wake.wait(self.drain_interval_s)
+            s.wake.clear()
 
     def _maybe_status(self) -> None:
-        with self._lock:
-            due = self._status_due and self._connected
-            self._status_due = False if due else self._status_due
+        s = self.state
+        with s.lock:
+            due = s.status_due and s.connected
+            s.status_due = False if due else s.status_due
         if due:
-            self._send_status("online")
+            s.send_status("online")
 
     def _maybe_stats(self) -> None:
         if self.stats_provider is None:

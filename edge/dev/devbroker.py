@@ -5,16 +5,21 @@ configuration: TLS only, client certificates required, the certificate's CN
 used as the user name, persistence on (retained messages and persistent
 sessions survive a stop/start on the same port), and the same ACL the
 ``control_room_broker`` Ansible role installs: a device writes only under
-``lfr/<its id>/`` and reads only its own inbound topics; the control room
-reads everything and writes adjudications and commands.
+``lfr/<its id>/`` and reads only its own inbound topics; each control-room client
+reads and writes only what its kind needs.
 
 As in the role: the certificate's CN is also the client id
 (``use_username_as_clientid``), so no certificate can take over another device's
-persistent session (and two clients with one certificate take over each other: every
-control-room client connected at the same time has its own CN, :data:`CONTROL_ROOM_CNS`);
-packets are bounded (``max_packet_size``); the in-memory database
-is saved after every change (``autosave_on_changes``), so a SIGKILLed broker keeps the
-QoS 1 messages it had queued.
+persistent session, and two clients with one certificate take over each other. So every
+control-room client has its own identity (CN) and ACL entry, of one of
+:data:`CONTROL_ROOM_KINDS`, each allowed only what it needs: the console instances
+(:data:`CONSOLE_CN`, ...), the end-deployment play (:data:`END_DEPLOYMENT_CN`, writes
+commands only), ``edge alerts`` (:data:`ALERTS_CN`) and technicians' tools
+(:data:`TECHNICIAN_CN`); :data:`CONTROL_ROOM_CLIENTS` is the role's default list
+(``control_room_broker_clients``), ``tests/test_broker_identities.py`` checks the two
+agree. Packets are bounded (``max_packet_size``); the in-memory database is saved after
+every change (``autosave_on_changes``), so a SIGKILLed broker keeps the QoS 1 messages
+it had queued.
 """
 
 from __future__ import annotations
@@ -26,34 +31,94 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from edge.dev.devpki import CertFiles, DevCA
 from edge.errors import BrokerError
 
-CONTROL_ROOM_CN = "control-room"
-CONTROL_ROOM_CNS = (CONTROL_ROOM_CN, "control-room-alerts", "control-room-console",
-                    "control-room-tools", "control-room-recorder", "control-room-recorder-2",
-                    "control-room-recorder-3", "control-room-recorder-4")  # fmt: skip
-"""The control room's clients: with ``use_username_as_clientid`` the CN is the client id,
-so each client connected at the same time needs its own certificate (and ACL entry)."""
 DEVICE_OUT_TOPICS = ("status", "alerts", "stats", "deployment", "audit")
 DEVICE_IN_TOPICS = ("adjudications", "commands")
 MAX_PACKET_SIZE = 512 * 1024
 """The broker's limit on any packet (an alert with its face crop is well under 100 KiB)."""
 
 
-def acl_text(control_rooms: tuple[str, ...] = CONTROL_ROOM_CNS) -> str:
-    """The broker ACL: devices (CN = device id) confined to their own prefix."""
-    lines = ["# The control room reads everything and writes adjudications and commands."]
-    for user in control_rooms:
-        lines += [f"user {user}", "topic read lfr/#", "topic write lfr/+/adjudications",
-                  "topic write lfr/+/commands"]  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class ClientKind:
+    """What one kind of control-room client may read and write (MQTT topic filters)."""
+
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+
+
+def _every_device(*kinds: str) -> tuple[str, ...]:
+    return tuple(f"lfr/+/{k}" for k in kinds)
+
+
+CONTROL_ROOM_KINDS: Final[Mapping[str, ClientKind]] = {
+    # The web console: the fleet's messages in, the officers' signed decisions out.
+    "console": ClientKind(_every_device(*DEVICE_OUT_TOPICS), _every_device("adjudications")),
+    # ansible/end-deployment.yml: a signed end_deployment command, nothing else.
+    "end_deployment": ClientKind((), _every_device("commands")),
+    # `edge alerts` (and `edge alerts adjudicate`): alerts and status, decisions out.
+    "alerts": ClientKind(
+        _every_device("alerts", "status", "deployment"), _every_device("adjudications")
+    ),
+    # Technicians' tools: the fleet's health, no faces, no audit, nothing out.
+    "technician": ClientKind(_every_device("status", "stats", "deployment"), ()),
+}
+"""The kinds of control-room client, as the broker role's ``_control_room_broker_kinds``."""
+
+CONSOLE_CN: Final = "control-room-console-1"
+END_DEPLOYMENT_CN: Final = "control-room-end-deployment"
+ALERTS_CN: Final = "control-room-alerts"
+TECHNICIAN_CN: Final = "control-room-technician"
+CONTROL_ROOM_CLIENTS: Final[Mapping[str, str]] = {
+    CONSOLE_CN: "console",
+    END_DEPLOYMENT_CN: "end_deployment",
+    ALERTS_CN: "alerts",
+    TECHNICIAN_CN: "technician",
+}
+"""CN -> kind: the role's default ``control_room_broker_clients`` (a second console instance
+gets ``control-room-console-2``, and so on)."""
+
+
+def default_clients() -> dict[str, ClientKind]:
+    """The default control-room clients with their rights (CN -> :class:`ClientKind`)."""
+    return {cn: CONTROL_ROOM_KINDS[kind] for cn, kind in CONTROL_ROOM_CLIENTS.items()}
+
+
+def acl_text(clients: Mapping[str, ClientKind] | None = None) -> str:
+    """The broker ACL: each control-room client's own rights; devices (CN = device id)
+    confined to their own prefix."""
+    lines = ["# Control-room clients: each its own identity (CN), only what it needs."]
+    for user, kind in (default_clients() if clients is None else clients).items():
+        lines += [f"user {user}", *(f"topic read {t}" for t in kind.read),
+                  *(f"topic write {t}" for t in kind.write)]  # fmt: skip
     lines += ["", "# Devices: write only under their own prefix, read only their inbound topics."]
     lines += [f"pattern write lfr/%u/{t}" for t in DEVICE_OUT_TOPICS]
     lines += [f"pattern read lfr/%u/{t}" for t in DEVICE_IN_TOPICS]
     return "\n".join(lines) + "\n"
+
+
+def parse_acl(text: str) -> set[tuple[str, str, str]]:
+    """An ACL file's rules as ``(user or "%pattern", access, topic)``, ignoring layout and
+    order (to compare two ACLs' meaning)."""
+    rules: set[tuple[str, str, str]] = set()
+    user = ""
+    for raw in text.splitlines():
+        words = raw.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "user":
+            user = words[1]
+        elif words[0] in ("topic", "pattern") and len(words) == 3:
+            rules.add((user if words[0] == "topic" else "%pattern", words[1], words[2]))
+        else:
+            raise ValueError(f"unexpected ACL line: {raw!r}")
+    return rules
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -85,6 +150,9 @@ class DevBroker:
         authority: DevCA | None = None,
         port: int = 0,
         extra_config: Iterable[str] = (),
+        clients: Mapping[str, ClientKind] | None = None,
+        crl: Path | None = None,
+        spawn: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
     ) -> None:
         self.workdir = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -95,10 +163,11 @@ class DevBroker:
         self.data_dir = directory / "data"
         self.data_dir.mkdir(exist_ok=True)
         self.acl_path = directory / "acl"
-        self.acl_path.write_text(acl_text())
+        self.acl_path.write_text(acl_text(clients))
         self.config_path = directory / "mosquitto.conf"
         self.log_path = directory / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._spawn = spawn  # e.g. edge.dev.children.ChildGroup.popen (the demo's)
         self._clients: dict[str, CertFiles] = {}
         self._lock = threading.Lock()
         self.config_path.write_text(
@@ -130,6 +199,7 @@ class DevBroker:
                     f"cafile {self.ca}",
                     f"certfile {self.server.cert}",
                     f"keyfile {self.server.key}",
+                    f"crlfile {crl}" if crl is not None else "",
                     "require_certificate true",
                     "use_identity_as_username true",
                     "use_username_as_clientid true",
@@ -162,7 +232,7 @@ class DevBroker:
         if self.running:
             return
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
+            self._proc = self._spawn(
                 [find_mosquitto(), "-c", str(self.config_path)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,3 +126,32 @@ class DevCA:
             ),
         )
         return files
+
+    def revocation_list(self, revoked: Iterable[Path], out: Path | None = None,
+                        valid_days: float = 2.0) -> Path:  # fmt: skip
+        """Write a CRL (PEM) signed by this CA listing the certificates in ``revoked``
+        (their files), valid ``valid_days``: a broker with it refuses those clients, and
+        every client once it is past its next update."""
+        now = dt.datetime.now(UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._cert.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + dt.timedelta(days=valid_days))
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                critical=False,
+            )
+        )
+        for path in revoked:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(cert.serial_number)
+                .revocation_date(now - dt.timedelta(minutes=1))
+                .build()
+            )
+        out = out or self.directory / "crl.pem"
+        out.write_bytes(builder.sign(self._key, hashes.SHA256()).public_bytes(
+            serialization.Encoding.PEM))  # fmt: skip
+        return out

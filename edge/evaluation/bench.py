@@ -92,11 +92,12 @@ def run_bench(
     decision: str | None = None,
     template_weight: str | None = None,
     template_min: int | None = None,
+    flip: bool | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline over ``video`` and return the figures (see the module doc)."""
     from edge.delivery.outbox import Outbox
     from edge.delivery.publish import BrokerSettings, Publisher, new_client
-    from edge.dev.devbroker import CONTROL_ROOM_CN, DevBroker
+    from edge.dev.devbroker import ALERTS_CN, DevBroker
     from edge.recognition.decide import TrackDecider
     from edge.recognition.match import Watchlist
     from edge.recognition.pipeline import STAGES, Recognizer
@@ -122,7 +123,7 @@ def run_bench(
     engine = FaceEngine.from_models(
         models_dir, embedder=embedder, precision=precision,
         detector=detector or defaults.model,
-        detector_input=detector_input or defaults.input_size,
+        detector_input=detector_input or defaults.input_size, flip=flip,
     )
     # As the daemon: detect on a copy at the lores size (source.lores_size's default).
     lores = SourceSettings().lores_size if detect_size == "default" else detect_size
@@ -195,7 +196,7 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         broker = DevBroker(Path(tmp) / "broker")
         broker.start()
-        dev, cr = broker.client(DEVICE_ID), broker.client(CONTROL_ROOM_CN)
+        dev, cr = broker.client(DEVICE_ID), broker.client(ALERTS_CN)
         outbox = Outbox(Path(tmp) / "outbox.sqlite", os.urandom(32))
         publisher = Publisher(
             DEVICE_ID, BrokerSettings(broker.host, broker.port, broker.ca_cert, dev.cert, dev.key),

@@ -51,12 +51,15 @@ class ScoreSet:
     gallery_failures: int = 0  # subjects without a template
     gallery_images: int = 0
     info: dict[str, str] = field(default_factory=dict)
+    probe_ids: tuple[str, ...] = ()  # each probe's identity (empty in files saved before it)
 
     def __post_init__(self) -> None:
         if self.scores.ndim != 2 or self.scores.shape[0] != self.mate.shape[0]:
             raise ValueError(f"scores {self.scores.shape} do not fit mates {self.mate.shape}")
         if self.scores.shape[1] != len(self.gallery_ids):
             raise ValueError("one score column per gallery subject")
+        if self.probe_ids and len(self.probe_ids) != self.scores.shape[0]:
+            raise ValueError("one probe identity per score row")
         if np.any(self.mate >= len(self.gallery_ids)) or np.any(self.mate < -1):
             raise ValueError("mate index out of range")
 
@@ -88,6 +91,7 @@ class ScoreSet:
                 ),
                 info_keys=np.array(list(self.info), dtype=str),
                 info_values=np.array(list(self.info.values()), dtype=str),
+                probe_ids=np.array(self.probe_ids, dtype=str),
             )
 
     @classmethod
@@ -111,6 +115,7 @@ class ScoreSet:
                             strict=True,
                         )
                     ),
+                    probe_ids=tuple(str(s) for s in z["probe_ids"]) if "probe_ids" in z else (),
                 )
         except FileNotFoundError:
             raise UsageError(f"scores file {path} does not exist") from None
@@ -323,6 +328,7 @@ def _scores(
         gallery_failures=int(np.sum(~has_template)),
         gallery_images=len(tpl_paths),
         info=info,
+        probe_ids=tuple(p.identity for p in sets.probes),
     )
 
 

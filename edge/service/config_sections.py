@@ -443,12 +443,13 @@ class RecognitionSettings(Section):
         description="After an alert for a subject, no new alert for that subject for this long.",
     )
     threshold_floor: dict[str, float] = Field(
-        default_factory=lambda: {"dlib150": 0.5, "arcface112": 0.45},
+        default_factory=lambda: {"dlib150": 0.5, "arcface112": 0.5},
         description="Per embedder family, the lowest similarity threshold a watchlist bundle "
         "may set (safeguard 9). dlib150: 0.5 (distance 0.5); dlib's 1:1 setting 0.4 "
         "falsely matched 86 % of strangers against an 860-subject LFW gallery. arcface112 "
-        "(SFace, cosine): 0.45, its FPIR-0.001 threshold for 20 subjects on LFW; SFace's "
-        "family threshold 0.35 falsely matched 85 % of strangers against 860 subjects.",
+        "(SFace, cosine): 0.5, above 0.49, the lowest threshold from which its false-match "
+        "rates of women and men no longer differ significantly on LFW (docs/fairness.md); "
+        "its FPIR-0.001 threshold is 0.455 for 20 subjects, 0.497 for 100.",
     )
 
     @model_validator(mode="after")

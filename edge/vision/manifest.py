@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -181,3 +182,33 @@ class Manifest:
             return name
         want = " ".join(x for x in (family, precision, role) if x)
         raise ModelError(f"no {want} model in the manifest")
+
+
+def _dumps(raw: dict[str, Any]) -> str:
+    """Indented JSON with short lists of numbers on one line, as the build writes it."""
+    text = json.dumps(raw, indent=2)
+    return re.sub(
+        r"\[\s*(-?[0-9.e+-]+(?:,\s*-?[0-9.e+-]+)*)\s*\]",
+        lambda mo: "[" + ", ".join(v.strip() for v in mo.group(1).split(",")) + "]",
+        text,
+    )
+
+
+def record_measurement(
+    models_dir: str | Path | None, name: str, key: str, value: dict[str, Any]
+) -> Path:
+    """Set ``models[name].measured[key]`` in the manifest (replaced atomically, everything
+    else kept as it is). Returns the manifest's path."""
+    directory = Path(models_dir) if models_dir is not None else default_models_dir()
+    Manifest.load(directory).entry(name)  # a valid manifest that has this model
+    path = directory / MANIFEST
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw["models"][name].setdefault("measured", {})[key] = value
+    tmp = directory / f".{MANIFEST}.part"
+    try:
+        tmp.write_text(_dumps(raw) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ModelError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path

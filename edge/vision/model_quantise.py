@@ -44,7 +44,7 @@ BUILD_EXTRA_MISSING = (
 
 
 if TYPE_CHECKING:
-    from edge.vision.model_import import ModelFacts
+    from edge.vision.model_facts import ModelFacts
 
 
 # --- chips of real faces, quantisation, drift -------------------------------------------------
@@ -174,7 +174,7 @@ def quantise_int8(
     PReLU fused, batch 1), check the rebuilt float graph against the file, and convert
     it with ``TFLiteConverter``. Fallback for other operators: TFLite's calibrator
     directly on the flatbuffer (keeps the file's ops and batch)."""
-    from edge.vision.model_import import tensorflow_available  # (a cycle at import time)
+    from edge.vision.model_facts import tensorflow_available
 
     if not tensorflow_available():
         raise ModelError(BUILD_EXTRA_MISSING)

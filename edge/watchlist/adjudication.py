@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from edge import boundedjson, signing
-from edge.compat import UTC
+from edge.compat import UTC, fromisoformat
 from edge.errors import EdgeError
 from edge.watchlist.bundle_format import canonical_json
 from edge.watchlist.keys import DEVICE_ID_RE, key_id
@@ -96,7 +96,7 @@ def _format_at(at: float) -> str:
 def _parse_at(text: str) -> float:
     if not _AT_RE.fullmatch(text):
         raise ValueError("at is not an RFC 3339 UTC time with milliseconds")
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return fromisoformat(text).timestamp()
 
 
 def _check_officer(officer: str) -> None:

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge import signing
-from edge.compat import UTC
+from edge.compat import UTC, fromisoformat
 from edge.errors import AuditError
 from edge.watchlist.audit_file import append_line, recover_torn_tail
 
@@ -268,7 +268,7 @@ def _parse_at(value: Any, where: str) -> float:
     try:
         if not isinstance(value, str) or not value.endswith("Z"):
             raise ValueError(value)
-        return dt.datetime.fromisoformat(value[:-1] + "+00:00").timestamp()
+        return fromisoformat(value).timestamp()
     except ValueError:
         raise AuditError(f"audit log {where}: bad time {value!r}") from None
 

@@ -43,12 +43,17 @@ from edge.watchlist.enrol_files import (
 
 __all__ = [
     "DEPLOYMENT_KEYS", "SUBJECT_KEYS", "EnrolmentReport", "ImageVerdict", "SubjectMeta",
-    "describe_spec", "embedder_info", "enrol", "images_in", "load_deployment", "load_subject",
-    "load_subjects", "subject_folders", "thumbnail",
+    "demographics_warning", "describe_spec", "embedder_info", "enrol", "face_image",
+    "images_in", "load_deployment", "load_subject", "load_subjects", "subject_folders",
+    "thumbnail",
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 THUMB_PX = 112
+"""The bundle's thumbnail (kept small: the bundle goes to every van)."""
+REFERENCE_PX = 320
+"""The console's reference images (``<bundle>.refs``): large enough for an officer to
+compare side by side at 256 px or more, never upscaled beyond the source's own pixels."""
 F32 = npt.NDArray[np.float32]
 
 
@@ -91,6 +96,9 @@ class EnrolmentReport:
     thumbnails: dict[str, bytes]
     verdicts: list[ImageVerdict]
     failed: list[tuple[str, str]] = field(default_factory=list)  # (subject id, why)
+    reference_images: dict[str, list[bytes]] = field(default_factory=dict)
+    """For the console's reference file: every usable image's face at up to
+    :data:`REFERENCE_PX`, the best quality first (the bundle keeps only the thumbnail)."""
 
     def lines(self) -> list[str]:
         """The human report: one line per image, then one per failed subject."""
@@ -128,8 +136,9 @@ def _read_image(path: Path) -> ImageU8 | None:
     return np.ascontiguousarray(img, dtype=np.uint8)
 
 
-def thumbnail(image_bgr: ImageU8, det: Detection, size: int = THUMB_PX) -> bytes:
-    """A small JPEG of the face (box plus a margin) for the control room's side-by-side view."""
+def face_image(image_bgr: ImageU8, det: Detection, max_side: int, quality: int = 85) -> bytes:
+    """A JPEG of the face (box plus a margin, a square where the frame allows), its longer
+    side at most ``max_side`` pixels: downscaled if larger, never upscaled."""
     import cv2
 
     h, w = image_bgr.shape[:2]
@@ -141,13 +150,18 @@ def thumbnail(image_bgr: ImageU8, det: Detection, size: int = THUMB_PX) -> bytes
     crop: npt.NDArray[Any] = image_bgr[top:bottom, left:right]
     if crop.size == 0:
         crop = image_bgr
-    scale = size / max(crop.shape[:2])
+    scale = max_side / max(crop.shape[:2])
     if scale < 1.0:
         crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         return b""
     return bytes(buf.tobytes())
+
+
+def thumbnail(image_bgr: ImageU8, det: Detection, size: int = THUMB_PX) -> bytes:
+    """The bundle's small JPEG of the face (:func:`face_image` at :data:`THUMB_PX`)."""
+    return face_image(image_bgr, det, size, quality=80)
 
 
 def load_subjects(root: Path) -> list[tuple[Path, SubjectMeta]]:
@@ -194,19 +208,23 @@ def enrol(
     subjects: list[Subject] = []
     rows: list[F32] = []
     thumbs: dict[str, bytes] = {}
+    ref_images: dict[str, list[bytes]] = {}
     verdicts: list[ImageVerdict] = []
     failed: list[tuple[str, str]] = []
     for folder, meta in metas:
         good: list[F32] = []
         best: tuple[float, bytes] | None = None
+        faces: list[tuple[float, bytes]] = []
         files = images_in(folder)
         if not files:
             failed.append((meta.subject_id, "no images"))
         for path in files:
-            verdict, emb, thumb, score = _enrol_image(path, engine, gate)
+            verdict, emb, thumb, face, score = _enrol_image(path, engine, gate)
             verdicts.append(ImageVerdict(meta.subject_id, path.name, emb is not None, verdict))
             if emb is not None:
                 good.append(emb)
+                if face:
+                    faces.append((score, face))
                 if best is None or score > best[0]:
                     best = (score, thumb)
             if progress is not None:
@@ -230,34 +248,37 @@ def enrol(
         )
         if best is not None and best[1]:
             thumbs[meta.subject_id] = best[1]
+        faces.sort(key=lambda f: -f[0])  # stable: equal scores keep the folder's order
+        ref_images[meta.subject_id] = [f for _, f in faces]
         for g in good:
             g.fill(0.0)
     dim = rows[0].shape[0] if rows else 0
     matrix = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
     for r in rows:
         r.fill(0.0)
-    return EnrolmentReport(subjects, matrix, thumbs, verdicts, failed)
+    return EnrolmentReport(subjects, matrix, thumbs, verdicts, failed, ref_images)
 
 
 def _enrol_image(
     path: Path, engine: FaceEngineLike, gate: QualityGateLike
-) -> tuple[str, F32 | None, bytes, float]:
+) -> tuple[str, F32 | None, bytes, bytes, float]:
     image = _read_image(path)
     if image is None:
-        return "unreadable", None, b"", 0.0
+        return "unreadable", None, b"", b"", 0.0
     faces = engine.analyse(image)
     if not faces:
-        return "no face", None, b"", 0.0
+        return "no face", None, b"", b"", 0.0
     if len(faces) > 1:
-        return f"{len(faces)} faces (one face per reference image)", None, b"", 0.0
+        return f"{len(faces)} faces (one face per reference image)", None, b"", b"", 0.0
     face = faces[0]
     q = gate.assess(image, face.detection)
     if not q.ok:
-        return f"too low quality ({q.reason or 'below the bar'})", None, b"", 0.0
+        return f"too low quality ({q.reason or 'below the bar'})", None, b"", b"", 0.0
     emb = np.asarray(engine.embed([face.chip]), dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != 1 or not np.isfinite(emb).all():
-        return "embedding failed", None, b"", 0.0
-    return "ok", emb[0].copy(), thumbnail(image, face.detection), float(q.score)
+        return "embedding failed", None, b"", b"", 0.0
+    return ("ok", emb[0].copy(), thumbnail(image, face.detection),
+            face_image(image, face.detection, REFERENCE_PX), float(q.score))
 
 
 class _EngineInfo(Protocol):
@@ -283,6 +304,35 @@ def embedder_info(engine: _EngineInfo, models_dir: Path | None) -> EmbedderInfo:
         metric=engine.family.metric,
         dim=int(engine.family.dim),
     )
+
+
+def demographics_warning(
+    info: EmbedderInfo, models_dir: Path | None, threshold: float
+) -> str | None:
+    """One line when ``threshold`` lies below the lowest threshold from which the embedder
+    (as enrolled: the same file and flip, ``info.sha256``) was measured free of significant
+    differences in false match rate between groups: the manifest's
+    ``measured.demographics``, written by ``edge eval demographics --record-manifest``
+    (safeguard 16, docs/fairness.md). None when it does not, or nothing was recorded for
+    this embedder as enrolled."""
+    from edge.vision.manifest import Manifest
+
+    rec = Manifest.load(models_dir).entry(info.name).measured.get("demographics")
+    if not isinstance(rec, dict) or rec.get("embedder_sha256") != info.sha256:
+        return None
+    floor = rec.get("threshold_free_of_significant_differences")
+    swept = rec.get("swept") or [None, None]
+    groups = ", ".join(str(g) for g in rec.get("groups") or {})
+    where = f"groups {groups} of {rec.get('labels', '?')}; docs/fairness.md"
+    if floor is None:
+        top = f" up to {swept[1]}" if swept[1] is not None else ""
+        return (f"warning: {info.name} showed significant differences in false match rate "
+                f"between groups at every threshold measured{top} ({where})")
+    if not isinstance(floor, (int, float)) or threshold >= floor:
+        return None
+    return (f"warning: threshold {threshold:.3f} is below {floor:.3f}, the lowest threshold "
+            f"from which {info.name} was measured free of significant differences in false "
+            f"match rate between groups ({where})")
 
 
 def describe_spec(spec: DeploymentSpec) -> str:

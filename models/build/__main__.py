@@ -216,12 +216,14 @@ def main(argv: list[str] | None = None) -> int:
 
         sface.build_sface(args.data, manifest, write_model, entry, COMMAND)
         common.write_manifest(manifest)
-    # Keep benchmark figures (models/build/bench_models.py) of files that did not change.
+    # Keep figures measured outside the build of files that did not change: speed
+    # (models/build/bench_models.py) and demographics (edge eval demographics --record-manifest).
     for name, e in manifest["models"].items():
         prev = old.get(name, {})
-        speed = prev.get("measured", {}).get("speed_ms")
-        if speed and prev.get("sha256") == e["sha256"] and "speed_ms" not in e["measured"]:
-            e["measured"]["speed_ms"] = speed
+        for key in ("speed_ms", "demographics"):
+            kept = prev.get("measured", {}).get(key)
+            if kept and prev.get("sha256") == e["sha256"] and key not in e["measured"]:
+                e["measured"][key] = kept
     manifest["build"] = {
         "command": COMMAND,
         "tools": tool_versions(),
