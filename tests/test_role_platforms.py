@@ -122,3 +122,25 @@ def test_other_distributions_are_refused_naming_the_supported_ones(
     assert proc.returncode != 0
     assert ("edge_device supports Debian 12 / Raspberry Pi OS bookworm and Ubuntu 22.04"
             in " ".join(proc.stdout.split()))
+
+
+def test_the_roles_floors_cover_the_default_embedders_family() -> None:
+    """A device converged with the role's defaults must start with the daemon's default
+    embedder (SFace, family arcface112): a family without a floor is exit 78 at start."""
+    import yaml
+
+    from edge.service.config_sections import RecognitionSettings
+    from edge.vision.families import BUILTIN
+    from edge.vision.manifest import Manifest
+
+    role = yaml.safe_load((ROLES / "edge_device" / "defaults" / "main.yml").read_text())
+    specs = yaml.safe_load(
+        (ROLES / "edge_device" / "meta" / "argument_specs.yml").read_text())
+    options = specs["argument_specs"]["main"]["options"]
+    floors = role["edge_device_threshold_floor"]
+    assert options["edge_device_threshold_floor"]["default"] == floors
+    rec = RecognitionSettings()
+    manifest = Manifest.load(REPO / "models")
+    family = manifest.entry(f"{rec.embedder}_{rec.precision}").family
+    assert family in BUILTIN and family in floors
+    assert floors == rec.threshold_floor
