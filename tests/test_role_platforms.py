@@ -35,8 +35,11 @@ REQUIRED = {
     "edge_device_client_cert_src": "/x/c.pem", "edge_device_client_key_src": "/x/c.key",
     "edge_device_public_keys_dir": "/x/keys", "edge_device_signer_pubkey_src": "/x/s.pub",
     "edge_device_broker_allow": ["192.0.2.10"],
-    # this host may run the legacy cgroup hierarchy; the role's own check is tested elsewhere
+    # this host may run the legacy cgroup hierarchy and has no TPM2; the role's own checks
+    # of both are tested elsewhere (a Jetson under Ubuntu 22.04 needs the second: its
+    # systemd 249 cannot encrypt credentials at all)
     "edge_device_allow_unenforced_ip_filter": True,
+    "edge_device_credentials_without_tpm2": True,
 }
 
 
@@ -78,7 +81,8 @@ def test_ubuntu_2204_loads_its_vars_and_passes_preflight_with_the_opencv_source(
     tmp_path: Path,
 ) -> None:
     proc = preflight(tmp_path, UBUNTU_2204, edge_device_source_kind="opencv",
-                     edge_device_source_uri="/dev/video0")
+                     edge_device_source_uri="/dev/video0",
+                     edge_device_credentials_encrypted=False)
     os_vars = loaded_os(proc)
     assert os_vars["name"] == "Ubuntu 22.04 (Jetson, JetPack 6)"
     assert os_vars["python"] == "3.10"
@@ -87,7 +91,7 @@ def test_ubuntu_2204_loads_its_vars_and_passes_preflight_with_the_opencv_source(
 
 
 @pytest.mark.parametrize(("variables", "says"), [
-    ({"edge_device_source_kind": "picamera2"},
+    ({"edge_device_source_kind": "picamera2", "edge_device_credentials_encrypted": False},
      "it has no picamera2 (no Raspberry Pi archive): set edge_device_source_kind: opencv"),
     ({"edge_device_source_kind": "opencv", "edge_device_credentials_encrypted": True},
      "its systemd has no systemd-creds or LoadCredentialEncrypted= (systemd 250 or later)"),
@@ -118,7 +122,8 @@ def test_debian_keeps_picamera2_and_encrypted_credentials(tmp_path: Path) -> Non
 def test_other_distributions_are_refused_naming_the_supported_ones(
     tmp_path: Path, facts: dict[str, str]
 ) -> None:
-    proc = preflight(tmp_path, facts, edge_device_source_kind="opencv")
+    proc = preflight(tmp_path, facts, edge_device_source_kind="opencv",
+                     edge_device_credentials_encrypted=False)
     assert proc.returncode != 0
     assert ("edge_device supports Debian 12 / Raspberry Pi OS bookworm and Ubuntu 22.04"
             in " ".join(proc.stdout.split()))
