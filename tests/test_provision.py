@@ -465,7 +465,8 @@ def test_the_ubuntu_2204_path_in_check_mode(fleet: Fleet) -> None:
         assert "OS Ubuntu 22.04 (Jetson, JetPack 6), python 3.10" in proc.stdout
         assert play_recap(proc.stdout)[DEVICE_ID]["failed"] == 0
         for task in ("Write the daemon configuration", "Install the systemd unit"):
-            after = proc.stdout.split(f"TASK [edge_device : {task}]", 1)[1].split("TASK [", 1)[0]
+            # the role is named by its path here: "TASK [<path>/edge_device : <task>]"
+            after = proc.stdout.split(f"edge_device : {task}]", 1)[1].split("TASK [", 1)[0]
             assert f"ok: [{DEVICE_ID}]" in after, (task, after)
         assert fleet.host.show("edge.service", "MainPID")["MainPID"] == before
 
