@@ -15,8 +15,10 @@ VENV=${EDGE_VENV:-.venv}
 APT_RUNTIME=(python3-venv python3-dev gcc pkg-config libsystemd-dev mosquitto mosquitto-clients openssl)
 # Test-only needs: a systemd host to converge Ansible on, and its tools; a browser and a
 # PostgreSQL server for the console's tests; libcap-dev to build python-prctl (picamera2's
-# dependency, for tests/test_picamera2_real.py).
-APT_TEST=(systemd-container debootstrap openssh-client systemd zstd chromium postgresql libcap-dev)
+# dependency, for tests/test_picamera2_real.py); qemu-user-static, binfmt-support and
+# mmdebstrap (with arch-test) for the arm64 (Raspberry Pi) root of tests/test_aarch64.py.
+APT_TEST=(systemd-container debootstrap openssh-client systemd zstd chromium postgresql libcap-dev
+          qemu-user-static binfmt-support mmdebstrap arch-test)
 
 log() { printf '==> %s\n' "$*" >&2; }
 

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.data",
     "tests.fixtures.broker",
     "tests.fixtures.nspawn",
+    "tests.fixtures.arm64",
 ]

@@ -440,6 +440,37 @@ def test_second_converge_changes_nothing(fleet: Fleet) -> None:
         assert fleet.host.show("edge.service", "MainPID")["MainPID"] == before
 
 
+def test_the_ubuntu_2204_path_in_check_mode(fleet: Fleet) -> None:
+    """Issue 22 item 3: the whole edge_device role in check mode on this booted host with its
+    facts saying Ubuntu 22.04 (a Jetson under JetPack 6; Debian's archive has no Ubuntu to
+    boot): it loads vars/Ubuntu-22.yml, passes preflight with the OpenCV source, and would
+    change neither the config nor the unit: the same unit and hardening as on Debian."""
+    ubuntu = {"distribution": "Ubuntu", "distribution_version": "22.04",
+              "distribution_major_version": "22", "distribution_release": "jammy"}
+    play = [{
+        "name": "the edge device, as Ubuntu 22.04", "hosts": "edge_devices",
+        "gather_facts": True,
+        "pre_tasks": [{"name": "say this host is Ubuntu 22.04 (Jetson, JetPack 6)",
+                       "ansible.builtin.set_fact": {**ubuntu, "cacheable": True}}],
+        "roles": [{"role": str(ANSIBLE_DIR / "roles" / "edge_device")}],
+        "post_tasks": [{"name": "which distribution", "ansible.builtin.debug": {
+            "msg": "OS {{ _edge_device_os.name }}, python {{ _edge_device_os.python }}"}}],
+    }]  # fmt: skip
+    playbook = fleet.workdir / "ubuntu-2204-check.yml"
+    playbook.write_text(json.dumps(play))
+    with journal_on_failure(fleet):
+        before = fleet.host.show("edge.service", "MainPID")["MainPID"]
+        proc = ansible_playbook(fleet.inventory, str(playbook), "--check", "--limit", DEVICE_ID)
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+        assert "OS Ubuntu 22.04 (Jetson, JetPack 6), python 3.10" in proc.stdout
+        assert play_recap(proc.stdout)[DEVICE_ID]["failed"] == 0
+        for task in ("Write the daemon configuration", "Install the systemd unit"):
+            # the role is named by its path here: "TASK [<path>/edge_device : <task>]"
+            after = proc.stdout.split(f"edge_device : {task}]", 1)[1].split("TASK [", 1)[0]
+            assert f"ok: [{DEVICE_ID}]" in after, (task, after)
+        assert fleet.host.show("edge.service", "MainPID")["MainPID"] == before
+
+
 def test_unit_is_active_ready_and_watchdog_armed(fleet: Fleet) -> None:
     with journal_on_failure(fleet):
         props = fleet.host.show(

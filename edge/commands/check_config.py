@@ -1,7 +1,9 @@
 """``edge check-config [--config F] [--values-only]``: validate the configuration.
 
 Prints ``ok`` and a short summary and exits 0, or prints one line per problem,
-each naming the offending key, and exits 78 (``EX_CONFIG``).
+each naming the offending key, and exits 78 (``EX_CONFIG``). Unless ``--values-only``, the
+summary ends with the camera sources this host can open (picamera2, ``/dev/video*``
+through OpenCV): information, never a problem (a camera may be plugged in later).
 """
 
 from __future__ import annotations
@@ -41,9 +43,23 @@ def run(args: argparse.Namespace) -> int:
         problems = check_files(settings)
         if problems:
             raise ConfigError(problems)
-    for line in summary(settings, str(path)):
+    lines = summary(settings, str(path))
+    if not args.values_only:
+        lines += cameras(settings.source.kind)
+    for line in lines:
         print(line)
     return 0
+
+
+def cameras(kind: str) -> list[str]:
+    """The camera sources this host can open, and whether the configured kind is among them."""
+    from edge.service.sources.probe import camera_report
+
+    report = camera_report()
+    lines = [f"  {'cameras' if i == 0 else '':<12} {line}" for i, line in enumerate(report)]
+    if kind == "picamera2" and not report[0].startswith("picamera2: importable"):
+        lines.append("  note         source.kind is picamera2, which cannot be opened here")
+    return lines
 
 
 def summary(settings: Settings, path: str) -> list[str]:
