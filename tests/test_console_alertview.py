@@ -75,6 +75,7 @@ def test_alert_stale_s_is_configured_and_bounded(tmp_path: Path) -> None:
 
     key = tmp_path / "k"
     key.write_text("x")
+    key.chmod(0o600)  # a secret: the console refuses it wider
     base = {"key_file": str(key), "signing_key": str(key), "device_keys": str(tmp_path)}
     assert from_dict({"console": base}, tmp_path).alert_stale_s == 120
     assert from_dict({"console": {**base, "alert_stale_s": 45}}, tmp_path).alert_stale_s == 45

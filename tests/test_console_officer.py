@@ -103,11 +103,12 @@ def van(broker: Broker, console: ConsoleServer,
     v = Van(broker, tmp_path_factory.mktemp("officer-van"), "van-officer", console.signing.public)
     v.start()
     now = time.time()
-    armed = {"device_id": v.device_id, "state": "armed", "deployment_id": DEP,
-             "location": LOCATION, "window": {"start": rfc3339(now - 3600),
-                                              "end": rfc3339(now + 3600)},
-             "watchlist_size": 2, "threshold": 0.6}  # fmt: skip
-    v.publisher.enqueue("deployment-armed", "deployment", json.dumps(armed).encode(), retain=True)
+    # The deployment as the console learns it: the van's signed audit entries (an unsigned
+    # `deployment` message changes no record)
+    v.audit.append("watchlist_loaded", deployment_id=DEP, bundle_id="b" * 32, watchlist_size=2)
+    v.audit.append("armed", deployment_id=DEP, location=LOCATION,
+                   window_start=rfc3339(now - 3600), window_end=rfc3339(now + 3600),
+                   threshold=0.6)  # fmt: skip
     yield v
     v.stop()
 
