@@ -117,7 +117,10 @@ def test_a_console_restarted_while_a_van_publishes_loses_nothing(
         assert sorted(r["alert_id"] for r in store.alerts(limit=1000)) == sorted(sent)
         (chain,) = store.chains()
         assert (chain["state"], chain["received"], chain["problem"]) == ("ok", entries, None)
-        # console-a came back to its own session: no alarm; console-b's was gone: one.
+        # console-a came back to its own session: no alarm; console-b's was gone: one. The
+        # ingest worker handles the connection event after wait_ready: wait for its record.
+        assert _wait(lambda: any(r["event"] == "mqtt_session_lost"
+                                 for r in store.console_log()))  # the last it writes
         (alarm,) = store.alarms()
         assert alarm["kind"] == "mqtt_session_lost" and "console-b" in alarm["detail"]
         trail = [json.loads(r["detail"]) for r in store.console_log()

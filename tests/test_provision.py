@@ -820,10 +820,11 @@ def make_bundle(
     from edge.watchlist.bundle import DeploymentSpec, EmbedderInfo, Subject, build_bundle
     from edge.watchlist.keys import load_deployment_public, load_signing_key
 
+    from edge.vision.defaults import DEFAULT_EMBEDDER, DEFAULT_PRECISION
+
     manifest = Manifest.load(REPO / "models")
-    embedder = next(
-        n for n in manifest.names if manifest.entry(n).role == "embedder" and "int8" in n
-    )
+    # The embedder the role configures (the default): a bundle for another is refused.
+    embedder = f"{DEFAULT_EMBEDDER}_{DEFAULT_PRECISION}"
     entry = manifest.entry(embedder)
     assert entry.family is not None
     family = manifest.family(entry.family)
