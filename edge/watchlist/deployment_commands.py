@@ -77,7 +77,6 @@ class CommandHandler:
         self._clock = clock
         self._set_legal_hold = set_legal_hold
 
-
     # --- commands -----------------------------------------------------------------------
 
     def handle_command(self, data: bytes, now: float | None = None) -> dict[str, Any]:
@@ -201,7 +200,7 @@ class CommandHandler:
             named = {} if adj is None else {"alert_id": adj.alert_id, "decision": adj.decision,
                                             "decided_at": adj.at_text}  # fmt: skip
             self._audit.append("adjudication_refused", reason=exc.reason, size=len(data),
-                              **named)  # fmt: skip
+                               **named)  # fmt: skip
             raise
         return adj
 

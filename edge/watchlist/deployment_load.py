@@ -95,7 +95,6 @@ class BundleLoader:
         self._clock = clock
         self.clock_synced = clock_synced  # None: not required ([device] require_clock_sync)
 
-
     def load(self, bundle_path: Path, now: float | None = None) -> DeploymentStatus:
         """Verify, decrypt and arm from ``bundle_path``; on refusal stay disarmed.
 
@@ -206,7 +205,7 @@ class BundleLoader:
             data = read_bundle(staged)
         except BundleRefused as exc:
             self._audit.append("bundle_refused", reason=exc.reason, message=str(exc),
-                              path=str(staged), kept_armed=self._state.active is not None)
+                               path=str(staged), kept_armed=self._state.active is not None)
             discard(staged)
             return None if self._state.active is None else self._state.status
         active = self._state.active
@@ -221,7 +220,7 @@ class BundleLoader:
             refused = result.exc
             log.warning("new bundle %s refused, staying armed: %s", staged, refused)
             self._audit.append("bundle_refused", reason=refused.reason, message=str(refused),
-                              path=str(staged), kept_armed=True)
+                               path=str(staged), kept_armed=True)
             if discard(staged):
                 self._audit.append("watchlist_shredded", path=str(staged), reason=refused.reason)
             return self._state.status
@@ -265,7 +264,7 @@ class BundleLoader:
             # A bad new bundle never disarms a valid running deployment.
             log.warning("new bundle %s refused, staying armed: %s", path, exc)
             self._audit.append("bundle_refused", reason=exc.reason, message=str(exc),
-                              path=str(path), kept_armed=True)
+                               path=str(path), kept_armed=True)
             return self._state.status
         log.warning("disarmed: %s", exc)
         fields: dict[str, Any] = {"reason": exc.reason, "message": str(exc), "path": str(path)}
