@@ -20,7 +20,7 @@ and audit entries use the same helper (:mod:`edge.signing`) with their own conte
 JSON, the signer, the signature, the shape and the device; it raises
 :class:`AdjudicationRefused` with a short ``reason`` code. Whether the alert id was issued
 by this device in this deployment, and whether the same decision was already recorded,
-is the deployment's business (``DeploymentManager.record_adjudication``).
+is the deployment's business (``DeploymentManager.handle_adjudication``).
 """
 
 from __future__ import annotations

@@ -2,32 +2,45 @@
 
 Part of :mod:`edge.watchlist.deployment`. Owns the messages the control room signs:
 
-- :meth:`~DeploymentCommands.handle_command` takes signed ``end_deployment`` and
+- :meth:`~CommandHandler.handle_command` takes signed ``end_deployment`` and
   ``legal_hold`` commands (:mod:`edge.watchlist.signed_commands`), never on a clock
-  behind the time high-water mark; :meth:`~DeploymentCommands.process_command_files`
+  behind the time high-water mark; :meth:`~CommandHandler.process_command_files`
   takes the same commands as files dropped in ``<state_dir>/commands/`` (Ansible's
   end-deployment play), each removed once handled.
-- Adjudications (:meth:`~DeploymentCommands.handle_adjudication`) must be signed by a
+- Adjudications (:meth:`~CommandHandler.handle_adjudication`) must be signed by a
   trusted control-room key (:mod:`edge.watchlist.adjudication`), name an alert this
-  deployment issued (:meth:`~DeploymentCommands.note_alert`), and are recorded once per
+  deployment issued (:meth:`~CommandHandler.note_alert`), and are recorded once per
   alert id and decision; nothing acts on them.
 
-Every refusal is audited with its reason, never with the payload. The ending a command
-asks for is :mod:`~edge.watchlist.deployment_end`.
+Every refusal is audited with its reason, never with the payload. :class:`CommandHandler`
+works on the manager's :class:`~edge.watchlist.deployment_state.DeploymentState` and is
+handed what else it needs: the configuration, the command verifier (replay protection),
+the time guard, the adjudication ledger, the audit log, the clock and the outbox's legal
+hold. The ending a command asks for is the
+:class:`~edge.watchlist.deployment_end.DeploymentEnder`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge.watchlist.adjudication import Adjudication, AdjudicationRefused, verify_adjudication
+from edge.watchlist.adjudication import (
+    Adjudication,
+    AdjudicationLedger,
+    AdjudicationRefused,
+    verify_adjudication,
+)
+from edge.watchlist.audit import AuditLog
 from edge.watchlist.bundle import format_time
-from edge.watchlist.deployment_end import DeploymentEnding
-from edge.watchlist.signed_commands import CommandRefused, SignedCommand
-from edge.watchlist.timeguard import TOLERANCE_S
+from edge.watchlist.deployment_end import DeploymentEnder
+from edge.watchlist.deployment_state import DeploymentState
+from edge.watchlist.deployment_status import DeploymentConfig
+from edge.watchlist.signed_commands import CommandRefused, CommandVerifier, SignedCommand
+from edge.watchlist.timeguard import TOLERANCE_S, TimeGuard
 
 log = logging.getLogger("edge.watchlist.deployment")
 
@@ -35,9 +48,34 @@ MAX_COMMAND_FILE = 64 * 1024
 COMMANDS_DIR = "commands"
 """``<state_dir>/commands/``: where signed command files are dropped for the daemon."""
 
+LegalHold = Callable[[str, bool], object]
+"""Sets or clears an alert's legal hold in the outbox; returns False if it has no such alert."""
 
-class DeploymentCommands(DeploymentEnding):
+
+class CommandHandler:
     """Signed commands and adjudications (see the module docstring)."""
+
+    def __init__(
+        self,
+        state: DeploymentState,
+        ender: DeploymentEnder,
+        config: DeploymentConfig,
+        verifier: CommandVerifier,
+        time: TimeGuard,
+        ledger: AdjudicationLedger,
+        audit: AuditLog,
+        clock: Callable[[], float],
+        set_legal_hold: LegalHold | None = None,
+    ) -> None:
+        self._state = state
+        self._ender = ender
+        self._config = config
+        self._verifier = verifier
+        self._time = time
+        self._ledger = ledger
+        self._audit = audit
+        self._clock = clock
+        self._set_legal_hold = set_legal_hold
 
     # --- commands -----------------------------------------------------------------------
 
@@ -47,15 +85,15 @@ class DeploymentCommands(DeploymentEnding):
         Returns ``{"command": ..., ...}``: for ``end_deployment`` the summary, for
         ``legal_hold`` the alert ids and the flag.
         """
-        now = self.clock() if now is None else now
+        now = self._clock() if now is None else now
         try:
-            if self.time.behind(now):
-                raise CommandRefused("clock_behind", self.time.behind_message(now))
-            cmd = self._commands.verify(data, now, self.time.hwm - TOLERANCE_S)
-            self.time.observe(now, persist=True)
+            if self._time.behind(now):
+                raise CommandRefused("clock_behind", self._time.behind_message(now))
+            cmd = self._verifier.verify(data, now, self._time.hwm - TOLERANCE_S)
+            self._time.observe(now, persist=True)
         except CommandRefused as exc:
             log.warning("command refused: %s", exc)
-            self.audit.append("command_refused", reason=exc.reason, message=str(exc))
+            self._audit.append("command_refused", reason=exc.reason, message=str(exc))
             raise
         if cmd.command == "end_deployment":
             return {"command": cmd.command, "summary": self._end(cmd, now)}
@@ -92,10 +130,10 @@ class DeploymentCommands(DeploymentEnding):
         return summary
 
     def _end(self, cmd: SignedCommand, now: float) -> dict[str, Any]:
-        with self._lock:
-            active = self._active
-            if active is None and self._pending is not None:
-                cancelled = self._cancel_pending(cmd, now)
+        with self._state.lock:
+            active = self._state.active
+            if active is None and self._state.pending is not None:
+                cancelled = self._ender.cancel_pending(cmd, now)
                 if cancelled is not None:
                     return cancelled
             if active is None or active.opened.header.deployment_id != cmd.deployment_id:
@@ -105,23 +143,23 @@ class DeploymentCommands(DeploymentEnding):
                     f"end_deployment for {cmd.deployment_id}, but the current deployment is "
                     f"{current}",
                 )
-                self.audit.append("command_refused", reason=exc.reason, message=str(exc))
+                self._audit.append("command_refused", reason=exc.reason, message=str(exc))
                 raise exc
-            self.audit.append(
+            self._audit.append(
                 "command_accepted", command=cmd.command, deployment_id=cmd.deployment_id,
                 nonce=cmd.nonce, issued_at=format_time(cmd.issued_at),
             )
-            return self._finish("end_command", now)
+            return self._ender.finish("end_command", now)
 
     def _legal_hold(self, cmd: SignedCommand) -> dict[str, Any]:
         ids: list[str] = list(cmd.args["alert_ids"])
         on: bool = cmd.args["on"]
-        if self.set_legal_hold is None:
+        if self._set_legal_hold is None:
             exc = CommandRefused("unsupported", "legal hold is not available (no outbox)")
-            self.audit.append("command_refused", reason=exc.reason, message=str(exc))
+            self._audit.append("command_refused", reason=exc.reason, message=str(exc))
             raise exc
-        missing = [a for a in ids if self.set_legal_hold(a, on) is False]
-        self.audit.append(
+        missing = [a for a in ids if self._set_legal_hold(a, on) is False]
+        self._audit.append(
             "legal_hold", alert_ids=ids, on=on, not_found=missing,
             deployment_id=cmd.deployment_id, nonce=cmd.nonce,
         )
@@ -131,26 +169,26 @@ class DeploymentCommands(DeploymentEnding):
 
     def note_alert(self, alert_id: str) -> None:
         """An alert this deployment issued: the only kind that may be adjudicated."""
-        with self._lock:
-            if self._active is not None:
-                self.ledger.issue(alert_id)
+        with self._state.lock:
+            if self._state.active is not None:
+                self._ledger.issue(alert_id)
 
     def handle_adjudication(self, data: bytes, now: float | None = None) -> Adjudication:
         """Verify, check and record a signed adjudication (safeguard 8). Nothing acts on it.
 
         Raises :class:`AdjudicationRefused`; each refusal is audited (reason only).
         """
-        now = self.clock() if now is None else now
+        now = self._clock() if now is None else now
         adj: Adjudication | None = None
         try:
             adj = self._verify_adjudication(data, now)
-            with self._lock:
-                active = self._active
+            with self._state.lock:
+                active = self._state.active
                 if active is None:
                     raise AdjudicationRefused("not_armed", "no deployment is armed")
-                self.ledger.check(adj)
-                self.ledger.record(adj)
-                self.audit.append(
+                self._ledger.check(adj)
+                self._ledger.record(adj)
+                self._audit.append(
                     "adjudication", alert_id=adj.alert_id, decision=adj.decision,
                     officer=adj.officer, decided_at=adj.at_text, signer=adj.signer,
                     deployment_id=active.opened.header.deployment_id,
@@ -161,16 +199,16 @@ class DeploymentCommands(DeploymentEnding):
             # control room shows the van's answer beside the officer's decision.
             named = {} if adj is None else {"alert_id": adj.alert_id, "decision": adj.decision,
                                             "decided_at": adj.at_text}  # fmt: skip
-            self.audit.append("adjudication_refused", reason=exc.reason, size=len(data),
-                              **named)  # fmt: skip
+            self._audit.append("adjudication_refused", reason=exc.reason, size=len(data),
+                               **named)  # fmt: skip
             raise
         return adj
 
     def _verify_adjudication(self, data: bytes, now: float) -> Adjudication:
         refusal = AdjudicationRefused("unknown_signer", "no trusted signing key")
-        for signer in self.trusted_signers:
+        for signer in self._config.trusted_signers:
             try:
-                return verify_adjudication(data, signer, device_id=self.device_id, now=now)
+                return verify_adjudication(data, signer, device_id=self._config.device_id, now=now)
             except AdjudicationRefused as exc:
                 refusal = exc
                 if exc.reason != "unknown_signer":

@@ -1,9 +1,10 @@
 """The deployment's files on disk (part of :mod:`edge.watchlist.deployment`).
 
 Owns reading and checking ``<state_dir>/deployment-state.json`` (the last accepted
-sequence number and bundle id, the ids of ended bundles; written atomically by the
-manager, :mod:`edge.watchlist.statefile`), reading a bundle file boundedly, and the
-helpers that shred a file without ever raising. No state of its own.
+sequence number and bundle id, the ids of ended bundles; written atomically by
+:class:`~edge.watchlist.deployment_state.DeploymentState`,
+:mod:`edge.watchlist.statefile`), reading a bundle file boundedly, and the helpers that
+shred a file without ever raising. No state of its own.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ effect: :class:`DeploymentStatus` (armed or not, and why: ``STATUS=``, the ``sta
 topic, the log), :class:`Counters` (only counts leave the pipeline), and the manager's
 internal records: :class:`Active` (the armed deployment: the decrypted bundle, its
 ``Watchlist``, when and for how long it was armed, its deployment key id), and the two
-outcomes of opening a bundle, :class:`Refusal` and :class:`Opened`.
+outcomes of opening a bundle, :class:`Refusal` and :class:`Opened`; and what the parts
+are configured with, :class:`DeploymentConfig`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,25 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from edge.compat import UTC
 from edge.errors import BundleRefused
 from edge.recognition.match import Watchlist
 from edge.watchlist.bundle import BundleHeader, OpenedBundle, format_time
 
 DECISIONS = ("confirmed", "rejected", "not_stopped")
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentConfig:
+    """What a bundle must satisfy on this device, and who may sign for it (fixed at start)."""
+
+    device_id: str
+    trusted_signers: tuple[Ed25519PublicKey, ...]  # the control room's signing keys
+    threshold_floor: float  # the lowest threshold a bundle may carry for this embedder
+    max_subjects: int
+    expected_embedder_sha256: str  # the embedder this device runs
 
 
 @dataclass(slots=True)
