@@ -173,7 +173,7 @@ def test_a_re_spelt_audit_entry_is_refused_and_the_chain_stays_intact(
     for other in respellings(str(entries[1]["sig"]))[:3]:
         assert handler.handle("lfr/van-1/audit", canonical({**entries[1], "sig": other})) \
             == "refused"
-    (chain,) = handler.store.chains()
+    (chain,) = handler.store.audit.chains()
     assert (chain["state"], chain["verified_seq"], chain["problem"]) == ("ok", 3, None)
     assert handler.handle("lfr/van-1/audit", canonical(entries[1])) == "duplicate"
     m = handler.metrics

@@ -86,8 +86,8 @@ def test_a_deleted_reference_image_leaves_nothing_that_decrypts(
         console.signing_key, console.at_rest.private_key.public_key(), deployment_id="D-5",
         bundle_id="b" * 32, window_end=end, subjects=[Reference("S-1", "suspect", jpeg)]))
     assert console.housekeeping()["references_imported"] == 1
-    sealed = console.store.reference("D-5", "S-1")
-    wrapped = console.store.wrapped_key(reference_key_name("D-5"))
+    sealed = console.store.images.reference("D-5", "S-1")
+    wrapped = console.store.images.wrapped_key(reference_key_name("D-5"))
     assert sealed is not None and wrapped is not None
     assert console.reference("pc-1", "D-5", "S-1") == jpeg
     if db is not None:  # control: the scan finds what the host holds before the deletion
@@ -102,8 +102,8 @@ def test_a_deleted_reference_image_leaves_nothing_that_decrypts(
     # A copy of the ciphertext taken before (a backup; on PostgreSQL a dead row until
     # VACUUM) opens with nothing the host still holds: its key is gone from the database,
     # and the console's own key never sealed it.
-    assert console.store.wrapped_key(reference_key_name("D-5")) is None
-    assert DataKeys(console.store, console.at_rest).get(reference_key_name("D-5")) is None
+    assert console.store.images.wrapped_key(reference_key_name("D-5")) is None
+    assert DataKeys(console.store.images, console.at_rest).get(reference_key_name("D-5")) is None
     with pytest.raises(SealError):
         console.at_rest.open(sealed, "ref:D-5:S-1")
     with pytest.raises(ActionRefused):
@@ -122,7 +122,7 @@ def test_a_purged_crop_leaves_nothing_that_decrypts(parts: tuple[Console, Path |
     crop = record.face_jpeg
     sealed = console.store.crop(record.alert_id)
     name = crop_key_name(time.time())
-    wrapped = console.store.wrapped_key(name)
+    wrapped = console.store.images.wrapped_key(name)
     assert sealed is not None and wrapped is not None and sealed[12:60] not in crop
     assert console.crop("pc-1", record.alert_id) == crop
     if db is not None:
@@ -135,19 +135,19 @@ def test_a_purged_crop_leaves_nothing_that_decrypts(parts: tuple[Console, Path |
         raw = _files(db)
         for what, blob in (("ciphertext", sealed), ("wrapped key", wrapped)):
             assert not _found(blob, raw), f"the {what} is still in the files"
-    assert console.store.wrapped_key(name) is None
+    assert console.store.images.wrapped_key(name) is None
     with pytest.raises(SealError):
         console.at_rest.open(sealed, f"crop:{record.alert_id}")
 
 
 def test_todays_crop_key_stays_while_it_may_still_be_used(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{tmp_path / 'c.db'}")
-    keys = DataKeys(store, AtRest(X25519PrivateKey.generate()))
+    keys = DataKeys(store.images, AtRest(X25519PrivateKey.generate()))
     today, yesterday = crop_key_name(time.time()), crop_key_name(time.time() - DAY)
     for name in (today, yesterday, crop_key_name(time.time() - 2 * DAY)):
         keys.get_or_create(name)
     period = int(time.time() // DAY)
-    assert store.shred_crop_keys(period - 1) == [crop_key_name(time.time() - 2 * DAY)]
+    assert store.images.shred_crop_keys(period - 1) == [crop_key_name(time.time() - 2 * DAY)]
     assert keys.get(today) is not None and keys.get(yesterday) is not None
     store.close()
 
@@ -160,7 +160,7 @@ def test_the_database_and_key_files_are_private(
 
     db = tmp_path / "console.db"
     store = Store.open(f"sqlite:///{db}")
-    store.add_user("pc-1", "operator", "hash", 1.0)
+    store.auth.add_user("pc-1", "operator", "hash", 1.0)
     for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
     store.close()

@@ -88,7 +88,7 @@ def test_each_hostile_message_is_refused_and_the_next_good_one_is_stored(
 ) -> None:
     assert handler.handle(f"lfr/van-1/{kind}", payload) == "refused"
     assert handler.metrics.get("console_messages_refused_total", kind=kind) == 1
-    assert handler.store.alerts() == [] and handler.store.devices() == []
+    assert handler.store.alerts() == [] and handler.store.fleet.devices() == []
     assert handler.handle("lfr/van-1/alerts", _alert_bytes()) == "stored"
     assert handler.handle("lfr/van-1/status", STATUS) == "stored"
 
@@ -155,7 +155,7 @@ def test_the_ingest_client_takes_the_whole_fleet_in_its_own_subscription(
             time.sleep(0.05)
         assert [r["alert_id"] for r in handler.store.alerts()] == [json.loads(good)["alert_id"]]
         assert handler.metrics.get("console_messages_refused_total", kind="alerts") == 3
-        assert handler.store.devices()[0]["state"] == "online"
+        assert handler.store.fleet.devices()[0]["state"] == "online"
     finally:
         ingest.stop()
 
@@ -233,7 +233,7 @@ time.sleep(60)
         assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
 
         def state() -> str | None:
-            devs = [d for d in handler.store.devices() if d["device_id"] == "van-9"]
+            devs = [d for d in handler.store.fleet.devices() if d["device_id"] == "van-9"]
             return devs[0]["state"] if devs else None
 
         deadline = time.monotonic() + 10
@@ -245,7 +245,7 @@ time.sleep(60)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and state() != "offline":
             time.sleep(0.05)
-        (dev,) = [d for d in handler.store.devices() if d["device_id"] == "van-9"]
+        (dev,) = [d for d in handler.store.fleet.devices() if d["device_id"] == "van-9"]
         assert (dev["state"], dev["reason"]) == ("offline", "connection lost")
     finally:
         if proc.poll() is None:
@@ -309,7 +309,7 @@ for _ in range(600):
                       ingest, Ed25519PrivateKey.generate(), stale_after_s=stale_after)
 
     def van() -> dict[str, object] | None:
-        rows = [d for d in handler.store.devices(stale_after) if d["device_id"] == "van-8"]
+        rows = [d for d in handler.store.fleet.devices(stale_after) if d["device_id"] == "van-8"]
         return rows[0] if rows else None
 
     def wait(predicate: object, timeout: float = 15.0) -> bool:

@@ -169,7 +169,7 @@ def fleet(desk: Desk, tmp_path: Path, clock: Clock) -> tuple[Desk, Van, Van, str
 
 
 def _deployment(store: Store, device: str) -> dict[str, Any]:
-    (row,) = [d for d in store.deployments() if d["device_id"] == device]
+    (row,) = [d for d in store.fleet.deployments() if d["device_id"] == device]
     return row
 
 
@@ -189,8 +189,8 @@ def test_another_vans_messages_never_change_or_delete_this_vans_records(
                       "deployment") == "refused"  # fmt: skip
     offline = {"state": "offline", "armed": False, "deployment_id": DEP, "reason": "ended"}
     assert van_b.send(json.dumps(offline).encode(), "status") == "stored"
-    assert store.reference(DEP, "S-0001") is not None
-    assert [d["summary"] for d in store.deployments()] == [None, None]
+    assert store.images.reference(DEP, "S-0001") is not None
+    assert [d["summary"] for d in store.fleet.deployments()] == [None, None]
     # van-02 signs (with its own key) a decision on van-01's alert: verified on van-02's
     # chain, but it marks nothing on another van's alert.
     van_b.audit.append("adjudication", alert_id=alert_id, decision="confirmed",
@@ -208,8 +208,8 @@ def test_another_vans_messages_never_change_or_delete_this_vans_records(
     b = _deployment(store, "van-02")
     assert b["state"] == "ended" and b["summary"]["alerts"] == 0
     assert _deployment(store, "van-01")["state"] == "armed"
-    assert store.reference(DEP, "S-0001") is not None
-    assert [c["state"] for c in store.chains()] == ["ok", "ok"]  # nothing forged got in
+    assert store.images.reference(DEP, "S-0001") is not None
+    assert [c["state"] for c in store.audit.chains()] == ["ok", "ok"]  # nothing forged got in
     assert desk.handler.metrics.get("console_records_refused_total",
                                     event="deployment_summary") == 1  # fmt: skip
 
@@ -241,7 +241,7 @@ def test_the_report_counts_each_alert_once_and_each_decision_shows_the_vans_answ
     assert a["summary"]["alerts"] == 3
     assert a["summary"]["adjudications"] == {"confirmed": 0, "rejected": 1, "not_stopped": 0}
     assert a["bundle_id"] == van_a.bundle_id and a["ended_at_ts"] == END
-    assert store.reference(DEP, "S-0001") is None  # the van's signed summary deleted them
+    assert store.images.reference(DEP, "S-0001") is None  # the van's signed summary deleted them
     deleted = [json.loads(r["detail"]) for r in store.console_log()
                if r["event"] == "references_deleted"]  # fmt: skip
     assert deleted == [{"audit_seq": a["summary_seq"], "bundle_id": van_a.bundle_id,

@@ -83,7 +83,7 @@ def test_imported_then_deleted_when_the_window_closes_each_step_audited(
     assert not (tmp_path / "refs" / "d1.refs").exists()  # the plaintext-free file is consumed
     assert (tmp_path / "refs" / "bad.refused").exists()
     assert console.reference("pc-1", "D-1", "S-1") == JPEG
-    assert console.store.reference("D-1", "S-1") != JPEG  # encrypted at rest
+    assert console.store.images.reference("D-1", "S-1") != JPEG  # encrypted at rest
     assert console.housekeeping(now=end + 1)["references_deleted"] == 1
     with pytest.raises(ActionRefused):
         console.reference("pc-1", "D-1", "S-1")
@@ -164,8 +164,9 @@ def test_a_reference_stored_before_reference_sets_is_still_shown(
 ) -> None:
     console, _signing, _key = parts
     # as the console stored it before: the bare JPEG, sealed
-    console.store.put_reference("D-1", "S-1", "suspect", console.at_rest.seal(JPEG, "ref:D-1:S-1"),
-                                time.time() + 60)  # fmt: skip
+    console.store.images.put_reference("D-1", "S-1", "suspect",
+                                       console.at_rest.seal(JPEG, "ref:D-1:S-1"),
+                                       time.time() + 60)  # fmt: skip
     assert console.reference("pc-1", "D-1", "S-1") == JPEG
     assert console.reference_info("D-1", "S-1") == {"source": "", "capture_date": "",
                                                      "sizes": [None]}  # fmt: skip
@@ -194,9 +195,9 @@ def test_references_are_deleted_when_the_vans_signed_summary_arrives(
                "frames": 9, "faces_processed": 40, "tracks": 3, "alerts": 2,
                "adjudications": {"confirmed": 1, "rejected": 1, "not_stopped": 0}}
     log.append("deployment_summary", summary={**summary, "bundle_id": "c" * 32})
-    assert console.store.reference("D-1", "S-1") is not None  # another bundle's summary
+    assert console.store.images.reference("D-1", "S-1") is not None  # another bundle's summary
     log.append("deployment_summary", summary=summary)
-    assert console.store.reference("D-1", "S-1") is None
+    assert console.store.images.reference("D-1", "S-1") is None
     entry = console.store.console_log()[0]
     assert entry["event"] == "references_deleted" and "signed summary" in entry["detail"]
 

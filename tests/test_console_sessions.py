@@ -110,18 +110,18 @@ def test_a_console_restarted_while_a_van_publishes_loses_nothing(
         entries = len(sent) + 1  # daemon_start and one per alert
 
         def complete() -> bool:
-            chains = store.chains()
+            chains = store.audit.chains()
             return len(store.alerts(limit=1000)) == len(sent) and bool(chains) \
                 and chains[0]["verified_seq"] == entries
-        assert _wait(complete, 30), (len(store.alerts(limit=1000)), store.chains())
+        assert _wait(complete, 30), (len(store.alerts(limit=1000)), store.audit.chains())
         assert sorted(r["alert_id"] for r in store.alerts(limit=1000)) == sorted(sent)
-        (chain,) = store.chains()
+        (chain,) = store.audit.chains()
         assert (chain["state"], chain["received"], chain["problem"]) == ("ok", entries, None)
         # console-a came back to its own session: no alarm; console-b's was gone: one. The
         # ingest worker handles the connection event after wait_ready: wait for its record.
         assert _wait(lambda: any(r["event"] == "mqtt_session_lost"
                                  for r in store.console_log()))  # the last it writes
-        (alarm,) = store.alarms()
+        (alarm,) = store.fleet.alarms()
         assert alarm["kind"] == "mqtt_session_lost" and "console-b" in alarm["detail"]
         trail = [json.loads(r["detail"]) for r in store.console_log()
                  if r["event"] == "mqtt_session_lost"]  # fmt: skip

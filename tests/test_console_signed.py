@@ -93,11 +93,11 @@ def test_a_forged_audit_entry_is_refused_and_never_breaks_the_chain(
                                               b"lfr-edge audit v1\x00", forged["hash"].encode()))
     for bad in (forged, stripped, other_key, dict(third, count=999)):
         assert handler.handle("lfr/van-1/audit", canonical(bad)) == "refused"
-    (chain,) = handler.store.chains()
+    (chain,) = handler.store.audit.chains()
     assert (chain["state"], chain["verified_seq"]) == ("ok", 2)  # not broken by the forger
     for e in entries[2:]:
         assert handler.handle("lfr/van-1/audit", e) == "stored"
-    (chain,) = handler.store.chains()
+    (chain,) = handler.store.audit.chains()
     assert (chain["state"], chain["verified_seq"]) == ("ok", 4)
     m = handler.metrics
     assert m.get("console_messages_unverified_total", kind="audit", reason="bad_signature") == 2
@@ -108,7 +108,7 @@ def test_a_forged_audit_entry_is_refused_and_never_breaks_the_chain(
 def test_an_unsigned_audit_entry_is_refused(handler: Handler, tmp_path: Path) -> None:
     (entry,) = _entries(tmp_path / "old.log", None, 1)
     assert handler.handle("lfr/van-1/audit", entry) == "refused"
-    assert handler.store.chains() == []
+    assert handler.store.audit.chains() == []
 
 
 def test_the_real_ingest_stores_only_the_genuine_alert_from_a_compromised_broker(
@@ -158,9 +158,9 @@ def test_the_audit_page_gives_the_command_that_checks_the_devices_copy(
     path = tmp_path / "audit.log"
     for e in _entries(path, KEY, 5):
         assert handler.handle("lfr/van-1/audit", e) == "stored"
-    (chain,) = handler.store.chains()
+    (chain,) = handler.store.audit.chains()
     html = templates().get_template("audit_device.html").render(
-        chain=chain, entries=handler.store.audit_entries("van-1"), user=None, broken_chains=[])
+        chain=chain, entries=handler.store.audit.entries("van-1"), user=None, broken_chains=[])
     command = re.search(r'id="verify-command">edge audit verify audit.log --device-key '
                         r"van-1.signing.pub --last-seq (\d+) --last-hash ([0-9a-f]{64})<", html)
     assert command is not None

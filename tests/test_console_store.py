@@ -94,7 +94,7 @@ def _chain(tmp_path: Path, n: int) -> list[bytes]:
 
 
 def _feed(store: Store, payload: bytes, device: str = "van-1") -> tuple[str, str, list[int]]:
-    outcome, state, verified = store.add_audit_entry(
+    outcome, state, verified = store.audit.add_entry(
         device, parse_audit_entry(device, payload), time.time())
     return outcome, state.state, verified
 
@@ -106,11 +106,11 @@ def test_a_real_chain_verifies_and_a_gap_closes_when_the_entry_arrives(
     assert _feed(store, e[0]) == ("new", "ok", [1])
     assert _feed(store, e[0]) == ("duplicate", "ok", [])
     assert _feed(store, e[2]) == ("new", "gap", [])
-    assert store.chains()[0]["problem"] == "entries 2 not received"
+    assert store.audit.chains()[0]["problem"] == "entries 2 not received"
     assert _feed(store, e[3]) == ("new", "gap", [])
     assert _feed(store, e[1]) == ("new", "ok", [2, 3, 4])
     assert _feed(store, e[4]) == ("new", "ok", [5])
-    row = store.chains()[0]
+    row = store.audit.chains()[0]
     assert (row["verified_seq"], row["state"], row["received"]) == (5, "ok", 5)
 
 
@@ -150,48 +150,50 @@ def test_a_modified_reordered_or_conflicting_entry_breaks_the_chain(
         bad["hash"] = entry_hash(bad)  # another signed history for seq 2 (the device's key)
         outcome, state, _ = _feed(store, json.dumps(bad).encode())
         assert (outcome, state) == ("conflict", "broken")
-        assert "two different entries with seq 2" in store.chains()[0]["problem"]
+        assert "two different entries with seq 2" in store.audit.chains()[0]["problem"]
         return
     outcome, state, verified = _feed(store, json.dumps(bad).encode())
     assert (outcome, state, verified) == ("new", "broken", [])
-    assert "entry 2" in store.chains()[0]["problem"]
+    assert "entry 2" in store.audit.chains()[0]["problem"]
     # Final: later good entries are stored but never verified.
     assert _feed(store, e[2])[1:] == ("broken", [])
-    assert store.chains()[0]["verified_seq"] == 1
+    assert store.audit.chains()[0]["verified_seq"] == 1
 
 
 def test_users_sessions_and_login_attempts(store: Store) -> None:
-    store.add_user("pc-1", "operator", "hash", 1.0)
+    store.auth.add_user("pc-1", "operator", "hash", 1.0)
     with pytest.raises(sa.exc.IntegrityError):
-        store.add_user("pc-1", "auditor", "hash", 1.0)
-    user = store.user_by_name("pc-1")
+        store.auth.add_user("pc-1", "auditor", "hash", 1.0)
+    user = store.auth.user_by_name("pc-1")
     assert user is not None and user["role"] == "operator"
-    store.add_session("t" * 64, user["id"], "c" * 64, now=10.0, expires_at=20.0)
-    live = store.session("t" * 64, now=15.0)
+    store.auth.add_session("t" * 64, user["id"], "c" * 64, now=10.0, expires_at=20.0)
+    live = store.auth.session("t" * 64, now=15.0)
     assert live is not None and (live["name"], live["csrf"]) == ("pc-1", "c" * 64)
-    assert store.session("t" * 64, now=21.0) is None
+    assert store.auth.session("t" * 64, now=21.0) is None
     limits = [("user:pc-1", 2), ("addr:1.2.3.4", 3)]
-    first = store.begin_login_attempt(limits, 5.0, since=0.0)
+    first = store.auth.begin_login_attempt(limits, 5.0, since=0.0)
     assert len(first.ids) == 2 and first.limited_by is None
-    assert store.begin_login_attempt(limits, 6.0, since=0.0).limited_by is None
-    third = store.begin_login_attempt(limits, 7.0, since=0.0)
+    assert store.auth.begin_login_attempt(limits, 6.0, since=0.0).limited_by is None
+    third = store.auth.begin_login_attempt(limits, 7.0, since=0.0)
     assert (third.ids, third.limited_by, third.retry_after_s) == ((), "user:pc-1", 5.0)
-    assert store.login_failures("user:pc-1", since=0.0) == 2  # the refused one: not recorded
-    assert store.begin_login_attempt(limits, 8.0, since=5.5).limited_by is None  # window moved
-    store.end_login_attempt(first.ids, clear_key="user:pc-1")  # a success forgets them
-    assert store.login_failures("user:pc-1", since=0.0) == 0
-    assert store.login_failures("addr:1.2.3.4", since=0.0) == 2
-    assert store.purge_login_attempts(before=6.5) == 1
+    assert store.auth.login_failures("user:pc-1", since=0.0) == 2  # the refused one: not recorded
+    assert store.auth.begin_login_attempt(limits, 8.0, since=5.5).limited_by is None  # window moved
+    store.auth.end_login_attempt(first.ids, clear_key="user:pc-1")  # a success forgets them
+    assert store.auth.login_failures("user:pc-1", since=0.0) == 0
+    assert store.auth.login_failures("addr:1.2.3.4", since=0.0) == 2
+    assert store.auth.purge_login_attempts(before=6.5) == 1
     # A new password or role, disabling and removing end the user's sessions at once.
     for token in ("a", "b"):  # (the first also deletes the expired session)
-        store.add_session(token * 64, user["id"], "c" * 64, now=30.0, expires_at=1e12)
-    assert store.set_password("pc-1", "auditor", "hash2") == 2
-    assert store.session("a" * 64, now=31.0) is None
-    store.add_session("d" * 64, user["id"], "c" * 64, now=10.0, expires_at=1e12)
-    assert store.set_disabled("pc-1", True) == 1 and store.set_disabled("pc-1", False) == 0
-    store.add_session("e" * 64, user["id"], "c" * 64, now=10.0, expires_at=1e12)
-    assert store.remove_user("pc-1") == 1 and store.user_by_name("pc-1") is None
-    assert store.set_password("pc-1", "auditor", "h") is None and store.remove_user("x") is None
+        store.auth.add_session(token * 64, user["id"], "c" * 64, now=30.0, expires_at=1e12)
+    assert store.auth.set_password("pc-1", "auditor", "hash2") == 2
+    assert store.auth.session("a" * 64, now=31.0) is None
+    store.auth.add_session("d" * 64, user["id"], "c" * 64, now=10.0, expires_at=1e12)
+    assert store.auth.set_disabled("pc-1", True) == 1
+    assert store.auth.set_disabled("pc-1", False) == 0
+    store.auth.add_session("e" * 64, user["id"], "c" * 64, now=10.0, expires_at=1e12)
+    assert store.auth.remove_user("pc-1") == 1 and store.auth.user_by_name("pc-1") is None
+    assert store.auth.set_password("pc-1", "auditor", "h") is None
+    assert store.auth.remove_user("x") is None
 
 
 def test_concurrent_login_attempts_are_counted_atomically(store: Store) -> None:
@@ -205,7 +207,7 @@ def test_concurrent_login_attempts_are_counted_atomically(store: Store) -> None:
 
     def attempt() -> None:
         gate.wait()
-        results.append(store.begin_login_attempt([("user:pc-9", 5)], now, now - 900)
+        results.append(store.auth.begin_login_attempt([("user:pc-9", 5)], now, now - 900)
                        .limited_by is None)  # fmt: skip
 
     threads = [threading.Thread(target=attempt) for _ in range(40)]
@@ -214,47 +216,47 @@ def test_concurrent_login_attempts_are_counted_atomically(store: Store) -> None:
     for th in threads:
         th.join(60)
     assert (results.count(True), len(results)) == (5, 40)
-    assert store.login_failures("user:pc-9", since=0.0) == 5
+    assert store.auth.login_failures("user:pc-9", since=0.0) == 5
 
 
 def test_devices_deployments_and_references(store: Store) -> None:
     status = {"state": "online", "armed": True, "reason": "armed", "deployment_id": "D-1",
               "window_end": None, "status_at": 1.0}
-    store.record_status("van-1", status, 5.0, retained=False)
-    store.record_stats("van-1", {"fps": 12.5, "camera": "ok", "outbox_pending": 0,
+    store.fleet.record_status("van-1", status, 5.0, retained=False)
+    store.fleet.record_stats("van-1", {"fps": 12.5, "camera": "ok", "outbox_pending": 0,
                                  "faces_seen": 3, "stats_at": None}, 6.0)
-    store.record_status("van-1", {**status, "state": "offline", "armed": False}, 7.0,
+    store.fleet.record_status("van-1", {**status, "state": "offline", "armed": False}, 7.0,
                         retained=True)
-    (dev,) = store.devices()
+    (dev,) = store.fleet.devices()
     assert (dev["state"], dev["fps"], dev["last_seen"]) == ("offline", 12.5, 6.0)
-    assert [h["state"] for h in store.status_history("van-1")] == ["offline", "online"]
-    assert [d["stale"] for d in store.devices(stale_after_s=10.0, now=16.5)] == [False]
-    store.record_status("van-1", {**status, "status_at": 2.0}, 8.0, retained=False)
-    store.record_status("van-1", {**status, "status_at": 2.0}, 8.5, retained=True)  # again
-    assert [h["state"] for h in store.status_history("van-1")] == ["online", "offline",
+    assert [h["state"] for h in store.fleet.status_history("van-1")] == ["offline", "online"]
+    assert [d["stale"] for d in store.fleet.devices(stale_after_s=10.0, now=16.5)] == [False]
+    store.fleet.record_status("van-1", {**status, "status_at": 2.0}, 8.0, retained=False)
+    store.fleet.record_status("van-1", {**status, "status_at": 2.0}, 8.5, retained=True)  # again
+    assert [h["state"] for h in store.fleet.status_history("van-1")] == ["online", "offline",
                                                                    "online"]  # fmt: skip
-    assert [d["stale"] for d in store.devices(stale_after_s=10.0, now=18.6)] == [True]
+    assert [d["stale"] for d in store.fleet.devices(stale_after_s=10.0, now=18.6)] == [True]
     armed = {"state": "armed", "deployment_id": "D-1", "location": "x",
              "window_start": "s", "window_end": "e", "window_end_ts": 50.0, "threshold": 0.6}
-    store.record_deployment("van-1", armed, 8.0, seq=3)
-    store.record_deployment("van-1", {"deployment_id": "D-1", "bundle_id": "b",
+    store.fleet.record_deployment("van-1", armed, 8.0, seq=3)
+    store.fleet.record_deployment("van-1", {"deployment_id": "D-1", "bundle_id": "b",
                                       "watchlist_size": 2}, 8.0, seq=4)
-    store.record_deployment("van-1", {**armed, "state": "ended", "ended_at_ts": 40.0,
+    store.fleet.record_deployment("van-1", {**armed, "state": "ended", "ended_at_ts": 40.0,
                                       "summary": {"faces_processed": 9}}, 9.0, seq=9)
-    store.record_deployment("van-1", armed, 10.0, seq=11)  # armed again: the report stays
-    (row,) = store.deployments()
+    store.fleet.record_deployment("van-1", armed, 10.0, seq=11)  # armed again: the report stays
+    (row,) = store.fleet.deployments()
     assert (row["state"], row["summary"], row["summary_seq"]) == ("ended",
                                                                   {"faces_processed": 9}, 9)
     assert (row["bundle_id"], row["watchlist_size"]) == ("b", 2)
-    assert store.deployment_ended_at("van-1", "D-1") == 40.0
-    assert store.deployment_ended_at("van-2", "D-1") is None
-    store.put_reference("D-1", "S-1", "suspect", b"sealed", 50.0, bundle_id="b")
-    store.put_reference("D-1", "S-2", "suspect", b"sealed", 50.0, bundle_id="c")
-    assert store.reference("D-1", "S-1") == b"sealed"
-    assert store.reference_deployments() == {"D-1": (2, 50.0)}
-    assert store.delete_references("D-1", "b") == 1
-    assert store.reference("D-1", "S-1") is None and store.reference("D-1", "S-2")
-    assert store.delete_references("D-1") == 1
+    assert store.fleet.deployment_ended_at("van-1", "D-1") == 40.0
+    assert store.fleet.deployment_ended_at("van-2", "D-1") is None
+    store.images.put_reference("D-1", "S-1", "suspect", b"sealed", 50.0, bundle_id="b")
+    store.images.put_reference("D-1", "S-2", "suspect", b"sealed", 50.0, bundle_id="c")
+    assert store.images.reference("D-1", "S-1") == b"sealed"
+    assert store.images.reference_deployments() == {"D-1": (2, 50.0)}
+    assert store.images.delete_references("D-1", "b") == 1
+    assert store.images.reference("D-1", "S-1") is None and store.images.reference("D-1", "S-2")
+    assert store.images.delete_references("D-1") == 1
 
 
 def test_the_console_trail_is_hash_chained_and_cannot_fork(store: Store) -> None:

@@ -179,7 +179,7 @@ def test_nothing_is_lost_while_the_play_runs_and_the_console_restarts(
 
         def chains() -> dict[str, tuple[int, str, int]]:
             return {r["device_id"]: (int(r["verified_seq"]), str(r["state"]), int(r["received"]))
-                    for r in store.chains()}  # fmt: skip
+                    for r in store.audit.chains()}  # fmt: skip
 
         # ... and the console stored every alert, and every van's chain has no gap.
         wait_until(lambda: stored() >= sent and all(

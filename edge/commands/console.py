@@ -129,7 +129,7 @@ def run_user_change(args: argparse.Namespace) -> int:
 def run_user_list(args: argparse.Namespace) -> int:
     _cfg, store = _open_store(args.config)
     try:
-        users = store.users()
+        users = store.auth.users()
     finally:
         store.close()
     for u in users:
@@ -171,7 +171,7 @@ def run_serve(args: argparse.Namespace) -> int:
     console = Console(store, at_rest, hub, metrics, ingest, signing_key,
                       retention_days=cfg.retention_days, references_dir=cfg.references_dir,
                       stale_after_s=cfg.stale_after_s)
-    logins = Logins(store, cfg.session_ttl_s, cfg.login_concurrency)
+    logins = Logins(store.auth, cfg.session_ttl_s, cfg.login_concurrency)
     context = Context(store=store, console=console, hub=hub, metrics=metrics,
                       templates=templates(), session_ttl_s=cfg.session_ttl_s,
                       secure_cookies=cfg.https, logins=logins,

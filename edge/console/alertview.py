@@ -83,7 +83,7 @@ def alert_detail(store: Store, console: Console, row: dict[str, Any],
             for i, size in enumerate(sizes)
         ]  # fmt: skip
         a["provenance"] = {"source": info["source"], "capture_date": info["capture_date"]}
-    a["deployment"] = next((d for d in store.deployments() if d["device_id"] == a["device_id"]
+    a["deployment"] = next((d for d in store.fleet.deployments() if d["device_id"] == a["device_id"]
                             and d["deployment_id"] == dep), None)  # fmt: skip
     sent = store.adjudications(alert_id)
     a["sent_state"] = sent[-1]["state"] if sent else None

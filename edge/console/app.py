@@ -55,7 +55,7 @@ class Context:
 
     def devices(self) -> list[dict[str, Any]]:
         """The fleet, each van marked ``stale`` when its heartbeat is overdue."""
-        return self.store.devices(self.stale_after_s)
+        return self.store.fleet.devices(self.stale_after_s)
 
 
 class NeedLogin(Exception):  # noqa: N818 (control flow)

@@ -79,20 +79,20 @@ def add_user(store: Store, name: str, role: str, password: str, *, replace: bool
     if len(password) < 10:
         raise UsageError("the password must have at least 10 characters")
     hashed = hasher.hash(password)
-    if store.user_by_name(name) is not None:
+    if store.auth.user_by_name(name) is not None:
         if not replace:
             raise UsageError(f"user {name} exists (use --replace to set a new password)")
-        ended = store.set_password(name, role, hashed)
+        ended = store.auth.set_password(name, role, hashed)
         store.log(actor, "user_updated", user=name, role=role, sessions_ended=ended or 0)
         return "updated"
-    store.add_user(name, role, hashed, time.time())
+    store.auth.add_user(name, role, hashed, time.time())
     store.log(actor, "user_added", user=name, role=role)
     return "created"
 
 
 def disable_user(store: Store, name: str, actor: str = "console") -> int:
     """Refuse the user's logins and end their sessions at once; returns the sessions ended."""
-    ended = store.set_disabled(check_name(name), True)
+    ended = store.auth.set_disabled(check_name(name), True)
     if ended is None:
         raise UsageError(f"no user {name}")
     store.log(actor, "user_disabled", user=name, sessions_ended=ended)
@@ -100,14 +100,14 @@ def disable_user(store: Store, name: str, actor: str = "console") -> int:
 
 
 def enable_user(store: Store, name: str, actor: str = "console") -> None:
-    if store.set_disabled(check_name(name), False) is None:
+    if store.auth.set_disabled(check_name(name), False) is None:
         raise UsageError(f"no user {name}")
     store.log(actor, "user_enabled", user=name)
 
 
 def remove_user(store: Store, name: str, actor: str = "console") -> int:
     """Delete the user (their password hash) and their sessions; returns the sessions ended."""
-    ended = store.remove_user(check_name(name))
+    ended = store.auth.remove_user(check_name(name))
     if ended is None:
         raise UsageError(f"no user {name}")
     store.log(actor, "user_removed", user=name, sessions_ended=ended)
@@ -121,7 +121,7 @@ def token_hash(token: str) -> str:
 def session_user(store: Store, token: str | None) -> User | None:
     if not token or len(token) > 200:
         return None
-    row = store.session(token_hash(token), time.time())
+    row = store.auth.session(token_hash(token), time.time())
     if row is None:
         return None
     return User(int(row["user_id"]), str(row["name"]), str(row["role"]), str(row["csrf"]),

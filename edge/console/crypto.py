@@ -34,8 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edge.console.store import Store
-from edge.console.store_images import crop_key_name, reference_key_name
+from edge.console.store_images import ImageStore, crop_key_name, reference_key_name
 from edge.watchlist.keys import derive_key, raw_private_bytes
 
 __all__ = ["AtRest", "DataKeys", "SealError", "crop_key_name", "reference_key_name"]
@@ -87,13 +86,13 @@ class DataKeys:
     Nothing is cached: every instance sharing a database sees a key's destruction at once.
     """
 
-    def __init__(self, store: Store, at_rest: AtRest) -> None:
-        self.store = store
+    def __init__(self, images: ImageStore, at_rest: AtRest) -> None:
+        self.images = images
         self.at_rest = at_rest
 
     def get(self, name: str) -> AESGCM | None:
         """The key called ``name``, or None if it does not exist (destroyed)."""
-        wrapped = self.store.wrapped_key(name)
+        wrapped = self.images.wrapped_key(name)
         return None if wrapped is None else AESGCM(self.at_rest.unwrap(wrapped, name))
 
     def get_or_create(self, name: str) -> AESGCM:
@@ -102,6 +101,6 @@ class DataKeys:
             if key is not None:
                 return key
             raw = AESGCM.generate_key(bit_length=256)
-            if self.store.add_wrapped_key(name, self.at_rest.wrap(raw, name), time.time()):
+            if self.images.add_wrapped_key(name, self.at_rest.wrap(raw, name), time.time()):
                 return AESGCM(raw)
         raise SealError(f"the data key {name} could not be created")  # pragma: no cover

@@ -68,7 +68,7 @@ class Handler:
         self._trail_window = (float("-inf"), 0)  # (minute start, lines written in it)
         self.store = store
         self.at_rest = at_rest
-        self.keys = DataKeys(store, at_rest)
+        self.keys = DataKeys(store.images, at_rest)
         self.hub = hub
         self.metrics = metrics
         self.prefix = prefix
@@ -131,7 +131,7 @@ class Handler:
         if captured < now - self.retention_s:
             raise m.Stale("expired", f"alert {alert_id} was captured more than the retention "
                           "ago")  # fmt: skip
-        ended = self.store.deployment_ended_at(device, deployment)
+        ended = self.store.fleet.deployment_ended_at(device, deployment)
         if ended is not None and captured > ended + END_TOLERANCE_S:
             raise m.Stale("deployment_ended", f"alert {alert_id} was captured after "
                           f"deployment {deployment} ended (the van's signed summary)")
@@ -155,19 +155,19 @@ class Handler:
         if not payload:  # a cleared retained message
             return "ignored"
         status = m.parse_status(device, payload)
-        self.store.record_status(device, status, now, retained)
+        self.store.fleet.record_status(device, status, now, retained)
         self.hub.publish("device", device_id=device, state=status["state"])
         return "stored"
 
     def _stats(self, device: str, payload: bytes, _retained: bool, now: float) -> str:
-        self.store.record_stats(device, m.parse_stats(device, payload), now)
+        self.store.fleet.record_stats(device, m.parse_stats(device, payload), now)
         self.hub.publish("device", device_id=device)
         return "stored"
 
     def _audit(self, device: str, payload: bytes, _retained: bool, now: float) -> str:
         parsed = m.parse_audit_entry(device, payload)
         m.verify_audit_entry(device, parsed, self.device_keys)
-        outcome, state, verified = self.store.add_audit_entry(device, parsed, now)
+        outcome, state, verified = self.store.audit.add_entry(device, parsed, now)
         if outcome == "duplicate":
             answer = m.device_adjudication(parsed["entry"])
             if answer is not None:  # another instance recorded it: this one's pages hear it
@@ -186,12 +186,12 @@ class Handler:
         its deployments with their signed summary, each tied to this van and its key."""
         if not seqs:
             return
-        for row in sorted(self.store.audit_entries(device, limit=len(seqs), seqs=seqs),
+        for row in sorted(self.store.audit.entries(device, limit=len(seqs), seqs=seqs),
                           key=lambda r: int(r["seq"])):  # fmt: skip
             body, seq = row["body"], int(row["seq"])
             answer = m.device_adjudication(body)
             if answer is not None:
-                if self.store.record_device_answer(device, answer, seq):
+                if self.store.audit.record_device_answer(device, answer, seq):
                     self.hub.publish("alert_update", alert_id=answer["alert_id"])
                 continue
             try:
@@ -204,10 +204,10 @@ class Handler:
                 self._record_deployment(device, rec, now, seq)
 
     def _record_deployment(self, device: str, rec: dict[str, Any], now: float, seq: int) -> None:
-        self.store.record_deployment(device, rec, now, seq)
+        self.store.fleet.record_deployment(device, rec, now, seq)
         if rec.get("state") == "ended":
             dep, bundle = rec["deployment_id"], rec["bundle_id"]
-            n = self.store.delete_references(dep, bundle)
+            n = self.store.images.delete_references(dep, bundle)
             if n:
                 self.store.log("console", "references_deleted", deployment_id=dep,
                                bundle_id=bundle, count=n, device_id=device, audit_seq=seq,

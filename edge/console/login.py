@@ -41,7 +41,7 @@ from edge.console.auth import (
     hasher,
     token_hash,
 )
-from edge.console.store import Store
+from edge.console.store_auth import AuthStore
 
 WAITING_PER_CHECK: Final = 2
 TRAIL_LINES_PER_MINUTE: Final = 30
@@ -71,8 +71,8 @@ def _verify(password_hash: str, password: str) -> bool:
 
 
 class Logins:
-    def __init__(self, store: Store, session_ttl_s: int, concurrency: int = 2) -> None:
-        self.store = store
+    def __init__(self, users: AuthStore, session_ttl_s: int, concurrency: int = 2) -> None:
+        self.users = users
         self.session_ttl_s = session_ttl_s
         self.concurrency = concurrency
         self.max_pending = concurrency * (1 + WAITING_PER_CHECK)
@@ -89,16 +89,16 @@ class Logins:
         now = time.time()
         user_key = f"user:{name[:64]}"
         limits = ((user_key, MAX_FAILURES), (f"addr:{client}", MAX_FAILURES_PER_ADDRESS))
-        attempt = await asyncio.to_thread(self.store.begin_login_attempt, limits, now,
+        attempt = await asyncio.to_thread(self.users.begin_login_attempt, limits, now,
                                           now - WINDOW_S)  # fmt: skip
         if attempt.limited_by is not None:
             raise LoginRefused("limited", int(attempt.retry_after_s + 0.999))
         if self._pending >= self.max_pending:
-            await asyncio.to_thread(self.store.end_login_attempt, attempt.ids)
+            await asyncio.to_thread(self.users.end_login_attempt, attempt.ids)
             raise LoginRefused("busy", 1)
         self._pending += 1
         try:
-            user = await asyncio.to_thread(self.store.user_by_name, name) \
+            user = await asyncio.to_thread(self.users.user_by_name, name) \
                 if len(name) <= 64 else None  # fmt: skip
             stored = str(user["password_hash"]) if user else _DUMMY_HASH
             ok = await asyncio.get_running_loop().run_in_executor(self._pool, _verify, stored,
@@ -107,10 +107,10 @@ class Logins:
             self._pending -= 1
         if not ok or user is None or user["disabled"]:
             raise LoginRefused("wrong")
-        await asyncio.to_thread(self.store.end_login_attempt, attempt.ids, user_key)
+        await asyncio.to_thread(self.users.end_login_attempt, attempt.ids, user_key)
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         th = token_hash(token)
-        await asyncio.to_thread(self.store.add_session, th, int(user["id"]), csrf, now,
+        await asyncio.to_thread(self.users.add_session, th, int(user["id"]), csrf, now,
                                 now + self.session_ttl_s)  # fmt: skip
         return token, User(int(user["id"]), str(user["name"]), str(user["role"]), csrf, th)
 

@@ -54,7 +54,7 @@ class SessionWatch:
         now = self.clock()
         if expiry_s is not None:
             self.expiry_s = expiry_s
-        known = self.store.mqtt_session(self.client_id)
+        known = self.store.fleet.mqtt_session(self.client_id)
         expected = self._connected_before or (known is not None and known["expiry_s"] > 0)
         self._connected_before = True
         lost = expected and not session_present
@@ -73,7 +73,7 @@ class SessionWatch:
                   "the runbook (docs/console.md, A lost MQTT session).")  # fmt: skip
         log.error("%s", detail)
         self.metrics.inc("console_mqtt_sessions_lost_total")
-        self.store.raise_alarm(ALARM_KIND, detail, now)
+        self.store.fleet.raise_alarm(ALARM_KIND, detail, now)
         self.store.log("console", ALARM_KIND, client_id=self.client_id,
                        reason="expired" if expired else "lost",
                        away_s=None if away is None else round(away))  # fmt: skip
@@ -90,5 +90,5 @@ class SessionWatch:
         self._alive(self.clock())
 
     def _alive(self, now: float) -> None:
-        self.store.mqtt_session_alive(self.client_id, now, self.expiry_s)
+        self.store.fleet.mqtt_session_alive(self.client_id, now, self.expiry_s)
         self._alive_at = now

@@ -136,8 +136,8 @@ def metrics(request: Request, c: Ctx) -> Response:
         if not (user.may("fleet") or user.may("audit")):
             raise HTTPException(403, "your role may not see the metrics")
     devices = c.devices()
-    chains = c.store.chains()
-    alarms = c.store.alarms()  # not cleared yet (shared by every instance)
+    chains = c.store.audit.chains()
+    alarms = c.store.fleet.alarms()  # not cleared yet (shared by every instance)
     gauges = {
         "console_audit_chains_broken": float(sum(1 for ch in chains if ch["state"] == "broken")),
         "console_audit_chains_with_gaps": float(sum(1 for ch in chains if ch["state"] == "gap")),

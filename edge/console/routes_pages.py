@@ -36,9 +36,9 @@ def _page(c: Context, request: Request, name: str, user: User | None, **data: An
     full = not name.startswith("_")
     alarms: list[dict[str, Any]] = []
     if user is not None and full:
-        alarms = c.store.alarms()  # every page, every role: alerts may be missing
+        alarms = c.store.fleet.alarms()  # every page, every role: alerts may be missing
         if user.may("audit"):
-            broken = [ch["device_id"] for ch in c.store.chains() if ch["state"] == "broken"]
+            broken = [ch["device_id"] for ch in c.store.audit.chains() if ch["state"] == "broken"]
     pending: dict[str, Any] = {}
     if user is not None and user.may("alerts") and (full or name == "_alert_banner.html"):
         count, newest = c.store.undecided(limit=1)
@@ -102,7 +102,7 @@ async def login(request: Request, c: Ctx) -> Response:
 async def logout(request: Request, c: Ctx,
                  user: Annotated[User, Depends(current_user)]) -> Response:  # fmt: skip
     check_csrf(request, user, (await limits.form(request, "csrf"))["csrf"])
-    await asyncio.to_thread(c.store.drop_session, user.token_hash)
+    await asyncio.to_thread(c.store.auth.drop_session, user.token_hash)
     await asyncio.to_thread(c.store.log, user.name, "logout")
     resp = RedirectResponse("/login", status_code=303)
     resp.delete_cookie(auth.COOKIE)
@@ -125,7 +125,7 @@ def home(user: Annotated[User, Depends(current_user)]) -> Response:
 def alarm_banner(request: Request, c: Ctx,
                  user: Annotated[User, Depends(current_user)]) -> Response:  # fmt: skip
     return c.templates.TemplateResponse(request, "_alarms.html",
-                                        {"user": user, "alarms": c.store.alarms()})
+                                        {"user": user, "alarms": c.store.fleet.alarms()})
 
 
 @router.post("/alarms/{alarm_id}/clear")
@@ -133,7 +133,7 @@ async def clear_alarm(request: Request, alarm_id: int, c: Ctx,
                       user: Annotated[User, Depends(require("fleet"))]) -> Response:
     """A supervisor has followed the runbook: the alarm leaves the pages (on the trail)."""
     check_csrf(request, user, (await limits.form(request, "csrf"))["csrf"])
-    row = c.store.clear_alarm(alarm_id, user.name, time.time())
+    row = c.store.fleet.clear_alarm(alarm_id, user.name, time.time())
     if row is None:
         raise HTTPException(404, "no such alarm, or already cleared")
     c.store.log(user.name, "alarm_cleared", alarm_id=alarm_id, kind=row["kind"],
@@ -148,7 +148,7 @@ async def clear_alarm(request: Request, alarm_id: int, c: Ctx,
 def _alert_views(c: Context, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each alert row with whether its reference image is there, and the decisions sent on
     it, each with the van's answer (recorded, or refused and why) as it arrives."""
-    refs = c.store.reference_keys({r["deployment_id"] for r in rows})
+    refs = c.store.images.reference_keys({r["deployment_id"] for r in rows})
     sent: dict[str, list[dict[str, Any]]] = {}
     for j in c.store.adjudications(alert_ids=[r["alert_id"] for r in rows]) if rows else []:
         sent.setdefault(j["alert_id"], []).append(j)
@@ -237,7 +237,7 @@ def device_page(request: Request, device_id: str, c: Ctx,
     if not rows:
         raise HTTPException(404, "no such device")
     return _page(c, request, "device.html", user, d=rows[0],
-                 history=c.store.status_history(device_id, limit=100))
+                 history=c.store.fleet.status_history(device_id, limit=100))
 
 
 @router.get("/fragments/fleet", response_class=HTMLResponse)
@@ -263,7 +263,7 @@ def device_row(request: Request, device_id: str, c: Ctx,
 def deployments_page(
     request: Request, c: Ctx, user: Annotated[User, Depends(require("deployments"))]
 ) -> Response:
-    deps = c.store.deployments()
+    deps = c.store.fleet.deployments()
     for d in deps:
         d["outcomes"] = c.store.alert_outcomes(d["device_id"], d["deployment_id"])
     return _page(c, request, "deployments.html", user, deployments=deps)
@@ -272,7 +272,7 @@ def deployments_page(
 @router.get("/deployments/{device_id}/{deployment_id}", response_class=HTMLResponse)
 def report_page(request: Request, device_id: str, deployment_id: str, c: Ctx,
                 user: Annotated[User, Depends(require("deployments"))]) -> Response:  # fmt: skip
-    match = [d for d in c.store.deployments()
+    match = [d for d in c.store.fleet.deployments()
              if d["device_id"] == device_id and d["deployment_id"] == deployment_id]
     if not match:
         raise HTTPException(404, "no such deployment")
@@ -294,7 +294,7 @@ def report_page(request: Request, device_id: str, deployment_id: str, c: Ctx,
 def audit_page(request: Request, c: Ctx,
                user: Annotated[User, Depends(require("audit"))]) -> Response:  # fmt: skip
     verified, problem = c.store.verify_log()
-    return _page(c, request, "audit.html", user, chains=c.store.chains(),
+    return _page(c, request, "audit.html", user, chains=c.store.audit.chains(),
                  console_log=c.store.console_log(100), trail_verified=verified,
                  trail_problem=problem)
 
@@ -302,8 +302,8 @@ def audit_page(request: Request, c: Ctx,
 @router.get("/audit/{device_id}", response_class=HTMLResponse)
 def audit_device(request: Request, device_id: str, c: Ctx,
                  user: Annotated[User, Depends(require("audit"))]) -> Response:  # fmt: skip
-    chain = [r for r in c.store.chains() if r["device_id"] == device_id]
+    chain = [r for r in c.store.audit.chains() if r["device_id"] == device_id]
     if not chain:
         raise HTTPException(404, "no chain for this device")
     return _page(c, request, "audit_device.html", user, chain=chain[0],
-                 entries=c.store.audit_entries(device_id))
+                 entries=c.store.audit.entries(device_id))

@@ -61,7 +61,7 @@ class Console:
                  stale_after_s: float | None = None) -> None:  # fmt: skip
         self.store = store
         self.at_rest = at_rest
-        self.keys = DataKeys(store, at_rest)
+        self.keys = DataKeys(store.images, at_rest)
         self.hub = hub
         self.metrics = metrics
         self.publisher = publisher
@@ -139,7 +139,7 @@ class Console:
             return None
 
     def _reference_set(self, deployment_id: str, subject_id: str) -> refimages.ReferenceSet:
-        sealed = self.store.reference_sealed(deployment_id, subject_id)
+        sealed = self.store.images.reference_sealed(deployment_id, subject_id)
         if sealed is None:
             raise ActionRefused("no reference image (not imported, or deleted)", 404)
         blob = self._open(sealed, f"ref:{deployment_id}:{subject_id}")
@@ -182,7 +182,7 @@ class Console:
         for r in refs.subjects:
             sealed = self.at_rest.seal(refimages.pack(r),
                                        f"ref:{refs.deployment_id}:{r.subject_id}", key)
-            self.store.put_reference(refs.deployment_id, r.subject_id, r.category, sealed,
+            self.store.images.put_reference(refs.deployment_id, r.subject_id, r.category, sealed,
                                      refs.window_end, image_key=key_name,
                                      bundle_id=refs.bundle_id)  # fmt: skip
         path.unlink(missing_ok=True)
@@ -193,19 +193,19 @@ class Console:
     def housekeeping(self, now: float | None = None) -> dict[str, int]:
         now = self.clock() if now is None else now
         done = {"purged": 0, "references_deleted": 0, "references_imported": 0}
-        self.store.purge_login_attempts(now - WINDOW_S)
+        self.store.auth.purge_login_attempts(now - WINDOW_S)
         ids = self.store.purge_alerts(now - self.retention_s, now)
         if ids:
             done["purged"] = len(ids)
             self.store.log("console", "alerts_purged", count=len(ids), alert_ids=ids[:1000],
                            retention_days=round(self.retention_s / 86400))  # fmt: skip
         # A day's crop key goes with its last crop, once the day (and the next) is over.
-        days = self.store.shred_crop_keys(int(now // CROP_KEY_PERIOD_S) - 1)
+        days = self.store.images.shred_crop_keys(int(now // CROP_KEY_PERIOD_S) - 1)
         if days:
             self.store.log("console", "crop_keys_destroyed", keys=days)
-        for dep, (n, end) in self.store.reference_deployments().items():
+        for dep, (n, end) in self.store.images.reference_deployments().items():
             if end <= now:
-                deleted = self.store.delete_references(dep)
+                deleted = self.store.images.delete_references(dep)
                 done["references_deleted"] += deleted
                 self.store.log("console", "references_deleted", deployment_id=dep,
                                count=deleted or n, reason="window closed")  # fmt: skip
@@ -225,7 +225,7 @@ class Console:
         open fleet page changes); returns the vans now stale."""
         if self.stale_after_s is None:
             return []
-        stale = {d["device_id"] for d in self.store.devices(self.stale_after_s) if d["stale"]}
+        stale = {d["device_id"] for d in self.store.fleet.devices(self.stale_after_s) if d["stale"]}
         for device in sorted(stale ^ self._stale):
             self.hub.publish("device", device_id=device)
         self._stale = stale

@@ -10,10 +10,14 @@ schema to the newest migration. After every deletion of images, keys or a user,
 the web server's threads can share one store; several console instances can share one
 PostgreSQL database (inserts are idempotent on their natural keys).
 
-Users, sessions and login attempts: :mod:`edge.console.store_auth`; devices,
-deployments, alarms and the console's MQTT sessions: :mod:`edge.console.store_fleet`;
-reference images and the wrapped data keys: :mod:`edge.console.store_images` (all three
-mixed in).
+The Store itself keeps the alerts (with their adjudications and tombstones) and the
+console's own trail; it makes the engine and hands it to its four parts, each a plain class
+over that engine: ``store.auth`` (users, sessions, login attempts:
+:mod:`edge.console.store_auth`), ``store.fleet`` (devices, deployments, alarms, the console's
+MQTT sessions: :mod:`edge.console.store_fleet`), ``store.images`` (reference images, the
+wrapped data keys: :mod:`edge.console.store_images`) and ``store.audit`` (the vans' audit
+chains: :mod:`edge.console.store_chains`). What they share (rows, upsert, scrub) is in
+:mod:`edge.console.db`; no part knows the Store.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ import sqlalchemy as sa
 
 from edge.console import migrate, trail
 from edge.console import tables as t
-from edge.console.chain import ChainState, Received, advance, conflict
+from edge.console.db import Row, rows, scrub
 from edge.console.store_auth import AuthStore
-from edge.console.store_fleet import FleetStore, Row, rows
+from edge.console.store_chains import AuditChains
+from edge.console.store_fleet import FleetStore
 from edge.console.store_images import ImageStore
 from edge.delivery.alert import parse_rfc3339
 
@@ -80,12 +85,13 @@ def make_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
-_rows = rows
-
-
-class Store(AuthStore, FleetStore, ImageStore):
+class Store:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self.auth = AuthStore(engine)
+        self.fleet = FleetStore(engine)
+        self.images = ImageStore(engine)
+        self.audit = AuditChains(engine)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -97,14 +103,8 @@ class Store(AuthStore, FleetStore, ImageStore):
         self.engine.dispose()
 
     def scrub(self) -> None:
-        """After a deletion: checkpoint and truncate SQLite's WAL, so no earlier copy of a
-        deleted row stays in it (``secure_delete`` zeroed it in the database file)."""
-        if self.engine.dialect.name != "sqlite":
-            return
-        with self.engine.connect() as conn:
-            busy, _, _ = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
-        if busy:  # a long reader held it: the next deletion's scrub truncates it
-            log.warning("the database's WAL could not be truncated now (busy)")
+        """After a deletion: truncate SQLite's WAL (:func:`edge.console.db.scrub`)."""
+        scrub(self.engine)
 
     @contextmanager
     def tx(self) -> Iterator[sa.Connection]:
@@ -123,7 +123,7 @@ class Store(AuthStore, FleetStore, ImageStore):
     def console_log(self, limit: int = 200) -> list[Row]:
         with self.engine.connect() as conn:
             q = sa.select(t.console_audit).order_by(t.console_audit.c.id.desc()).limit(limit)
-            return _rows(conn.execute(q))
+            return rows(conn.execute(q))
 
     # -- alerts -----------------------------------------------------------------------------
 
@@ -172,16 +172,16 @@ class Store(AuthStore, FleetStore, ImageStore):
             q = q.where(t.alerts.c.received_at < before)
         q = q.order_by(t.alerts.c.received_at.desc(), t.alerts.c.alert_id.desc()).limit(limit)
         with self.engine.connect() as conn:
-            return _rows(conn.execute(q))
+            return rows(conn.execute(q))
 
     def alert(self, alert_id: str) -> Row | None:
-        rows = self._alert_where(t.alerts.c.alert_id == alert_id)
-        return rows[0] if rows else None
+        found = self._alert_where(t.alerts.c.alert_id == alert_id)
+        return found[0] if found else None
 
     def _alert_where(self, cond: Any) -> list[Row]:
         q = sa.select(*self._ALERT_COLS, (t.alerts.c.crop.is_not(None)).label("has_crop"))
         with self.engine.connect() as conn:
-            return _rows(conn.execute(q.where(cond)))
+            return rows(conn.execute(q.where(cond)))
 
     def undecided(self, limit: int = 1) -> tuple[int, list[Row]]:
         """How many alerts no officer has decided yet, and the newest ``limit`` of them."""
@@ -191,7 +191,7 @@ class Store(AuthStore, FleetStore, ImageStore):
              .limit(limit))  # fmt: skip
         with self.engine.connect() as conn:
             n = conn.execute(sa.select(sa.func.count()).select_from(t.alerts).where(cond))
-            return int(n.scalar_one()), _rows(conn.execute(q))
+            return int(n.scalar_one()), rows(conn.execute(q))
 
     def crop(self, alert_id: str) -> bytes | None:
         sealed = self.crop_sealed(alert_id)
@@ -233,7 +233,7 @@ class Store(AuthStore, FleetStore, ImageStore):
         if alert_ids is not None:
             q = q.where(t.adjudications.c.alert_id.in_(alert_ids))
         with self.engine.connect() as conn:
-            return _rows(conn.execute(q))
+            return rows(conn.execute(q))
 
     def set_legal_hold(self, alert_id: str, on: bool) -> bool:
         with self.tx() as conn:
@@ -264,7 +264,7 @@ class Store(AuthStore, FleetStore, ImageStore):
 
     def tombstones(self) -> list[Row]:
         with self.engine.connect() as conn:
-            return _rows(conn.execute(sa.select(t.alert_tombstones)))
+            return rows(conn.execute(sa.select(t.alert_tombstones)))
 
     _OUTCOME = sa.func.coalesce(t.alerts.c.device_decision, t.alerts.c.decision)
     """An alert's outcome: the last decision its van recorded (its signed audit chain),
@@ -285,135 +285,3 @@ class Store(AuthStore, FleetStore, ImageStore):
              .group_by(self._OUTCOME))  # fmt: skip
         with self.engine.connect() as conn:
             return {str(d or "open"): int(n) for d, n in conn.execute(q)}
-
-    # -- audit chains -----------------------------------------------------------------------
-
-    def add_audit_entry(self, device_id: str, parsed: Mapping[str, Any],
-                        received_at: float) -> tuple[str, ChainState, list[int]]:  # fmt: skip
-        """Store one entry and advance the device's chain.
-
-        Returns ``(outcome, state, verified seqs)``: outcome ``new``, ``duplicate`` or
-        ``conflict``. Each device's chain is locked first (its row: ``SELECT ... FOR
-        UPDATE`` on PostgreSQL, the write lock on SQLite), so console instances taking the
-        same entries at once store each once and never advance a chain from a stale state.
-        """
-        for attempt in range(3):
-            try:
-                with self.tx() as conn:
-                    return self._add_audit_entry(conn, device_id, parsed, received_at)
-            except sa.exc.IntegrityError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _add_audit_entry(self, conn: sa.Connection, device_id: str, parsed: Mapping[str, Any],
-                         received_at: float) -> tuple[str, ChainState, list[int]]:  # fmt: skip
-        a, c = t.audit_entries, t.chains
-        state = self._lock_chain(conn, device_id)
-        seq = int(parsed["seq"])
-        q = sa.select(a.c.hash).where(a.c.device_id == device_id, a.c.seq == seq)
-        known = conn.execute(q).first()
-        outcome = "new"
-        if known is not None:
-            # A duplicate is judged by the signed content (the hash the signature covers),
-            # never by the bytes: a re-spelt resend is not a second history.
-            outcome = "duplicate" if known[0] == parsed["hash"] else "conflict"
-        else:
-            conn.execute(sa.insert(a).values(
-                device_id=device_id, seq=seq, at=parsed["at"], event=parsed["event"],
-                prev_hash=parsed["prev_hash"], hash=parsed["hash"],
-                body=json.dumps(parsed["entry"], sort_keys=True),
-                received_at=received_at))  # fmt: skip
-        verified: list[int] = []
-        if state.broken:
-            new = state
-        elif outcome == "conflict":
-            new = conflict(state, seq)
-        elif outcome == "new" and seq > state.verified_seq + 1:
-            # Only the next entry can extend the chain: record the gap cheaply.
-            first = conn.execute(sa.select(sa.func.min(a.c.seq)).where(
-                a.c.device_id == device_id, a.c.seq > state.verified_seq)).scalar_one()
-            new, _ = advance(state, {int(first): Received({}, 0.0)})
-        elif seq == state.verified_seq + 1:  # new, or stored by an instance that stopped
-            q2 = (sa.select(a.c.seq, a.c.body, a.c.at)
-                  .where(a.c.device_id == device_id, a.c.seq > state.verified_seq)
-                  .order_by(a.c.seq).limit(5000))  # fmt: skip
-            later = {int(s): Received(json.loads(b), float(at))
-                     for s, b, at in conn.execute(q2)}  # fmt: skip
-            new, verified = advance(state, later)
-        else:
-            new = state
-        if new != state:
-            conn.execute(sa.update(c).where(c.c.device_id == device_id).values(
-                verified_seq=new.verified_seq, last_hash=new.last_hash, last_at=new.last_at,
-                state=new.state, problem=new.problem,
-                problem_at=received_at if new.problem else None))  # fmt: skip
-        return outcome, new, verified
-
-    def _lock_chain(self, conn: sa.Connection, device_id: str) -> ChainState:
-        """The device's chain, its row created if need be and locked for this transaction.
-        The first statement is a write, so SQLite takes its write lock before reading."""
-        c = t.chains
-        ins: Any
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as ins
-        else:
-            from sqlalchemy.dialects.sqlite import insert as ins
-        fresh = ChainState()
-        conn.execute(ins(c).values(
-            device_id=device_id, verified_seq=fresh.verified_seq, last_hash=fresh.last_hash,
-            last_at=fresh.last_at, state=fresh.state,
-        ).on_conflict_do_nothing(index_elements=["device_id"]))  # fmt: skip
-        q = sa.select(c).where(c.c.device_id == device_id)
-        if conn.dialect.name == "postgresql":
-            q = q.with_for_update()
-        m = conn.execute(q).one()._mapping
-        return ChainState(int(m["verified_seq"]), str(m["last_hash"]), float(m["last_at"]),
-                          str(m["state"]), m["problem"])  # fmt: skip
-
-    def chains(self) -> list[Row]:
-        with self.engine.connect() as conn:
-            rows = _rows(conn.execute(sa.select(t.chains).order_by(t.chains.c.device_id)))
-            a = t.audit_entries
-            q = sa.select(a.c.device_id, sa.func.count()).group_by(a.c.device_id)
-            counts: dict[str, int] = {str(d): int(n) for d, n in conn.execute(q)}
-        for r in rows:
-            r["received"] = int(counts.get(r["device_id"], 0))
-        return rows
-
-    def audit_entries(self, device_id: str, limit: int = 500,
-                      seqs: list[int] | None = None) -> list[Row]:  # fmt: skip
-        a = t.audit_entries
-        q = (sa.select(a).where(a.c.device_id == device_id).order_by(a.c.seq.desc())
-             .limit(limit))  # fmt: skip
-        if seqs is not None:
-            q = q.where(a.c.seq.in_(seqs))
-        with self.engine.connect() as conn:
-            rows = _rows(conn.execute(q))
-        for r in rows:
-            r["body"] = json.loads(r["body"])
-        return rows
-
-    def record_device_answer(self, device_id: str, answer: Mapping[str, Any], seq: int) -> bool:
-        """The van's answer (:func:`~edge.console.messages.device_adjudication`) from its
-        verified audit entry ``seq``, on the alert it names if that alert is this van's own
-        (another van's signed entry never marks it), and on the console's decision it
-        answers (the same decision, signed at the same millisecond). True if recorded."""
-        a, j = t.alerts, t.adjudications
-        alert_id = answer["alert_id"]
-        with self.tx() as conn:
-            owner = conn.execute(sa.select(a.c.device_id).where(a.c.alert_id == alert_id)).first()
-            if owner is None or owner[0] != device_id:
-                return False
-            if answer["answer"] == "recorded":
-                conn.execute(sa.update(a).where(a.c.alert_id == alert_id).values(
-                    device_decision=answer["decision"], device_officer=answer["officer"],
-                    device_seq=seq))  # fmt: skip
-            if answer["decided_at"] is not None:
-                at = float(answer["decided_at"])  # milliseconds: the console's time truncated
-                conn.execute(sa.update(j).where(
-                    j.c.alert_id == alert_id, j.c.device_id == device_id,
-                    j.c.decision == answer["decision"], j.c.at > at - 1e-6,
-                    j.c.at < at + 0.001 + 1e-6,
-                ).values(answer=answer["answer"][:48], answer_seq=seq))  # fmt: skip
-            return True

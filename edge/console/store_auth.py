@@ -1,4 +1,4 @@
-"""Users, sessions and login attempts in the console's database (mixed into the Store).
+"""Users, sessions and login attempts in the console's database: the Store's ``auth`` part.
 
 Sessions are stored by the SHA-256 of their token, never the token itself, so a copy of
 the database does not let anyone log in. Changing a user's password or role, disabling
@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from edge.console import tables as t
+from edge.console.db import scrub
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,13 @@ def _lock_id(key: str) -> int:
 
 
 class AuthStore:
-    engine: sa.Engine
+    """Users, sessions and login attempts over ``engine`` (``store.auth``)."""
 
-    def scrub(self) -> None:  # provided by the Store (SQLite: truncate the WAL)
-        raise NotImplementedError
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
 
     def add_user(self, name: str, role: str, password_hash: str, now: float) -> None:
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             conn.execute(sa.insert(t.users).values(
                 name=name, role=role, password_hash=password_hash, created_at=now,
                 disabled=False))  # fmt: skip
@@ -65,7 +66,7 @@ class AuthStore:
     def set_password(self, name: str, role: str, password_hash: str) -> int | None:
         """Set a user's password and role and end their sessions; returns how many were
         ended, or None if there is no such user."""
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             q = sa.update(t.users).where(t.users.c.name == name)
             if conn.execute(q.values(role=role, password_hash=password_hash)).rowcount == 0:
                 return None
@@ -73,7 +74,7 @@ class AuthStore:
 
     def set_disabled(self, name: str, disabled: bool) -> int | None:
         """Disable (ending their sessions) or enable a user; None if there is no such user."""
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             q = sa.update(t.users).where(t.users.c.name == name).values(disabled=disabled)
             if conn.execute(q).rowcount == 0:
                 return None
@@ -81,27 +82,27 @@ class AuthStore:
 
     def remove_user(self, name: str) -> int | None:
         """Delete a user and their sessions; returns the sessions ended, None if unknown."""
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             ended = self._end_sessions(conn, name)
             if conn.execute(sa.delete(t.users).where(t.users.c.name == name)).rowcount == 0:
                 return None
-        self.scrub()  # the password hash leaves the files too
+        scrub(self._engine)  # the password hash leaves the files too
         return ended
 
     def user_by_name(self, name: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             row = conn.execute(sa.select(t.users).where(t.users.c.name == name)).first()
             return None if row is None else dict(row._mapping)
 
     def users(self) -> list[dict[str, Any]]:
         cols = [c for c in t.users.c if c.name != "password_hash"]
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             q = sa.select(*cols).order_by(t.users.c.name)
             return [dict(r._mapping) for r in conn.execute(q)]
 
     def add_session(self, token_hash: str, user_id: int, csrf: str, now: float,
                     expires_at: float) -> None:  # fmt: skip
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             conn.execute(sa.delete(t.sessions).where(t.sessions.c.expires_at < now))
             conn.execute(sa.insert(t.sessions).values(
                 token_hash=token_hash, user_id=user_id, csrf=csrf, created_at=now,
@@ -115,12 +116,12 @@ class AuthStore:
              .join(u, u.c.id == s.c.user_id)
              .where(s.c.token_hash == token_hash, s.c.expires_at > now,
                     u.c.disabled.is_(False)))  # fmt: skip
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             row = conn.execute(q).first()
             return None if row is None else dict(row._mapping)
 
     def drop_session(self, token_hash: str) -> None:
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             conn.execute(sa.delete(t.sessions).where(t.sessions.c.token_hash == token_hash))
 
     # -- login attempts -------------------------------------------------------------------
@@ -131,7 +132,7 @@ class AuthStore:
         attempts since ``since`` (then nothing is recorded). Atomic (see the module)."""
         f = t.login_failures
         try:
-            with self.engine.begin() as conn:
+            with self._engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
                     for key in sorted({k[:200] for k, _ in limits}):
                         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_id(key))))
@@ -158,16 +159,16 @@ class AuthStore:
         cond: sa.ColumnElement[bool] = f.c.id.in_(list(ids))
         if clear_key is not None:
             cond = sa.or_(cond, f.c.key == clear_key[:200])
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             conn.execute(sa.delete(f).where(cond))
 
     def login_failures(self, key: str, since: float) -> int:
         f = t.login_failures
         q = sa.select(sa.func.count()).where(f.c.key == key[:200], f.c.at >= since)
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
     def purge_login_attempts(self, before: float) -> int:
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             f = t.login_failures
             return int(conn.execute(sa.delete(f).where(f.c.at < before)).rowcount)

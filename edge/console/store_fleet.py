@@ -1,4 +1,4 @@
-"""The fleet in the console's database (mixed into the Store): devices, deployments,
+"""The fleet in the console's database, the Store's ``fleet`` part: devices, deployments,
 alarms and the console's own MQTT sessions.
 
 - devices: what the vans' *unsigned* status and stats say, shown as state only (online,
@@ -23,37 +23,21 @@ from typing import Any
 import sqlalchemy as sa
 
 from edge.console import tables as t
-
-Row = dict[str, Any]
-
-
-def rows(result: sa.CursorResult[Any]) -> list[Row]:
-    return [dict(r._mapping) for r in result]
-
-
-def upsert(conn: sa.Connection, table: sa.Table, keys: Mapping[str, Any],
-           values: Mapping[str, Any], create: Mapping[str, Any] | None = None) -> None:  # fmt: skip
-    """Insert (with ``create`` too), or update ``values`` where ``keys`` exist: one statement
-    (``ON CONFLICT DO UPDATE``, SQLite and PostgreSQL), so two console instances never
-    collide."""
-    ins: Any
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as ins
-    else:
-        from sqlalchemy.dialects.sqlite import insert as ins
-    stmt = ins(table).values(**{**(create or {}), **keys, **values})
-    conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=dict(values)))
+from edge.console.db import Row, rows, upsert
 
 
 class FleetStore:
-    engine: sa.Engine
+    """Devices, deployments, alarms and MQTT sessions over ``engine`` (``store.fleet``)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
 
     # -- devices (unsigned: state to show, never a record) ----------------------------------
 
     def record_status(self, device_id: str, status: Mapping[str, Any], received_at: float,
                       retained: bool) -> None:  # fmt: skip
         h = t.status_history
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             values = {k: status[k] for k in ("state", "armed", "reason", "deployment_id",
                                              "window_end", "status_at")}  # fmt: skip
             if status["state"] == "online" or not retained:
@@ -72,7 +56,7 @@ class FleetStore:
                 status_at=status["status_at"]))  # fmt: skip
 
     def record_stats(self, device_id: str, stats: Mapping[str, Any], received_at: float) -> None:
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             values = {k: v for k, v in stats.items() if v is not None}
             upsert(conn, t.devices, {"device_id": device_id},
                    {**values, "last_seen": received_at})  # fmt: skip
@@ -81,7 +65,7 @@ class FleetStore:
         """Every device, each with ``stale``: online, but no status or stats for more than
         ``stale_after_s`` (never with None)."""
         now = time.time() if now is None else now
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             out = rows(conn.execute(sa.select(t.devices).order_by(t.devices.c.device_id)))
         for d in out:
             seen = d["last_seen"]
@@ -91,7 +75,7 @@ class FleetStore:
         return out
 
     def status_history(self, device_id: str, limit: int = 50) -> list[Row]:
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             q = (sa.select(t.status_history).where(t.status_history.c.device_id == device_id)
                  .order_by(t.status_history.c.id.desc()).limit(limit))  # fmt: skip
             return rows(conn.execute(q))
@@ -109,7 +93,7 @@ class FleetStore:
         if "summary" in values:
             values["summary"] = json.dumps(values["summary"], sort_keys=True)
             values["summary_seq"] = seq
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             q = sa.select(d.c.state).where(*(d.c[k] == v for k, v in keys.items()))
             known = conn.execute(q).first()
             if known is not None and known[0] == "ended" and rec.get("state") != "ended":
@@ -119,7 +103,7 @@ class FleetStore:
 
     def deployments(self) -> list[Row]:
         q = sa.select(t.deployments).order_by(t.deployments.c.updated_at.desc())
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             out = rows(conn.execute(q))
         for r in out:
             r["summary"] = json.loads(r["summary"]) if r["summary"] else None
@@ -130,14 +114,14 @@ class FleetStore:
         d = t.deployments
         q = sa.select(d.c.ended_at_ts).where(d.c.device_id == device_id,
                                              d.c.deployment_id == deployment_id)  # fmt: skip
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             row = conn.execute(q).first()
         return None if row is None or row[0] is None else float(row[0])
 
     # -- alarms -----------------------------------------------------------------------------
 
     def raise_alarm(self, kind: str, detail: str, now: float) -> int:
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             res = conn.execute(sa.insert(t.alarms).values(kind=kind[:32], detail=detail[:500],
                                                           raised_at=now))  # fmt: skip
             pk = res.inserted_primary_key
@@ -147,12 +131,12 @@ class FleetStore:
         """The alarms not yet cleared, newest first."""
         a = t.alarms
         q = sa.select(a).where(a.c.cleared_at.is_(None)).order_by(a.c.id.desc()).limit(20)
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             return rows(conn.execute(q))
 
     def clear_alarm(self, alarm_id: int, by: str, now: float) -> Row | None:
         a = t.alarms
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             q = sa.update(a).where(a.c.id == alarm_id, a.c.cleared_at.is_(None))
             if conn.execute(q.values(cleared_at=now, cleared_by=by[:64])).rowcount == 0:
                 return None
@@ -163,11 +147,11 @@ class FleetStore:
 
     def mqtt_session(self, client_id: str) -> Row | None:
         s = t.mqtt_sessions
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             row = conn.execute(sa.select(s).where(s.c.client_id == client_id)).first()
             return None if row is None else dict(row._mapping)
 
     def mqtt_session_alive(self, client_id: str, now: float, expiry_s: int) -> None:
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             upsert(conn, t.mqtt_sessions, {"client_id": client_id},
                    {"alive_at": now, "expiry_s": expiry_s})  # fmt: skip

@@ -1,5 +1,5 @@
-"""Reference images and the wrapped data keys in the console's database (mixed into
-the Store).
+"""Reference images and the wrapped data keys in the console's database: the Store's
+``images`` part.
 
 What the keys are and why: :mod:`edge.console.crypto`. Here: read one, add one (the
 first writer wins when two instances create the same key at once), destroy the crop
@@ -15,6 +15,7 @@ from typing import Final
 import sqlalchemy as sa
 
 from edge.console import tables as t
+from edge.console.db import scrub
 
 CROP_KEY_PERIOD_S: Final = 86400.0
 """A crop data key per UTC day of arrival."""
@@ -29,23 +30,23 @@ def reference_key_name(deployment_id: str) -> str:
 
 
 class ImageStore:
-    engine: sa.Engine
+    """Data keys and reference images over ``engine`` (``store.images``)."""
 
-    def scrub(self) -> None:  # provided by the Store (SQLite: truncate the WAL)
-        raise NotImplementedError
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
 
     # -- data keys --------------------------------------------------------------------------
 
     def wrapped_key(self, name: str) -> bytes | None:
         k = t.data_keys
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             row = conn.execute(sa.select(k.c.wrapped).where(k.c.name == name)).first()
             return None if row is None else bytes(row[0])
 
     def add_wrapped_key(self, name: str, wrapped: bytes, now: float) -> bool:
         """Store a new wrapped key; False if one of that name exists (another writer's)."""
         try:
-            with self.engine.begin() as conn:
+            with self._engine.begin() as conn:
                 conn.execute(sa.insert(t.data_keys).values(name=name, wrapped=wrapped,
                                                            created_at=now))  # fmt: skip
         except sa.exc.IntegrityError:
@@ -58,13 +59,13 @@ class ImageStore:
         unused = sa.select(k.c.name).where(
             k.c.name.like("crop:%"),
             ~sa.exists().where(a.c.crop_key == k.c.name))  # fmt: skip
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             names = [str(n) for (n,) in conn.execute(unused)
                      if str(n)[5:].lstrip("-").isdigit() and int(str(n)[5:]) < before_period]
             if names:
                 conn.execute(sa.delete(k).where(k.c.name.in_(names)))
         if names:
-            self.scrub()
+            scrub(self._engine)
         return names
 
     # -- reference images (each deployment's under its own key) -------------------------
@@ -76,7 +77,7 @@ class ImageStore:
         where = sa.and_(r.c.deployment_id == deployment_id, r.c.subject_id == subject_id)
         values = {"category": category, "image": image, "window_end_ts": window_end_ts,
                   "image_key": image_key, "bundle_id": bundle_id}  # fmt: skip
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             if conn.execute(sa.update(r).where(where).values(**values)).rowcount == 0:
                 conn.execute(sa.insert(r).values(deployment_id=deployment_id,
                                                   subject_id=subject_id, **values))  # fmt: skip
@@ -91,7 +92,7 @@ class ImageStore:
         r = t.reference_images
         q = sa.select(r.c.image, r.c.image_key).where(r.c.deployment_id == deployment_id,
                                                       r.c.subject_id == subject_id)  # fmt: skip
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             row = conn.execute(q).first()
             return None if row is None else (bytes(row[0]), row[1])
 
@@ -102,14 +103,14 @@ class ImageStore:
             return set()
         q = sa.select(r.c.deployment_id, r.c.subject_id).where(
             r.c.deployment_id.in_(sorted(deployment_ids)))
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             return {(str(d), str(sid)) for d, sid in conn.execute(q)}
 
     def reference_deployments(self) -> dict[str, tuple[int, float]]:
         r = t.reference_images
         q = sa.select(r.c.deployment_id, sa.func.count(), sa.func.max(r.c.window_end_ts)
                       ).group_by(r.c.deployment_id)  # fmt: skip
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             return {str(d): (int(n), float(e)) for d, n, e in conn.execute(q)}
 
     def delete_references(self, deployment_id: str, bundle_id: str | None = None) -> int:
@@ -121,7 +122,7 @@ class ImageStore:
         cond = r.c.deployment_id == deployment_id
         if bundle_id is not None:
             cond = sa.and_(cond, r.c.bundle_id == bundle_id)
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             n = conn.execute(sa.delete(r).where(cond)).rowcount
             left = conn.execute(sa.select(sa.func.count()).select_from(r).where(
                 r.c.deployment_id == deployment_id)).scalar_one()  # fmt: skip
@@ -130,5 +131,5 @@ class ImageStore:
                 key = conn.execute(sa.delete(k).where(
                     k.c.name == reference_key_name(deployment_id))).rowcount
         if n or key:
-            self.scrub()
+            scrub(self._engine)
         return int(n)
