@@ -3,9 +3,11 @@
 FastAPI on uvicorn, Jinja2 pages, live updates over Server-Sent Events and a little plain
 JavaScript. The parts are separate modules with one direction of use:
 
-- :mod:`~edge.console.tables` / :mod:`~edge.console.store` (with ``store_auth``,
-  ``store_fleet``): SQLAlchemy Core over SQLite (WAL) or PostgreSQL, schema by Alembic
-  (:mod:`~edge.console.migrate`);
+- :mod:`~edge.console.tables` / :mod:`~edge.console.store`: SQLAlchemy Core over SQLite
+  (WAL) or PostgreSQL, schema by Alembic (:mod:`~edge.console.migrate`); the Store hands its
+  engine to its parts (``store.auth``, ``store.fleet``, ``store.images``, ``store.audit``:
+  ``store_auth``, ``store_fleet``, ``store_images``, ``store_chains``), which share only
+  :mod:`~edge.console.db`;
 - :mod:`~edge.console.messages`: every device message is untrusted; bounded, validated;
 - :mod:`~edge.console.chain`: each device's audit chain verified on arrival;
 - :mod:`~edge.console.ingest`: the MQTT 5 client (mutual TLS, persistent session, each

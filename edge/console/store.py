@@ -86,6 +86,9 @@ def make_engine(url: str) -> sa.Engine:
 
 
 class Store:
+    """The engine, its four parts (``auth``, ``fleet``, ``images``, ``audit``: see the module),
+    the alerts and the console's trail."""
+
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.auth = AuthStore(engine)
