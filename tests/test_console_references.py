@@ -31,7 +31,7 @@ JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64 + b"\xff\xd9"
 
 class NoBroker:
     def publish(self, topic: str, payload: bytes, timeout: float = 5.0) -> None:
-        from edge.console.ingest import PublishFailed
+        from edge.console.service import PublishFailed
 
         raise PublishFailed("the console is not connected to the broker")
 

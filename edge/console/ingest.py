@@ -44,6 +44,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.console.handlers import Handler
 from edge.console.metrics import Metrics
 from edge.console.mqtt_session import ALIVE_EVERY_S, SessionWatch
+from edge.console.service import PublishFailed
 from edge.delivery.publish import BrokerSettings, new_client
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,6 @@ class Connection:
     connected: bool
     session_present: bool = False
     expiry_s: int | None = None
-
-
-class PublishFailed(Exception):  # noqa: N818 (a refusal, like BundleRefused)
-    """The broker did not take a message (offline, refused, or no PUBACK in time)."""
 
 
 def subscriptions(prefix: str = "lfr") -> list[tuple[str, int]]:

@@ -43,7 +43,14 @@ from edge.watchlist.references import ReferencesRefused, open_references
 log = logging.getLogger(__name__)
 
 
+class PublishFailed(Exception):  # noqa: N818 (a refusal, like BundleRefused)
+    """The broker did not take a message (offline, refused, or no PUBACK in time)."""
+
+
 class Publisher(Protocol):
+    """What sends the console's messages (the ingest's MQTT client): publish at QoS 1 and
+    wait for the broker's PUBACK, else raise :class:`PublishFailed`."""
+
     def publish(self, topic: str, payload: bytes, timeout: float = 5.0) -> None: ...
 
 
@@ -90,8 +97,6 @@ class Console:
                                         decision=decision, officer=officer, at=at)  # fmt: skip
         except ValueError as exc:
             raise ActionRefused(str(exc)) from None
-        from edge.console.ingest import PublishFailed
-
         self.store.set_decision(alert_id, decision, officer, at)
         try:
             self.publisher.publish(topic(device, "adjudications"), payload)
