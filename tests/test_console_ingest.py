@@ -339,3 +339,93 @@ for _ in range(600):
         proc.kill()
         proc.wait(5)
         ingest.stop()
+
+
+CRASHING_CONSOLE = """
+import sys, time
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from edge.console.crypto import AtRest
+from edge.console.events import Hub
+from edge.console.handlers import Handler
+from edge.console.ingest import Ingest
+from edge.console.metrics import Metrics
+from edge.console.store import Store
+from edge.delivery.publish import BrokerSettings
+
+url, host, port, ca, cert, key, van_key = sys.argv[1:8]
+store = Store.open(url)
+
+
+class Telling(Handler):  # says when the worker has a message in hand, then handles it
+    def handle(self, topic, payload, retained=False, received_at=None):
+        print("handling", flush=True)
+        return super().handle(topic, payload, retained, received_at)
+
+
+keys = {"van-1": Ed25519PublicKey.from_public_bytes(bytes.fromhex(van_key))}
+handler = Telling(store, AtRest(X25519PrivateKey.generate()), Hub(), Metrics(), device_keys=keys)
+ingest = Ingest(BrokerSettings(host, int(port), ca, cert, key), handler, handler.metrics,
+                client_id="console-crash")
+ingest.start()
+assert ingest.wait_ready(20), ingest.last_error
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_console_killed_with_a_message_in_hand_gets_it_again(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """A message is acknowledged to the broker only once handled: a console killed while its
+    worker holds one (its database busy) gets it again from its session and stores it.
+    With paho's acknowledgement on receipt the broker had forgotten it: lost for ever."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+
+    db = tmp_path / "console.db"
+    url = f"sqlite:///{db}"
+    store = Store.open(url)
+    cr = broker.console(1)
+    raw = PUBLIC["van-1"].public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    holder = sqlite3.connect(db, timeout=30)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_CONSOLE, url, broker.host, str(broker.port),
+         str(cr.ca), str(cr.cert), str(cr.key), raw.hex()],
+        stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        deadline = time.monotonic() + 20  # its worker has recorded the connection
+        while time.monotonic() < deadline and store.fleet.mqtt_session("console-crash") is None:
+            time.sleep(0.05)
+        store.close()
+        holder.execute("BEGIN EXCLUSIVE")  # the console's database is busy: its writes wait
+        payload = _alert_bytes()
+        van = broker.client("van-1")
+        van.publish("lfr/van-1/alerts", payload, qos=1).wait_for_publish(5)
+        assert proc.stdout.readline() == b"handling\n"  # in the worker's hands, not stored
+        proc.kill()
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        holder.rollback()
+        holder.close()
+    store = Store.open(url)
+    handler = Handler(store, AtRest(X25519PrivateKey.generate()), Hub(), Metrics(),
+                      device_keys=PUBLIC)  # fmt: skip
+    assert not store.alerts()
+    ingest = _ingest(handler, broker, "console-crash")  # the same session, back
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not store.alerts():
+            time.sleep(0.05)
+        assert [r["alert_id"] for r in store.alerts()] == [json.loads(payload)["alert_id"]]
+    finally:
+        ingest.stop()
+        store.close()

@@ -21,7 +21,14 @@ connection the broker's ``session present`` is checked against what this instanc
 
 paho's callback only puts the message on a bounded queue; one worker thread hands them to
 :class:`~edge.console.handlers.Handler` (which never raises), and the connection events to
-the session watch in order with them. :meth:`Ingest.publish` sends one QoS 1 message and
+the session watch in order with them. **A message is acknowledged to the broker only after
+the handler has finished with it** (stored, a duplicate or refused; paho's manual
+acknowledgement): paho's default PUBACK on receipt meant a console stopped or killed with
+messages on its queue lost them, acknowledged, for ever. A message the handler failed on
+(the database) is tried again (bounded) before it is acknowledged and counted, so a message
+that always fails cannot stall the flow; one that finds the queue full is not acknowledged,
+and the broker sends it again on the next connection (the broker's in-flight window, not
+this queue, bounds what waits unacknowledged). :meth:`Ingest.publish` sends one QoS 1 message and
 waits (bounded) for the broker's PUBACK.
 """
 
@@ -51,6 +58,7 @@ log = logging.getLogger(__name__)
 
 KINDS: Final = ("alerts", "audit", "stats", "status")
 MAX_QUEUE: Final = 20_000
+RETRIES_S: Final = (0.5, 2.0)  # waits before trying a failed message again
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,8 @@ class Inbound:
     payload: bytes
     retained: bool
     received_at: float
+    mid: int = 0  # to acknowledge once handled (0: nothing to acknowledge)
+    qos: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,7 @@ class Ingest:
         self._worker: threading.Thread | None = None
         self.last_error: str | None = None
         self._client = new_client(client_id, broker)
+        self._client.manual_ack_set(True)  # PUBACK once handled (module docstring)
         self._client.reconnect_delay_set(1, 15)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -179,12 +190,25 @@ class Ingest:
                     self._connection(item)
                     continue
                 if item.topic:
-                    self.handler.handle(item.topic, item.payload, item.retained,
-                                        item.received_at)  # fmt: skip
+                    self._handle(item)
                 if self.connected:
                     self.watch.alive()
             except Exception:  # the database: never stop the loop
                 log.exception("console ingest worker")
+
+    def _handle(self, item: Inbound) -> None:
+        """Hand one message to the handler, then acknowledge it (module docstring)."""
+        result = self.handler.handle(item.topic, item.payload, item.retained, item.received_at)
+        for wait in RETRIES_S:
+            if result != "failed":
+                break
+            time.sleep(wait)
+            result = self.handler.handle(item.topic, item.payload, item.retained,
+                                         item.received_at)  # fmt: skip
+        if item.qos:
+            # Not connected: nothing is sent, and the broker sends the message again on the
+            # next connection of this session (the store takes it once).
+            self._client.ack(item.mid, item.qos)
 
     def _connection(self, event: Connection) -> None:
         if event.connected:
@@ -242,9 +266,9 @@ class Ingest:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             self._queue.put_nowait(Inbound(msg.topic, bytes(msg.payload), bool(msg.retain),
-                                           time.time()))  # fmt: skip
-        except queue.Full:
-            self.metrics.inc("console_messages_dropped_total")
+                                           time.time(), msg.mid, msg.qos))  # fmt: skip
+        except queue.Full:  # not acknowledged: the broker sends it again on reconnecting
+            self.metrics.inc("console_messages_deferred_total")
         except Exception:
             log.exception("on_message failed")
 
