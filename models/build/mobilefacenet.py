@@ -342,6 +342,53 @@ def max_slope(lays: list[Layer]) -> float:
     return max(float(lay.slope.max()) for lay in lays if lay.slope is not None)
 
 
+def sign_folded(lays: list[Layer]) -> list[Layer]:
+    """The same function with every PReLU slope <= 1, so each PReLU is ``max(x, a x)``
+    (exact for any slope <= 1, negative ones too).
+
+    For a channel whose slope ``a`` > 1, ``prelu(x) = min(x, a x) = -max(-x, -a x)``: the
+    producing convolution's output channel is negated (weights and bias), the PReLU
+    computes ``max(x', a x')`` on it, and the consumer convolution takes the sign back in
+    that input channel's weights. Every PReLU here sits between two convolutions (each
+    PReLU reads a convolution nothing else reads, and only one convolution reads it; checked),
+    never on the residual stream. Exact in real arithmetic (as models/build/sface.py).
+    """
+    out = [Layer(**lay.__dict__) for lay in lays]
+    for lay in out:  # own copies of the arrays this changes
+        lay.weight = None if lay.weight is None else lay.weight.copy()
+        lay.bias = None if lay.bias is None else lay.bias.copy()
+    names = [lay.name for lay in out]
+    prev = [INPUT, *names[:-1]]
+
+    def reads(i: int) -> list[str]:
+        lay = out[i]
+        return [lay.src or prev[i]] + ([lay.other] if lay.other else [])
+
+    readers: dict[str, list[int]] = {}
+    for i in range(len(out)):
+        for r in reads(i):
+            readers.setdefault(r, []).append(i)
+    for i, lay in enumerate(out):
+        if lay.kind != "prelu" or lay.slope is None or lay.slope.max() <= 1.0:
+            continue
+        sign = np.where(lay.slope > 1.0, -1.0, 1.0).astype(np.float32)
+        src = reads(i)[0]
+        p = names.index(src)
+        consumers = readers.get(lay.name, [])
+        if (out[p].kind not in ("conv", "dw") or readers.get(src) != [i] or len(consumers) != 1
+                or out[consumers[0]].kind not in ("conv", "dw") or out[consumers[0]].other):
+            raise ValueError(f"PReLU {lay.name} is not between two convolutions")
+        prod, cons = out[p], out[consumers[0]]
+        assert prod.weight is not None and prod.bias is not None and cons.weight is not None
+        prod.weight *= sign  # last axis: output channel (conv HWIO, depthwise HWC)
+        prod.bias *= sign
+        if cons.kind == "dw":
+            cons.weight *= sign  # HWC: the channel reads its own input channel
+        else:
+            cons.weight *= sign[None, None, :, None]  # HWIO: input channels
+    return out
+
+
 # --------------------------------------------------------------------------- TensorFlow
 
 
@@ -354,8 +401,6 @@ def make_forward(lays: list[Layer], *, prelu_as_max: bool = False,
     import tensorflow as tf
 
     lays = fold_input_normalisation(lays)
-    if prelu_as_max and max_slope(lays) > 1.0:
-        raise ValueError(f"a PReLU slope is {max_slope(lays)} > 1: max(x, a x) is not PReLU")
 
     def f(x: Any) -> Any:
         t: dict[str, Any] = {INPUT: x}
@@ -384,7 +429,7 @@ def make_forward(lays: list[Layer], *, prelu_as_max: bool = False,
             elif lay.kind == "prelu":
                 assert lay.slope is not None
                 a = tf.constant(lay.slope.reshape(1, 1, -1))
-                if prelu_as_max:
+                if prelu_as_max:  # needs sign_folded layers (see there)
                     y = tf.maximum(inp, inp * a)
                 elif int8_friendly:
                     y = tf.nn.relu(inp) + a * tf.minimum(inp, 0.0)
@@ -417,11 +462,11 @@ def convert_float(lays: list[Layer]) -> bytes:
 
 def convert_int8(lays: list[Layer], representative: Iterable[U8]) -> bytes:
     """Full-integer int8 (per-channel weights), uint8 input = raw RGB pixels (scale 1, zero
-    point 0), float32 output; PReLU as MAXIMUM and MUL where every slope is <= 1, else as
-    RELU, MINIMUM, MUL and ADD (XNNPACK has no int8 PRELU; see models/build/sface.py)."""
+    point 0), float32 output; PReLU as MAXIMUM and MUL on :func:`sign_folded` layers
+    (XNNPACK has no int8 PRELU; see models/build/sface.py)."""
     import tensorflow as tf
 
-    fwd = make_forward(lays, prelu_as_max=max_slope(lays) <= 1.0, int8_friendly=True)
+    fwd = make_forward(sign_folded(lays), prelu_as_max=True)
 
     @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32, name="chip_rgb")])
     def model(chip: Any) -> dict[str, Any]:
@@ -476,8 +521,9 @@ def build_mobilefacenet(data_dir: Any, manifest: dict[str, Any], write_model: An
     src_json, src_bin = sources.human_mobilefacenet()
     g = parse(src_json.data, src_bin.data)
     lays = layers(g)
+    lowest = min(float(x.slope.min()) for x in lays if x.slope is not None)
     print(f"[mobilefacenet] {src_bin.file}: {len(src_bin.data):,} bytes, {g.n_params():,} "
-          f"parameters; {len(lays)} layers, PReLU slopes {min(float(x.slope.min()) for x in lays if x.slope is not None):.2f}..{max_slope(lays):.2f}",
+          f"parameters; {len(lays)} layers, PReLU slopes {lowest:.2f}..{max_slope(lays):.2f}",
           flush=True)
     lfw = data_dir / "lfw" / "images"
     aligner = Aligner112()
@@ -498,7 +544,9 @@ def build_mobilefacenet(data_dir: Any, manifest: dict[str, Any], write_model: An
     ref = numpy_embed(g, ev[:NUMPY_REF])
     femb = common.Embedder(fpath).many(ev)
     iemb = common.Embedder(ipath).many(ev)
-    f_vs_np = agreement(femb[:NUMPY_REF], ref)
+    # the numpy graph ends in the L2 normalisation the TFLite files leave out
+    f_vs_np = agreement(femb[:NUMPY_REF] / np.linalg.norm(femb[:NUMPY_REF], axis=1,
+                                                          keepdims=True), ref)
     i_vs_f = agreement(iemb, femb)
     # the graph as shipped: one vector for every face
     shipped = numpy_embed(g, ev[:20], repair=False)
@@ -510,7 +558,8 @@ def build_mobilefacenet(data_dir: Any, manifest: dict[str, Any], write_model: An
           f"chips {shipped_cos:.5f}", flush=True)
     if f_vs_np["cosine_min"] < 0.9999:
         raise SystemExit(f"TFLite float MobileFaceNet cosine {f_vs_np['cosine_min']} < 0.9999")
-    desc = (f"{len(ev)} LFW images (the first {NUMPY_REF} against numpy) with a face among sha256 ranks {chips.EVAL_START}.."
+    desc = (f"{len(ev)} LFW images (the first {NUMPY_REF} against numpy) with a face among "
+            f"sha256 ranks {chips.EVAL_START}.."
             f"{chips.EVAL_START + EVAL_CANDIDATES - 1} (disjoint from calibration), chips "
             f"aligned on {aligner.name}'s five points (ArcFace 112); reference: the repaired "
             "TFJS graph evaluated node by node in numpy (float64)")
@@ -540,7 +589,7 @@ def build_mobilefacenet(data_dir: Any, manifest: dict[str, Any], write_model: An
                    **shared,
                    "notes": "full-integer int8 (TFLITE_BUILTINS_INT8, per-channel weights), "
                             "uint8 input = raw RGB pixels (scale 1, zero point 0), float32 "
-                            "output, PReLU as RELU/MINIMUM/MUL/ADD; calibrated on "
+                            "output, PReLU as MAXIMUM/MUL on sign-folded layers; calibrated on "
                             f"{len(calib_lfw)} LFW chips (sha256 ranks 0..{chips.CALIB_LFW - 1})"
                             f" + {len(calib_photos)} photo chips",
                    "measured": {"vs_float32": i_vs_f, "evaluation": desc,
