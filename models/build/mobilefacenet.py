@@ -37,6 +37,10 @@ tensors are identical) to cosine 0.9999998 on 300 LFW chips (models/README.md).
   with the raw value 127.5 (0 after normalisation), so the fold is exact at the borders;
 * the final L2 normalisation is left out (cosine is invariant to it; int8 keeps more
   resolution on the raw vector).
+
+One module for the stage, like models/build/sface.py, and longer than most (~600 lines):
+the node-by-node numpy evaluation is a second, independent reading of the graph that the
+layer rewrite is checked against, and it belongs beside the rewrite.
 """
 
 from __future__ import annotations
