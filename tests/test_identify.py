@@ -350,3 +350,30 @@ def test_small_lfw_identify(
     assert (tmp_path / "det.png").stat().st_size > 0
     ss = ScoreSet.load(tmp_path / "s.npz")
     assert ss.scores.shape == (24, 12)
+
+
+def test_score_fusion_is_the_mean_of_two_embedders_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--scores A B`: one score set whose similarities are the mean of A's and B's; a
+    probe that one embedder ranks wrongly can be put right by the other."""
+    from edge.evaluation.identify_scores import fuse_score_sets
+
+    mate = np.array([0, 1, -1], dtype=np.int64)
+    a = ScoreSet(np.array([[0.9, 0.1], [0.6, 0.5], [0.3, 0.2]], np.float32), mate,
+                 ("x", "y"), label="A", metric="cosine")
+    b = ScoreSet(np.array([[0.7, 0.3], [0.1, 0.9], [0.2, 0.4]], np.float32), mate,
+                 ("x", "y"), label="B", metric="cosine")
+    fused = fuse_score_sets([a, b])
+    np.testing.assert_allclose(fused.scores, [[0.8, 0.2], [0.35, 0.7], [0.25, 0.3]], atol=1e-6)
+    assert fused.label == "A + B (mean)" and fused.metric == "fused-mean"
+    assert report(a, [0.5])["rank1"] == 0.5 and report(fused, [0.5])["rank1"] == 1.0
+    a.save(tmp_path / "a.npz")
+    b.save(tmp_path / "b.npz")
+    code, out, _ = run_cli(["eval", "identify", "--scores", str(tmp_path / "a.npz"),
+                            str(tmp_path / "b.npz"), "--fpir", "0.5", "--json"], capsys)
+    assert code == 0 and json.loads(out)["rank1"] == 1.0
+    # sets that do not search the same probes in the same gallery are refused
+    other = ScoreSet(b.scores, np.array([1, 0, -1], np.int64), ("x", "y"))
+    with pytest.raises(UsageError, match="same probes"):
+        fuse_score_sets([a, other])

@@ -1,7 +1,7 @@
 """`edge models import`: a third-party TFLite embedder into a local models directory.
 
 Uses the repository's own real models as the "third-party" files (no network,
-no TensorFlow); the MobileFaceNet import is in test_mobilefacenet.py. Every test
+no TensorFlow). Every test
 works on a copy of models/ in tmp_path: the repo's manifest is never touched.
 """
 

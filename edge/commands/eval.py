@@ -98,8 +98,9 @@ def register_identify(evsub: Any) -> None:
         "identify", help="open-set 1:N identification: TPIR at FPIR, FNIR, rank-1, DET plot"
     )
     add_search_args(p)
-    p.add_argument("--scores", type=Path, metavar="NPZ",
-                   help="report (and plot) a saved score set instead of embedding images")
+    p.add_argument("--scores", type=Path, metavar="NPZ", nargs="+",
+                   help="report (and plot) a saved score set instead of embedding images; "
+                        "several: their score-level fusion (the mean), e.g. two embedders")
     p.add_argument("--fpir", default="0.001,0.000167",
                    help="comma-separated target FPIRs (default 0.001,0.000167)")
     p.add_argument("--plot", type=Path, help="write a DET plot (PNG) here")
@@ -131,7 +132,10 @@ def run_identify(args: argparse.Namespace) -> int:
     if args.scores is not None:
         if args.lfw is not None or args.gallery is not None:
             raise UsageError("use either --scores or --lfw/--gallery, not both")
-        ss = ScoreSet.load(args.scores)
+        from edge.evaluation.identify_scores import fuse_score_sets
+
+        loaded = [ScoreSet.load(p) for p in args.scores]
+        ss = loaded[0] if len(loaded) == 1 else fuse_score_sets(loaded)
         runs = [(ss, report(ss, fpirs))]
     else:
         runs = score_searches(args, fpirs, ks)

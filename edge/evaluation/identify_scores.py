@@ -123,6 +123,27 @@ class ScoreSet:
             raise UsageError(f"scores file {path} is not a saved score set ({exc})") from None
 
 
+def fuse_score_sets(sets: Sequence[ScoreSet]) -> ScoreSet:
+    """Score-level fusion: the mean of several embedders' similarities for the same
+    searches (same probes, gallery and mates, e.g. two ``--save-scores`` runs that differ
+    only in ``--embedder``). A probe or subject without a template in any set has none."""
+    first = sets[0]
+    for other in sets[1:]:
+        if (other.gallery_ids != first.gallery_ids or not np.array_equal(other.mate, first.mate)
+                or other.probe_ids != first.probe_ids):
+            raise UsageError("fused score sets must search the same probes in the same gallery")
+    scores = np.mean(np.stack([s.scores for s in sets]), axis=0).astype(np.float32)
+    return ScoreSet(
+        scores=scores, mate=first.mate, gallery_ids=first.gallery_ids,
+        label=" + ".join(s.label for s in sets) + " (mean)", metric="fused-mean",
+        probe_failures=max(s.probe_failures for s in sets),
+        gallery_failures=max(s.gallery_failures for s in sets),
+        gallery_images=first.gallery_images,
+        info={"fusion": "mean of " + ", ".join(s.label for s in sets)},
+        probe_ids=first.probe_ids,
+    )
+
+
 def subject_scores(template_scores: F32, template_subject: I64, n_subjects: int) -> F32:
     """(P, T) template similarities -> (P, G) best per subject; ``-inf`` for no template."""
     p = template_scores.shape[0]

