@@ -102,3 +102,29 @@ def test_time_to_alert_counts_to_the_frame_the_alert_was_raised_on() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+def test_bench_set_runs_a_policy_variant_and_counts_embeddings() -> None:
+    r = bench("--video", str(ROOT / "demo" / "clip.gif"), "--subjects",
+              str(ROOT / "demo" / "subjects"), "--threshold", "0.5",
+              "--set", "recognition.embeds_per_track=1", "--set", "quality.max_yaw=0.4")
+    assert r["overrides"] == {"recognition": {"embeds_per_track": 1},
+                              "quality": {"max_yaw": 0.4}}
+    assert r["recognition"]["embeds_per_track"] == 1
+    # One embedding per track at most: as many embeddings as tracks that got one.
+    assert 1 <= r["tracks_embedded"] <= r["tracks"]
+    assert r["embeddings"] == r["tracks_embedded"]
+    assert r["max_embeddings_per_frame"] >= 1
+
+
+@pytest.mark.parametrize("setting", ["recognition.no_such_key=1", "recognition.embeds_per_track",
+                                     "detector.model=x", "recognition.embeds_per_track=0"])
+def test_bench_bad_set_is_one_line(setting: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge", "bench", "--video", str(ROOT / "demo" / "clip.gif"),
+         "--set", setting],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("INFO:")]
+    assert len(lines) == 1, lines
