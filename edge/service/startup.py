@@ -110,6 +110,8 @@ def make_decider(rec: RecognitionSettings) -> TrackDecider:
     return TrackDecider(
         threshold=1.0,  # replaced by the bundle's threshold when armed
         max_embeds_per_track=rec.embeds_per_track,
+        max_embeds_per_frame=rec.embeds_per_frame,
+        min_quality_gain=rec.min_quality_gain,
         cooldown_s=rec.cooldown_s,
         decision=rec.decision,
         weight=rec.template_weight,
