@@ -32,15 +32,16 @@ def engine(models_dir: Path) -> FaceEngine:
 
 
 def walk_toward_the_camera(engine: FaceEngine, frames: int = 40) -> list[np.ndarray]:
-    image = cv2.imread(str(ACTOR))
-    if image is None:
+    read = cv2.imread(str(ACTOR))
+    if read is None:
         pytest.skip(f"{ACTOR} is absent")
+    image = np.asarray(read, dtype=np.uint8)
     (det,) = engine.detect(image)
     cx, cy = (det.box[0] + det.box[2]) / 2, (det.box[1] + det.box[3]) / 2
     h, w = CANVAS
     out = []
     for s in np.linspace(0.6, 1.5, frames):  # the actor's face is ~72 px wide
-        m = np.float32([[s, 0, w / 2 - s * cx], [0, s, h / 2 - s * cy]])
+        m = np.array([[s, 0, w / 2 - s * cx], [0, s, h / 2 - s * cy]], dtype=np.float32)
         out.append(cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_CONSTANT, borderValue=(96, 96, 96)))
     return out
