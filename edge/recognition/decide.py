@@ -15,8 +15,8 @@ always eligible and is embedded at once (the fast path: a clearly matching first
 alerts without waiting for a better one). The gain is relative because the score is a
 product (a face 25 % wider scores 25 % more), so the budget covers a walk toward the
 camera in steps of equal ratio to its end instead of being spent on the small early
-frames: with the defaults (6 per track, gain 0.25) a score that grows 3x along a walk
-is still embedded near its best. Per frame at most ``max_embeds_per_frame`` faces are
+frames: with the defaults (6 per track, gain 0.25) a walk whose score grows up to 3.8x
+ends with an embedding within 25 % of its best face. Per frame at most ``max_embeds_per_frame`` faces are
 embedded (a crowd): the eligible faces are ranked by the track's embeddings so far
 (fewest first: every new face gets its first embedding before anyone's second), then
 by their gain over the track's best (largest first); the rest wait for a later frame
