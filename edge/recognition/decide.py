@@ -4,26 +4,26 @@ Pure logic over :class:`~edge.types.Track`, :class:`~edge.types.Quality` and
 :class:`~edge.types.Match`; no clocks, no I/O (the caller passes ``now``,
 preferably ``time.monotonic()``).
 
-Embedding (``select``): embeddings are expensive (SFace int8: 7-15 ms a face on a
-2-core machine), so each track's are spent on its best faces, not its first. A face is
+Embedding (``select``): embeddings are expensive (SFace int8: 7-15 ms a face on a 2-core
+machine), so each track's are spent on its best faces, not its first. A face is
 *eligible* when it passes the quality gate (and the track has ``min_hits``), its track
-has had fewer than ``max_embeds_per_track`` embeddings, and it is better than every
-face of the track embedded so far: its quality score (face size, sharpness, frontal
-pose from the five points; :mod:`edge.vision.quality`) is at least ``1 +
-min_quality_gain`` times the track's best embedded score. A track's first good face is
-always eligible and is embedded at once (the fast path: a clearly matching first face
-alerts without waiting for a better one). The gain is relative because the score is a
-product (a face 25 % wider scores 25 % more), so the budget covers a walk toward the
-camera in steps of equal ratio to its end instead of being spent on the small early
-frames: with the defaults (6 per track, gain 0.25) a walk whose score grows up to 3.8x
-ends with an embedding within 25 % of its best face. Per frame at most ``max_embeds_per_frame`` faces are
-embedded (a crowd): the eligible faces are ranked by the track's embeddings so far
-(fewest first: every new face gets its first embedding before anyone's second), then
-by their gain over the track's best (largest first); the rest wait for a later frame
-and stay eligible while they are better than what was embedded, so a busy street
-degrades to fewer embeddings per track instead of falling behind the camera. A face
-chosen is counted on its track (``track.embeds``, ``track.best_quality``).
-``wants_embedding`` is the same decision for one face.
+has had fewer than ``max_embeds_per_track`` embeddings, and it is better than every face
+of the track embedded so far: its quality score (face size, sharpness, frontal pose from
+the five points; :mod:`edge.vision.quality`) is at least ``1 + min_quality_gain`` times
+the track's best embedded score. A track's first good face is always eligible and is
+embedded at once (the fast path: a clearly matching first face alerts without waiting
+for a better one). The gain is relative because the score is a product (a face 10 %
+wider scores 10 % more), so the budget covers a walk toward the camera in steps of equal
+ratio to its end instead of being spent on the small early frames: with the defaults (12
+per track, gain 0.10) a walk whose score grows up to 2.8x ends with an embedding within
+10 % of its best face. Per frame at most ``max_embeds_per_frame`` faces are embedded (a
+crowd): the eligible faces are ranked by the track's embeddings so far (fewest first:
+every new face gets its first embedding before anyone's second), then by their gain over
+the track's best (largest first); the rest wait for a later frame and stay eligible
+while they are better than what was embedded, so a busy street degrades to fewer
+embeddings per track instead of falling behind the camera. A face chosen is counted on
+its track (``track.embeds``, ``track.best_quality``). ``wants_embedding`` is the same
+decision for one face.
 
 Alerting (``on_match``): a match raises an alert when its score (a
 similarity) is at least ``threshold``, at most once per track and subject,
@@ -71,10 +71,10 @@ class TrackDecider:
     def __init__(
         self,
         threshold: float,
-        max_embeds_per_track: int = 6,
+        max_embeds_per_track: int = 12,
         cooldown_s: float = 60.0,
         *,
-        min_quality_gain: float = 0.25,
+        min_quality_gain: float = 0.10,
         max_embeds_per_frame: int | None = 4,
         min_hits: int = 1,
         max_remembered: int = 10_000,
