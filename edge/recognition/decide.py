@@ -75,7 +75,7 @@ class TrackDecider:
         cooldown_s: float = 60.0,
         *,
         min_quality_gain: float = 0.10,
-        max_embeds_per_frame: int | None = 4,
+        max_embeds_per_frame: int | None = 2,
         min_hits: int = 1,
         max_remembered: int = 10_000,
         decision: Decision = "template",

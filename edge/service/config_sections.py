@@ -428,7 +428,7 @@ class RecognitionSettings(Section):
         "better, e.g. a face 10 % wider).",
     )
     embeds_per_frame: int = Field(
-        default=4,
+        default=2,
         ge=1,
         le=64,
         description="At most this many embeddings in one frame (a crowd): tracks with the "
