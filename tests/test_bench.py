@@ -6,19 +6,21 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench(*args: str) -> dict:
+def bench(*args: str) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "edge", "bench", *args, "--json"],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout)
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
 
 
 def test_bench_on_the_demo_clip_delivers_every_alert() -> None:
@@ -75,7 +77,7 @@ def test_bench_template_min_on_the_demo_clip_alerts_the_actor_only() -> None:
 def test_bench_template_min_above_embeds_per_track_is_one_line() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "edge", "bench", "--video", str(ROOT / "demo" / "clip.gif"),
-         "--template-min", "9"],
+         "--set", "recognition.embeds_per_track=3", "--template-min", "9"],
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
