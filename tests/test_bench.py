@@ -6,19 +6,21 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench(*args: str) -> dict:
+def bench(*args: str) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "edge", "bench", *args, "--json"],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout)
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
 
 
 def test_bench_on_the_demo_clip_delivers_every_alert() -> None:
@@ -75,7 +77,7 @@ def test_bench_template_min_on_the_demo_clip_alerts_the_actor_only() -> None:
 def test_bench_template_min_above_embeds_per_track_is_one_line() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "edge", "bench", "--video", str(ROOT / "demo" / "clip.gif"),
-         "--template-min", "9"],
+         "--set", "recognition.embeds_per_track=3", "--template-min", "9"],
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
@@ -102,3 +104,29 @@ def test_time_to_alert_counts_to_the_frame_the_alert_was_raised_on() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+def test_bench_set_runs_a_policy_variant_and_counts_embeddings() -> None:
+    r = bench("--video", str(ROOT / "demo" / "clip.gif"), "--subjects",
+              str(ROOT / "demo" / "subjects"), "--threshold", "0.5",
+              "--set", "recognition.embeds_per_track=1", "--set", "quality.max_yaw=0.4")
+    assert r["overrides"] == {"recognition": {"embeds_per_track": 1},
+                              "quality": {"max_yaw": 0.4}}
+    assert r["recognition"]["embeds_per_track"] == 1
+    # One embedding per track at most: as many embeddings as tracks that got one.
+    assert 1 <= r["tracks_embedded"] <= r["tracks"]
+    assert r["embeddings"] == r["tracks_embedded"]
+    assert r["max_embeddings_per_frame"] >= 1
+
+
+@pytest.mark.parametrize("setting", ["recognition.no_such_key=1", "recognition.embeds_per_track",
+                                     "detector.model=x", "recognition.embeds_per_track=0"])
+def test_bench_bad_set_is_one_line(setting: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge", "bench", "--video", str(ROOT / "demo" / "clip.gif"),
+         "--set", setting],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("INFO:")]
+    assert len(lines) == 1, lines

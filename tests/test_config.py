@@ -241,6 +241,9 @@ def test_required_keys(tmp_path: Path) -> None:
             "recognition.threshold_floor.DLIB: family names are [a-z0-9_]",
         ),
         ("[recognition]\nembeds_per_track = 0", "recognition.embeds_per_track: Input should be"),
+        ("[recognition]\nembeds_per_frame = 0", "recognition.embeds_per_frame: Input should be"),
+        ("[recognition]\nmin_quality_gain = -0.1",
+         "recognition.min_quality_gain: Input should be greater than or equal"),
         (
             "[watchlist]\nallow_dev_watchlist = true",
             "watchlist.allow_dev_watchlist: unknown key",

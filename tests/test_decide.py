@@ -25,10 +25,10 @@ def m(subject: str, score: float) -> Match:
 
 
 def test_embeds_first_good_frame_then_only_better_ones_up_to_the_limit() -> None:
-    d = TrackDecider(threshold=0.4, max_embeds_per_track=3, min_quality_gain=0.05)
+    d = TrackDecider(threshold=0.4, max_embeds_per_track=3, min_quality_gain=0.25)
     t = track()
-    decisions = [d.wants_embedding(t, q(s)) for s in [0.30, 0.32, 0.36, 0.20, 0.50, 0.90, 0.99]]
-    #                                                 yes   <+.05  yes   worse  yes   limit limit
+    decisions = [d.wants_embedding(t, q(s)) for s in [0.30, 0.36, 0.375, 0.20, 0.50, 0.90, 0.99]]
+    #                                                 yes   <x1.25 yes   worse  yes   limit limit
     assert decisions == [True, False, True, False, True, False, False]
     assert t.embeds == 3 and t.best_quality == 0.50
 
@@ -105,6 +105,8 @@ def test_invalid_parameters() -> None:
         TrackDecider(threshold=0.4, max_embeds_per_track=0)
     with pytest.raises(ValueError):
         TrackDecider(threshold=0.4, cooldown_s=-1)
+    with pytest.raises(ValueError):
+        TrackDecider(threshold=0.4, max_embeds_per_frame=0)
 
 
 def test_min_embeddings_says_when_a_template_is_decided() -> None:

@@ -41,7 +41,7 @@ def images() -> list[np.ndarray]:
     if not FRAMES:
         pytest.skip("demo/subjects/DEMO-0001 has no frames")
     # Reversed: the face's quality rises along the track, so it is embedded more than once.
-    return [cv2.imread(str(p)) for p in reversed(FRAMES)]
+    return [np.asarray(cv2.imread(str(p)), dtype=np.uint8) for p in reversed(FRAMES)]
 
 
 def embedding_of(engine: FaceEngine, image: np.ndarray) -> np.ndarray:
@@ -211,7 +211,8 @@ def test_the_daemons_recognizer_takes_template_min_embeddings(engine: FaceEngine
     assert make_recognizer(settings, engine).decider.min_embeddings == 2
     assert make_recognizer(load_settings(example), engine).decider.min_embeddings == \
         load_settings(example).recognition.template_min_embeddings
+    above = load_settings(example).recognition.embeds_per_track + 1
     with pytest.raises(ConfigError) as info:
-        load_settings(example, overrides={"recognition": {"template_min_embeddings": 9}})
+        load_settings(example, overrides={"recognition": {"template_min_embeddings": above}})
     (line,) = info.value.problems
     assert "template_min_embeddings" in line and "embeds_per_track" in line

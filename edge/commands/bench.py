@@ -52,6 +52,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--template-min", type=int, default=None, metavar="K",
                         help="decide a track once its template holds K embeddings, or when "
                         "it ends (as [recognition] template_min_embeddings; default 1)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE",
+                        help="a [quality] or [recognition] key as in edge.toml, for a policy "
+                        "variant (repeatable; e.g. recognition.embeds_per_track=3)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     parser.add_argument("--peer", action="store_true",
                         help="also run the face_recognition peer on the same clip and truth")
@@ -115,6 +119,26 @@ def _wxh(text: str | None, flag: str) -> tuple[int, int] | None:
         raise UsageError(f"{flag} must look like 640x384, not {text!r}") from None
 
 
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["recognition.embeds_per_track=6", ...]`` as sections of keys; values are read as
+    TOML values (``6``, ``0.25``, ``"size"``), a bare word as a string."""
+    from edge.compat import tomllib
+    from edge.errors import UsageError
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, text = item.partition("=")
+        section, dot, key = target.strip().partition(".")
+        if not (sep and dot and section and key):
+            raise UsageError(f"--set must look like section.key=value, not {item!r}")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        out.setdefault(section, {})[key.strip()] = value
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from edge.evaluation.bench import run_bench
 
@@ -131,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         detector=args.detector, detector_input=_wxh(args.detector_input, "--detector-input"),
         detect_size=detect_size, decision=args.decision, template_weight=args.template_weight,
         template_min=args.template_min, flip=args.flip,
+        overrides=parse_overrides(args.overrides),
     )
     if args.peer:
         peer = run_peer_subprocess(args.video, args.subjects, args.truth, args.max_frames,

@@ -78,7 +78,9 @@ def summary(settings: Settings, path: str) -> list[str]:
         f"  detector     {s.detector.model}, score >= {s.detector.score_threshold:g}, "
         f"faces >= {s.detector.min_face_px} px",
         f"  recognition  {s.recognition.embedder} ({s.recognition.precision}), "
-        f"{s.recognition.embeds_per_track} embeddings/track, floors {floors}",
+        f"{s.recognition.embeds_per_track} embeddings/track "
+        f"(gain {s.recognition.min_quality_gain}, {s.recognition.embeds_per_frame}/frame), "
+        f"floors {floors}",
         f"  watchlist    {s.bundle_path}, at most {s.watchlist.max_subjects} subjects",
         f"  mqtt         {s.mqtt.host}:{s.mqtt.port}, {tls}, topics {s.topic_root}/...",
         f"  retention    {s.retention.days} days",

@@ -74,6 +74,37 @@ def _collect(outcome: Any, raised: int, publisher: Any, alerts: list[dict[str, A
                        "track": alert.track_id})
 
 
+def _sections(
+    overrides: dict[str, dict[str, Any]], decision: str | None, template_weight: str | None,
+    template_min: int | None,
+) -> tuple[Any, Any]:
+    """``[quality]`` and ``[recognition]`` as edge.toml would give them with ``overrides``
+    (the flags ``--decision``, ``--template-weight``, ``--template-min`` are recognition
+    keys too). A bad key or value is one :class:`UsageError` line."""
+    from pydantic import ValidationError
+
+    from edge.service.config import QualitySettings, RecognitionSettings
+
+    unknown = sorted(set(overrides) - {"quality", "recognition"})
+    if unknown:
+        raise UsageError(f"bench: --set covers [quality] and [recognition], not [{unknown[0]}]")
+    rec = dict(overrides.get("recognition", {}))
+    for key, value in (("decision", decision), ("template_weight", template_weight),
+                       ("template_min_embeddings", template_min)):
+        if value is not None:
+            rec[key] = value
+    built: list[Any] = []
+    for name, cls, values in (("quality", QualitySettings, overrides.get("quality", {})),
+                              ("recognition", RecognitionSettings, rec)):
+        try:
+            built.append(cls.model_validate(values))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) if first["loc"] else ""
+            raise UsageError(f"bench: {name}.{where}: {first['msg']}") from None
+    return built[0], built[1]
+
+
 def run_bench(
     video: Path,
     *,
@@ -93,18 +124,21 @@ def run_bench(
     template_weight: str | None = None,
     template_min: int | None = None,
     flip: bool | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run the pipeline over ``video`` and return the figures (see the module doc)."""
+    """Run the pipeline over ``video`` and return the figures (see the module doc).
+
+    ``overrides`` sets keys of the ``[quality]`` and ``[recognition]`` sections (a policy
+    variant, validated as edge.toml is: ``{"recognition": {"embeds_per_track": 6}}``)."""
     from edge.delivery.outbox import Outbox
     from edge.delivery.publish import BrokerSettings, Publisher, new_client
     from edge.dev.devbroker import ALERTS_CN, DevBroker
-    from edge.recognition.decide import TrackDecider
     from edge.recognition.match import Watchlist
     from edge.recognition.pipeline import STAGES, Recognizer
     from edge.recognition.track import IoUTracker
     from edge.service.sources import make_source
+    from edge.service.startup import make_decider, make_gate
     from edge.vision.faces import FaceEngine
-    from edge.vision.quality import QualityGate
     from edge.watchlist.enrol import enrol
 
     if not video.exists():
@@ -128,7 +162,8 @@ def run_bench(
     # As the daemon: detect on a copy at the lores size (source.lores_size's default).
     lores = SourceSettings().lores_size if detect_size == "default" else detect_size
     family = engine.family
-    gate = QualityGate()
+    sections = _sections(overrides or {}, decision, template_weight, template_min)
+    gate = make_gate(sections[0])
     watchlist: Watchlist | None = None
     enrol_failed: list[str] = []
     if subjects is not None:
@@ -148,22 +183,8 @@ def run_bench(
             embedder_sha256=sha,
             reference_counts=[s.references for s in report.subjects],
         )
-    from pydantic import ValidationError
-
-    from edge.service.config import RecognitionSettings
-
-    try:
-        rec = RecognitionSettings.model_validate(
-            {k: v for k, v in (("decision", decision), ("template_weight", template_weight),
-                               ("template_min_embeddings", template_min)) if v is not None})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise UsageError(f"bench: {first['loc'][0] if first['loc'] else 'recognition'}: "
-                         f"{first['msg']}") from None
-    decider = TrackDecider(threshold=1.0, max_embeds_per_track=rec.embeds_per_track,
-                           cooldown_s=rec.cooldown_s, decision=rec.decision,
-                           weight=rec.template_weight,
-                           min_embeddings=rec.template_min_embeddings)
+    rec = sections[1]
+    decider = make_decider(rec)
     recognizer = Recognizer(
         engine, IoUTracker(), gate, decider, device_id=DEVICE_ID,
         min_score=defaults.score_threshold, min_face_px=defaults.min_face_px, tiles=tiles,
@@ -193,6 +214,7 @@ def run_bench(
     alerts: list[dict[str, Any]] = []
     stage_s: dict[str, list[float]] = {name: [] for name in ("read", *STAGES)}
     frame_s: list[float] = []
+    counts = {"tracks": 0, "embeddings": 0, "max_embeddings_per_frame": 0}
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         broker = DevBroker(Path(tmp) / "broker")
         broker.start()
@@ -246,6 +268,10 @@ def run_bench(
                     stage_s["read"].append(t1 - t0)
                     for name, secs in outcome.timings.items():
                         stage_s[name].append(secs)
+                    counts["tracks"] += outcome.new_tracks
+                    counts["embeddings"] += outcome.embedded
+                    counts["max_embeddings_per_frame"] = max(
+                        counts["max_embeddings_per_frame"], outcome.embedded)
                     _collect(outcome, frame.index, publisher, alerts)
                     frames += 1
                     _progress(frames, total, started)
@@ -279,6 +305,8 @@ def run_bench(
         "decision": rec.decision,
         "template_weight": rec.template_weight,
         "template_min_embeddings": rec.template_min_embeddings,
+        "overrides": overrides or {},
+        "recognition": rec.model_dump(exclude={"threshold_floor"}),
         "models": engine.model_info,
         "precision": precision,
         "watchlist_size": len(watchlist) if watchlist is not None else 0,
@@ -293,6 +321,8 @@ def run_bench(
         "all_delivered": delivered,
         "latency_ms": percentiles(latencies),
         "peak_rss_mb": peak_rss_mb(),
+        **counts,
+        "tracks_embedded": len(track_best),  # tracks with at least one embedding
         "tracks_best": [
             {"track": tid, "best_score": round(sc, 4), "subject_id": sid,
              "alerted": any(a["track"] == tid for a in alerts)}

@@ -232,13 +232,12 @@ class Recognizer:
         for gone in ended:  # a track's candidate is decided; its template never outlives it
             self._end_track(armed, gone, when, alerts, alert_frames, alert_errors)
             self.decider.forget(gone)
-        chosen: list[Track] = []
-        qualities: list[Quality] = []
-        for track in tracks:
-            quality = self.gate.assess(image, track.detection)
-            if self.decider.wants_embedding(track, quality):
-                chosen.append(track)
-                qualities.append(quality)
+        # The frame's faces worth embedding, within the decider's per-frame budget.
+        selected = self.decider.select(
+            [(track, self.gate.assess(image, track.detection)) for track in tracks])
+        chosen: list[Track] = [track for track, _ in selected]
+        qualities: list[Quality] = [quality for _, quality in selected]
+        del selected
         t3 = time.perf_counter()
         t["quality"] = t3 - t2
 

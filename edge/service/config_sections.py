@@ -413,10 +413,27 @@ class RecognitionSettings(Section):
         default="int8", description="Embedder variant: int8 (quantised) or float32."
     )
     embeds_per_track: int = Field(
-        default=3,
+        default=12,
         ge=1,
         le=20,
-        description="At most this many embeddings per track (its best-quality frames).",
+        description="At most this many embeddings per track, each of a face better than "
+        "every one of the track embedded before (its first good face at once).",
+    )
+    min_quality_gain: float = Field(
+        default=0.10,
+        ge=0.0,
+        le=10.0,
+        description="After a track's first embedding, embed a face only when its quality "
+        "score is at least (1 + this) times the track's best embedded one (0.10: 10 % "
+        "better, e.g. a face 10 % wider).",
+    )
+    embeds_per_frame: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="At most this many embeddings in one frame (a crowd): tracks with the "
+        "fewest embeddings first, then the largest quality gain; the rest wait for a later "
+        "frame.",
     )
     decision: Literal["template", "embedding"] = Field(
         default="template",

@@ -28,7 +28,7 @@ from edge.errors import ConfigError
 from edge.recognition.decide import TrackDecider
 from edge.recognition.pipeline import Recognizer
 from edge.recognition.track import IoUTracker
-from edge.service.config import Settings
+from edge.service.config import QualitySettings, RecognitionSettings, Settings
 from edge.service.sources import FrameSource, make_source
 from edge.vision.faces import FaceEngine
 from edge.vision.quality import QualityGate
@@ -100,20 +100,31 @@ def broker_settings(settings: Settings) -> BrokerSettings:
     )
 
 
+def make_gate(q: QualitySettings) -> QualityGate:
+    """The quality gate of ``[quality]``."""
+    return QualityGate(q.min_face_px, q.min_sharpness, q.max_yaw)
+
+
+def make_decider(rec: RecognitionSettings) -> TrackDecider:
+    """The track decider of ``[recognition]`` (its threshold is the bundle's once armed)."""
+    return TrackDecider(
+        threshold=1.0,  # replaced by the bundle's threshold when armed
+        max_embeds_per_track=rec.embeds_per_track,
+        max_embeds_per_frame=rec.embeds_per_frame,
+        min_quality_gain=rec.min_quality_gain,
+        cooldown_s=rec.cooldown_s,
+        decision=rec.decision,
+        weight=rec.template_weight,
+        min_embeddings=rec.template_min_embeddings,
+    )
+
+
 def make_recognizer(settings: Settings, engine: FaceEngine) -> Recognizer:
-    q = settings.quality
     return Recognizer(
         engine,
         IoUTracker(),
-        QualityGate(q.min_face_px, q.min_sharpness, q.max_yaw),
-        TrackDecider(
-            threshold=1.0,  # replaced by the bundle's threshold when armed
-            max_embeds_per_track=settings.recognition.embeds_per_track,
-            cooldown_s=settings.recognition.cooldown_s,
-            decision=settings.recognition.decision,
-            weight=settings.recognition.template_weight,
-            min_embeddings=settings.recognition.template_min_embeddings,
-        ),
+        make_gate(settings.quality),
+        make_decider(settings.recognition),
         device_id=settings.device.id,
         min_score=settings.detector.score_threshold,
         min_face_px=settings.detector.min_face_px,

@@ -5,11 +5,13 @@ Three checks, in this order (the first failing one is the reason):
 1. ``"too small"``: the smaller side of the detection box is under
    ``min_face_px`` pixels of ``Frame.image``.
 2. ``"profile"``: the head is turned too far. Yaw is estimated from the
-   detector's keypoints: the nose tip's offset from the eye midpoint along the
-   eye line, divided by the eye distance, turned into an angle with a
-   nose-depth ratio of a typical adult head (:data:`NOSE_DEPTH`), and scaled
-   to -1..1 (0 = frontal, 0.5 ~ 45 degrees, +-1 = full profile). The sign
-   follows the direction from the subject's right eye to their left eye.
+   detector's keypoints (RetinaFace's five points and BlazeFace's six both start
+   with the right eye, the left eye and the nose tip): the nose tip's offset
+   from the eye midpoint along the eye line, divided by the eye distance,
+   turned into an angle with a nose-depth ratio of a typical adult head
+   (:data:`NOSE_DEPTH`), and scaled to -1..1 (0 = frontal, 0.5 ~ 45 degrees,
+   +-1 = full profile). The sign follows the direction from the subject's right
+   eye to their left eye.
    Using the eye line makes it independent of roll; the aligner handles roll.
 3. ``"blurred"``: the variance of the Laplacian of the grey face crop, resized
    to ``sharpness_size`` square first so that the measure does not depend on
@@ -18,7 +20,10 @@ Three checks, in this order (the first failing one is the reason):
 ``Quality.score`` (0..1, higher is better) orders a track's frames best
 first: it grows with the face size (up to ``ideal_face_px``), the sharpness
 (up to ``3 * min_sharpness``, so sensor noise cannot win), frontality and the
-detector's confidence. It is computed for failing faces too.
+detector's confidence. It is computed for failing faces too. Being a product, it
+grows in proportion to the face's size below ``ideal_face_px``: the decider asks a
+track's next embedded face to beat its best one by a ratio
+(:mod:`edge.recognition.decide`).
 
 Default thresholds were measured with ``sharpness_size`` 64 on
 ``../shared/data``: sharp face photos score 120-2000, the same faces blurred
@@ -41,11 +46,11 @@ from edge.types import Detection, ImageU8, Points, Quality
 NOSE_DEPTH = 0.55
 """Nose-tip protrusion in front of the eye centres, in eye distances (adult heads)."""
 
-RIGHT_EYE, LEFT_EYE, NOSE_TIP = 0, 1, 2  # BlazeFace keypoint order
+RIGHT_EYE, LEFT_EYE, NOSE_TIP = 0, 1, 2  # BlazeFace's and RetinaFace's keypoint order
 
 
 def estimate_yaw(keypoints: Points) -> float:
-    """Rough yaw in -1..1 from BlazeFace keypoints (right eye, left eye, nose tip, ...).
+    """Rough yaw in -1..1 from the keypoints (right eye, left eye, nose tip, ...).
 
     Model: turning the head by ``yaw`` shifts the nose tip, ``NOSE_DEPTH`` eye
     distances in front of the eyes, by about ``NOSE_DEPTH * d * tan(yaw)``
