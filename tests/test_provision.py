@@ -816,11 +816,10 @@ def make_bundle(
 
     import numpy as np
 
+    from edge.vision.defaults import DEFAULT_EMBEDDER, DEFAULT_PRECISION
     from edge.vision.manifest import Manifest
     from edge.watchlist.bundle import DeploymentSpec, EmbedderInfo, Subject, build_bundle
     from edge.watchlist.keys import load_deployment_public, load_signing_key
-
-    from edge.vision.defaults import DEFAULT_EMBEDDER, DEFAULT_PRECISION
 
     manifest = Manifest.load(REPO / "models")
     # The embedder the role configures (the default): a bundle for another is refused.
