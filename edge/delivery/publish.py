@@ -265,6 +265,19 @@ class Publisher:
         self.state.wake.set()
         return added
 
+    def enqueue_many(self, items: list[tuple[str, str, bytes]]) -> list[bool]:
+        """Store ``(msg_id, kind, payload)`` messages (not retained) in the outbox in one
+        transaction and wake the drain loop; one flag per item (False: already queued).
+
+        All or nothing: raises :class:`~edge.delivery.outbox.OutboxError` (including
+        ``OutboxFull``) with nothing stored, and the caller falls back to :meth:`enqueue`
+        one by one (the alert worker does), which holds in RAM what the outbox refuses.
+        """
+        rows = [(msg_id, self.topic(kind), payload, False) for msg_id, kind, payload in items]
+        added = self.outbox.put_many(rows)
+        self.state.wake.set()
+        return added
+
     def enqueue_alert(self, record: AlertRecord) -> bool:
         """Queue an alert (JSON per ``edge/schemas/alert.v1.json``) under its ``alert_id``."""
         return self.enqueue(record.alert_id, "alerts", encode_alert(record))
