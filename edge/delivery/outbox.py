@@ -411,6 +411,63 @@ class Outbox:
             return cur.rowcount > 0
 
     @db_errors
+    def mark_sent_many(self, msg_ids: Sequence[str], now: float | None = None) -> list[float | None]:
+        """:meth:`mark_sent` for several rows in one transaction (one commit, not one each);
+        the first-publish time of each, None for a row that is gone."""
+        at = time.time() if now is None else now
+        firsts: list[float | None] = []
+        if not msg_ids:
+            return firsts
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for msg_id in msg_ids:
+                    self._db.execute(
+                        "UPDATE outbox SET attempts = attempts + 1, "
+                        "published_at = COALESCE(published_at, ?) WHERE msg_id = ?",
+                        (at, msg_id),
+                    )
+                    row = self._db.execute(
+                        "SELECT published_at FROM outbox WHERE msg_id = ?", (msg_id,)
+                    ).fetchone()
+                    firsts.append(None if row is None else float(row[0]))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        return firsts
+
+    @db_errors
+    def ack_many(self, msg_ids: Sequence[str]) -> int:
+        """:meth:`ack` for several rows: one transaction, one key shred, one WAL scrub (the
+        publisher acknowledges a burst of PUBACKs at once). Returns how many rows existed."""
+        found = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = 0
+                for msg_id in msg_ids:
+                    cur = self._db.execute(
+                        "DELETE FROM outbox WHERE msg_id = ? AND legal_hold = 0", (msg_id,)
+                    )
+                    if cur.rowcount > 0:
+                        deleted += 1
+                        continue
+                    cur = self._db.execute(
+                        "UPDATE outbox SET delivered = 1 WHERE msg_id = ?", (msg_id,)
+                    )
+                    found += cur.rowcount > 0
+                if deleted:
+                    self._keys.shred_unused()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            if deleted:
+                self._scrub()
+        return found + deleted
+
+    @db_errors
     def mark_bad(self, msg_id: str) -> None:
         """Take a row that failed authentication out of the queue (kept until purged)."""
         with self._lock:

@@ -331,6 +331,7 @@ class Publisher:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
+        s.flush_acks()
         client = s.client
         if self.connected:
             with s.lock:
@@ -357,6 +358,7 @@ class Publisher:
             try:
                 hold = self.clients.watch()
                 self.last_checkin = time.monotonic()
+                s.flush_acks()
                 if not hold:
                     self._maybe_status()
                     self.drainer.drain_held()
