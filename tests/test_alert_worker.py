@@ -76,7 +76,11 @@ def test_a_full_queue_makes_the_submitter_wait_and_drops_nothing(
     records = [make_record(track_id=i) for i in range(3)]
     worker.submit(records[:2])
     done = threading.Event()
-    submitter = threading.Thread(target=lambda: (worker.submit(records[2:]), done.set()))
+    def submit_third() -> None:
+        worker.submit(records[2:])
+        done.set()
+
+    submitter = threading.Thread(target=submit_third)
     submitter.start()
     assert wait_until(lambda: worker.waits == 1)  # the third waits for room ...
     assert not done.is_set() and worker.pending == 2

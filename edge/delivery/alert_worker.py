@@ -58,7 +58,7 @@ DEFAULT_MAXSIZE = 64
 DEFAULT_BATCH = 32
 
 
-class AlertWorkerStopped(RuntimeError):
+class AlertWorkerStopped(RuntimeError):  # noqa: N818 (a state, not a fault)
     """An alert was submitted after :meth:`AlertWorker.stop`."""
 
 

@@ -411,7 +411,9 @@ class Outbox:
             return cur.rowcount > 0
 
     @db_errors
-    def mark_sent_many(self, msg_ids: Sequence[str], now: float | None = None) -> list[float | None]:
+    def mark_sent_many(
+        self, msg_ids: Sequence[str], now: float | None = None
+    ) -> list[float | None]:
         """:meth:`mark_sent` for several rows in one transaction (one commit, not one each);
         the first-publish time of each, None for a row that is gone."""
         at = time.time() if now is None else now

@@ -22,7 +22,7 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
-from edge.delivery.outbox import OutboxError, OutboxTampered
+from edge.delivery.outbox import OutboxError, OutboxItem, OutboxTampered
 from edge.delivery.publish_state import LOGGER, PublisherState
 
 log = logging.getLogger(LOGGER)
@@ -106,7 +106,7 @@ class OutboxDrainer:
             log.error("%s; taken out of the queue", exc)
             s.wake.set()
             return
-        todo = []
+        todo: list[OutboxItem] = []
         for item in items:
             if len(todo) >= room:
                 break

@@ -338,6 +338,7 @@ def run_bench(
     if live:
         from edge.evaluation.bench_live import live_report
 
+        assert isinstance(outbox, TimedOutbox)
         ids = [a["alert_id"] for a in alerts if a["alert_id"] in times.created]
         result["live"] = {"legacy": legacy, "queue_frames": queue_frames if legacy else 1,
                           "alerts_per_minute": round(len(ids) / elapsed * 60, 1)

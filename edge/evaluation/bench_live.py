@@ -65,7 +65,7 @@ class TimedOutbox(Outbox):
 
     def ack_many(self, msg_ids: Any) -> int:
         at = time.time()
-        done: int = super().ack_many(msg_ids)  # type: ignore[misc]
+        done: int = super().ack_many(msg_ids)
         for msg_id in msg_ids:
             self.acked_at.setdefault(msg_id, at)
         return done

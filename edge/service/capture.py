@@ -176,10 +176,11 @@ class CaptureThread:
 
     ``mode`` (default: ``"latest"`` if ``source.realtime`` else ``"every"``, see the
     module doc): ``"latest"`` keeps one frame, the newest; ``"every"`` keeps up to
-    ``maxsize`` and makes the source wait for room. The thread owns the source: it opens it (if it is not open), reopens it
-    after a loss and closes it on exit. ``on_status`` is called with a
-    :class:`CaptureStatus` whenever the state changes (from the capture thread;
-    keep it quick). ``stop_event`` may be shared with the rest of the daemon.
+    ``maxsize`` and makes the source wait for room. The thread owns the source: it
+    opens it (if it is not open), reopens it after a loss and closes it on exit.
+    ``on_status`` is called with a :class:`CaptureStatus` whenever the state changes
+    (from the capture thread; keep it quick). ``stop_event`` may be shared with the
+    rest of the daemon.
     """
 
     def __init__(
