@@ -11,7 +11,8 @@ control room go (issue 20):
 
 ============  =====================================================================
 frame stages   ``wait`` (captured -> taken by inference), ``detect`` ... ``decide``,
-               ``process`` (all stages), ``captured_to_done``
+               ``process`` (all stages), ``captured_to_done``; ``alert_frame_*``: the
+               same for the frames that raised an alert
 alert stages   ``created`` (captured -> record built, its frame processed),
                ``queued`` (created -> the worker took it), ``build`` (JSON),
                ``commit`` (outbox encrypt + commit of its batch), ``committed``
@@ -153,6 +154,11 @@ def live_loop(
                 times.add(name, secs)
             done = time.time()
             times.add("captured_to_done", done - item.captured_at)
+            if outcome.alerts:  # where an alert's own frame spends its time
+                times.add("alert_frame_wait", taken - item.captured_at)
+                for name in ("detect", "quality", "embed"):
+                    times.add(f"alert_frame_{name}", outcome.timings.get(name, 0.0))
+                times.add("alert_frame_process", done - taken)
             for alert in outcome.alerts:
                 times.created[alert.alert_id] = done
             if worker is not None:
