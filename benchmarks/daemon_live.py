@@ -9,7 +9,8 @@ local mosquitto with mutual TLS (:class:`edge.dev.devbroker.DevBroker`), runs ``
 on the clip (``pace = "native"``, not looping: it exits at the end of the clip) and
 subscribes as the control room (:data:`~edge.dev.devbroker.ALERTS_CN`). For each alert:
 capture -> received (``captured_at`` to arrival), capture -> published (``published_at``,
-stamped as the publisher hands it to MQTT) and published -> received. ``--edge-path``
+stamped as the publisher hands it to MQTT) and published -> received, for every alert and
+for those after ``--warmup`` seconds (the steady state). ``--edge-path``
 runs another tree's ``edge`` (e.g. ``main``) on the same clip, load and machine, for a
 before/after comparison. Prints p50/p95 in ms and the load average.
 """
@@ -42,7 +43,7 @@ def _pct(values: list[float]) -> dict[str, float | None]:
 
 
 def _deployment(path: Path, threshold: float, subjects: int) -> None:
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)  # noqa: UP017
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
     def iso(t: dt.datetime) -> str:
         return t.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -65,6 +66,10 @@ def main() -> int:
     ap.add_argument("--cooldown", type=float, default=0.0)
     ap.add_argument("--edge-path", type=Path, default=None,
                     help="the tree whose edge runs as the daemon (default: this one)")
+    ap.add_argument("--warmup", type=float, default=5.0, metavar="S",
+                    help="also report alerts captured after the clip's first S seconds "
+                    "(steady state: the daemon's arming reconnect and the first frame's "
+                    "all-new faces are start-up; default 5)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -153,6 +158,9 @@ def main() -> int:
     finally:
         broker.stop()
     items = list(received.values())
+    (work / "alerts.json").write_text(json.dumps(sorted(items)))  # (captured, published, received)
+    first = min((c for c, _, _ in items), default=0.0)
+    steady = [x for x in items if x[0] >= first + args.warmup]
     result = {
         "tree": str(tree), "exit": proc.returncode, "seconds": round(elapsed, 1),
         "alerts": len(items), "alerts_per_minute": round(len(items) / elapsed * 60, 1),
@@ -160,6 +168,10 @@ def main() -> int:
         "captured_to_received_ms": _pct([r - c for c, _, r in items]),
         "captured_to_published_ms": _pct([p - c for c, p, _ in items]),
         "published_to_received_ms": _pct([r - p for _, p, r in items]),
+        "steady_alerts": len(steady),
+        "steady_captured_to_received_ms": _pct([r - c for c, _, r in steady]),
+        "steady_captured_to_published_ms": _pct([p - c for c, p, _ in steady]),
+        "steady_published_to_received_ms": _pct([r - p for _, p, r in steady]),
         "workdir": str(work),
     }
     print(json.dumps(result, indent=None if not args.json else 2))
