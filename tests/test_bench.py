@@ -102,3 +102,29 @@ def test_time_to_alert_counts_to_the_frame_the_alert_was_raised_on() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+def test_bench_live_paces_the_clip_as_a_camera_and_reports_every_stage() -> None:
+    r = bench("--video", str(ROOT / "demo" / "clip.gif"), "--subjects",
+              str(ROOT / "demo" / "subjects"), "--threshold", "0.5", "--live")
+    live = r["live"]
+    # The latest-frame slot: every frame read was either processed or dropped (counted).
+    assert r["frames"] + live["frames_dropped"] == 56 and not live["legacy"]
+    assert {"wait", "process", "detect", "embed", "captured_to_done"} <= set(live["frame_ms"])
+    assert set(live["alert_ms"]) >= {"created", "queued", "build", "commit", "committed",
+                                     "to_publish", "sign", "puback", "received",
+                                     "captured_to_received"}
+    assert live["frame_ms"]["wait"]["p95"] is not None
+    assert r["alerts_delivered"] == r["alerts"] and r["all_delivered"]
+    if r["alerts"]:  # the actor (a loaded machine may drop the frames that would find it)
+        for stage in ("created", "commit", "sign", "received", "captured_to_received"):
+            assert live["alert_ms"][stage]["p50"] is not None, stage
+    assert len(r["load_average"]) == 3
+
+
+def test_bench_legacy_needs_live() -> None:
+    proc = subprocess.run([sys.executable, "-m", "edge", "bench", "--video",
+                           str(ROOT / "demo" / "clip.gif"), "--legacy"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode != 0 and "need --live" in proc.stderr
+    assert "Traceback" not in proc.stderr
