@@ -37,6 +37,18 @@ from edge.delivery.outbox import Outbox
 from edge.types import AlertRecord
 
 
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50 and p95 of seconds, in ms (as :func:`edge.evaluation.bench.percentiles`; not
+    imported from it, which imports this module)."""
+    import numpy as np
+
+    if not values:
+        return {"p50": None, "p95": None}
+    arr = np.asarray(values, dtype=np.float64) * 1000.0
+    return {"p50": round(float(np.percentile(arr, 50)), 3),
+            "p95": round(float(np.percentile(arr, 95)), 3)}
+
+
 class TimedOutbox(Outbox):
     """The outbox, noting when each message was stored and acknowledged (bench only)."""
 
@@ -190,8 +202,6 @@ def live_report(times: LiveTimes, outbox: TimedOutbox, received: dict[str, float
     """Per-stage p50/p95 in ms (see the module doc) from a live run's timestamps;
     ``steady_captured_to_received`` leaves out alerts captured in the first ``warmup_s``
     seconds (the first frames' faces are all new: every one is embedded at once)."""
-    from edge.evaluation.bench import percentiles
-
     frame = {name: percentiles(v) for name, v in times.frame.items()}
     stages: dict[str, list[float]] = {k: [] for k in (
         "created", "queued", "build", "commit", "committed", "to_publish", "sign", "puback",
