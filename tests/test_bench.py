@@ -130,3 +130,29 @@ def test_bench_bad_set_is_one_line(setting: str) -> None:
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("INFO:")]
     assert len(lines) == 1, lines
+
+
+def test_bench_live_paces_the_clip_as_a_camera_and_reports_every_stage() -> None:
+    r = bench("--video", str(ROOT / "demo" / "clip.gif"), "--subjects",
+              str(ROOT / "demo" / "subjects"), "--threshold", "0.5", "--live")
+    live = r["live"]
+    # The latest-frame slot: every frame read was either processed or dropped (counted).
+    assert r["frames"] + live["frames_dropped"] == 56 and not live["legacy"]
+    assert {"wait", "process", "detect", "embed", "captured_to_done"} <= set(live["frame_ms"])
+    assert set(live["alert_ms"]) >= {"created", "queued", "build", "commit", "committed",
+                                     "to_publish", "sign", "puback", "received",
+                                     "captured_to_received"}
+    assert live["frame_ms"]["wait"]["p95"] is not None
+    assert r["alerts_delivered"] == r["alerts"] and r["all_delivered"]
+    if r["alerts"]:  # the actor (a loaded machine may drop the frames that would find it)
+        for stage in ("created", "commit", "sign", "received", "captured_to_received"):
+            assert live["alert_ms"][stage]["p50"] is not None, stage
+    assert len(r["load_average"]) == 3
+
+
+def test_bench_legacy_needs_live() -> None:
+    proc = subprocess.run([sys.executable, "-m", "edge", "bench", "--video",
+                           str(ROOT / "demo" / "clip.gif"), "--legacy"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode != 0 and "need --live" in proc.stderr
+    assert "Traceback" not in proc.stderr

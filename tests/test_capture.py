@@ -101,16 +101,57 @@ def test_file_streams_every_frame_then_ends(tmp_path: Path) -> None:
     assert not capture.source.is_open
 
 
-def test_full_queue_drops_the_oldest_frames(tmp_path: Path) -> None:
+def test_a_flat_file_keeps_every_frame_when_inference_lags(tmp_path: Path) -> None:
     clip = write_video(tmp_path / "clip.avi", frames=10)
     rec = Recorder()
-    capture = CaptureThread(OpenCVSource(clip), maxsize=3, on_status=rec.on_status)
+    capture = CaptureThread(OpenCVSource(clip), maxsize=3, on_checkin=rec.on_checkin,
+                            on_status=rec.on_status)  # fmt: skip
+    assert capture.mode == "every"
+    capture.start()
+    rec.wait_for(lambda: len(capture.queue) == 3)  # nobody consumes: the capture waits
+    checkins = rec.checkins
+    rec.wait_for(lambda: rec.checkins > checkins)  # ... and keeps checking in meanwhile
+    assert "ended" not in rec.states() and capture.status.frames == 4  # one in hand
+    frames = _drain(capture)
+    assert [f.index for f in frames] == list(range(10))  # every frame, in order
+    assert capture.status.drops == 0
+
+
+def test_a_realtime_source_hands_over_the_newest_frame_and_counts_the_rest(
+    tmp_path: Path,
+) -> None:
+    clip = write_video(tmp_path / "clip.avi", frames=10, fps=200.0)
+    rec = Recorder()
+    source = OpenCVSource(clip, pace=True)  # a file paced as a camera: realtime
+    capture = CaptureThread(source, maxsize=4, on_status=rec.on_status)
+    assert source.realtime and capture.mode == "latest" and capture.queue.maxsize == 1
     capture.start()
     rec.wait_for(lambda: "ended" in rec.states())  # nobody consumed anything meanwhile
     frames = _drain(capture)
-    assert [f.index for f in frames] == [7, 8, 9]  # the newest survive
-    assert capture.status.drops == 7
-    assert capture.status.frames == 10
+    assert [f.index for f in frames] == [9]  # the newest, not a backlog
+    assert capture.status.drops == 9 and capture.status.frames == 10
+
+
+def test_the_latest_frame_slot_drops_the_old_frame_and_counts_it() -> None:
+    q = FrameQueue(1)
+    frames = [Frame(index=i, captured_at=0.0, image=None) for i in range(3)]  # type: ignore[arg-type]
+    assert q.put(frames[0]) is True
+    assert q.put(frames[1]) is False and q.put(frames[2]) is False
+    assert q.drops == 2 and q.get(0) is frames[2] and q.get(0.01) is None
+
+
+def test_waiting_for_room_ends_at_stop_without_queueing_or_dropping() -> None:
+    q = FrameQueue(1)
+    frames = [Frame(index=i, captured_at=0.0, image=None) for i in range(2)]  # type: ignore[arg-type]
+    stop = threading.Event()
+    assert q.put_wait(frames[0], stop)
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(q.put_wait(frames[1], stop, 0.01)))
+    waiter.start()
+    stop.set()
+    waiter.join(WAIT)
+    assert result == [False] and len(q) == 1 and q.drops == 0
+    assert q.get(0) is frames[0]
 
 
 def test_missing_source_is_retried_with_backoff_until_it_appears(tmp_path: Path) -> None:

@@ -33,6 +33,20 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--threshold", type=float, default=None,
                         help="match threshold, a similarity (default: the family's)")
     parser.add_argument("--realtime", action="store_true", help="pace at the clip's fps")
+    parser.add_argument("--live", action="store_true",
+                        help="as the daemon live: the clip paced as a camera through the "
+                        "capture thread's latest-frame slot, alerts through the alert worker, "
+                        "the outbox and signed publishing; prints per-stage p50/p95 from "
+                        "capture to the control room")
+    parser.add_argument("--legacy", action="store_true",
+                        help="with --live: the path before issue 20 (a frame queue dropping "
+                        "the oldest, alerts stored one by one on the inference thread)")
+    parser.add_argument("--queue-frames", type=int, default=4,
+                        help="with --legacy: the frame queue's size (default 4, the daemon's "
+                        "old default)")
+    parser.add_argument("--cooldown", type=float, default=None, metavar="S",
+                        help="per-subject alert cooldown in seconds (default: the daemon's, "
+                        "60; 0 alerts on every track)")
     parser.add_argument("--tiles", default="1x1", metavar="COLSxROWS",
                         help="also detect on overlapping tiles (as [detector] tiles; default 1x1)")
     parser.add_argument("--detector", default=None,
@@ -140,7 +154,13 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge.errors import UsageError
     from edge.evaluation.bench import run_bench
+
+    if (args.legacy or args.queue_frames != 4) and not args.live:
+        raise UsageError("--legacy and --queue-frames need --live")
+    if not 1 <= args.queue_frames <= 64:
+        raise UsageError("--queue-frames: 1 to 64")
 
     precision = "float32" if args.model in ("float", "float32") else "int8"
     detect_size: tuple[int, int] | str | None = "default"
@@ -155,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
         detector=args.detector, detector_input=_wxh(args.detector_input, "--detector-input"),
         detect_size=detect_size, decision=args.decision, template_weight=args.template_weight,
         template_min=args.template_min, flip=args.flip,
-        overrides=parse_overrides(args.overrides),
+        overrides=parse_overrides(args.overrides), live=args.live, legacy=args.legacy,
+        queue_frames=args.queue_frames, cooldown_s=args.cooldown,
     )
     if args.peer:
         peer = run_peer_subprocess(args.video, args.subjects, args.truth, args.max_frames,
@@ -170,7 +191,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"fps {edge['fps']}  frames {edge['frames']}  alerts {edge['alerts']}  "
               f"latency p95 {edge['latency_ms']['p95']} ms  peak RSS {edge['peak_rss_mb']} MB")
         for stage, pct in edge["stage_ms"].items():
-            print(f"  {stage:8s} p50 {pct['p50']} ms  p95 {pct['p95']} ms")
+            if pct["p50"] is not None:
+                print(f"  {stage:8s} p50 {pct['p50']} ms  p95 {pct['p95']} ms")
+        if "live" in edge:
+            lv = edge["live"]
+            print(f"  live{' (legacy)' if lv['legacy'] else ''}: "
+                  f"{lv['alerts_per_minute']} alerts/min, frames dropped "
+                  f"{lv['frames_dropped']}, load {edge['load_average']}")
+            for group in ("frame_ms", "alert_ms"):
+                for stage, pct in lv[group].items():
+                    print(f"    {stage:20s} p50 {pct['p50']} ms  p95 {pct['p95']} ms")
         if "accuracy" in edge:
             print("  accuracy " + json.dumps(edge["accuracy"]))
         if "peer" in result:

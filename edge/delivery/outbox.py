@@ -59,6 +59,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -308,6 +309,60 @@ class Outbox:
         return True
 
     @db_errors
+    def put_many(
+        self, items: Sequence[tuple[str, str, bytes, bool]], *, now: float | None = None
+    ) -> list[bool]:
+        """Store ``(msg_id, topic, payload, retain)`` rows in order, in one transaction (one
+        commit and fsync for the batch: the alert worker's batches, issue 20).
+
+        All or nothing: returns one flag per item (False: ``msg_id`` already stored, that
+        item skipped); raises :class:`OutboxFull` (nothing stored) if the batch would
+        exceed the limits less the reserve. Durable on return, as :meth:`put`.
+        """
+        for msg_id, topic, _, _ in items:
+            if not msg_id or not topic:
+                raise ValueError("msg_id and topic must be non-empty")
+        created = time.time() if now is None else now
+        period = self._keys.period_of(created)
+        max_items = self.max_items - self.reserve_items
+        max_bytes = self.max_bytes - self.reserve_bytes
+        added: list[bool] = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                count, size = self._db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(ciphertext)), 0) FROM outbox"
+                ).fetchone()
+                seen: set[str] = set()
+                for msg_id, topic, payload, retain in items:
+                    if msg_id in seen or self._db.execute(
+                        "SELECT 1 FROM outbox WHERE msg_id = ?", (msg_id,)
+                    ).fetchone():
+                        added.append(False)
+                        continue
+                    seen.add(msg_id)
+                    nonce = os.urandom(_NONCE)
+                    key_id, aes = self._keys.current(period)
+                    blob = nonce + aes.encrypt(nonce, bytes(payload), _aad(msg_id, topic, retain))
+                    count, size = count + 1, size + len(blob)
+                    if count > max_items or size > max_bytes:
+                        raise OutboxFull(
+                            f"outbox full (limits {max_items} messages, {max_bytes} bytes): "
+                            f"a batch of {len(items)} messages not stored"
+                        )
+                    self._db.execute(
+                        "INSERT INTO outbox (msg_id, topic, retain, created_at, ciphertext, "
+                        "key_id) VALUES (?, ?, ?, ?, ?, ?)",
+                        (msg_id, topic, int(retain), created, blob, key_id),
+                    )
+                    added.append(True)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        return added
+
+    @db_errors
     def mark_sent(self, msg_id: str, now: float | None = None) -> float | None:
         """Record an attempt to publish ``msg_id``; returns its first-publish time.
 
@@ -354,6 +409,65 @@ class Outbox:
                 return True
             cur = self._db.execute("UPDATE outbox SET delivered = 1 WHERE msg_id = ?", (msg_id,))
             return cur.rowcount > 0
+
+    @db_errors
+    def mark_sent_many(
+        self, msg_ids: Sequence[str], now: float | None = None
+    ) -> list[float | None]:
+        """:meth:`mark_sent` for several rows in one transaction (one commit, not one each);
+        the first-publish time of each, None for a row that is gone."""
+        at = time.time() if now is None else now
+        firsts: list[float | None] = []
+        if not msg_ids:
+            return firsts
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for msg_id in msg_ids:
+                    self._db.execute(
+                        "UPDATE outbox SET attempts = attempts + 1, "
+                        "published_at = COALESCE(published_at, ?) WHERE msg_id = ?",
+                        (at, msg_id),
+                    )
+                    row = self._db.execute(
+                        "SELECT published_at FROM outbox WHERE msg_id = ?", (msg_id,)
+                    ).fetchone()
+                    firsts.append(None if row is None else float(row[0]))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        return firsts
+
+    @db_errors
+    def ack_many(self, msg_ids: Sequence[str]) -> int:
+        """:meth:`ack` for several rows: one transaction, one key shred, one WAL scrub (the
+        publisher acknowledges a burst of PUBACKs at once). Returns how many rows existed."""
+        found = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = 0
+                for msg_id in msg_ids:
+                    cur = self._db.execute(
+                        "DELETE FROM outbox WHERE msg_id = ? AND legal_hold = 0", (msg_id,)
+                    )
+                    if cur.rowcount > 0:
+                        deleted += 1
+                        continue
+                    cur = self._db.execute(
+                        "UPDATE outbox SET delivered = 1 WHERE msg_id = ?", (msg_id,)
+                    )
+                    found += cur.rowcount > 0
+                if deleted:
+                    self._keys.shred_unused()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            if deleted:
+                self._scrub()
+        return found + deleted
 
     @db_errors
     def mark_bad(self, msg_id: str) -> None:

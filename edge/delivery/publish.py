@@ -265,6 +265,19 @@ class Publisher:
         self.state.wake.set()
         return added
 
+    def enqueue_many(self, items: list[tuple[str, str, bytes]]) -> list[bool]:
+        """Store ``(msg_id, kind, payload)`` messages (not retained) in the outbox in one
+        transaction and wake the drain loop; one flag per item (False: already queued).
+
+        All or nothing: raises :class:`~edge.delivery.outbox.OutboxError` (including
+        ``OutboxFull``) with nothing stored, and the caller falls back to :meth:`enqueue`
+        one by one (the alert worker does), which holds in RAM what the outbox refuses.
+        """
+        rows = [(msg_id, self.topic(kind), payload, False) for msg_id, kind, payload in items]
+        added = self.outbox.put_many(rows)
+        self.state.wake.set()
+        return added
+
     def enqueue_alert(self, record: AlertRecord) -> bool:
         """Queue an alert (JSON per ``edge/schemas/alert.v1.json``) under its ``alert_id``."""
         return self.enqueue(record.alert_id, "alerts", encode_alert(record))
@@ -318,6 +331,7 @@ class Publisher:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
+        s.flush_acks()
         client = s.client
         if self.connected:
             with s.lock:
@@ -344,6 +358,7 @@ class Publisher:
             try:
                 hold = self.clients.watch()
                 self.last_checkin = time.monotonic()
+                s.flush_acks()
                 if not hold:
                     self._maybe_status()
                     self.drainer.drain_held()

@@ -22,7 +22,7 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
-from edge.delivery.outbox import OutboxError, OutboxTampered
+from edge.delivery.outbox import OutboxError, OutboxItem, OutboxTampered
 from edge.delivery.publish_state import LOGGER, PublisherState
 
 log = logging.getLogger(LOGGER)
@@ -95,7 +95,7 @@ class OutboxDrainer:
             gen = s.gen
             cursor = s.cursor
             room = s.room()
-            busy = set(s.inflight.values()) | s.rejected
+            busy = set(s.inflight.values()) | s.rejected | set(s.acks)
         if room <= 0:
             return
         try:
@@ -106,17 +106,24 @@ class OutboxDrainer:
             log.error("%s; taken out of the queue", exc)
             s.wake.set()
             return
+        todo: list[OutboxItem] = []
         for item in items:
-            if room <= 0 or s.stopping.is_set():
+            if len(todo) >= room:
                 break
             if item.msg_id in busy:
                 cursor = max(cursor, item.seq)
                 continue
-            try:
-                first = s.outbox.mark_sent(item.msg_id, time.time())
-            except OutboxError as exc:  # a full disk: publish anyway, stamp not stored
-                s.persist_error = str(exc)
-                first = item.published_at or time.time()
+            todo.append(item)
+        # One transaction stamps the whole turn's rows (not one commit each, issue 20).
+        now = time.time()
+        try:
+            firsts = s.outbox.mark_sent_many([item.msg_id for item in todo], now)
+        except OutboxError as exc:  # a full disk: publish anyway, stamps not stored
+            s.persist_error = str(exc)
+            firsts = [item.published_at or now for item in todo]
+        for item, first in zip(todo, firsts, strict=True):
+            if room <= 0 or s.stopping.is_set():
+                break
             if first is None:  # acked or purged meanwhile
                 cursor = max(cursor, item.seq)
                 continue

@@ -11,8 +11,10 @@ settle them, so their invariants stay readable in one place:
   publish whose generation changed while paho queued it records nothing (the new
   connection republishes from the outbox);
 - ``inflight`` / ``held_inflight`` map paho's ``mid`` to an outbox row or a message
-  held in RAM; only a PUBACK settles one (:meth:`PublisherState.settle`: success deletes
-  the row, a refusal keeps it and marks it ``rejected`` for this connection); a PUBACK
+  held in RAM; only a PUBACK settles one (:meth:`PublisherState.settle`: success queues
+  the row's deletion in ``acks``, which the drain loop deletes in one transaction,
+  :meth:`PublisherState.flush_acks`; a refusal keeps it and marks it ``rejected`` for
+  this connection); a PUBACK
   that beats ``publish()``'s return waits in ``early`` (:meth:`PublisherState.track`
   settles it); status and stats publishes are ``other_mids``
   (:meth:`PublisherState.publish_other`);
@@ -98,6 +100,7 @@ class PublisherState:
         self.early: dict[int, ReasonCode] = {}  # on_publish that beat publish()'s return
         self.other_mids: set[int] = set()  # status/stats publishes (not in the outbox)
         self.rejected: set[str] = set()  # refused by the broker on this connection
+        self.acks: list[str] = []  # PUBACKed outbox rows not yet deleted (flush_acks)
         self.cursor = 0  # highest outbox seq handed to paho on this connection
         self.gen = 0  # connection generation
         self.connected = False
@@ -128,13 +131,25 @@ class PublisherState:
                 self.last_error = f"broker refused message {msg_id}: {rc}"
             log.error("broker refused message %s on PUBACK: %s (kept in the outbox)", msg_id, rc)
             return
-        try:
-            self.outbox.ack(msg_id)
+        with self.lock:
+            self.acks.append(msg_id)  # deleted by the drain loop, with the others (flush_acks)
             self.acked += 1
+        self.wake.set()
+
+    def flush_acks(self) -> None:
+        """Delete the acknowledged rows in one outbox transaction (one commit and one WAL
+        scrub for a burst of PUBACKs, not one each, issue 20). A row acknowledged and not
+        yet deleted is never published again (the drain treats it as busy); after a crash
+        it is, and the control room deduplicates on ``alert_id``."""
+        with self.lock:
+            ids, self.acks = self.acks, []
+        if not ids:
+            return
+        try:
+            self.outbox.ack_many(ids)
         except OutboxError as exc:
             self.error(f"outbox ack failed: {exc}")
-            log.error("outbox ack of %s failed: %s", msg_id, exc)
-        self.wake.set()
+            log.error("outbox ack of %d message(s) failed: %s", len(ids), exc)
 
     def settle_held(self, msg_id: str, rc: ReasonCode) -> None:
         """A message held in RAM: its PUBACK's success removes it."""

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.delivery.wire import parse_rfc3339
 from edge.errors import UsageError
 from edge.vision.defaults import DEFAULT_EMBEDDER
 
@@ -64,10 +65,12 @@ def _progress(done: int, total: int | None, started: float) -> None:
 
 
 def _collect(outcome: Any, raised: int, publisher: Any, alerts: list[dict[str, Any]]) -> None:
-    """Publish ``outcome``'s alerts and note each: the frame its face was seen in (to find
-    the passer-by) and the frame it was raised on (for the time to alert)."""
+    """Publish ``outcome``'s alerts (unless ``publisher`` is None: stored already) and note
+    each: the frame its face was seen in (to find the passer-by) and the frame it was
+    raised on (for the time to alert)."""
     for alert, seen in zip(outcome.alerts, outcome.alert_frames, strict=True):
-        publisher.enqueue_alert(alert)
+        if publisher is not None:
+            publisher.enqueue_alert(alert)
         alerts.append({"alert_id": alert.alert_id, "frame": seen, "raised": raised,
                        "captured_at": alert.captured_at, "bbox": alert.bbox,
                        "subject_id": alert.subject_id, "score": alert.score,
@@ -125,11 +128,19 @@ def run_bench(
     template_min: int | None = None,
     flip: bool | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    live: bool = False,
+    legacy: bool = False,
+    queue_frames: int = 4,
+    cooldown_s: float | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline over ``video`` and return the figures (see the module doc).
 
     ``overrides`` sets keys of the ``[quality]`` and ``[recognition]`` sections (a policy
-    variant, validated as edge.toml is: ``{"recognition": {"embeds_per_track": 6}}``)."""
+    variant, validated as edge.toml is: ``{"recognition": {"embeds_per_track": 6}}``);
+    ``cooldown_s`` is ``[recognition] cooldown_s``. ``live``: through the daemon's threads,
+    paced as a camera, with per-stage timings (:mod:`edge.evaluation.bench_live`;
+    ``legacy`` measures the path before issue 20).
+    """
     from edge.delivery.outbox import Outbox
     from edge.delivery.publish import BrokerSettings, Publisher, new_client
     from edge.dev.devbroker import ALERTS_CN, DevBroker
@@ -162,7 +173,10 @@ def run_bench(
     # As the daemon: detect on a copy at the lores size (source.lores_size's default).
     lores = SourceSettings().lores_size if detect_size == "default" else detect_size
     family = engine.family
-    sections = _sections(overrides or {}, decision, template_weight, template_min)
+    overrides = dict(overrides or {})
+    if cooldown_s is not None:
+        overrides["recognition"] = {**overrides.get("recognition", {}), "cooldown_s": cooldown_s}
+    sections = _sections(overrides, decision, template_weight, template_min)
     gate = make_gate(sections[0])
     watchlist: Watchlist | None = None
     enrol_failed: list[str] = []
@@ -219,21 +233,36 @@ def run_bench(
         broker = DevBroker(Path(tmp) / "broker")
         broker.start()
         dev, cr = broker.client(DEVICE_ID), broker.client(ALERTS_CN)
-        outbox = Outbox(Path(tmp) / "outbox.sqlite", os.urandom(32))
+        from edge.evaluation.bench_live import LiveTimes, TimedOutbox, timed_outgoing
+
+        outbox = (TimedOutbox if live else Outbox)(Path(tmp) / "outbox.sqlite", os.urandom(32))
+        signing_key = None
+        if live:  # as the daemon: every alert signed as it is published
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+            signing_key = Ed25519PrivateKey.generate()
         publisher = Publisher(
             DEVICE_ID, BrokerSettings(broker.host, broker.port, broker.ca_cert, dev.cert, dev.key),
-            outbox, drain_interval_s=0.05,
+            outbox, drain_interval_s=0.05, signing_key=signing_key,
         )
+        times = LiveTimes()
+        published: dict[str, float] = {}
+        if live:
+            timed_outgoing(publisher, times)
         sub = new_client("bench-control-room",
                          BrokerSettings(broker.host, broker.port, broker.ca_cert, cr.cert, cr.key))
 
         def on_message(client: Any, userdata: Any, msg: Any) -> None:
             now = time.time()
             try:
-                alert_id = json.loads(msg.payload)["alert_id"]
+                body = json.loads(msg.payload)
+                alert_id = body["alert_id"]
+                sent = parse_rfc3339(body["published_at"]) if live else None
             except (ValueError, KeyError, TypeError):
                 return
             with received.lock:
+                if sent is not None:
+                    published.setdefault(alert_id, sent)
                 received.at.setdefault(alert_id, now)
                 if len(received.at) >= received.expected:
                     received.event.set()
@@ -248,7 +277,7 @@ def run_bench(
         try:
             if not (subscribed.wait(10) and publisher.wait_connected(10)):
                 raise UsageError("the local broker did not accept the bench clients")
-            source = make_source("file", video, loop=False, pace=realtime,
+            source = make_source("file", video, loop=False, pace=realtime or live,
                                  detect_size=lores if isinstance(lores, tuple) else None)
             source.open()
             clip_fps = source.fps or 25.0
@@ -256,7 +285,16 @@ def run_bench(
             started = time.monotonic()
             frames = 0
             try:
-                while max_frames is None or frames < max_frames:
+                if live:
+                    from edge.evaluation.bench_live import live_loop
+
+                    def note(outcome: Any, index: int) -> None:
+                        _collect(outcome, index, None, alerts)
+
+                    frames = live_loop(source, recognizer, publisher, times, legacy=legacy,
+                                       queue_frames=queue_frames, max_frames=max_frames,
+                                       collect=note)
+                while not live and (max_frames is None or frames < max_frames):
                     t0 = time.perf_counter()
                     frame = source.read()
                     t1 = time.perf_counter()
@@ -294,7 +332,8 @@ def run_bench(
             broker.stop()
 
     latencies = [received.at[a["alert_id"]] - a["captured_at"]
-                 for a in alerts if a["alert_id"] in received.at]
+                 for a in alerts if a["alert_id"] in received.at
+                 and (not live or a["alert_id"] in times.created)]  # not those of the end
     result: dict[str, Any] = {
         "video": str(video),
         "frames": frames,
@@ -328,6 +367,17 @@ def run_bench(
              "alerted": any(a["track"] == tid for a in alerts)}
             for tid, (sc, sid) in sorted(track_best.items())[:200]],
     }
+    if live:
+        from edge.evaluation.bench_live import live_report
+
+        assert isinstance(outbox, TimedOutbox)
+        ids = [a["alert_id"] for a in alerts if a["alert_id"] in times.created]
+        result["live"] = {"legacy": legacy, "queue_frames": queue_frames if legacy else 1,
+                          "alerts_per_minute": round(len(ids) / elapsed * 60, 1)
+                          if elapsed > 0 else None,
+                          **live_report(times, outbox, received.at, published, ids,
+                                        {a["alert_id"]: a["captured_at"] for a in alerts})}
+        result["load_average"] = [round(v, 2) for v in os.getloadavg()]
     if truth_obj is not None:
         from edge.evaluation.stream import StreamAlert, score_alerts
 

@@ -2,7 +2,7 @@
 
 ::
 
-    capture = CaptureThread(source, maxsize=2, on_checkin=health.checkin_camera)
+    capture = CaptureThread(source, maxsize=4, on_checkin=health.checkin_camera)
     capture.start()
     while True:
         item = capture.get(timeout=0.5)
@@ -13,9 +13,15 @@
         process(item)              # a Frame
     capture.stop()
 
-- The queue keeps the newest frames: when it is full the oldest frame is
-  dropped and counted (``status.drops``). Inference never works on a stale
-  backlog and RAM stays bounded.
+- **A live source hands over the newest frame** (``mode="latest"``, the default for
+  cameras, streams and files paced at their frame rate, :attr:`FrameSource.realtime`):
+  a one-slot mailbox; a frame that inference has not taken when the next one arrives
+  is dropped and counted (``status.drops``). A camera is never blocked and inference
+  never works through a backlog: a queue of two 40 ms frames adds 80 ms to every alert
+  (issue 20), the newest frame adds at most one frame period.
+- **A file read flat out keeps every frame** (``mode="every"``: ``edge bench``, ``edge
+  run`` on a clip with ``pace = "flat"``): a bounded queue of ``maxsize`` frames whose
+  ``put`` waits for room (or for ``stop()``), so a clip is processed whole, in order.
 - A lost source (``SourceError`` or any other exception from open/read) is
   closed and reopened with exponential backoff (``backoff_initial`` doubling up
   to ``backoff_max``); ``status.state`` is ``"reopening"`` meanwhile, with the
@@ -47,6 +53,7 @@ from edge.types import Frame
 log = logging.getLogger(__name__)
 
 CaptureState = Literal["idle", "opening", "ok", "reopening", "ended", "failed", "stopped"]
+QueueMode = Literal["latest", "every"]
 
 
 class EndOfStream:
@@ -73,7 +80,7 @@ class CaptureStatus:
     state: CaptureState
     source: str
     frames: int = 0  # frames read from the source
-    drops: int = 0  # frames dropped because the queue was full
+    drops: int = 0  # frames dropped: a newer one arrived before inference took them
     reopens: int = 0  # successful reopens after a loss
     attempts: int = 0  # consecutive failed open/read attempts (0 when ok)
     last_error: str = ""
@@ -82,7 +89,11 @@ class CaptureStatus:
 
 
 class FrameQueue:
-    """A bounded, thread-safe queue of frames that drops the oldest when full."""
+    """A bounded, thread-safe queue of frames.
+
+    ``put`` drops the oldest frame when full (counted in ``drops``); ``put_wait``
+    waits for room instead. ``FrameQueue(1)`` with ``put`` is the latest-frame mailbox.
+    """
 
     def __init__(self, maxsize: int) -> None:
         if maxsize < 1:
@@ -103,8 +114,30 @@ class FrameQueue:
                 self._items.popleft()
                 self.drops += 1
             self._items.append(frame)
-            self._cond.notify()
+            self._cond.notify_all()
             return not dropped
+
+    def put_wait(
+        self,
+        frame: Frame,
+        stop: threading.Event,
+        poll_s: float = 0.1,
+        on_wait: Callable[[], None] | None = None,
+    ) -> bool:
+        """Add ``frame`` once there is room; False (frame not queued) if ``stop`` is set
+        first. Never drops a frame. ``on_wait`` is called every ``poll_s`` while waiting."""
+        with self._cond:
+            while len(self._items) >= self.maxsize and not self._ended:
+                if stop.is_set():
+                    return False
+                self._cond.wait(poll_s)
+                if on_wait is not None and len(self._items) >= self.maxsize:
+                    on_wait()
+            if self._ended:
+                return True
+            self._items.append(frame)
+            self._cond.notify_all()
+            return True
 
     def end(self) -> None:
         """Mark the end: ``get`` returns the remaining frames, then END_OF_STREAM."""
@@ -118,7 +151,9 @@ class FrameQueue:
             if not self._items and not self._ended:
                 self._cond.wait_for(lambda: bool(self._items) or self._ended, timeout)
             if self._items:
-                return self._items.popleft()
+                item = self._items.popleft()
+                self._cond.notify_all()  # room for a waiting put_wait
+                return item
             if self._ended:
                 return END_OF_STREAM
             return None
@@ -128,6 +163,7 @@ class FrameQueue:
         with self._cond:
             n = len(self._items)
             self._items.clear()
+            self._cond.notify_all()
             return n
 
     def __len__(self) -> int:
@@ -138,17 +174,21 @@ class FrameQueue:
 class CaptureThread:
     """Reads ``source`` on a daemon thread into a :class:`FrameQueue`.
 
-    The thread owns the source: it opens it (if it is not open), reopens it
-    after a loss and closes it on exit. ``on_status`` is called with a
-    :class:`CaptureStatus` whenever the state changes (from the capture thread;
-    keep it quick). ``stop_event`` may be shared with the rest of the daemon.
+    ``mode`` (default: ``"latest"`` if ``source.realtime`` else ``"every"``, see the
+    module doc): ``"latest"`` keeps one frame, the newest; ``"every"`` keeps up to
+    ``maxsize`` and makes the source wait for room. The thread owns the source: it
+    opens it (if it is not open), reopens it after a loss and closes it on exit.
+    ``on_status`` is called with a :class:`CaptureStatus` whenever the state changes
+    (from the capture thread; keep it quick). ``stop_event`` may be shared with the
+    rest of the daemon.
     """
 
     def __init__(
         self,
         source: FrameSource,
         *,
-        maxsize: int = 2,
+        maxsize: int = 4,
+        mode: QueueMode | None = None,
         on_checkin: Callable[[], None] | None = None,
         on_status: Callable[[CaptureStatus], None] | None = None,
         stop_event: threading.Event | None = None,
@@ -163,7 +203,8 @@ class CaptureThread:
         if max_attempts is not None and max_attempts < 1:
             raise ValueError("max_attempts must be at least 1 (or None)")
         self.source = source
-        self.queue = FrameQueue(maxsize)
+        self.mode: QueueMode = mode or ("latest" if source.realtime else "every")
+        self.queue = FrameQueue(1 if self.mode == "latest" else maxsize)
         self.stop_event = stop_event or threading.Event()
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -304,7 +345,10 @@ class CaptureThread:
                 with self._lock:
                     self._status = dataclasses.replace(self._status, frames=frames)
             ever_ok = True
-            self.queue.put(frame)
+            if self.mode == "latest":
+                self.queue.put(frame)  # the newest frame replaces one not yet taken
+            elif not self.queue.put_wait(frame, self.stop_event, on_wait=self._checkin):
+                break  # stopped while waiting for room
         return "stopped"
 
     def _sleep(self, delay: float) -> None:

@@ -201,8 +201,10 @@ class SourceSettings(Section):
         default=4,
         ge=1,
         le=64,
-        description="Frames buffered between capture and inference; when full the oldest "
-        "is dropped (and counted).",
+        description="A file read flat out (pace 'flat'): frames buffered between capture "
+        "and inference; when full, capture waits (every frame is processed). Cameras, "
+        "streams and paced files always hand over the newest frame only (one slot; a "
+        "frame inference did not take in time is dropped and counted).",
     )
     # picamera2 only (ignored by the other kinds):
     sensor_output_size: Size | None = Field(

@@ -2,10 +2,15 @@
 
 Threads (architecture.md, "Process model"):
 
-- **capture** (:class:`~edge.service.capture.CaptureThread`): the camera or file into a
-  bounded queue that drops the oldest frame;
+- **capture** (:class:`~edge.service.capture.CaptureThread`): the camera (or a file paced
+  as one) into a one-frame slot that always holds the newest frame, dropping and counting
+  the one inference did not take; a file read flat out into a bounded queue, every frame;
+- **alerts** (:class:`~edge.delivery.alert_worker.AlertWorker`): each alert's JSON and
+  the outbox's encryption and commit off the inference thread, a burst in one commit, in
+  order; when its bounded queue is full the inference loop waits (never a dropped alert),
+  and a stop stores everything handed to it;
 - **inference** (this module's main loop, on the main thread): frames through
-  :class:`~edge.recognition.pipeline.Recognizer`, alerts into the durable outbox, and
+  :class:`~edge.recognition.pipeline.Recognizer`, alerts handed to the alert worker, and
   every control decision (arming, commands, adjudications, purges) taken
   *between* frames, so no other thread ever touches the watchlist;
 - **publisher** (:class:`~edge.delivery.publish.Publisher`): paho's network loop and the
@@ -47,6 +52,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edge.delivery.alert_worker import AlertWorker, AlertWorkerStopped
 from edge.delivery.outbox import OutboxFull
 from edge.delivery.publish import Publisher
 from edge.errors import ConfigError
@@ -172,6 +178,7 @@ class Daemon:
         self.commands_dir = state_dir / "commands"
         self.commands_dir.mkdir(exist_ok=True, mode=0o700)
 
+        self.alerts = AlertWorker(self.publisher)
         self.recognizer = make_recognizer(settings, self.engine)
         self.capture = CaptureThread(
             make_frame_source(settings),
@@ -238,16 +245,36 @@ class Daemon:
         for alert in alerts:
             self.deployment.counters.alerts += 1
             self.deployment.note_alert(alert.alert_id)
+        if not alerts:
+            return
+        try:
+            # The worker stores them (waits here only while its bounded queue is full).
+            self.alerts.submit(alerts)
+            return
+        except AlertWorkerStopped:
+            log.error("the alert worker has stopped; storing %d alert(s) here", len(alerts))
+        for alert in alerts:
             try:
                 self.publisher.enqueue_alert(alert)
                 log.info("alert %s queued (track %s)", alert.alert_id, alert.track_id)
             except OutboxFull as exc:
-                log.error("alert %s refused: %s", alert.alert_id, exc)
-                self.audit.append("outbox_full", alert_id=alert.alert_id)
+                self._alert_failed(alert.alert_id, "outbox_full", str(exc))
             except Exception as exc:
                 log.exception("alert %s could not be queued", alert.alert_id)
-                self.audit.append("alert_failed", stage="queue", alert_id=alert.alert_id,
-                                  error=f"{type(exc).__name__}: {exc}"[:200])  # fmt: skip
+                self._alert_failed(alert.alert_id, "queue", f"{type(exc).__name__}: {exc}")
+
+    def _alert_failed(self, alert_id: str, kind: str, error: str) -> None:
+        if kind == "outbox_full":
+            log.error("alert %s refused: %s", alert_id, error)
+            self.audit.append("outbox_full", alert_id=alert_id)
+        else:
+            self.audit.append("alert_failed", stage="queue", alert_id=alert_id,
+                              error=error[:200])  # fmt: skip
+
+    def _audit_alert_failures(self) -> None:
+        """What the alert worker could not store, audited here (the audit log is ours)."""
+        for alert_id, kind, error in self.alerts.take_failures():
+            self._alert_failed(alert_id, kind, error)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -262,6 +289,7 @@ class Daemon:
                 self.housekeeping.note_bundle(bundle)
                 self.deployment.load(bundle)
             self.housekeeping.purge(self.clock(), force=True)
+            self.alerts.start()
             self.capture.start()
             self.pinger.start()
             self._sync()
@@ -300,6 +328,7 @@ class Daemon:
                         self._sync()
                         next_status = mono + STATUS_EVERY_S
                     self.housekeeping.purge(self.clock())
+                    self._audit_alert_failures()
                     if mono - self.publisher.last_checkin < s.health.max_age_s:
                         self.health.checkin("publisher")
                     self.health.checkin("inference")
@@ -342,6 +371,11 @@ class Daemon:
                 self._queue_alerts(outcome.alerts, outcome.alert_errors)
             except Exception:
                 log.exception("the live tracks could not be decided at the stop")
+        # Every alert handed to the worker is stored before the publisher's last flush.
+        if not self.alerts.stop(timeout=30.0):
+            log.error("the alert worker did not finish: %d alert(s) not stored",
+                      self.alerts.pending)  # fmt: skip
+        self._audit_alert_failures()
         self.recognizer.disarm()
         self.audit.append("daemon_stop", reason=reason)
         flushed = self.publisher.stop(flush_timeout=5.0)

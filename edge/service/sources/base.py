@@ -98,6 +98,13 @@ class FrameSource(abc.ABC):
         return True
 
     @property
+    def realtime(self) -> bool:
+        """True when frames arrive at the scene's pace whether or not they are taken: a
+        camera, a stream, or a file paced at its frame rate. The capture thread then
+        hands over only the newest frame (:mod:`edge.service.capture`)."""
+        return self.live
+
+    @property
     def is_open(self) -> bool:
         return self._is_open
 

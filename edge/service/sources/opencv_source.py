@@ -150,6 +150,10 @@ class OpenCVSource(FrameSource):
         return self.kind != "file"
 
     @property
+    def realtime(self) -> bool:
+        return self.live or self.pace
+
+    @property
     def backend(self) -> str:
         """Which decoder is in use (``"imreadanimation"`` or OpenCV's backend name)."""
         if self._gif is not None:
@@ -310,6 +314,10 @@ class ImageFolderSource(FrameSource):
     @property
     def live(self) -> bool:
         return False
+
+    @property
+    def realtime(self) -> bool:
+        return self._pacer is not None
 
     @property
     def files(self) -> list[Path]:
