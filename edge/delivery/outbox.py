@@ -370,17 +370,7 @@ class Outbox:
         so a redelivered message carries the same ``published_at``. None if the
         row is gone.
         """
-        at = time.time() if now is None else now
-        with self._lock:
-            self._db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, "
-                "published_at = COALESCE(published_at, ?) WHERE msg_id = ?",
-                (at, msg_id),
-            )
-            row = self._db.execute(
-                "SELECT published_at FROM outbox WHERE msg_id = ?", (msg_id,)
-            ).fetchone()
-        return None if row is None else float(row[0])
+        return self.mark_sent_many([msg_id], now)[0]
 
     @db_errors
     def ack(self, msg_id: str) -> bool:

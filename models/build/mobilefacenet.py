@@ -499,8 +499,6 @@ def convert_int8(lays: list[Layer], representative: Iterable[U8]) -> bytes:
 
 NAMES = {"float32": "mobilefacenet_tf_float32", "int8": "mobilefacenet_tf_int8"}
 FAMILY = "arcface112_mfn"
-EVAL_CANDIDATES = 600
-MIN_EVAL = 500
 NUMPY_REF = 100  # the float64 numpy graph takes ~2 s a chip on the shared 2-core machine
 LICENCE = "Apache-2.0"
 LICENCE_TEXT = "LICENSE-mobilefacenet.txt"
@@ -520,7 +518,7 @@ ATTRIBUTION = (
 def build_mobilefacenet(data_dir: Any, manifest: dict[str, Any], write_model: Any, entry: Any,
                         command: str) -> None:
     from models.build import chips, common, sources
-    from models.build.sface import Aligner112, agreement, lfw_chips, photo_chips
+    from models.build.sface import EVAL_CANDIDATES, agreement, chip_sets
 
     src_json, src_bin = sources.human_mobilefacenet()
     g = parse(src_json.data, src_bin.data)
@@ -529,11 +527,9 @@ def build_mobilefacenet(data_dir: Any, manifest: dict[str, Any], write_model: An
     print(f"[mobilefacenet] {src_bin.file}: {len(src_bin.data):,} bytes, {g.n_params():,} "
           f"parameters; {len(lays)} layers, PReLU slopes {lowest:.2f}..{max_slope(lays):.2f}",
           flush=True)
-    lfw = data_dir / "lfw" / "images"
-    aligner = Aligner112()
-    calib_lfw = lfw_chips(aligner, chips.lfw_calibration(lfw))
-    calib_photos = photo_chips(aligner, chips.photo_images(data_dir / "photos"))
-    calib = calib_lfw + calib_photos
+    sets = chip_sets(data_dir)  # the same chips as SFace's build
+    aligner, calib_lfw, calib_photos = sets.aligner, sets.calib_lfw, sets.calib_photos
+    calib = sets.calibration
     print(f"[mobilefacenet] representative data: {len(calib_lfw)} LFW + {len(calib_photos)} "
           f"photo chips ({aligner.name}, ArcFace 112 alignment)", flush=True)
 
@@ -542,9 +538,7 @@ def build_mobilefacenet(data_dir: Any, manifest: dict[str, Any], write_model: An
     ibytes = convert_int8(lays, calib)
     ipath = write_model(NAMES["int8"], ibytes)
 
-    ev = lfw_chips(aligner, chips.lfw_evaluation(lfw, EVAL_CANDIDATES))
-    if len(ev) < MIN_EVAL:
-        raise SystemExit(f"only {len(ev)} evaluation chips (need {MIN_EVAL})")
+    ev = sets.evaluation
     ref = numpy_embed(g, ev[:NUMPY_REF])
     femb = common.Embedder(fpath).many(ev)
     iemb = common.Embedder(ipath).many(ev)

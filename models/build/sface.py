@@ -422,11 +422,43 @@ def photo_chips(aligner: Aligner112, photos: list[Any], max_per_image: int = 8) 
     return out
 
 
+EVAL_CANDIDATES = 600  # LFW ranks from chips.EVAL_START; at least MIN_EVAL must have a face
+MIN_EVAL = 500
+
+
+@dataclass(frozen=True)
+class ChipSets:
+    """The chips an ArcFace-112 embedder is calibrated and checked on (SFace, MobileFaceNet)."""
+
+    aligner: Aligner112
+    calib_lfw: list[U8]
+    calib_photos: list[U8]
+    evaluation: list[U8]
+
+    @property
+    def calibration(self) -> list[U8]:
+        return self.calib_lfw + self.calib_photos
+
+
+def chip_sets(data_dir: Any) -> ChipSets:
+    """Calibration chips (LFW sha256 ranks 0-399 and every face of the shared photos) and
+    EVAL_CANDIDATES disjoint LFW evaluation chips, aligned as the device aligns them (the
+    default RetinaFace's five points, ArcFace's 112 px template)."""
+    from models.build import chips
+
+    lfw = data_dir / "lfw" / "images"
+    aligner = Aligner112()
+    sets = ChipSets(aligner, lfw_chips(aligner, chips.lfw_calibration(lfw)),
+                    photo_chips(aligner, chips.photo_images(data_dir / "photos")),
+                    lfw_chips(aligner, chips.lfw_evaluation(lfw, EVAL_CANDIDATES)))  # fmt: skip
+    if len(sets.evaluation) < MIN_EVAL:
+        raise SystemExit(f"only {len(sets.evaluation)} evaluation chips (need {MIN_EVAL})")
+    return sets
+
+
 # --------------------------------------------------------------------------- the build
 
 NAMES = {"float32": "sface_2021dec_float32", "int8": "sface_2021dec_int8"}
-EVAL_CANDIDATES = 600  # LFW ranks from chips.EVAL_START; at least MIN_EVAL must have a face
-MIN_EVAL = 500
 LICENCE = "Apache-2.0"
 TRAINING_DATA = (
     "not stated by OpenCV Zoo (its issue #124 asks and has no answer); the SFace paper "
@@ -461,11 +493,9 @@ def build_sface(data_dir: Any, manifest: dict[str, Any], write_model: Any, entry
     net = fold(src.data)
     print(f"[sface] {src.file}: {len(src.data):,} bytes, sha256 {src.sha256[:16]}..., "
           f"{net.n_params():,} parameters after folding", flush=True)
-    lfw = data_dir / "lfw" / "images"
-    aligner = Aligner112()
-    calib_lfw = lfw_chips(aligner, chips.lfw_calibration(lfw))
-    calib_photos = photo_chips(aligner, chips.photo_images(data_dir / "photos"))
-    calib = calib_lfw + calib_photos
+    sets = chip_sets(data_dir)
+    aligner, calib_lfw, calib_photos = sets.aligner, sets.calib_lfw, sets.calib_photos
+    calib = sets.calibration
     print(f"[sface] representative data: {len(calib_lfw)} LFW + {len(calib_photos)} photo "
           f"chips ({aligner.name}, its five points, ArcFace 112 alignment)", flush=True)
 
@@ -474,9 +504,7 @@ def build_sface(data_dir: Any, manifest: dict[str, Any], write_model: Any, entry
     ibytes = convert_int8(net, calib)
     ipath = write_model(NAMES["int8"], ibytes)
 
-    ev = lfw_chips(aligner, chips.lfw_evaluation(lfw, EVAL_CANDIDATES))
-    if len(ev) < MIN_EVAL:
-        raise SystemExit(f"only {len(ev)} evaluation chips (need {MIN_EVAL})")
+    ev = sets.evaluation
     ref = OnnxSFace(repaired)(ev)
     femb = common.Embedder(fpath).many(ev)
     iemb = common.Embedder(ipath).many(ev)
