@@ -338,12 +338,17 @@ def test_a_revoked_certificate_is_refused_and_the_runbook_cuts_it_off(
     assert "certificate verify failed" in broker.log_text()
     live = Client(broker, console2)  # a console instance whose certificate was lost
     try:
-        pki.authority.revocation_list([pki.client(stolen).cert, pki.client(console2).cert], crl)
+        # A probe is revoked with it: waiting on the reload by connecting as console2 itself
+        # would take the live client's id (use_username_as_clientid) until the CRL applied.
+        probe = "van-lost"
+        pki.authority.revocation_list(
+            [pki.client(stolen).cert, pki.client(console2).cert, pki.client(probe).cert], crl)
         assert broker._proc is not None
         broker._proc.send_signal(signal.SIGHUP)  # a reload reads the CRL for new connections
         deadline = time.monotonic() + WAIT
-        while can_connect(broker, console2) and time.monotonic() < deadline:
+        while can_connect(broker, probe) and time.monotonic() < deadline:
             pass  # (each attempt is bounded)
+        assert not can_connect(broker, probe)
         assert not can_connect(broker, console2)
         assert live.client.is_connected()  # ... but the one already connected stays
         broker.restart()  # what the role's handler does: every connection checked again
