@@ -14,10 +14,8 @@ from typing import Any
 
 import pytest
 
-from edge.dev.devbroker import find_mosquitto
-from edge.errors import BrokerError
 from tests.fixtures.alerts import make_record
-from tests.fixtures.broker import Broker, Pki
+from tests.fixtures.broker import Broker
 from tests.fixtures.browser import (
     PASSWORD,
     ConsoleServer,
@@ -28,18 +26,6 @@ from tests.fixtures.browser import (
 
 sync_api = pytest.importorskip("playwright.sync_api")
 HOSTILE = '<img src=x onerror="document.title=1">S-<b>99</b>'
-
-
-@pytest.fixture(scope="module")
-def shared_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    try:
-        find_mosquitto()
-    except BrokerError as exc:
-        pytest.skip(str(exc))
-    b = Broker(pki, tmp_path_factory.mktemp("browser-broker"))
-    b.start()
-    yield b
-    b.close()
 
 
 @pytest.fixture(scope="module")

@@ -23,25 +23,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge.dev.devbroker import find_mosquitto
-from edge.errors import BrokerError
-from tests.fixtures.broker import Broker, Pki
+from tests.fixtures.broker import Broker
 from tests.fixtures.browser import PASSWORD, ConsoleServer, csrf_of
 
 CONCURRENCY = 2
 """``[console] login_concurrency`` of this module's console: password checks at once."""
-
-
-@pytest.fixture(scope="module")
-def shared_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    try:
-        find_mosquitto()
-    except BrokerError as exc:
-        pytest.skip(str(exc))
-    b = Broker(pki, tmp_path_factory.mktemp("hardening-broker"))
-    b.start()
-    yield b
-    b.close()
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,11 @@ import numpy as np
 import pytest
 
 from edge.delivery.alert import rfc3339
-from edge.dev.devbroker import find_mosquitto
-from edge.errors import BrokerError
 from edge.types import AlertRecord
 from edge.watchlist.keys import load_device_public, load_signing_key
 from edge.watchlist.references import Reference, build_references
 from tests.fixtures.alerts import make_record
-from tests.fixtures.broker import Broker, Pki
+from tests.fixtures.broker import Broker
 from tests.fixtures.browser import (
     PASSWORD,
     ConsoleServer,
@@ -66,15 +64,9 @@ def _face_jpeg(side: int, seed: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    try:
-        find_mosquitto()
-    except BrokerError as exc:
-        pytest.skip(str(exc))
-    b = Broker(pki, tmp_path_factory.mktemp("officer-broker"))
-    b.start()
-    yield b
-    b.close()
+def broker(shared_broker: Broker) -> Broker:
+    """This module's tests share one broker (module scope, unlike the suite's ``broker``)."""
+    return shared_broker
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge.dev.devbroker import find_mosquitto
-from edge.errors import BrokerError
 from tests.fixtures.alerts import make_record
-from tests.fixtures.broker import Broker, Pki
+from tests.fixtures.broker import Broker
 from tests.fixtures.browser import ConsoleServer, Van, csrf_of
-
-
-@pytest.fixture(scope="module")
-def shared_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    try:
-        find_mosquitto()
-    except BrokerError as exc:
-        pytest.skip(str(exc))
-    b = Broker(pki, tmp_path_factory.mktemp("console-broker"))
-    b.start()
-    yield b
-    b.close()
 
 
 @pytest.fixture(scope="module")

@@ -381,24 +381,7 @@ class Outbox:
         last row (the current period's too: the next row gets a new key), then scrubs
         the WAL.
         """
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                cur = self._db.execute(
-                    "DELETE FROM outbox WHERE msg_id = ? AND legal_hold = 0", (msg_id,)
-                )
-                deleted = cur.rowcount > 0
-                if deleted:
-                    self._keys.shred_unused()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-            if deleted:
-                self._scrub()
-                return True
-            cur = self._db.execute("UPDATE outbox SET delivered = 1 WHERE msg_id = ?", (msg_id,))
-            return cur.rowcount > 0
+        return self.ack_many([msg_id]) > 0
 
     @db_errors
     def mark_sent_many(

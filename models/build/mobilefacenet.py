@@ -451,48 +451,17 @@ def make_forward(lays: list[Layer], *, prelu_as_max: bool = False,
 
 
 def convert_float(lays: list[Layer]) -> bytes:
-    import tensorflow as tf
+    from models.build.sface import tflite_float
 
-    fwd = make_forward(lays)
-
-    @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.uint8, name="chip_rgb")])
-    def model(chip: Any) -> dict[str, Any]:
-        return {"embedding": fwd(tf.cast(chip, tf.float32))}
-
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
-    out: bytes = conv.convert()
-    return out
+    return tflite_float(make_forward(lays))
 
 
 def convert_int8(lays: list[Layer], representative: Iterable[U8]) -> bytes:
-    """Full-integer int8 (per-channel weights), uint8 input = raw RGB pixels (scale 1, zero
-    point 0), float32 output; PReLU as MAXIMUM and MUL on :func:`sign_folded` layers
-    (XNNPACK has no int8 PRELU; see models/build/sface.py)."""
-    import tensorflow as tf
+    """Full-integer int8 (:func:`models.build.sface.tflite_int8`); PReLU as MAXIMUM and MUL
+    on :func:`sign_folded` layers (XNNPACK has no int8 PRELU; see models/build/sface.py)."""
+    from models.build.sface import tflite_int8
 
-    fwd = make_forward(sign_folded(lays), prelu_as_max=True)
-
-    @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32, name="chip_rgb")])
-    def model(chip: Any) -> dict[str, Any]:
-        return {"embedding": fwd(chip)}
-
-    samples = [np.asarray(s, np.float32).reshape(1, SIZE, SIZE, 3) for s in representative]
-    samples[0] = samples[0].copy()  # pin the input range to [0, 255]: scale 1, zero point 0
-    samples[0][0, 0, 0, :] = 0.0
-    samples[0][0, 0, 1, :] = 255.0
-
-    def rep() -> Any:
-        for s in samples:
-            yield [s]
-
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = rep
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.uint8
-    conv.inference_output_type = tf.float32
-    out: bytes = conv.convert()
-    return out
+    return tflite_int8(make_forward(sign_folded(lays), prelu_as_max=True), representative)
 
 
 # --------------------------------------------------------------------------- the build

@@ -299,10 +299,10 @@ def make_forward(net: SFaceNet, *, prelu_as_max: bool = False) -> Any:
     return f
 
 
-def convert_float(net: SFaceNet) -> bytes:
+def tflite_float(fwd: Any) -> bytes:
+    """TFLite float32 of ``fwd`` (a float32 chip batch -> embedding), ``uint8`` RGB chip
+    ``[1, SIZE, SIZE, 3]`` in, float32 embedding out (SFace's and MobileFaceNet's builds)."""
     import tensorflow as tf
-
-    fwd = make_forward(net)
 
     @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.uint8, name="chip_rgb")])
     def model(chip: Any) -> dict[str, Any]:
@@ -313,12 +313,10 @@ def convert_float(net: SFaceNet) -> bytes:
     return out
 
 
-def convert_int8(net: SFaceNet, representative: Iterable[U8]) -> bytes:
-    """Full-integer int8 (per-channel weights), uint8 input = raw RGB pixels (scale 1, zero
-    point 0), float32 output; PReLU as MAXIMUM and MUL (see :func:`_prelu_max`)."""
+def tflite_int8(fwd: Any, representative: Iterable[U8]) -> bytes:
+    """Full-integer int8 of ``fwd`` (per-channel weights), uint8 input = raw RGB pixels
+    (scale 1, zero point 0), float32 output, calibrated on ``representative`` chips."""
     import tensorflow as tf
-
-    fwd = make_forward(sign_folded(net), prelu_as_max=True)
 
     @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32, name="chip_rgb")])
     def model(chip: Any) -> dict[str, Any]:
@@ -343,6 +341,16 @@ def convert_int8(net: SFaceNet, representative: Iterable[U8]) -> bytes:
     conv.inference_output_type = tf.float32
     out: bytes = conv.convert()
     return out
+
+
+def convert_float(net: SFaceNet) -> bytes:
+    return tflite_float(make_forward(net))
+
+
+def convert_int8(net: SFaceNet, representative: Iterable[U8]) -> bytes:
+    """Full-integer int8 (:func:`tflite_int8`); PReLU as MAXIMUM and MUL (see
+    :func:`_prelu_max`) on :func:`sign_folded` layers."""
+    return tflite_int8(make_forward(sign_folded(net), prelu_as_max=True), representative)
 
 
 class OnnxSFace:
