@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import UsageError
+from edge.evaluation.det_plot import save_figure
 
 
 def plot_demographics(rep: dict[str, Any], out: Path) -> Path:
@@ -65,11 +66,4 @@ def plot_demographics(rep: dict[str, Any], out: Path) -> Path:
     fig.suptitle(f"{rep['label'] or 'demographics'}: error rates per group "
                  "(v: no false match, drawn at its upper bound)", fontsize=10)
     fig.tight_layout()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, format="png")
-    except OSError as exc:
-        raise UsageError(f"--plot {out}: cannot write ({exc.strerror})") from None
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +72,14 @@ def plot_det(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def save_figure(fig: Any, out: Path) -> Path:
+    """Write ``fig`` as a PNG (making its folder) and close it; a path that cannot be
+    written is one :class:`UsageError` line (the evaluation commands' ``--plot``)."""
+    import matplotlib.pyplot as plt
+
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, format="png")
