@@ -120,11 +120,13 @@ def test_a_concurrent_burst_checks_at_most_the_limit(console: ConsoleServer) -> 
         token = _login_token(client, client.get("/login").text)
         # On a loaded machine some of the burst are refused as busy (the bound on concurrent
         # password checks), which records no attempt: the guesses left up to the limit are
-        # still checked, one at a time, and then even the right password is refused.
+        # still checked, one at a time, and then even the right password is refused. Each
+        # answer is a new login page with a new double-submit token (cookie and field).
         for _ in range(MAX_FAILURES - checked[0]):
             r = client.post("/login", data={"name": "pc-burst", "password": "still wrong",
                                             "csrf": token})  # fmt: skip
             assert r.status_code == 401, r.status_code
+            token = _login_token(client, r.text)
         r = client.post("/login", data={"name": "pc-burst", "password": PASSWORD,
                                         "csrf": token})
         assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
@@ -188,6 +190,13 @@ def test_the_login_page_shows_only_its_own_messages(console: ConsoleServer) -> N
                                             "csrf": token})
         assert wrong.status_code == 401
         assert '<p class="error" id="login-error">wrong user name or password</p>' in wrong.text
+        # The answer is a new login page with a new double-submit token: the old one is
+        # refused, the new one is checked.
+        again = {"name": "nobody-here", "password": "y" * 12}
+        assert client.post("/login", data={**again, "csrf": token}).status_code == 403
+        fresh = _login_token(client, wrong.text)
+        assert fresh != token
+        assert client.post("/login", data={**again, "csrf": fresh}).status_code == 401
 
 
 # -- request bodies: bounded before parsing -------------------------------------------------
