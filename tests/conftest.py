@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.data",
     "tests.fixtures.broker",
+    "tests.fixtures.publishers",
     "tests.fixtures.nspawn",
     "tests.fixtures.arm64",
 ]

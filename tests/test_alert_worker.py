@@ -6,10 +6,8 @@ mutual TLS (tests/fixtures/broker.py). No fixed sleeps: every wait is on a condi
 
 from __future__ import annotations
 
-import os
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,39 +16,23 @@ from edge.delivery.alert import parse_alert
 from edge.delivery.alert_worker import AlertWorker, AlertWorkerStopped
 from edge.delivery.held import HeldQueue
 from edge.delivery.outbox import Outbox, OutboxFull
-from edge.delivery.publish import BrokerSettings, Publisher
+from edge.delivery.publish import Publisher
 from tests.fixtures.alerts import make_record
 from tests.fixtures.broker import Broker, Received
+from tests.fixtures.publishers import OUTBOX_KEY
+from tests.fixtures.wait import wait_until
 
-KEY = os.urandom(32)
 WAIT = 20.0
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 @pytest.fixture
-def rig(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., Publisher]]:
-    made: list[tuple[Publisher, Outbox]] = []
+def rig(broker: Broker, make_publisher: Callable[..., Publisher]) -> Callable[..., Publisher]:
+    """A publisher on ``broker`` over an outbox made with ``outbox_kw``; RAM holds 2."""
 
-    def make(device: str = "dev-a", **outbox_kw: object) -> Publisher:
-        c = broker.creds(device)
-        ob = Outbox(tmp_path / f"{device}-{len(made)}.db", KEY, **outbox_kw)  # type: ignore[arg-type]
-        pub = Publisher(device, BrokerSettings(broker.host, broker.port, c.ca, c.cert, c.key),
-                        ob, drain_interval_s=0.05, held=HeldQueue(max_items=2))  # fmt: skip
-        made.append((pub, ob))
-        return pub
+    def make(**outbox_kw: object) -> Publisher:
+        return make_publisher(broker, "dev-a", outbox_kw=outbox_kw, held=HeldQueue(max_items=2))
 
-    yield make
-    for pub, ob in made:
-        pub.stop(flush_timeout=0)
-        ob.close()
+    return make
 
 
 def test_stop_stores_every_submitted_alert_in_order(rig: Callable[..., Publisher]) -> None:
@@ -131,7 +113,7 @@ def test_alerts_through_the_worker_reach_the_control_room_in_order_and_leave_the
 
 
 def test_put_many_is_all_or_nothing_and_flags_duplicates(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "ob.db", KEY, max_items=4) as ob:
+    with Outbox(tmp_path / "ob.db", OUTBOX_KEY, max_items=4) as ob:
         assert ob.put("a", "t/alerts", b"1")
         assert ob.put_many([("b", "t/alerts", b"2", False), ("a", "t/alerts", b"x", False),
                             ("b", "t/alerts", b"y", False)]) == [True, False, False]
@@ -144,7 +126,7 @@ def test_put_many_is_all_or_nothing_and_flags_duplicates(tmp_path: Path) -> None
 def test_ack_many_deletes_all_but_a_held_row_and_mark_sent_many_keeps_first_times(
     tmp_path: Path,
 ) -> None:
-    with Outbox(tmp_path / "ob.db", KEY) as ob:
+    with Outbox(tmp_path / "ob.db", OUTBOX_KEY) as ob:
         ob.put_many([(m, "t/alerts", m.encode(), False) for m in ("a", "b", "c")])
         assert ob.mark_sent_many(["a", "b", "gone"], 100.0) == [100.0, 100.0, None]
         assert ob.mark_sent_many(["a", "c"], 200.0) == [100.0, 200.0]  # the first stays

@@ -7,7 +7,6 @@ A failing test leaves ``failure.png`` in its tmp_path.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from tests.fixtures.browser import (
     launch_chromium,
     screenshot_on_failure,
 )
+from tests.fixtures.wait import wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api")
 HOSTILE = '<img src=x onerror="document.title=1">S-<b>99</b>'
@@ -66,15 +66,6 @@ def _login(page: Any, console: ConsoleServer, name: str) -> None:
     page.wait_for_load_state()
 
 
-def _wait(predicate: Any, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_an_alert_appears_live_is_adjudicated_and_the_van_records_the_officer(
     world: tuple[ConsoleServer, Van], browser: Any, tmp_path: Path
 ) -> None:
@@ -106,7 +97,7 @@ def test_an_alert_appears_live_is_adjudicated_and_the_van_records_the_officer(
             record.alert_id)
         assert status == 403
         row.locator("button[data-decision=confirmed]").click()
-        assert _wait(lambda: len(van.recorded) == 1)
+        assert wait_until(lambda: len(van.recorded) == 1)
         assert van.recorded[0]["officer"] == "pc-ops"
         assert van.recorded[0]["decision"] == "confirmed"
         row.locator(".device-record").wait_for(timeout=15_000)

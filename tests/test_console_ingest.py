@@ -31,6 +31,7 @@ from edge.delivery.alert_sign import seal_alert
 from edge.delivery.publish import BrokerSettings
 from tests.fixtures.alerts import make_record
 from tests.fixtures.broker import Broker
+from tests.fixtures.wait import wait_until
 
 DEVICE_KEYS = {d: Ed25519PrivateKey.generate() for d in ("van-1", "van-2")}
 """Each van's signing key; the console holds the public halves (``[console] device_keys``)."""
@@ -312,26 +313,18 @@ for _ in range(600):
         rows = [d for d in handler.store.fleet.devices(stale_after) if d["device_id"] == "van-8"]
         return rows[0] if rows else None
 
-    def wait(predicate: object, timeout: float = 15.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():  # type: ignore[operator]
-                return True
-            time.sleep(0.05)
-        return False
-
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
-        assert wait(lambda: (v := van()) is not None and v["fps"] == 9.5 and not v["stale"])
+        assert wait_until(lambda: (v := van()) is not None and v["fps"] == 9.5 and not v["stale"])
         os.kill(proc.pid, signal.SIGSTOP)  # the link stalls: no packet, the socket stays open
-        assert wait(lambda: (v := van()) is not None and v["stale"])
+        assert wait_until(lambda: (v := van()) is not None and v["stale"])
         row = van()
         assert row is not None and row["state"] == "online"  # no will: the broker waits
         assert console.watch_fleet() == ["van-8"]
         html = templates().get_template("_device_row.html").render(d=row, user=None)
         assert 'data-stale="1"' in html and ">stale</span>" in html
         os.kill(proc.pid, signal.SIGCONT)  # the link comes back: its stats flow again
-        assert wait(lambda: (v := van()) is not None and not v["stale"])
+        assert wait_until(lambda: (v := van()) is not None and not v["stale"])
         assert console.watch_fleet() == []
     finally:
         with contextlib.suppress(ProcessLookupError):

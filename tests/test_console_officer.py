@@ -37,6 +37,7 @@ from tests.fixtures.browser import (
     launch_chromium,
     screenshot_on_failure,
 )
+from tests.fixtures.wait import wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api")
 # page.wait_for_function takes functions ("() => ..."), never expressions: an expression
@@ -139,21 +140,12 @@ def _login(page: Any, console: ConsoleServer, name: str, then: str = "") -> None
     page.locator("body[data-live='1']").wait_for()
 
 
-def _wait(predicate: Any, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _publish(van: Van, ops: httpx.Client, subject: str = "S-LARGE", **kw: Any) -> AlertRecord:
     """Publish an alert from the van and wait until the console has stored it."""
     record = make_record(van.device_id, subject_id=subject, category=kw.pop("category",
                          "wanted_court"), **kw)  # fmt: skip
     van.publisher.enqueue_alert(record)
-    assert _wait(lambda: ops.get(f"/fragments/alert/{record.alert_id}").status_code == 200)
+    assert wait_until(lambda: ops.get(f"/fragments/alert/{record.alert_id}").status_code == 200)
     return record
 
 
@@ -290,7 +282,7 @@ def test_keyboard_shortcuts_record_decisions_that_reach_the_van(
         # On the alert's own page: C is "confirmed".
         _login(page, console, "pc-ops", then=f"/alerts/{first.alert_id}")
         page.keyboard.press("c")
-        assert _wait(lambda: recorded(first.alert_id) is not None)
+        assert wait_until(lambda: recorded(first.alert_id) is not None)
         entry = recorded(first.alert_id)
         assert entry is not None
         assert (entry["decision"], entry["officer"]) == ("confirmed", "pc-ops")
@@ -306,7 +298,7 @@ def test_keyboard_shortcuts_record_decisions_that_reach_the_van(
         page.locator("body[data-live='1']").wait_for()
         page.locator(f"#focus #panel-{second.alert_id}").wait_for()
         page.keyboard.press("n")
-        assert _wait(lambda: recorded(second.alert_id) is not None)
+        assert wait_until(lambda: recorded(second.alert_id) is not None)
         page.locator(f"#focus #panel-{second.alert_id} .device-record").wait_for(timeout=15_000)
         # A new alert takes the top, live (the one there is decided). For a second the keys
         # do nothing: a key meant for the alert before never lands on the new one.
@@ -318,7 +310,7 @@ def test_keyboard_shortcuts_record_decisions_that_reach_the_van(
         page.clock.run_for(1100)
         page.locator(f"#focus #panel-{third.alert_id}[data-keys=on]").wait_for()
         page.keyboard.press("r")
-        assert _wait(lambda: recorded(third.alert_id) is not None)
+        assert wait_until(lambda: recorded(third.alert_id) is not None)
         assert [(e["decision"], e["officer"]) for e in van.recorded
                 if e["alert_id"] == third.alert_id] == [("rejected", "pc-ops")]  # fmt: skip
         entry = recorded(second.alert_id)

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +32,7 @@ from edge.watchlist.keys import init_signing_key
 from tests.fixtures.alerts import make_record
 from tests.fixtures.broker import Broker
 from tests.fixtures.browser import ConsoleServer, Van, csrf_of
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+from tests.fixtures.wait import wait_until
 
 
 @dataclass
@@ -100,7 +91,7 @@ def test_a_console_restarted_while_a_van_publishes_loses_nothing(
         # lost its state does the same). console-a still holds every message.
         b.stop()
         publish(10)  # acknowledged by the broker (the van forgets them), queued for both
-        assert _wait(lambda: van.publisher.pending_count == 0)
+        assert wait_until(lambda: van.publisher.pending_count == 0)
         thief = broker.client("control-room-console-2")
         thief.disconnect()
         thief.loop_stop()
@@ -113,13 +104,13 @@ def test_a_console_restarted_while_a_van_publishes_loses_nothing(
             chains = store.audit.chains()
             return len(store.alerts(limit=1000)) == len(sent) and bool(chains) \
                 and chains[0]["verified_seq"] == entries
-        assert _wait(complete, 30), (len(store.alerts(limit=1000)), store.audit.chains())
+        assert wait_until(complete, 30), (len(store.alerts(limit=1000)), store.audit.chains())
         assert sorted(r["alert_id"] for r in store.alerts(limit=1000)) == sorted(sent)
         (chain,) = store.audit.chains()
         assert (chain["state"], chain["received"], chain["problem"]) == ("ok", entries, None)
         # console-a came back to its own session: no alarm; console-b's was gone: one. The
         # ingest worker handles the connection event after wait_ready: wait for its record.
-        assert _wait(lambda: any(r["event"] == "mqtt_session_lost"
+        assert wait_until(lambda: any(r["event"] == "mqtt_session_lost"
                                  for r in store.console_log()))  # the last it writes
         (alarm,) = store.fleet.alarms()
         assert alarm["kind"] == "mqtt_session_lost" and "console-b" in alarm["detail"]
@@ -177,7 +168,7 @@ def test_a_broker_restarted_without_its_sessions_raises_the_alarm_everywhere(
     broker.stop()
     (broker.workdir / "data" / "mosquitto.db").unlink()
     broker.start()
-    assert _wait(lambda: 'data-alarm="mqtt_session_lost"' in banner(ops), 30), banner(ops)
+    assert wait_until(lambda: 'data-alarm="mqtt_session_lost"' in banner(ops), 30), banner(ops)
     assert "MQTT session lost (console-sessions)" in banner(ops)  # every role, every page
     assert 'data-alarm="mqtt_session_lost"' in banner(sup, "/fleet")
     assert "/clear" not in banner(ops)  # operators see it; a supervisor clears it

@@ -6,7 +6,6 @@ from the device's real publisher, adjudications verified by the device's real co
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from tests.fixtures.alerts import make_record
 from tests.fixtures.broker import Broker
 from tests.fixtures.browser import ConsoleServer, Van, csrf_of
+from tests.fixtures.wait import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +40,6 @@ def van(shared_broker: Broker, console: ConsoleServer, tmp_path: Path,
     v.start()
     yield v
     v.stop()
-
-
-def _wait(predicate: object, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_every_page_and_call_needs_a_login(console: ConsoleServer) -> None:
@@ -112,7 +103,7 @@ def test_adjudication_is_signed_reaches_the_van_and_comes_back_through_its_audit
     record = make_record(van.device_id, subject_id="S-42")
     van.publisher.enqueue_alert(record)
     ops = console.session("pc-ops")
-    assert _wait(lambda: record.alert_id in ops.get("/alerts").text)
+    assert wait_until(lambda: record.alert_id in ops.get("/alerts").text)
     url = f"/api/alerts/{record.alert_id}/adjudicate"
     # Without the CSRF token: refused, nothing sent.
     assert ops.post(url, json={"decision": "confirmed"}).status_code == 403
@@ -122,10 +113,10 @@ def test_adjudication_is_signed_reaches_the_van_and_comes_back_through_its_audit
     assert r.status_code == 200, r.text
     # The van records the accepted decision, and only it: a refused one, had it been sent,
     # would have come first (one client, one topic, QoS 1: in order), not after a sleep.
-    assert _wait(lambda: len(van.recorded) >= 1)
+    assert wait_until(lambda: len(van.recorded) >= 1)
     assert [(e["officer"], e["decision"]) for e in van.recorded] == [("pc-ops", "rejected")]
     # The van's audit entry comes back, verified, and shows on the alert.
-    assert _wait(lambda: "device recorded: <b>rejected</b>" in ops.get(
+    assert wait_until(lambda: "device recorded: <b>rejected</b>" in ops.get(
         f"/fragments/alert/{record.alert_id}").text)
     # Each crop view is audited with who.
     assert ops.get(f"/images/crop/{record.alert_id}.jpg").content == record.face_jpeg
@@ -147,7 +138,7 @@ def test_metrics_in_prometheus_format(console: ConsoleServer, van: Van) -> None:
 
     before = value("console_alerts_received_total")
     van.publisher.enqueue_alert(make_record(van.device_id))
-    assert _wait(lambda: value("console_alerts_received_total") == before + 1)
+    assert wait_until(lambda: value("console_alerts_received_total") == before + 1)
     assert value("console_devices_online") >= 1
     assert value("console_ingest_latency_seconds_count") == before + 1
     (row,) = [d for d in sup.get("/api/devices").json() if d["device_id"] == van.device_id]
@@ -242,7 +233,7 @@ def test_deployments_and_the_report_page_from_the_vans_signed_audit_entries(
     van.audit.append("armed", deployment_id="DEP-7", location="Market <Square>",
                      window_start=window["start"], window_end=window["end"], threshold=0.6)
     sup = console.session("sgt-sup")
-    assert _wait(lambda: "DEP-7" in sup.get("/deployments").text)
+    assert wait_until(lambda: "DEP-7" in sup.get("/deployments").text)
     page = sup.get("/deployments").text
     assert "Market &lt;Square&gt;" in page and "Market <Square>" not in page
     report = f"/deployments/{van.device_id}/DEP-7"
@@ -257,7 +248,7 @@ def test_deployments_and_the_report_page_from_the_vans_signed_audit_entries(
                "threshold": 0.6, "frames": 9, "faces_processed": 4321, "tracks": 8,
                "alerts": 5, "adjudications": {"confirmed": 2, "rejected": 3, "not_stopped": 0}}
     van.audit.append("deployment_summary", summary=summary)
-    assert _wait(lambda: "4321" in sup.get(report).text)
+    assert wait_until(lambda: "4321" in sup.get(report).text)
     text = sup.get(report).text
     assert "rejected (false alerts): 60 %" in text and "<svg" in text
     assert "1000" not in text and "signed audit chain" in text
@@ -273,7 +264,7 @@ def test_filter_by_device_and_legal_hold(console: ConsoleServer, van: Van) -> No
     van.publisher.enqueue_alert(record)
     ops, sup = console.session("pc-ops"), console.session("sgt-sup")
     row = f'id="alert-{record.alert_id}"'  # the queue's row (every page's banner names it)
-    assert _wait(lambda: row in ops.get("/alerts").text)
+    assert wait_until(lambda: row in ops.get("/alerts").text)
     assert row in ops.get(f"/alerts?device={van.device_id}").text
     assert row not in ops.get("/alerts?device=some-other-van").text
     assert row not in ops.get("/alerts?deployment=another-deployment").text
@@ -309,7 +300,7 @@ def test_a_broken_audit_chain_is_raised_on_every_page_for_auditors(
             return ""
         return text.split('id="chain-alarm"')[1].split("</p>")[0]
 
-    assert _wait(lambda: van.device_id in banner(aud, "/deployments"))
+    assert wait_until(lambda: van.device_id in banner(aud, "/deployments"))
     page = aud.get("/audit").text
     assert f'id="chain-{van.device_id}"' in page and "prev_hash does not match" in page
     assert banner(ops, "/alerts") == ""  # operators are not auditors

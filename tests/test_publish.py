@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -16,9 +15,8 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,48 +26,16 @@ from edge.delivery.publish import BrokerSettings, Inbound, Publisher
 from edge.errors import BrokerError
 from tests.fixtures.alerts import make_record
 from tests.fixtures.broker import Broker, Received
+from tests.fixtures.publishers import OUTBOX_KEY, publisher_settings
+from tests.fixtures.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = os.urandom(32)
-
-
-def settings(broker: Broker, cn: str) -> BrokerSettings:
-    c = broker.creds(cn)
-    return BrokerSettings(broker.host, broker.port, c.ca, c.cert, c.key, keepalive=10)
-
-
-@pytest.fixture
-def make_publisher(tmp_path: Path) -> Iterator[Callable[..., Publisher]]:
-    made: list[tuple[Publisher, Outbox]] = []
-
-    def make(broker: Broker, device: str, outbox_path: Path | None = None, **kw: Any) -> Publisher:
-        ob = Outbox(outbox_path or tmp_path / f"{device}-{len(made)}.db", KEY)
-        kw.setdefault("drain_interval_s", 0.05)
-        kw.setdefault("reconnect_min_s", 1)
-        kw.setdefault("reconnect_max_s", 1)
-        pub = Publisher(device, settings(broker, device), ob, **kw)
-        made.append((pub, ob))
-        return pub
-
-    yield make
-    for pub, ob in made:
-        pub.stop(flush_timeout=0)
-        ob.close()
 
 
 def alert_ids(messages: list[Received], device: str) -> list[str]:
     return [
         json.loads(m.payload)["alert_id"] for m in messages if m.topic == f"lfr/{device}/alerts"
     ]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_delivers_valid_alerts_and_deletes_only_on_puback(
@@ -105,7 +71,7 @@ def test_refused_client_is_never_connected_and_keeps_messages(
     broker: Broker, tmp_path: Path
 ) -> None:
     rogue = broker.pki.rogue("dev-x")
-    ob = Outbox(tmp_path / "ob.db", KEY)
+    ob = Outbox(tmp_path / "ob.db", OUTBOX_KEY)
     pub = Publisher(
         "dev-x", BrokerSettings(broker.host, broker.port, rogue.ca, rogue.cert, rogue.key), ob
     )
@@ -192,7 +158,7 @@ def test_sigkilled_producer_alerts_are_delivered_after_restart(
         from edge.delivery.outbox import Outbox
         from edge.delivery.publish import BrokerSettings, Inbound, Publisher
         from tests.fixtures.alerts import make_record
-        ob = Outbox({str(db)!r}, bytes.fromhex({KEY.hex()!r}))
+        ob = Outbox({str(db)!r}, bytes.fromhex({OUTBOX_KEY.hex()!r}))
         s = BrokerSettings({broker.host!r}, {broker.port}, Path({str(c.ca)!r}),
                            Path({str(c.cert)!r}), Path({str(c.key)!r}))
         pub = Publisher("dev-k", s, ob, reconnect_min_s=1, reconnect_max_s=1)
@@ -233,8 +199,8 @@ def test_redelivery_keeps_the_first_published_at(
     db = tmp_path / "ob.db"
     record = make_record("dev-p")
     first = time.time() - 120.0  # "published" by an earlier process that then crashed
-    with Outbox(db, KEY) as ob:
-        pub0 = Publisher("dev-p", settings(broker, "dev-p"), ob)
+    with Outbox(db, OUTBOX_KEY) as ob:
+        pub0 = Publisher("dev-p", publisher_settings(broker, "dev-p"), ob)
         pub0.enqueue_alert(record)
         assert ob.mark_sent(record.alert_id, first) == first
     rec = broker.recorder(topics=["lfr/dev-p/alerts"])
